@@ -1,0 +1,1 @@
+//! Codex backend emulator (placeholder).

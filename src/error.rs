@@ -1,0 +1,298 @@
+//! The one error type of the crate.
+//!
+//! Owns: the classification of every failure (what went wrong, which side caused it, whether
+//! a retry is safe) and its rendering to an HTTP status and a protocol-shaped body. Errors are
+//! rendered only at the edge (`server`), once the client's protocol is known.
+//!
+//! Does not own: mapping upstream bodies to errors (`upstream::failure`), or deciding when to
+//! retry (`server::pipeline`).
+
+use std::fmt;
+
+/// Which side of the proxy caused a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Internal,
+}
+
+/// What went wrong. Each kind has one HTTP status per protocol and one error type name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Malformed or unsupported client input (400).
+    BadRequest,
+    /// The prompt does not fit the model's context window (400, Claude Code's compaction trigger).
+    ContextLengthExceeded,
+    /// Wrong or missing inbound API key (401).
+    Unauthorized,
+    /// No ChatGPT credentials, or they cannot be refreshed (401; the message says `codex login`).
+    AuthUnavailable,
+    /// Refused by a guard (Host check) or an upstream 403 (403).
+    Forbidden,
+    /// Unknown route or object (404).
+    NotFound,
+    /// Unknown or unsupported model (404).
+    ModelNotFound,
+    /// Request body over the limit (413).
+    PayloadTooLarge,
+    /// Upstream usage limit for the plan reached (429, not retried).
+    UsageLimit,
+    /// Ordinary rate limit (429, retry after a delay).
+    RateLimited,
+    /// Quota or plan errors such as `usage_not_included` (429).
+    QuotaExceeded,
+    /// Upstream or local overload, including the concurrent-stream limit (503 / Anthropic 529).
+    Overloaded,
+    /// Upstream 5xx or an in-stream server error (500).
+    UpstreamServer,
+    /// Upstream unreachable or speaking nonsense (502).
+    BadGateway,
+    /// Upstream idle or head timeout (504).
+    Timeout,
+    /// Endpoint exists but this behaviour is not available (501).
+    NotImplemented,
+    /// A bug or invariant failure inside the proxy (500).
+    Internal,
+}
+
+/// The client protocol an error is rendered in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    OpenAi,
+    Anthropic,
+}
+
+/// One failure, with everything needed to render it and to decide on a retry.
+#[derive(Clone, Debug)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub side: Side,
+    /// Human-readable, safe to show (never contains secrets).
+    pub message: String,
+    /// OpenAI `error.code` (e.g. `context_length_exceeded`); `None` renders as `null`.
+    pub code: Option<String>,
+    /// OpenAI `error.param`.
+    pub param: Option<String>,
+    /// Seconds for the `Retry-After` header.
+    pub retry_after: Option<u64>,
+    /// Whether the same request may be sent again (only before the first byte reached the client).
+    pub retryable: bool,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        let side = match kind {
+            ErrorKind::BadRequest
+            | ErrorKind::ContextLengthExceeded
+            | ErrorKind::Unauthorized
+            | ErrorKind::Forbidden
+            | ErrorKind::NotFound
+            | ErrorKind::ModelNotFound
+            | ErrorKind::PayloadTooLarge => Side::Client,
+            ErrorKind::Internal | ErrorKind::NotImplemented => Side::Internal,
+            _ => Side::Upstream,
+        };
+        let retryable = matches!(
+            kind,
+            ErrorKind::Overloaded
+                | ErrorKind::UpstreamServer
+                | ErrorKind::BadGateway
+                | ErrorKind::RateLimited
+                | ErrorKind::Timeout
+        );
+        Error {
+            kind,
+            side,
+            message: message.into(),
+            code: None,
+            param: None,
+            retry_after: None,
+            retryable,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadRequest, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    pub fn with_side(mut self, side: Side) -> Self {
+        self.side = side;
+        self
+    }
+
+    pub fn not_retryable(mut self) -> Self {
+        self.retryable = false;
+        self
+    }
+
+    /// HTTP status for this error in `protocol`.
+    pub fn status(&self, protocol: Protocol) -> u16 {
+        match self.kind {
+            ErrorKind::BadRequest | ErrorKind::ContextLengthExceeded => 400,
+            ErrorKind::Unauthorized | ErrorKind::AuthUnavailable => 401,
+            ErrorKind::Forbidden => 403,
+            ErrorKind::NotFound | ErrorKind::ModelNotFound => 404,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::UsageLimit | ErrorKind::RateLimited | ErrorKind::QuotaExceeded => 429,
+            ErrorKind::Overloaded => match protocol {
+                Protocol::OpenAi => 503,
+                Protocol::Anthropic => 529,
+            },
+            ErrorKind::UpstreamServer | ErrorKind::Internal => 500,
+            ErrorKind::NotImplemented => 501,
+            ErrorKind::BadGateway => 502,
+            ErrorKind::Timeout => 504,
+        }
+    }
+
+    /// OpenAI `error.type`.
+    pub fn openai_type(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::BadRequest
+            | ErrorKind::ContextLengthExceeded
+            | ErrorKind::Unauthorized
+            | ErrorKind::AuthUnavailable
+            | ErrorKind::NotFound
+            | ErrorKind::ModelNotFound
+            | ErrorKind::PayloadTooLarge => "invalid_request_error",
+            ErrorKind::Forbidden => "permission_error",
+            ErrorKind::UsageLimit | ErrorKind::QuotaExceeded => "insufficient_quota",
+            ErrorKind::RateLimited => "requests",
+            ErrorKind::Overloaded
+            | ErrorKind::UpstreamServer
+            | ErrorKind::BadGateway
+            | ErrorKind::Timeout
+            | ErrorKind::NotImplemented
+            | ErrorKind::Internal => "server_error",
+        }
+    }
+
+    /// OpenAI `error.code` when none was set explicitly.
+    fn openai_default_code(&self) -> Option<&'static str> {
+        match self.kind {
+            ErrorKind::ContextLengthExceeded => Some("context_length_exceeded"),
+            ErrorKind::Unauthorized | ErrorKind::AuthUnavailable => Some("invalid_api_key"),
+            ErrorKind::ModelNotFound => Some("model_not_found"),
+            ErrorKind::NotFound => Some("not_found"),
+            ErrorKind::PayloadTooLarge => Some("request_too_large"),
+            ErrorKind::UsageLimit | ErrorKind::QuotaExceeded => Some("insufficient_quota"),
+            ErrorKind::RateLimited => Some("rate_limit_exceeded"),
+            ErrorKind::Overloaded => Some("server_is_overloaded"),
+            ErrorKind::BadGateway => Some("bad_gateway"),
+            ErrorKind::Timeout => Some("timeout"),
+            _ => None,
+        }
+    }
+
+    /// Anthropic `error.type`.
+    pub fn anthropic_type(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::BadRequest | ErrorKind::ContextLengthExceeded => "invalid_request_error",
+            ErrorKind::Unauthorized | ErrorKind::AuthUnavailable => "authentication_error",
+            ErrorKind::Forbidden => "permission_error",
+            ErrorKind::NotFound | ErrorKind::ModelNotFound => "not_found_error",
+            ErrorKind::PayloadTooLarge => "request_too_large",
+            ErrorKind::UsageLimit | ErrorKind::RateLimited | ErrorKind::QuotaExceeded => {
+                "rate_limit_error"
+            }
+            ErrorKind::Overloaded => "overloaded_error",
+            ErrorKind::Timeout => "timeout_error",
+            ErrorKind::UpstreamServer
+            | ErrorKind::BadGateway
+            | ErrorKind::NotImplemented
+            | ErrorKind::Internal => "api_error",
+        }
+    }
+
+    /// `{"error":{"message","type","param","code"}}`
+    pub fn openai_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128 + self.message.len());
+        out.extend_from_slice(b"{\"error\":{\"message\":");
+        crate::json::write_str(&mut out, &self.message);
+        out.extend_from_slice(b",\"type\":");
+        crate::json::write_str(&mut out, self.openai_type());
+        out.extend_from_slice(b",\"param\":");
+        crate::json::write_opt_str(&mut out, self.param.as_deref());
+        out.extend_from_slice(b",\"code\":");
+        crate::json::write_opt_str(
+            &mut out,
+            self.code.as_deref().or(self.openai_default_code()),
+        );
+        out.extend_from_slice(b"}}");
+        out
+    }
+
+    /// `{"type":"error","error":{"type","message"}}`
+    pub fn anthropic_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96 + self.message.len());
+        out.extend_from_slice(b"{\"type\":\"error\",\"error\":{\"type\":");
+        crate::json::write_str(&mut out, self.anthropic_type());
+        out.extend_from_slice(b",\"message\":");
+        crate::json::write_str(&mut out, &self.message);
+        out.extend_from_slice(b"}}");
+        out
+    }
+
+    /// The body for `protocol`.
+    pub fn body(&self, protocol: Protocol) -> Vec<u8> {
+        match protocol {
+            Protocol::OpenAi => self.openai_json(),
+            Protocol::Anthropic => self.anthropic_json(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overload_is_529_for_anthropic_and_503_for_openai() {
+        let e = Error::new(ErrorKind::Overloaded, "busy").with_retry_after(2);
+        assert_eq!(e.status(Protocol::Anthropic), 529);
+        assert_eq!(e.status(Protocol::OpenAi), 503);
+        assert!(e.retryable);
+    }
+
+    #[test]
+    fn bodies_have_each_protocols_shape() {
+        let e = Error::new(ErrorKind::ContextLengthExceeded, "too \"long\"");
+        let o: serde_json::Value = serde_json::from_slice(&e.openai_json()).unwrap();
+        assert_eq!(o["error"]["code"], "context_length_exceeded");
+        assert_eq!(o["error"]["message"], "too \"long\"");
+        assert_eq!(o["error"]["param"], serde_json::Value::Null);
+        let a: serde_json::Value = serde_json::from_slice(&e.anthropic_json()).unwrap();
+        assert_eq!(a["type"], "error");
+        assert_eq!(a["error"]["type"], "invalid_request_error");
+    }
+}

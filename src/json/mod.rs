@@ -1,0 +1,134 @@
+//! JSON output helpers for the hot path and the request translators.
+//!
+//! Owns: writing JSON strings (escaped) and scalars straight into byte buffers, and writing a
+//! parsed `simd_json` value back out. Everything the proxy emits is written by hand with these
+//! helpers, so no intermediate tree is built per event.
+//!
+//! Does not own: parsing (callers use `simd_json` directly).
+
+use bytes::BufMut;
+use simd_json::prelude::*;
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Bytes that need escaping in a JSON string: `"`, `\` and the control characters.
+static ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// Write `s` as a quoted, escaped JSON string.
+pub fn write_str<B: BufMut>(out: &mut B, s: &str) {
+    out.put_u8(b'"');
+    write_str_body(out, s);
+    out.put_u8(b'"');
+}
+
+/// Write the escaped contents of `s` without the surrounding quotes.
+pub fn write_str_body<B: BufMut>(out: &mut B, s: &str) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !ESCAPE[b as usize] {
+            continue;
+        }
+        if start < i {
+            out.put_slice(&bytes[start..i]);
+        }
+        match b {
+            b'"' => out.put_slice(b"\\\""),
+            b'\\' => out.put_slice(b"\\\\"),
+            b'\n' => out.put_slice(b"\\n"),
+            b'\r' => out.put_slice(b"\\r"),
+            b'\t' => out.put_slice(b"\\t"),
+            0x08 => out.put_slice(b"\\b"),
+            0x0c => out.put_slice(b"\\f"),
+            _ => {
+                out.put_slice(b"\\u00");
+                out.put_u8(HEX[(b >> 4) as usize]);
+                out.put_u8(HEX[(b & 0xf) as usize]);
+            }
+        }
+        start = i + 1;
+    }
+    if start < bytes.len() {
+        out.put_slice(&bytes[start..]);
+    }
+}
+
+/// Write `Some(s)` as a string and `None` as `null`.
+pub fn write_opt_str<B: BufMut>(out: &mut B, s: Option<&str>) {
+    match s {
+        Some(s) => write_str(out, s),
+        None => out.put_slice(b"null"),
+    }
+}
+
+/// Write an unsigned integer.
+pub fn write_u64<B: BufMut>(out: &mut B, n: u64) {
+    let mut buf = itoa_buf(n);
+    let (digits, len) = (&mut buf.0, buf.1);
+    out.put_slice(&digits[20 - len..]);
+}
+
+fn itoa_buf(mut n: u64) -> ([u8; 20], usize) {
+    let mut buf = [0u8; 20];
+    let mut i = 20;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    (buf, 20 - i)
+}
+
+/// Write a parsed value back out as compact JSON.
+pub fn write_value(out: &mut Vec<u8>, v: &simd_json::BorrowedValue<'_>) {
+    // `Writable::write` only fails on I/O errors, which a Vec never produces.
+    let _ = v.write(out);
+}
+
+/// Serialize a parsed value to a compact JSON string.
+pub fn value_to_string(v: &simd_json::BorrowedValue<'_>) -> String {
+    v.encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_match_serde_json() {
+        for s in [
+            "plain",
+            "quote \" and \\ backslash",
+            "ctl \u{1} \u{1f} \n \r \t \u{8} \u{c}",
+            "unicode é ✓ 😀",
+            "",
+        ] {
+            let mut out = Vec::new();
+            write_str(&mut out, s);
+            let back: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn integers() {
+        for n in [0u64, 7, 10, 99, 12345, u64::MAX] {
+            let mut out = Vec::new();
+            write_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! placeholder
+#![forbid(unsafe_code)]
+pub mod auth;
+pub mod emulator;
+pub mod error;
+pub mod json;
+pub mod server;
+pub mod sse;
+pub mod upstream;

@@ -1,0 +1,1 @@
+//! Incremental zero-copy SSE parser (placeholder).

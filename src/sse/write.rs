@@ -1,0 +1,1 @@
+//! SSE frame encoder (placeholder).

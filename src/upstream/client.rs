@@ -1,0 +1,75 @@
+//! The one pooled HTTP client to the upstream (chatgpt.com or the emulator).
+//!
+//! Owns: building the hyper-util client with hyper-rustls once at start-up (webpki roots plus
+//! the PEM roots of `CODEX_AS_API_CA_FILE`, HTTP/1.1 and h2 by ALPN, plain http for loopback
+//! test backends). Every caller clones the handle; nothing rebuilds it per request.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::error::{Error, ErrorKind};
+
+/// Request body type for every upstream call.
+pub type ReqBody = Full<Bytes>;
+
+/// The pooled client handle (cheap to clone).
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>;
+
+/// Build the pooled client. `ca_file` adds PEM roots (the emulator's test CA, a corporate CA).
+pub fn build(ca_file: Option<&Path>) -> Result<HttpClient, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("cannot read CA file {}: {e}", path.display()),
+            )
+        })?;
+        let mut added = 0;
+        for cert in certs {
+            let cert = cert.map_err(|e| {
+                Error::internal(format!("invalid PEM in CA file {}: {e}", path.display()))
+            })?;
+            roots
+                .add(cert)
+                .map_err(|e| Error::internal(format!("CA file {}: {e}", path.display())))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(Error::internal(format!(
+                "CA file {} holds no certificate",
+                path.display()
+            )));
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::internal(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(15)));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(https))
+}
