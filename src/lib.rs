@@ -1,9 +1,12 @@
 //! placeholder
 #![forbid(unsafe_code)]
 pub mod auth;
+pub mod config;
+pub mod dialect;
 pub mod emulator;
 pub mod error;
 pub mod json;
 pub mod server;
 pub mod sse;
+pub mod tokens;
 pub mod upstream;

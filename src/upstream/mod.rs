@@ -1,7 +1,12 @@
 //! Everything about talking to the Codex backend.
 //!
-//! Owns: the pooled client (`client`), the upstream request (allow-listed body, headers:
-//! `request`), the model catalog (`catalog`), the decoding of SSE events into the `Delta`
-//! pivot (`events`), non-stream aggregation (`collect`) and the mapping of upstream failures
-//! to `Error` (`failure`).
+//! Owns: the pooled client (`client`), the upstream request (allow-listed body, ids, tool
+//! names: `request`), the model catalog (`catalog`), the decoding of SSE events into the
+//! `Delta` pivot (`events`), non-stream aggregation (`collect`) and the mapping of upstream
+//! failures to `Error` (`failure`).
+pub mod catalog;
 pub mod client;
+pub mod collect;
+pub mod events;
+pub mod failure;
+pub mod request;

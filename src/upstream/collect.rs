@@ -1,0 +1,342 @@
+//! Non-streaming aggregation: a whole upstream response as owned items.
+//!
+//! Owns: folding a `Delta` sequence into `Collected` (the output items in order, usage and how
+//! the response ended), which each dialect renders as its own final JSON.
+
+use super::events::{Delta, Usage};
+
+/// One citation on message text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedCitation {
+    pub url: String,
+    pub title: Option<String>,
+    pub start: u32,
+    pub end: u32,
+}
+
+/// One output item of the response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Item {
+    Message {
+        text: String,
+        refusal: String,
+        phase: Option<String>,
+        citations: Vec<OwnedCitation>,
+    },
+    Reasoning {
+        id: String,
+        /// Summary parts in order.
+        summary: Vec<String>,
+        encrypted_content: Option<String>,
+    },
+    ToolCall {
+        call_id: String,
+        name: String,
+        arguments: String,
+        custom: bool,
+    },
+    WebSearch {
+        id: String,
+        query: Option<String>,
+        sources: Vec<(String, Option<String>)>,
+    },
+    Compaction {
+        id: Option<String>,
+        encrypted_content: String,
+    },
+}
+
+/// How the response ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Finish {
+    /// No terminal event yet (a stream that stops here is a failure).
+    #[default]
+    Open,
+    Completed,
+    Incomplete(Option<String>),
+    Failed {
+        code: Option<String>,
+        message: Option<String>,
+    },
+}
+
+/// The aggregate of one upstream response.
+#[derive(Clone, Debug, Default)]
+pub struct Collected {
+    pub response_id: String,
+    /// Items in upstream `output_index` order.
+    pub items: Vec<Item>,
+    pub usage: Usage,
+    pub finish: Finish,
+    /// Maps `output_index` → position in `items`.
+    positions: Vec<Option<usize>>,
+}
+
+impl Collected {
+    pub fn new() -> Self {
+        Collected::default()
+    }
+
+    /// Whether any function or custom tool call was produced.
+    pub fn has_tool_calls(&self) -> bool {
+        self.items
+            .iter()
+            .any(|i| matches!(i, Item::ToolCall { .. }))
+    }
+
+    /// All message text (commentary included) joined in order.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        for item in &self.items {
+            if let Item::Message { text, .. } = item {
+                s.push_str(text);
+            }
+        }
+        s
+    }
+
+    fn at(&mut self, index: u32, make: impl FnOnce() -> Item) -> Option<&mut Item> {
+        let i = index as usize;
+        if self.positions.len() <= i {
+            self.positions.resize(i + 1, None);
+        }
+        let pos = match self.positions[i] {
+            Some(p) => p,
+            None => {
+                self.items.push(make());
+                let p = self.items.len() - 1;
+                self.positions[i] = Some(p);
+                p
+            }
+        };
+        self.items.get_mut(pos)
+    }
+
+    /// Fold one delta in.
+    pub fn push(&mut self, d: &Delta<'_>) {
+        match d {
+            Delta::Created { id } => self.response_id = (*id).to_owned(),
+            Delta::MessageStart { index, phase } => {
+                self.at(*index, || Item::Message {
+                    text: String::new(),
+                    refusal: String::new(),
+                    phase: phase.map(str::to_owned),
+                    citations: Vec::new(),
+                });
+            }
+            Delta::Text { index, text } => {
+                if let Some(Item::Message { text: t, .. }) = self.at(*index, empty_message) {
+                    t.push_str(text);
+                }
+            }
+            Delta::Refusal { index, text } => {
+                if let Some(Item::Message { refusal, .. }) = self.at(*index, empty_message) {
+                    refusal.push_str(text);
+                }
+            }
+            Delta::Citation { index, citation } => {
+                if let Some(Item::Message { citations, .. }) = self.at(*index, empty_message) {
+                    citations.push(OwnedCitation {
+                        url: citation.url.to_owned(),
+                        title: citation.title.map(str::to_owned),
+                        start: citation.start,
+                        end: citation.end,
+                    });
+                }
+            }
+            Delta::ReasoningStart { index, id } => {
+                self.at(*index, || Item::Reasoning {
+                    id: (*id).to_owned(),
+                    summary: Vec::new(),
+                    encrypted_content: None,
+                });
+            }
+            Delta::ReasoningPart { index, part } => {
+                if let Some(Item::Reasoning { summary, .. }) = self.at(*index, empty_reasoning) {
+                    while summary.len() <= *part as usize {
+                        summary.push(String::new());
+                    }
+                }
+            }
+            Delta::ReasoningText { index, part, text } => {
+                if let Some(Item::Reasoning { summary, .. }) = self.at(*index, empty_reasoning) {
+                    while summary.len() <= *part as usize {
+                        summary.push(String::new());
+                    }
+                    if let Some(s) = summary.get_mut(*part as usize) {
+                        s.push_str(text);
+                    }
+                }
+            }
+            Delta::ReasoningDone {
+                index,
+                id,
+                encrypted_content,
+                ..
+            } => {
+                if let Some(Item::Reasoning {
+                    id: rid,
+                    encrypted_content: enc,
+                    ..
+                }) = self.at(*index, empty_reasoning)
+                {
+                    if !id.is_empty() {
+                        *rid = (*id).to_owned();
+                    }
+                    *enc = encrypted_content.map(str::to_owned);
+                }
+            }
+            Delta::ToolCallStart {
+                index,
+                call_id,
+                name,
+                custom,
+            } => {
+                self.at(*index, || Item::ToolCall {
+                    call_id: (*call_id).to_owned(),
+                    name: (*name).to_owned(),
+                    arguments: String::new(),
+                    custom: *custom,
+                });
+            }
+            Delta::ToolCallArgs { .. } => {}
+            Delta::ToolCallDone {
+                index,
+                call_id,
+                name,
+                arguments,
+                custom,
+            } => {
+                let make = || Item::ToolCall {
+                    call_id: String::new(),
+                    name: String::new(),
+                    arguments: String::new(),
+                    custom: *custom,
+                };
+                if let Some(Item::ToolCall {
+                    call_id: c,
+                    name: n,
+                    arguments: a,
+                    ..
+                }) = self.at(*index, make)
+                {
+                    *c = (*call_id).to_owned();
+                    *n = (*name).to_owned();
+                    *a = (*arguments).to_owned();
+                }
+            }
+            Delta::WebSearchDone {
+                index,
+                id,
+                query,
+                sources,
+            } => {
+                self.at(*index, || Item::WebSearch {
+                    id: (*id).to_owned(),
+                    query: query.map(str::to_owned),
+                    sources: sources
+                        .iter()
+                        .map(|s| (s.url.to_owned(), s.title.map(str::to_owned)))
+                        .collect(),
+                });
+            }
+            Delta::CompactionDone {
+                index,
+                id,
+                encrypted_content,
+            } => {
+                self.at(*index, || Item::Compaction {
+                    id: id.map(str::to_owned),
+                    encrypted_content: (*encrypted_content).to_owned(),
+                });
+            }
+            Delta::MessageDone { .. } => {}
+            Delta::Completed { usage } => {
+                self.usage = *usage;
+                self.finish = Finish::Completed;
+            }
+            Delta::Incomplete { reason, usage } => {
+                self.usage = *usage;
+                self.finish = Finish::Incomplete(reason.map(str::to_owned));
+            }
+            Delta::Failed {
+                code,
+                message,
+                usage,
+            } => {
+                self.usage = *usage;
+                self.finish = Finish::Failed {
+                    code: code.map(str::to_owned),
+                    message: message.map(str::to_owned),
+                };
+            }
+            Delta::Error { code, message } => {
+                self.finish = Finish::Failed {
+                    code: code.map(str::to_owned),
+                    message: message.map(str::to_owned),
+                };
+            }
+        }
+    }
+}
+
+fn empty_message() -> Item {
+    Item::Message {
+        text: String::new(),
+        refusal: String::new(),
+        phase: None,
+        citations: Vec::new(),
+    }
+}
+
+fn empty_reasoning() -> Item {
+    Item::Reasoning {
+        id: String::new(),
+        summary: Vec::new(),
+        encrypted_content: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::events::Decoder;
+    use super::*;
+
+    #[test]
+    fn collects_reasoning_text_and_calls_in_order() {
+        let events = [
+            r#"{"type":"response.created","response":{"id":"resp_7c"}}"#,
+            r#"{"type":"response.output_item.added","output_index":0,"item":{"id":"rs_1","type":"reasoning","summary":[]}}"#,
+            r#"{"type":"response.reasoning_summary_part.added","output_index":0,"summary_index":0}"#,
+            r#"{"type":"response.reasoning_summary_text.delta","output_index":0,"summary_index":0,"delta":"a"}"#,
+            r#"{"type":"response.reasoning_summary_part.added","output_index":0,"summary_index":1}"#,
+            r#"{"type":"response.reasoning_summary_text.delta","output_index":0,"summary_index":1,"delta":"b"}"#,
+            r#"{"type":"response.output_item.done","output_index":0,"item":{"id":"rs_1","type":"reasoning","encrypted_content":"enc","summary":[{"text":"a"},{"text":"b"}]}}"#,
+            r#"{"type":"response.output_item.added","output_index":1,"item":{"type":"message","phase":"commentary"}}"#,
+            r#"{"type":"response.output_text.delta","output_index":1,"delta":"Run"}"#,
+            r#"{"type":"response.output_item.done","output_index":1,"item":{"type":"message","content":[{"type":"output_text","text":"Run"}]}}"#,
+            r#"{"type":"response.output_item.added","output_index":2,"item":{"type":"function_call","call_id":"call_1","name":"Bash","arguments":""}}"#,
+            r#"{"type":"response.function_call_arguments.delta","output_index":2,"delta":"{}"}"#,
+            r#"{"type":"response.output_item.done","output_index":2,"item":{"type":"function_call","call_id":"call_1","name":"Bash","arguments":"{}"}}"#,
+            r#"{"type":"response.completed","response":{"usage":{"input_tokens":5,"output_tokens":2}}}"#,
+        ];
+        let mut dec = Decoder::new();
+        let mut c = Collected::new();
+        for e in events {
+            dec.decode(e.as_bytes(), |d| c.push(d)).unwrap();
+        }
+        assert_eq!(c.response_id, "resp_7c");
+        assert_eq!(c.finish, Finish::Completed);
+        assert!(c.has_tool_calls());
+        assert_eq!(
+            c.items[0],
+            Item::Reasoning {
+                id: "rs_1".into(),
+                summary: vec!["a".into(), "b".into()],
+                encrypted_content: Some("enc".into())
+            }
+        );
+        assert_eq!(c.text(), "Run");
+        assert_eq!(c.usage.total, 7);
+    }
+}
