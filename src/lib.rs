@@ -1,6 +1,7 @@
 //! placeholder
 #![forbid(unsafe_code)]
 pub mod auth;
+pub mod body;
 pub mod config;
 pub mod dialect;
 pub mod emulator;

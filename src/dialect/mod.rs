@@ -74,7 +74,7 @@ pub trait Plan: Send + Sync + 'static {
 }
 
 /// Writes one streamed answer. Every method appends complete SSE frames to `out`.
-pub trait Encoder: Send + 'static {
+pub trait Encoder: Send + Unpin + 'static {
     /// The head was committed: write the opening frames (Chat: the role chunk; Anthropic:
     /// `message_start` and a `ping`).
     fn begin(&mut self, out: &mut BytesMut);

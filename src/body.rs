@@ -1,0 +1,389 @@
+//! `Translate<E>`: the streaming response body.
+//!
+//! Owns: the per-stream state machine that sits between hyper's upstream body and the
+//! client. Each poll drains every upstream frame that is already available, parses and
+//! translates all complete events in one pass, and hands hyper the translated bytes as one
+//! frame — coalescing what has arrived, never waiting for more. It also owns keepalive pings
+//! while the upstream is silent, the idle timeout, turning a mid-stream failure (upstream
+//! error event, transport error, EOF without a terminal event) into one protocol-correct
+//! error frame, and the response-head hold (`poll_prelude`). Dropping it (client gone) drops
+//! the upstream body and the live-stream guard.
+//!
+//! Does not own: sending the request, retries and status errors (`server::pipeline`), or
+//! wire formats (`dialect`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::dialect::Encoder;
+use crate::error::{Error, ErrorKind, Protocol};
+use crate::sse::parse::SseParser;
+use crate::upstream::events::{Decoder, Delta};
+use crate::upstream::failure::{self, PromptSize};
+
+/// Largest single upstream event accepted (reasoning items with encrypted content are KBs;
+/// a compaction item can be large).
+pub const MAX_EVENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Counts live streams; the guard decrements on drop, whatever way the stream ends.
+#[derive(Default)]
+pub struct StreamCounter {
+    live: AtomicUsize,
+}
+
+impl StreamCounter {
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Take a slot if fewer than `limit` are live.
+    pub fn try_acquire(self: &Arc<Self>, limit: usize) -> Option<StreamGuard> {
+        let prev = self.live.fetch_add(1, Ordering::AcqRel);
+        if prev >= limit {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(StreamGuard {
+            counter: Arc::clone(self),
+        })
+    }
+}
+
+/// One live stream.
+pub struct StreamGuard {
+    counter: Arc<StreamCounter>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.counter.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Stream timing.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub keepalive: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Outcome of the head-hold phase.
+#[derive(Debug)]
+pub enum Prelude {
+    /// Output started (or the response finished well): send the 200 and stream.
+    Commit,
+    /// The upstream failed before any output: answer with an HTTP error (or retry).
+    Failed(Error),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Streaming,
+    /// A terminal event (or a failure) was written; flush `out`, then end.
+    Finished,
+    Ended,
+}
+
+/// The translating body. `E` writes the client's protocol.
+pub struct Translate<E: Encoder> {
+    upstream: Option<Incoming>,
+    parser: SseParser,
+    decoder: Decoder,
+    encoder: E,
+    out: BytesMut,
+    phase: Phase,
+    protocol: Protocol,
+    prompt: PromptSize,
+    timing: Timing,
+    last_sent: Instant,
+    last_upstream: Instant,
+    timer: Pin<Box<Sleep>>,
+    /// Set by a failure seen while the head is still held.
+    held_failure: Option<Error>,
+    /// Any output item or text seen (ends the head hold).
+    output_started: bool,
+    _guard: Option<StreamGuard>,
+}
+
+impl<E: Encoder> Translate<E> {
+    pub fn new(
+        upstream: Incoming,
+        mut encoder: E,
+        protocol: Protocol,
+        prompt: PromptSize,
+        timing: Timing,
+        guard: Option<StreamGuard>,
+    ) -> Self {
+        let now = Instant::now();
+        let mut out = BytesMut::with_capacity(8 * 1024);
+        encoder.begin(&mut out);
+        Translate {
+            upstream: Some(upstream),
+            parser: SseParser::new(MAX_EVENT_BYTES),
+            decoder: Decoder::new(),
+            encoder,
+            out,
+            phase: Phase::Streaming,
+            protocol,
+            prompt,
+            timing,
+            last_sent: now,
+            last_upstream: now,
+            timer: Box::pin(tokio::time::sleep_until(now + timing.keepalive)),
+            held_failure: None,
+            output_started: false,
+            _guard: guard,
+        }
+    }
+
+    /// Parse and translate every complete event in the parser. Returns true when a
+    /// terminal event was handled.
+    fn process(&mut self, committed: bool) -> bool {
+        let Translate {
+            parser,
+            decoder,
+            encoder,
+            out,
+            protocol,
+            prompt,
+            held_failure,
+            output_started,
+            ..
+        } = self;
+        loop {
+            let ev = match parser.next_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return false,
+                Err(e) => {
+                    let err = Error::new(ErrorKind::BadGateway, format!("upstream stream: {e}"));
+                    Self::fail_into(encoder, out, held_failure, committed, err);
+                    return true;
+                }
+            };
+            encoder.raw(ev.event, ev.data, out);
+            let mut failure: Option<Error> = None;
+            let mut terminal = false;
+            let decoded = decoder.decode(ev.data, |d| match d {
+                Delta::Failed { code, message, .. } | Delta::Error { code, message } => {
+                    let window = prompt.window;
+                    let tokens = prompt.tokens;
+                    failure = Some(failure::from_terminal(*code, *message, *protocol, || {
+                        PromptSize { tokens, window }
+                    }));
+                }
+                Delta::Created { .. } => encoder.delta(d, out),
+                _ => {
+                    *output_started = true;
+                    terminal |= d.is_terminal();
+                    encoder.delta(d, out);
+                }
+            });
+            if decoded.is_err() {
+                failure = Some(Error::new(
+                    ErrorKind::BadGateway,
+                    "upstream sent an event that is not valid JSON",
+                ));
+            }
+            if let Some(err) = failure {
+                Self::fail_into(encoder, out, held_failure, committed, err);
+                return true;
+            }
+            if terminal {
+                return true;
+            }
+        }
+    }
+
+    fn fail_into(
+        encoder: &mut E,
+        out: &mut BytesMut,
+        held: &mut Option<Error>,
+        committed: bool,
+        err: Error,
+    ) {
+        if committed {
+            encoder.fail(&err, out);
+        } else {
+            *held = Some(err);
+        }
+    }
+
+    fn fail(&mut self, committed: bool, err: Error) {
+        Self::fail_into(
+            &mut self.encoder,
+            &mut self.out,
+            &mut self.held_failure,
+            committed,
+            err,
+        );
+        self.phase = Phase::Finished;
+    }
+
+    /// Drain every upstream frame available now. Returns `Poll::Pending` only when nothing
+    /// at all happened; `Ready(())` when bytes were processed or the stream finished.
+    fn pump(&mut self, cx: &mut Context<'_>, committed: bool) -> Poll<()> {
+        let mut progressed = false;
+        while self.phase == Phase::Streaming {
+            let Some(upstream) = self.upstream.as_mut() else {
+                break;
+            };
+            match Pin::new(upstream).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    progressed = true;
+                    if let Ok(data) = frame.into_data() {
+                        self.last_upstream = Instant::now();
+                        self.parser.push(&data);
+                        if self.process(committed) {
+                            self.phase = Phase::Finished;
+                            self.release_upstream();
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    progressed = true;
+                    self.upstream = None;
+                    let err = Error::new(
+                        ErrorKind::BadGateway,
+                        format!("upstream connection failed mid-stream: {e}"),
+                    );
+                    self.fail(committed, err);
+                }
+                Poll::Ready(None) => {
+                    progressed = true;
+                    self.upstream = None;
+                    let terminal = self.finish_parser(committed);
+                    if !terminal && self.phase == Phase::Streaming {
+                        self.fail(committed, failure::incomplete_stream());
+                    }
+                    self.phase = Phase::Finished;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if progressed {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// At EOF: terminate a final unterminated event (tolerant, like `SseParser::finish`)
+    /// and process it.
+    fn finish_parser(&mut self, committed: bool) -> bool {
+        self.parser.push(b"\n\n");
+        self.process(committed)
+    }
+
+    /// After a terminal event the upstream normally has only its chunk terminator left;
+    /// read it so the connection returns to the pool, without holding the client.
+    fn release_upstream(&mut self) {
+        if let Some(mut body) = self.upstream.take() {
+            tokio::spawn(async move {
+                let drain = async {
+                    while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut body).await {}
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+            });
+        }
+    }
+
+    /// The head-hold phase: read until output starts, the response ends, or it fails.
+    pub fn poll_prelude(&mut self, cx: &mut Context<'_>) -> Poll<Prelude> {
+        loop {
+            if let Some(err) = self.held_failure.take() {
+                self.phase = Phase::Ended;
+                return Poll::Ready(Prelude::Failed(err));
+            }
+            if self.output_started || self.phase != Phase::Streaming {
+                return Poll::Ready(Prelude::Commit);
+            }
+            if self.pump(cx, false).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Attach the live-stream slot (held for as long as the client reads the stream).
+    pub fn with_guard(mut self, guard: Option<StreamGuard>) -> Self {
+        self._guard = guard;
+        self
+    }
+
+    /// The estimate of the prompt size, for errors.
+    pub fn prompt(&self) -> &PromptSize {
+        &self.prompt
+    }
+
+    fn arm_timer(&mut self) {
+        let now = Instant::now();
+        let keepalive_at = self.last_sent + self.timing.keepalive;
+        let idle_at = self.last_upstream + self.timing.idle_timeout;
+        let at = keepalive_at.min(idle_at).max(now);
+        self.timer.as_mut().reset(at);
+    }
+}
+
+impl<E: Encoder> Body for Translate<E> {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        loop {
+            if this.phase == Phase::Streaming {
+                let _ = this.pump(cx, true);
+            }
+            if !this.out.is_empty() {
+                this.last_sent = Instant::now();
+                let bytes = this.out.split().freeze();
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+            match this.phase {
+                Phase::Finished | Phase::Ended => {
+                    this.phase = Phase::Ended;
+                    return Poll::Ready(None);
+                }
+                Phase::Streaming => {}
+            }
+            // Nothing to send: wait for upstream bytes or the next timer.
+            this.arm_timer();
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            if now >= this.last_upstream + this.timing.idle_timeout {
+                let secs = this.timing.idle_timeout.as_secs();
+                let err = Error::new(
+                    ErrorKind::Timeout,
+                    format!("The upstream sent nothing for {secs} s; the stream was abandoned."),
+                );
+                this.upstream = None;
+                this.fail(true, err);
+                continue;
+            }
+            if now >= this.last_sent + this.timing.keepalive {
+                this.encoder.keepalive(&mut this.out);
+                continue;
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.phase == Phase::Ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}

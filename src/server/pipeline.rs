@@ -1,0 +1,407 @@
+//! Running one proxied request: the `Plan` → upstream → client path.
+//!
+//! Owns: the stream slot, building the upstream HTTP request once (headers of §3.3, body
+//! written and zstd-compressed once), the retry loop (only before the first byte reached the
+//! client; connect errors, 5xx, overload and short rate limits; bounded; honouring
+//! `Retry-After`), the 401 recovery sequence (reload auth.json → retry → refresh → retry),
+//! the response-head hold, and non-stream aggregation.
+//!
+//! Does not own: wire formats (`dialect`) or the body state machine (`body`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+use crate::auth::AuthHeaders;
+use crate::body::{Prelude, Timing, Translate};
+use crate::dialect::Plan;
+use crate::error::{Error, ErrorKind, Protocol};
+use crate::server::State;
+use crate::server::route::{RespBody, full, json_response};
+use crate::upstream::collect::{Collected, Finish};
+use crate::upstream::events::Decoder;
+use crate::upstream::failure::{self, PromptSize};
+
+/// Longest `Retry-After` we wait out ourselves before answering the client instead.
+const MAX_INTERNAL_WAIT: Duration = Duration::from_secs(10);
+/// Cap on an upstream error body we read.
+const MAX_ERROR_BODY: usize = 1024 * 1024;
+
+/// Run `plan` and produce the client's response (errors included, in the plan's protocol).
+pub async fn run<P: Plan>(state: &Arc<State>, plan: P, request_id: &str) -> Response<RespBody> {
+    let protocol = plan.protocol();
+    match run_inner(state, plan, request_id).await {
+        Ok(resp) => resp,
+        Err(err) => super::route::error_response(&err, protocol, request_id),
+    }
+}
+
+fn user_agent(config: &crate::config::Config) -> String {
+    format!(
+        "codex_cli_rs/{} ({} ; {}) codex-as-api/{}",
+        config.client_version,
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The prompt size for a context-window error: the exact o200k count of what was sent.
+fn prompt_size(state: &State, body: &[u8], model: &str) -> PromptSize {
+    let window = state
+        .config
+        .context_window
+        .or_else(|| state.catalog.find(model).map(|m| m.context_window))
+        .unwrap_or(272_000);
+    PromptSize {
+        tokens: crate::tokens::count_upstream_body(body),
+        window,
+    }
+}
+
+fn backoff(err: &Error, attempt: u32) -> Option<Duration> {
+    if let Some(secs) = err.retry_after {
+        let d = Duration::from_secs(secs);
+        return (d <= MAX_INTERNAL_WAIT).then_some(d);
+    }
+    let base = 200u64 << attempt.min(6);
+    let jitter = fastrand::u64(0..=base / 10);
+    Some(Duration::from_millis(base + jitter))
+}
+
+fn build_request(
+    state: &State,
+    url: &str,
+    auth: &AuthHeaders,
+    upstream: &crate::upstream::request::UpstreamRequest,
+    body: Bytes,
+    compressed: bool,
+) -> Result<Request<Full<Bytes>>, Error> {
+    let conv = HeaderValue::from_str(&upstream.conversation_id)
+        .map_err(|_| Error::bad_request("conversation id is not a valid header value"))?;
+    let mut b = Request::post(url)
+        .header(header::AUTHORIZATION, auth.authorization.clone())
+        .header("chatgpt-account-id", auth.account_id.clone())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "text/event-stream")
+        .header("originator", "codex_cli_rs")
+        .header(header::USER_AGENT, user_agent(&state.config))
+        .header("version", state.config.client_version.as_str())
+        .header("session-id", conv.clone())
+        .header("thread-id", conv.clone())
+        .header("x-client-request-id", conv);
+    if compressed {
+        b = b.header(header::CONTENT_ENCODING, "zstd");
+    }
+    if let Some(sub) = &upstream.subagent
+        && let Ok(v) = HeaderValue::from_str(sub)
+    {
+        b = b.header("x-openai-subagent", v);
+    }
+    if upstream.memgen {
+        b = b.header("x-openai-memgen-request", "true");
+    }
+    b.body(Full::new(body))
+        .map_err(|e| Error::internal(format!("building the upstream request: {e}")))
+}
+
+async fn read_error_body(body: hyper::body::Incoming) -> Vec<u8> {
+    let limited = http_body_util::Limited::new(body, MAX_ERROR_BODY);
+    match tokio::time::timeout(Duration::from_secs(30), limited.collect()).await {
+        Ok(Ok(c)) => c.to_bytes().to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+async fn run_inner<P: Plan>(
+    state: &Arc<State>,
+    plan: P,
+    request_id: &str,
+) -> Result<Response<RespBody>, Error> {
+    let protocol = plan.protocol();
+    let guard = state
+        .streams
+        .try_acquire(state.config.max_concurrent_streams)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "codex-as-api is at its limit of {} concurrent upstream streams; retry shortly.",
+                    state.config.max_concurrent_streams
+                ),
+            )
+            .with_retry_after(1)
+        })?;
+    let upstream = plan.upstream();
+    let raw_body = upstream.body();
+    let (wire_body, compressed) = if state.config.compress {
+        match zstd::bulk::compress(&raw_body, 3) {
+            Ok(z) => (Bytes::from(z), true),
+            Err(_) => (Bytes::from(raw_body.clone()), false),
+        }
+    } else {
+        (Bytes::from(raw_body.clone()), false)
+    };
+    let url = state.config.responses_url();
+    let mut auth = state.tokens.headers().await?;
+    let mut recovery = 0u8;
+    let mut attempt = 0u32;
+    let mut guard = Some(guard);
+    let timing = Timing {
+        keepalive: state.config.keepalive,
+        idle_timeout: state.config.stream_idle_timeout,
+    };
+    loop {
+        let req = build_request(state, &url, &auth, upstream, wire_body.clone(), compressed)?;
+        let sent =
+            tokio::time::timeout(state.config.stream_idle_timeout, state.client.request(req));
+        let resp = match sent.await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                let err = Error::new(
+                    ErrorKind::BadGateway,
+                    format!("cannot reach the upstream at {url}: {}", error_chain(&e)),
+                )
+                .with_code("upstream_unreachable");
+                if let Some(wait) = retry_wait(state, &err, &mut attempt) {
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                return Err(err);
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    "the upstream did not send response headers in time",
+                ));
+            }
+        };
+        super::ratelimit::record(state, resp.headers());
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED && recovery < 2 {
+            drop(resp);
+            if recovery == 0 {
+                recovery = 1;
+                if let Some(fresh) = state.tokens.reload(&auth).await? {
+                    tracing::info!("upstream 401: retrying with credentials reloaded from disk");
+                    auth = fresh;
+                    continue;
+                }
+            }
+            recovery = 2;
+            tracing::info!("upstream 401: refreshing credentials");
+            auth = state.tokens.refresh_after_unauthorized(&auth).await?;
+            continue;
+        }
+        if !status.is_success() {
+            let headers = resp.headers().clone();
+            let body = read_error_body(resp.into_body()).await;
+            let err = failure::from_status(status.as_u16(), &headers, &body, protocol, || {
+                prompt_size(state, &raw_body, &upstream.model)
+            });
+            tracing::debug!(status = status.as_u16(), kind = ?err.kind, "upstream error status");
+            if let Some(wait) = retry_wait(state, &err, &mut attempt) {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            return Err(err);
+        }
+        let estimate = PromptSize {
+            tokens: raw_body.len() as u64 / 4,
+            window: prompt_size_window(state, &upstream.model),
+        };
+        if plan.stream() {
+            let mut t = Translate::new(
+                resp.into_body(),
+                plan.encoder(),
+                protocol,
+                estimate,
+                timing,
+                None,
+            );
+            let held = tokio::time::timeout(
+                state.config.head_hold,
+                std::future::poll_fn(|cx| t.poll_prelude(cx)),
+            )
+            .await;
+            match held {
+                Ok(Prelude::Failed(err)) => {
+                    let err = exact_context(state, err, protocol, &raw_body, &upstream.model);
+                    if let Some(wait) = retry_wait(state, &err, &mut attempt) {
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    return Err(err);
+                }
+                Ok(Prelude::Commit) | Err(_) => {
+                    let t = t.with_guard(guard.take());
+                    return Ok(stream_response(t, plan.stream_content_type(), request_id));
+                }
+            }
+        }
+        match collect(resp.into_body(), state.config.stream_idle_timeout).await {
+            Ok(c) => match &c.finish {
+                Finish::Completed | Finish::Incomplete(_) => {
+                    return Ok(json_response(StatusCode::OK, plan.render(&c), request_id));
+                }
+                Finish::Failed { code, message } => {
+                    let err = failure::from_terminal(
+                        code.as_deref(),
+                        message.as_deref(),
+                        protocol,
+                        || prompt_size(state, &raw_body, &upstream.model),
+                    );
+                    if let Some(wait) = retry_wait(state, &err, &mut attempt) {
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    return Err(err);
+                }
+                Finish::Open => {
+                    let err = failure::incomplete_stream();
+                    if let Some(wait) = retry_wait(state, &err, &mut attempt) {
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    return Err(err);
+                }
+            },
+            Err(err) => {
+                if let Some(wait) = retry_wait(state, &err, &mut attempt) {
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                return Err(err);
+            }
+        }
+    }
+}
+
+fn prompt_size_window(state: &State, model: &str) -> u64 {
+    state
+        .config
+        .context_window
+        .or_else(|| state.catalog.find(model).map(|m| m.context_window))
+        .unwrap_or(272_000)
+}
+
+/// Replace the estimate in a context-window error by the exact count.
+fn exact_context(state: &State, err: Error, protocol: Protocol, body: &[u8], model: &str) -> Error {
+    if err.kind == ErrorKind::ContextLengthExceeded {
+        failure::context_exceeded(protocol, &prompt_size(state, body, model))
+    } else {
+        err
+    }
+}
+
+/// Whether to retry, and after how long. Counts the attempt.
+fn retry_wait(state: &State, err: &Error, attempt: &mut u32) -> Option<Duration> {
+    if !err.retryable || *attempt >= state.config.upstream_retries {
+        return None;
+    }
+    let wait = backoff(err, *attempt)?;
+    *attempt += 1;
+    tracing::info!(attempt = *attempt, kind = ?err.kind, wait_ms = wait.as_millis() as u64, "retrying upstream request");
+    Some(wait)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn stream_response<E: crate::dialect::Encoder>(
+    t: Translate<E>,
+    content_type: &'static str,
+    request_id: &str,
+) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::new(t));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-request-id", v.clone());
+        h.insert("request-id", v);
+    }
+    resp
+}
+
+/// Read a whole upstream stream into a `Collected`.
+async fn collect(body: hyper::body::Incoming, idle: Duration) -> Result<Collected, Error> {
+    let mut body = body;
+    let mut parser = crate::sse::parse::SseParser::new(crate::body::MAX_EVENT_BYTES);
+    let mut decoder = Decoder::new();
+    let mut collected = Collected::new();
+    let mut eof = false;
+    loop {
+        let frame = if eof {
+            None
+        } else {
+            match tokio::time::timeout(idle, body.frame()).await {
+                Ok(f) => f,
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("The upstream sent nothing for {} s.", idle.as_secs()),
+                    ));
+                }
+            }
+        };
+        match frame {
+            Some(Ok(f)) => {
+                if let Ok(data) = f.into_data() {
+                    parser.push(&data);
+                }
+            }
+            Some(Err(e)) => {
+                return Err(Error::new(
+                    ErrorKind::BadGateway,
+                    format!("upstream connection failed: {}", error_chain(&e)),
+                ));
+            }
+            None => {
+                eof = true;
+                parser.push(b"\n\n");
+            }
+        }
+        loop {
+            let ev = match parser.next_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(Error::new(
+                        ErrorKind::BadGateway,
+                        format!("upstream stream: {e}"),
+                    ));
+                }
+            };
+            decoder
+                .decode(ev.data, |d| collected.push(d))
+                .map_err(|e| Error::new(ErrorKind::BadGateway, e.to_string()))?;
+            if collected.finish != Finish::Open {
+                // Read the terminator so the connection can be pooled.
+                let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+                let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+                return Ok(collected);
+            }
+        }
+        if eof {
+            return Ok(collected);
+        }
+    }
+}
+
+/// Placeholder body used when a route has nothing to stream.
+pub fn empty() -> RespBody {
+    full(Bytes::new())
+}

@@ -1,0 +1,422 @@
+//! Routing and request guards.
+//!
+//! Owns: the endpoint table, choosing the error protocol for a request, the guards (Host
+//! check against DNS rebinding on loopback binds, the inbound API key compared in constant
+//! time, the body size limit), reading the body, `/health`, `/v1/models`, and rendering an
+//! `Error` as a response.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+
+use crate::dialect::{Ctx, chat, messages};
+use crate::error::{Error, ErrorKind, Protocol};
+use crate::server::{State, pipeline};
+
+/// The response body type of every route.
+pub type RespBody = UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+pub fn full(bytes: impl Into<Bytes>) -> RespBody {
+    UnsyncBoxBody::new(Full::new(bytes.into()))
+}
+
+/// A JSON response with the request id headers.
+pub fn json_response(status: StatusCode, body: Vec<u8>, request_id: &str) -> Response<RespBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-request-id", v.clone());
+        h.insert("request-id", v);
+    }
+    resp
+}
+
+/// Render an error in `protocol`'s shape with its status and `Retry-After`.
+pub fn error_response(err: &Error, protocol: Protocol, request_id: &str) -> Response<RespBody> {
+    let status =
+        StatusCode::from_u16(err.status(protocol)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = json_response(status, err.body(protocol), request_id);
+    if let Some(secs) = err.retry_after
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    if protocol == Protocol::Anthropic {
+        let retry = if err.retryable || err.retry_after.is_some() {
+            "true"
+        } else {
+            "false"
+        };
+        resp.headers_mut()
+            .insert("x-should-retry", HeaderValue::from_static(retry));
+    }
+    resp
+}
+
+/// Anthropic shape for `/v1/messages*` and for requests that carry Anthropic headers.
+fn protocol_of(path: &str, headers: &HeaderMap) -> Protocol {
+    if path.starts_with("/v1/messages")
+        || path.starts_with("/messages")
+        || headers.contains_key("anthropic-version")
+        || headers.contains_key("x-api-key")
+    {
+        Protocol::Anthropic
+    } else {
+        Protocol::OpenAi
+    }
+}
+
+/// Whether a Host header names this machine (for loopback binds).
+fn host_is_loopback(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>()
+        .map(|ip| ip.is_loopback())
+        .unwrap_or(false)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
+    if let Some(v) = headers.get("x-api-key") {
+        return Some(v.as_bytes());
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let prefix = b"Bearer ";
+    (auth.len() > prefix.len() && auth[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .then(|| &auth[prefix.len()..])
+}
+
+fn guard(state: &State, req: &Request<Incoming>, path: &str) -> Result<(), Error> {
+    if state.config.host.is_loopback() {
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            });
+        if let Some(host) = host
+            && !host_is_loopback(&host)
+        {
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "Host {host:?} is not allowed: this server answers only requests addressed to a loopback name (DNS rebinding protection)."
+                ),
+            ));
+        }
+    }
+    if let Some(key) = &state.config.api_key
+        && path != "/health"
+        && path != "/api/hello"
+    {
+        let ok = presented_key(req.headers())
+            .map(|k| constant_time_eq(k, key.as_bytes()))
+            .unwrap_or(false);
+        if !ok {
+            return Err(Error::new(
+                ErrorKind::Unauthorized,
+                "Missing or invalid API key: send the key configured in CODEX_AS_API_API_KEY as `Authorization: Bearer <key>` or `x-api-key: <key>`.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(HeaderMap, Vec<u8>), Error> {
+    let too_large = || {
+        Error::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large());
+    }
+    let (parts, body) = req.into_parts();
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok((parts.headers, c.to_bytes().to_vec())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(Error::bad_request(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+/// Handle one request.
+pub async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    _peer: SocketAddr,
+) -> Response<RespBody> {
+    let request_id = crate::upstream::request::random_id("req_");
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let protocol = protocol_of(&path, req.headers());
+    let started = std::time::Instant::now();
+    let resp = match dispatch(&state, req, &path, &method, protocol, &request_id).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e, protocol, &request_id),
+    };
+    tracing::info!(
+        request_id = %request_id,
+        method = %method,
+        route = %path,
+        status = resp.status().as_u16(),
+        head_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}
+
+async fn dispatch(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    path: &str,
+    method: &Method,
+    protocol: Protocol,
+    request_id: &str,
+) -> Result<Response<RespBody>, Error> {
+    guard(state, &req, path)?;
+    match (method, path) {
+        (&Method::GET, "/health") => Ok(json_response(StatusCode::OK, health(state), request_id)),
+        (&Method::GET | &Method::HEAD, "/api/hello") | (&Method::GET | &Method::HEAD, "/") => Ok(
+            json_response(StatusCode::OK, b"{\"ok\":true}".to_vec(), request_id),
+        ),
+        (&Method::GET, "/v1/models") | (&Method::GET, "/models") => Ok(json_response(
+            StatusCode::OK,
+            models_list(state, protocol),
+            request_id,
+        )),
+        (&Method::GET, p) if p.starts_with("/v1/models/") => {
+            let id = &p["/v1/models/".len()..];
+            model_one(state, id, protocol).map(|b| json_response(StatusCode::OK, b, request_id))
+        }
+        (&Method::POST, "/v1/chat/completions") | (&Method::POST, "/chat/completions") => {
+            let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
+            let ctx = Ctx {
+                config: &state.config,
+                catalog: &state.catalog,
+                headers: &headers,
+            };
+            let plan = chat::translate(&mut body, &ctx)?;
+            Ok(pipeline::run(state, plan, request_id).await)
+        }
+        (&Method::POST, "/v1/messages") | (&Method::POST, "/messages") => {
+            let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
+            let ctx = Ctx {
+                config: &state.config,
+                catalog: &state.catalog,
+                headers: &headers,
+            };
+            let plan = messages::translate(&mut body, &ctx)?;
+            Ok(pipeline::run(state, plan, request_id).await)
+        }
+        (&Method::POST, "/v1/messages/count_tokens")
+        | (&Method::POST, "/messages/count_tokens") => {
+            let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
+            let ctx = Ctx {
+                config: &state.config,
+                catalog: &state.catalog,
+                headers: &headers,
+            };
+            let out = messages::count_tokens(&mut body, &ctx)?;
+            Ok(json_response(StatusCode::OK, out, request_id))
+        }
+        (&Method::POST, "/v1/messages/compact") => Err(Error::new(
+            ErrorKind::NotImplemented,
+            "POST /v1/messages/compact (remote compaction) is not available yet; Claude Code's own /compact works through /v1/messages.",
+        )),
+        (_, p) => Err(Error::new(
+            ErrorKind::NotFound,
+            format!("Unknown endpoint: {method} {p}. See the README for the list of endpoints."),
+        )),
+    }
+}
+
+fn health(state: &State) -> Vec<u8> {
+    use crate::json::{write_str, write_u64};
+    let c = &state.config;
+    let window = c.context_window.unwrap_or_else(|| {
+        state
+            .catalog
+            .find(&c.model)
+            .map(|m| m.context_window)
+            .unwrap_or(272_000)
+    });
+    let compact = c.auto_compact_token_limit.unwrap_or(window * 9 / 10);
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"{\"status\":\"ok\",\"version\":");
+    write_str(&mut out, env!("CARGO_PKG_VERSION"));
+    out.extend_from_slice(b",\"auth_available\":");
+    out.extend_from_slice(if state.tokens.available() {
+        b"true"
+    } else {
+        b"false"
+    });
+    out.extend_from_slice(b",\"model\":");
+    write_str(&mut out, &c.model);
+    out.extend_from_slice(b",\"codex_config_path\":");
+    write_str(&mut out, &c.config_path.to_string_lossy());
+    out.extend_from_slice(b",\"context_window\":");
+    write_u64(&mut out, window);
+    out.extend_from_slice(b",\"auto_compact_token_limit\":");
+    write_u64(&mut out, compact);
+    out.extend_from_slice(b",\"uptime_secs\":");
+    write_u64(&mut out, state.started.elapsed().as_secs());
+    out.extend_from_slice(b",\"live_streams\":");
+    write_u64(&mut out, state.streams.live() as u64);
+    out.extend_from_slice(b",\"demo\":");
+    out.extend_from_slice(if c.demo { b"true" } else { b"false" });
+    out.extend_from_slice(b",\"rate_limits\":");
+    match state.rate_limits.load_full() {
+        Some(s) => s.write_json(&mut out),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+    out
+}
+
+fn model_json(out: &mut Vec<u8>, m: &crate::upstream::catalog::ModelInfo, protocol: Protocol) {
+    use crate::json::{write_str, write_u64};
+    match protocol {
+        Protocol::OpenAi => {
+            out.extend_from_slice(b"{\"id\":");
+            write_str(out, &m.slug);
+            out.extend_from_slice(b",\"object\":\"model\",\"created\":1795500000,\"owned_by\":\"openai\",\"display_name\":");
+            write_str(out, &m.display_name);
+            out.extend_from_slice(b",\"context_window\":");
+            write_u64(out, m.context_window);
+            out.extend_from_slice(b",\"supported_reasoning_levels\":[");
+            for (i, e) in m.efforts.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(out, e);
+            }
+            out.extend_from_slice(b"],\"default_reasoning_level\":");
+            write_str(out, &m.default_effort);
+            out.push(b'}');
+        }
+        Protocol::Anthropic => {
+            out.extend_from_slice(b"{\"type\":\"model\",\"id\":");
+            write_str(out, &m.slug);
+            out.extend_from_slice(b",\"display_name\":");
+            write_str(out, &m.display_name);
+            out.extend_from_slice(
+                b",\"created_at\":\"2026-01-01T00:00:00Z\",\"max_input_tokens\":",
+            );
+            write_u64(out, m.context_window);
+            out.push(b'}');
+        }
+    }
+}
+
+fn models_list(state: &State, protocol: Protocol) -> Vec<u8> {
+    let mut models: Vec<&crate::upstream::catalog::ModelInfo> =
+        state.catalog.models.iter().filter(|m| m.visible).collect();
+    models.sort_by_key(|m| m.priority);
+    let mut out = Vec::with_capacity(256 * models.len() + 64);
+    match protocol {
+        Protocol::OpenAi => out.extend_from_slice(b"{\"object\":\"list\",\"data\":["),
+        Protocol::Anthropic => out.extend_from_slice(b"{\"data\":["),
+    }
+    for (i, m) in models.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        model_json(&mut out, m, protocol);
+    }
+    out.push(b']');
+    if protocol == Protocol::Anthropic {
+        out.extend_from_slice(b",\"has_more\":false,\"first_id\":");
+        crate::json::write_opt_str(&mut out, models.first().map(|m| m.slug.as_str()));
+        out.extend_from_slice(b",\"last_id\":");
+        crate::json::write_opt_str(&mut out, models.last().map(|m| m.slug.as_str()));
+    }
+    out.push(b'}');
+    out
+}
+
+fn model_one(state: &State, id: &str, protocol: Protocol) -> Result<Vec<u8>, Error> {
+    let m = state.catalog.find(id).ok_or_else(|| {
+        Error::new(
+            ErrorKind::ModelNotFound,
+            format!("The model `{id}` does not exist or you do not have access to it."),
+        )
+    })?;
+    let mut out = Vec::with_capacity(256);
+    model_json(&mut out, m, protocol);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_host_names() {
+        for h in [
+            "localhost",
+            "localhost:18080",
+            "127.0.0.1:1",
+            "[::1]:80",
+            "127.1.2.3",
+            "foo.localhost",
+        ] {
+            assert!(host_is_loopback(h), "{h}");
+        }
+        for h in [
+            "evil.com",
+            "evil.com:18080",
+            "10.0.0.1",
+            "[2001:db8::1]:80",
+            "localhost.evil.com",
+        ] {
+            assert!(!host_is_loopback(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn api_key_from_either_header() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer sk-1"));
+        assert_eq!(presented_key(&h), Some(&b"sk-1"[..]));
+        h.insert("x-api-key", HeaderValue::from_static("sk-2"));
+        assert_eq!(presented_key(&h), Some(&b"sk-2"[..]));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}
