@@ -3,6 +3,8 @@
 pub mod auth;
 pub mod emulator;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod json;
 pub mod server;
 pub mod sse;
