@@ -314,11 +314,8 @@ impl SseParser {
                 }
             }
             b"event" => self.name = value,
-            b"id" => {
-                if memchr(0, slice(&self.buf, value)).is_none() {
-                    self.id = Some(value);
-                }
-            }
+            // WHATWG ignores an `id` containing NUL.
+            b"id" if memchr(0, slice(&self.buf, value)).is_none() => self.id = Some(value),
             _ => {}
         }
     }
