@@ -6,6 +6,8 @@ pub mod config;
 pub mod dialect;
 pub mod emulator;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod json;
 pub mod server;
 pub mod sse;
