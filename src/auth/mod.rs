@@ -232,10 +232,13 @@ impl TokenStore {
         }
         if let Some(cur) = self.current.load_full()
             && bearer_is(&cur.authorization, &loaded.tokens.access_token)
-            && st.failure.is_none()
         {
-            st.seen = Some(loaded.stamp);
-            return Ok(Some(cur));
+            // Already serving what the file holds (we refreshed since `failed` was taken).
+            // A failure remembered for it stays remembered: the file did not change.
+            return match &st.failure {
+                Some(e) => Err(e.clone()),
+                None => Ok(Some(cur)),
+            };
         }
         let h = self.adopt(&mut st, loaded.tokens, Some(loaded.stamp))?;
         tracing::info!(
