@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test command: sets up what the end-to-end suites need (idempotent), then runs every
+# test: unit, integration (real server + emulator over loopback), the official OpenAI and
+# Anthropic Python SDKs, the real Claude Code CLI, fuzz seed replay and bench smoke runs.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+venv="$root/.venv"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import openai, anthropic, pytest' 2>/dev/null; then
+  echo "== setting up the Python venv for the SDK tests ($venv)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+fi
+export CODEX_AS_API_TEST_PYTHON="$venv/bin/python"
+
+node_dir="$root/tests/e2e/node"
+if [ ! -x "$node_dir/node_modules/.bin/claude" ]; then
+  echo "== installing Claude Code for the end-to-end test ($node_dir)"
+  (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+export CODEX_AS_API_TEST_CLAUDE="$node_dir/node_modules/.bin/claude"
+
+echo "== cargo test (all targets, benches run once as smoke tests)"
+cargo test --all-targets "$@"
