@@ -1,1 +1,1658 @@
-//! OpenAI Chat Completions (placeholder).
+//! OpenAI Chat Completions: `POST /v1/chat/completions` ⇄ the Codex Responses backend.
+//!
+//! Owns: translating one Chat request (messages, tools, `tool_choice`, `response_format`,
+//! effort, cache key, Codex extras) into an `UpstreamRequest`; encoding the `Delta` stream as
+//! `chat.completion.chunk` SSE frames; rendering a `Collected` response as one
+//! `chat.completion`. Pure translation: no I/O, no timers, no retries.
+//!
+//! Design notes:
+//! * Parameters the backend rejects (`temperature`, `max_tokens`, `stop`, `seed`, …) are
+//!   accepted and never forwarded: the upstream body is built from an allow-list, so an
+//!   unknown field simply has no path to the wire.
+//! * Every chunk of one stream shares `id`/`created`/`model`, so the constant JSON prefix is
+//!   written once per stream and each text delta costs one prefix copy, one escaped string
+//!   and one suffix copy (no heap allocation in steady state).
+//! * Tool names the backend would reject are shortened via `ToolNames` and restored in every
+//!   answer; `call_id` round-trips verbatim, so no server-side state is needed.
+//! * Custom (freeform) tool calls: non-stream answers use the documented Chat shape
+//!   `{"type":"custom","custom":{"name","input"}}`; streamed deltas use the `function` shape
+//!   with the raw input as `arguments`, because the SDKs' delta types only know `function`.
+//!   History that sends a custom tool's call back as `type:"function"` is mapped back to a
+//!   `custom_tool_call`, so either shape round-trips.
+//! * Legacy `functions`/`function_call` requests (no `tools`) get legacy answers
+//!   (`message.function_call`, `finish_reason:"function_call"`) and one call at most.
+//! * `tool_choice:"none"` is emulated by sending no tools (safe on every backend mode);
+//!   a forced custom tool is sent as the only tool with `tool_choice:"required"`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use simd_json::BorrowedValue as Value;
+use simd_json::prelude::*;
+
+use super::{Ctx, Encoder, Plan, parse_body};
+use crate::error::{Error, Protocol};
+use crate::json::{write_str, write_str_body, write_u64, write_value};
+use crate::upstream::catalog::ModelInfo;
+use crate::upstream::collect::{Collected, Finish, Item};
+use crate::upstream::events::{Delta, Usage};
+use crate::upstream::request::{ToolChoice, ToolNames, UpstreamRequest, random_id, stable_id};
+
+/// The name the official client gives an unnamed JSON schema.
+const DEFAULT_SCHEMA_NAME: &str = "codex_output_schema";
+
+// ---------------------------------------------------------------------------------------
+// Request translation
+// ---------------------------------------------------------------------------------------
+
+/// A translated Chat request and everything needed to answer it.
+pub struct ChatPlan {
+    upstream: UpstreamRequest,
+    names: ToolNames,
+    stream: bool,
+    include_usage: bool,
+    /// The model name the client asked for (echoed in every answer).
+    client_model: String,
+    /// `reasoning_content` or `reasoning`.
+    reasoning_field: String,
+    /// The request used only legacy `functions`: answer with `function_call`.
+    legacy: bool,
+}
+
+fn bad(param: &str, message: impl Into<String>) -> Error {
+    Error::bad_request(message).with_param(param)
+}
+
+/// A field of an object, treating JSON `null` as absent (clients send `null` for unset).
+fn field<'v, 'a>(v: &'v Value<'a>, key: &str) -> Option<&'v Value<'a>> {
+    v.as_object()
+        .and_then(|o| o.get(key))
+        .filter(|v| !v.is_null())
+}
+
+fn type_name(v: &Value<'_>) -> &'static str {
+    if v.is_null() {
+        "null"
+    } else if v.is_bool() {
+        "a boolean"
+    } else if v.is_str() {
+        "a string"
+    } else if v.is_array() {
+        "an array"
+    } else if v.is_object() {
+        "an object"
+    } else {
+        "a number"
+    }
+}
+
+fn want_str<'v>(v: &'v Value<'_>, param: &str) -> Result<&'v str, Error> {
+    v.as_str()
+        .ok_or_else(|| bad(param, format!("`{param}` must be a string, not {}", type_name(v))))
+}
+
+fn opt_str<'v>(obj: &'v Value<'_>, key: &str, param: &str) -> Result<Option<&'v str>, Error> {
+    field(obj, key).map(|v| want_str(v, param)).transpose()
+}
+
+fn opt_bool(obj: &Value<'_>, key: &str) -> Result<Option<bool>, Error> {
+    match field(obj, key) {
+        None => Ok(None),
+        Some(v) => v.as_bool().map(Some).ok_or_else(|| {
+            bad(key, format!("`{key}` must be a boolean, not {}", type_name(v)))
+        }),
+    }
+}
+
+fn want_array<'v, 'a>(v: &'v Value<'a>, param: &str) -> Result<&'v [Value<'a>], Error> {
+    v.as_array().map(Vec::as_slice).ok_or_else(|| {
+        bad(param, format!("`{param}` must be an array, not {}", type_name(v)))
+    })
+}
+
+/// Translate a Chat Completions request body (parsed in place).
+pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ChatPlan, Error> {
+    let root = parse_body(body, ctx.config.max_json_depth)?;
+    if !root.is_object() {
+        return Err(Error::bad_request("the request body must be a JSON object"));
+    }
+    let model = match field(&root, "model") {
+        Some(v) => want_str(v, "model")?,
+        None => return Err(bad("model", "`model` is required")),
+    };
+    if model.is_empty() {
+        return Err(bad("model", "`model` must not be empty"));
+    }
+    let backend = ctx.backend_model(model);
+    let info = ctx.catalog.find(&backend);
+
+    let stream = opt_bool(&root, "stream")?.unwrap_or(false);
+    let include_usage = field(&root, "stream_options")
+        .and_then(|o| field(o, "include_usage"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    check_single_text_choice(&root)?;
+
+    // Tools first: history translation needs to know which names are custom tools.
+    let mut names = ToolNames::default();
+    let mut tools = parse_tools(&root, &mut names)?;
+    let legacy = field(&root, "tools").is_none() && field(&root, "functions").is_some();
+    let tool_choice = resolve_tool_choice(&root, &mut tools, &mut names, legacy)?;
+    let parallel = if legacy {
+        // Legacy answers carry one `function_call` only.
+        false
+    } else {
+        opt_bool(&root, "parallel_tool_calls")?.unwrap_or(true)
+    };
+
+    let messages = match field(&root, "messages") {
+        Some(v) => want_array(v, "messages")?,
+        None => return Err(bad("messages", "`messages` is required")),
+    };
+    if messages.is_empty() {
+        return Err(bad("messages", "`messages` must contain at least one message"));
+    }
+    let custom_names: Vec<&str> = tools
+        .iter()
+        .filter(|t| t.custom)
+        .map(|t| t.client_name.as_str())
+        .collect();
+    let conv = translate_messages(messages, &mut names, &custom_names, info)?;
+
+    let mut tools_json = Vec::with_capacity(tools.iter().map(|t| t.json.len() + 1).sum::<usize>() + 2);
+    tools_json.push(b'[');
+    for (i, t) in tools.iter().enumerate() {
+        if i > 0 {
+            tools_json.push(b',');
+        }
+        tools_json.extend_from_slice(&t.json);
+    }
+    tools_json.push(b']');
+
+    let effort = reasoning_effort(&root, info)?;
+    let text = text_options(&root, info)?;
+    let service_tier = match field(&root, "service_tier").and_then(|v| v.as_str()) {
+        Some(t @ ("priority" | "flex"))
+            if info.is_some_and(|m| m.service_tiers.iter().any(|s| s == t)) =>
+        {
+            Some(t.to_owned())
+        }
+        _ => None,
+    };
+
+    let conversation_id = conversation_id(&root, ctx, &conv)?;
+    let subagent = match ctx
+        .headers
+        .get("x-openai-subagent")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(s) if !s.is_empty() => Some(s.to_owned()),
+        _ => field(&root, "subagent")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+    };
+    let memgen = ctx
+        .headers
+        .get("x-openai-memgen-request")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+        || field(&root, "memgen_request").and_then(|v| v.as_bool()) == Some(true);
+
+    let upstream = UpstreamRequest {
+        model: backend,
+        instructions: conv.instructions,
+        input: conv.input,
+        tools: tools_json,
+        tool_choice,
+        parallel_tool_calls: parallel,
+        effort,
+        summary: Some("auto"),
+        text,
+        service_tier,
+        conversation_id,
+        include_sources: field(&root, "web_search_options").is_some(),
+        subagent,
+        memgen,
+    };
+    Ok(ChatPlan {
+        upstream,
+        names,
+        stream,
+        include_usage,
+        client_model: model.to_owned(),
+        reasoning_field: ctx.config.reasoning_field.clone(),
+        legacy,
+    })
+}
+
+/// `n > 1` and audio output cannot be served: one text choice is all the backend makes.
+fn check_single_text_choice(root: &Value<'_>) -> Result<(), Error> {
+    if let Some(n) = field(root, "n") {
+        let one = n.as_u64() == Some(1) || n.as_f64() == Some(1.0) || n.as_i64() == Some(1);
+        if !one {
+            return Err(bad(
+                "n",
+                "only one choice is supported: `n` must be 1 (or omitted)",
+            ));
+        }
+    }
+    if field(root, "audio").is_some() {
+        return Err(bad("audio", "audio output is not supported"));
+    }
+    if let Some(m) = field(root, "modalities")
+        && let Some(list) = m.as_array()
+        && list.iter().any(|v| v.as_str() == Some("audio"))
+    {
+        return Err(bad(
+            "modalities",
+            "audio output is not supported: `modalities` may only contain \"text\"",
+        ));
+    }
+    Ok(())
+}
+
+/// One tool as it will be sent upstream.
+struct ToolDef {
+    /// The client's name (empty for hosted tools).
+    client_name: String,
+    custom: bool,
+    hosted: bool,
+    json: Vec<u8>,
+}
+
+fn parse_tools(root: &Value<'_>, names: &mut ToolNames) -> Result<Vec<ToolDef>, Error> {
+    let mut out = Vec::new();
+    if let Some(tools) = field(root, "tools") {
+        for (i, t) in want_array(tools, "tools")?.iter().enumerate() {
+            let param = format!("tools[{i}]");
+            let kind = opt_str(t, "type", &param)?.unwrap_or("function");
+            match kind {
+                "function" => {
+                    let f = field(t, "function").ok_or_else(|| {
+                        bad(&param, format!("`{param}.function` is required"))
+                    })?;
+                    out.push(function_tool(f, &format!("{param}.function"), names)?);
+                }
+                "custom" => {
+                    let c = field(t, "custom")
+                        .ok_or_else(|| bad(&param, format!("`{param}.custom` is required")))?;
+                    out.push(custom_tool(c, &format!("{param}.custom"), names)?);
+                }
+                other => {
+                    return Err(bad(
+                        &param,
+                        format!(
+                            "unsupported tool type {other:?} in `{param}`: use \"function\" or \"custom\""
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(functions) = field(root, "functions") {
+        for (i, f) in want_array(functions, "functions")?.iter().enumerate() {
+            out.push(function_tool(f, &format!("functions[{i}]"), names)?);
+        }
+    }
+    if let Some(ws) = field(root, "web_search_options") {
+        out.push(web_search_tool(ws));
+    }
+    Ok(out)
+}
+
+fn function_tool(f: &Value<'_>, param: &str, names: &mut ToolNames) -> Result<ToolDef, Error> {
+    let name = match field(f, "name") {
+        Some(v) => want_str(v, &format!("{param}.name"))?,
+        None => return Err(bad(param, format!("`{param}.name` is required"))),
+    };
+    let mut json = Vec::with_capacity(128);
+    json.extend_from_slice(b"{\"type\":\"function\",\"name\":");
+    write_str(&mut json, &names.add(name));
+    if let Some(d) = opt_str(f, "description", &format!("{param}.description"))? {
+        json.extend_from_slice(b",\"description\":");
+        write_str(&mut json, d);
+    }
+    json.extend_from_slice(b",\"parameters\":");
+    match field(f, "parameters") {
+        Some(p) if p.is_object() => write_value(&mut json, p),
+        Some(p) => {
+            return Err(bad(
+                param,
+                format!(
+                    "`{param}.parameters` must be a JSON Schema object, not {}",
+                    type_name(p)
+                ),
+            ));
+        }
+        None => json.extend_from_slice(br#"{"type":"object","properties":{}}"#),
+    }
+    let strict = field(f, "strict").and_then(|v| v.as_bool()).unwrap_or(false);
+    json.extend_from_slice(if strict {
+        b",\"strict\":true}"
+    } else {
+        b",\"strict\":false}"
+    });
+    Ok(ToolDef {
+        client_name: name.to_owned(),
+        custom: false,
+        hosted: false,
+        json,
+    })
+}
+
+fn custom_tool(c: &Value<'_>, param: &str, names: &mut ToolNames) -> Result<ToolDef, Error> {
+    let name = match field(c, "name") {
+        Some(v) => want_str(v, &format!("{param}.name"))?,
+        None => return Err(bad(param, format!("`{param}.name` is required"))),
+    };
+    let mut json = Vec::with_capacity(128);
+    json.extend_from_slice(b"{\"type\":\"custom\",\"name\":");
+    write_str(&mut json, &names.add(name));
+    if let Some(d) = opt_str(c, "description", &format!("{param}.description"))? {
+        json.extend_from_slice(b",\"description\":");
+        write_str(&mut json, d);
+    }
+    if let Some(format) = field(c, "format") {
+        json.extend_from_slice(b",\"format\":");
+        let kind = field(format, "type").and_then(|v| v.as_str());
+        match (kind, field(format, "grammar")) {
+            // Chat nests the grammar; Responses flattens it.
+            (Some("grammar"), Some(g)) => {
+                json.extend_from_slice(b"{\"type\":\"grammar\"");
+                if let Some(s) = field(g, "syntax") {
+                    json.extend_from_slice(b",\"syntax\":");
+                    write_value(&mut json, s);
+                }
+                if let Some(d) = field(g, "definition") {
+                    json.extend_from_slice(b",\"definition\":");
+                    write_value(&mut json, d);
+                }
+                json.push(b'}');
+            }
+            _ => write_value(&mut json, format),
+        }
+    }
+    json.push(b'}');
+    Ok(ToolDef {
+        client_name: name.to_owned(),
+        custom: true,
+        hosted: false,
+        json,
+    })
+}
+
+fn web_search_tool(ws: &Value<'_>) -> ToolDef {
+    let mut json = Vec::with_capacity(96);
+    json.extend_from_slice(br#"{"type":"web_search","external_web_access":true"#);
+    if let Some(size) = field(ws, "search_context_size").and_then(|v| v.as_str()) {
+        json.extend_from_slice(b",\"search_context_size\":");
+        write_str(&mut json, size);
+    }
+    // Chat nests the location under `approximate`; Responses flattens it.
+    if let Some(loc) = field(ws, "user_location").and_then(|l| field(l, "approximate"))
+        && let Some(obj) = loc.as_object()
+    {
+        json.extend_from_slice(br#","user_location":{"type":"approximate""#);
+        for key in ["country", "region", "city", "timezone"] {
+            if let Some(v) = obj.get(key).and_then(|v| v.as_str()) {
+                json.push(b',');
+                write_str(&mut json, key);
+                json.push(b':');
+                write_str(&mut json, v);
+            }
+        }
+        json.push(b'}');
+    }
+    json.push(b'}');
+    ToolDef {
+        client_name: String::new(),
+        custom: false,
+        hosted: true,
+        json,
+    }
+}
+
+/// The name inside `{"type":"function","function":{"name"}}` / `{"type":"custom",…}`.
+fn choice_name<'v>(v: &'v Value<'_>) -> Option<(&'v str, bool)> {
+    let kind = field(v, "type").and_then(|t| t.as_str()).unwrap_or("function");
+    let custom = kind == "custom";
+    let inner = field(v, kind).unwrap_or(v);
+    field(inner, "name")
+        .and_then(|n| n.as_str())
+        .map(|n| (n, custom))
+}
+
+fn resolve_tool_choice(
+    root: &Value<'_>,
+    tools: &mut Vec<ToolDef>,
+    names: &mut ToolNames,
+    legacy: bool,
+) -> Result<ToolChoice, Error> {
+    let (choice, param) = match field(root, "tool_choice") {
+        Some(c) => (Some(c), "tool_choice"),
+        None if legacy => (field(root, "function_call"), "function_call"),
+        None => (None, "tool_choice"),
+    };
+    let Some(choice) = choice else {
+        return Ok(ToolChoice::Auto);
+    };
+    if let Some(s) = choice.as_str() {
+        return match s {
+            "auto" => Ok(ToolChoice::Auto),
+            "required" => Ok(ToolChoice::Required),
+            "none" => {
+                tools.clear();
+                Ok(ToolChoice::Auto)
+            }
+            other => Err(bad(
+                param,
+                format!("unsupported `{param}` {other:?}: use \"auto\", \"none\", \"required\" or an object"),
+            )),
+        };
+    }
+    if !choice.is_object() {
+        return Err(bad(
+            param,
+            format!("`{param}` must be a string or an object, not {}", type_name(choice)),
+        ));
+    }
+    if field(choice, "type").and_then(|t| t.as_str()) == Some("allowed_tools") {
+        let allowed = field(choice, "allowed_tools").unwrap_or(choice);
+        let mode = field(allowed, "mode").and_then(|m| m.as_str()).unwrap_or("auto");
+        let list = match field(allowed, "tools") {
+            Some(l) => want_array(l, "tool_choice.allowed_tools.tools")?,
+            None => &[],
+        };
+        let keep: Vec<&str> = list.iter().filter_map(|t| choice_name(t).map(|(n, _)| n)).collect();
+        tools.retain(|t| t.hosted || keep.contains(&t.client_name.as_str()));
+        return match mode {
+            "auto" => Ok(ToolChoice::Auto),
+            "required" => Ok(ToolChoice::Required),
+            other => Err(bad(
+                param,
+                format!("unsupported allowed_tools mode {other:?}: use \"auto\" or \"required\""),
+            )),
+        };
+    }
+    let Some((name, custom)) = choice_name(choice) else {
+        return Err(bad(param, format!("`{param}` names no tool")));
+    };
+    let Some(def) = tools.iter().find(|t| !t.hosted && t.client_name == name) else {
+        return Err(bad(
+            param,
+            format!("`{param}` forces the tool {name:?}, which is not in `tools`"),
+        ));
+    };
+    if custom || def.custom {
+        // The backend's forced choice only names functions: force a custom tool by making it
+        // the only tool and requiring a call.
+        tools.retain(|t| !t.hosted && t.client_name == name);
+        return Ok(ToolChoice::Required);
+    }
+    Ok(ToolChoice::Function(names.add(name).into_owned()))
+}
+
+fn reasoning_effort(root: &Value<'_>, info: Option<&ModelInfo>) -> Result<Option<String>, Error> {
+    let requested = match field(root, "reasoning_effort") {
+        Some(v) => Some(want_str(v, "reasoning_effort")?),
+        None => field(root, "reasoning")
+            .and_then(|r| field(r, "effort"))
+            .map(|v| want_str(v, "reasoning.effort"))
+            .transpose()?,
+    };
+    Ok(match (info, requested) {
+        (Some(m), Some(r)) => Some(m.clamp_effort(r)),
+        (Some(m), None) => Some(m.default_effort.clone()),
+        (None, r) => r.map(str::to_owned),
+    })
+}
+
+/// The upstream `text` object: structured output format and verbosity.
+fn text_options(root: &Value<'_>, info: Option<&ModelInfo>) -> Result<Option<Vec<u8>>, Error> {
+    let mut format = Vec::new();
+    if let Some(rf) = field(root, "response_format") {
+        let kind = match field(rf, "type") {
+            Some(t) => want_str(t, "response_format.type")?,
+            None => return Err(bad("response_format", "`response_format.type` is required")),
+        };
+        match kind {
+            "text" => {}
+            "json_object" => format.extend_from_slice(br#"{"type":"json_object"}"#),
+            "json_schema" => {
+                let js = field(rf, "json_schema").ok_or_else(|| {
+                    bad(
+                        "response_format",
+                        "`response_format.json_schema` is required for type json_schema",
+                    )
+                })?;
+                format.extend_from_slice(br#"{"type":"json_schema","name":"#);
+                let name = opt_str(js, "name", "response_format.json_schema.name")?
+                    .unwrap_or(DEFAULT_SCHEMA_NAME);
+                write_str(&mut format, name);
+                format.extend_from_slice(b",\"schema\":");
+                match field(js, "schema") {
+                    Some(s) if s.is_object() => write_value(&mut format, s),
+                    Some(s) => {
+                        return Err(bad(
+                            "response_format",
+                            format!(
+                                "`response_format.json_schema.schema` must be an object, not {}",
+                                type_name(s)
+                            ),
+                        ));
+                    }
+                    None => format.extend_from_slice(br#"{"type":"object"}"#),
+                }
+                let strict = field(js, "strict").and_then(|v| v.as_bool()).unwrap_or(false);
+                format.extend_from_slice(if strict {
+                    b",\"strict\":true"
+                } else {
+                    b",\"strict\":false"
+                });
+                if let Some(d) = opt_str(js, "description", "response_format.json_schema.description")? {
+                    format.extend_from_slice(b",\"description\":");
+                    write_str(&mut format, d);
+                }
+                format.push(b'}');
+            }
+            other => {
+                return Err(bad(
+                    "response_format",
+                    format!(
+                        "unsupported response_format type {other:?}: use \"text\", \"json_object\" or \"json_schema\""
+                    ),
+                ));
+            }
+        }
+    }
+    let verbosity = match field(root, "verbosity") {
+        Some(v) => match want_str(v, "verbosity")? {
+            s @ ("low" | "medium" | "high") => Some(s),
+            other => {
+                return Err(bad(
+                    "verbosity",
+                    format!("unsupported verbosity {other:?}: use \"low\", \"medium\" or \"high\""),
+                ));
+            }
+        },
+        None => None,
+    }
+    .filter(|_| info.is_some_and(|m| m.supports_verbosity));
+    if format.is_empty() && verbosity.is_none() {
+        return Ok(None);
+    }
+    let mut text = Vec::with_capacity(format.len() + 32);
+    text.push(b'{');
+    if !format.is_empty() {
+        text.extend_from_slice(b"\"format\":");
+        text.extend_from_slice(&format);
+    }
+    if let Some(v) = verbosity {
+        if !format.is_empty() {
+            text.push(b',');
+        }
+        text.extend_from_slice(b"\"verbosity\":");
+        write_str(&mut text, v);
+    }
+    text.push(b'}');
+    Ok(Some(text))
+}
+
+/// `prompt_cache_key` when usable as a header value, else a stable hash of what identifies
+/// the conversation (so the backend's prefix cache hits across turns).
+fn conversation_id(root: &Value<'_>, ctx: &Ctx<'_>, conv: &Conversation) -> Result<String, Error> {
+    if let Some(key) = opt_str(root, "prompt_cache_key", "prompt_cache_key")?
+        && !key.is_empty()
+    {
+        let header_safe = key.len() <= 200
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        return Ok(if header_safe {
+            key.to_owned()
+        } else {
+            stable_id(&[b"chat-key", key.as_bytes()])
+        });
+    }
+    let user = field(root, "user")
+        .or_else(|| field(root, "safety_identifier"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    let auth = ctx
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or(b"");
+    Ok(stable_id(&[
+        b"chat",
+        user.as_bytes(),
+        conv.instructions.as_bytes(),
+        conv.first_user.as_bytes(),
+        auth,
+    ]))
+}
+
+/// The messages translated to `instructions` + `input`.
+struct Conversation {
+    instructions: String,
+    input: Vec<u8>,
+    /// Text of the first user message (part of the cache key).
+    first_user: String,
+}
+
+/// The `input` array being written, one item at a time.
+struct Items {
+    buf: Vec<u8>,
+    count: usize,
+}
+
+impl Items {
+    fn item(&mut self) -> &mut Vec<u8> {
+        if self.count > 0 {
+            self.buf.push(b',');
+        }
+        self.count += 1;
+        &mut self.buf
+    }
+}
+
+/// Calls seen so far in the history, for pairing outputs with calls.
+struct Call {
+    id: String,
+    custom: bool,
+}
+
+fn translate_messages(
+    messages: &[Value<'_>],
+    names: &mut ToolNames,
+    custom_names: &[&str],
+    info: Option<&ModelInfo>,
+) -> Result<Conversation, Error> {
+    let mut instructions = String::new();
+    let mut items = Items {
+        buf: Vec::with_capacity(1024),
+        count: 0,
+    };
+    items.buf.push(b'[');
+    let mut first_user: Option<String> = None;
+    let mut leading = true;
+    let mut calls: Vec<Call> = Vec::new();
+    let mut last_legacy: Option<String> = None;
+
+    for (i, m) in messages.iter().enumerate() {
+        let p = format!("messages[{i}]");
+        if !m.is_object() {
+            return Err(bad(&p, format!("`{p}` must be an object, not {}", type_name(m))));
+        }
+        let role = match field(m, "role") {
+            Some(r) => want_str(r, &format!("{p}.role"))?,
+            None => return Err(bad(&p, format!("`{p}.role` is required"))),
+        };
+        let content = field(m, "content");
+        let cp = format!("{p}.content");
+        match role {
+            "system" | "developer" => {
+                let parts = text_parts(content, &cp)?;
+                if leading {
+                    for t in parts {
+                        if t.is_empty() {
+                            continue;
+                        }
+                        if !instructions.is_empty() {
+                            instructions.push_str("\n\n");
+                        }
+                        instructions.push_str(t);
+                    }
+                } else if parts.iter().any(|t| !t.is_empty()) {
+                    // The backend refuses `role:"system"` items; developer carries the same weight.
+                    let out = items.item();
+                    out.extend_from_slice(br#"{"type":"message","role":"developer","content":["#);
+                    let mut first = true;
+                    for t in parts.into_iter().filter(|t| !t.is_empty()) {
+                        input_text(out, &mut first, t);
+                    }
+                    out.extend_from_slice(b"]}");
+                }
+            }
+            "user" => {
+                leading = false;
+                let out = items.item();
+                out.extend_from_slice(br#"{"type":"message","role":"user","content":["#);
+                let text = user_content(out, content, &cp, info)?;
+                out.extend_from_slice(b"]}");
+                if first_user.is_none() {
+                    first_user = Some(text);
+                }
+            }
+            "assistant" => {
+                leading = false;
+                assistant_message(
+                    &mut items,
+                    m,
+                    &p,
+                    names,
+                    custom_names,
+                    &mut calls,
+                    &mut last_legacy,
+                )?;
+            }
+            "tool" => {
+                leading = false;
+                let id = match field(m, "tool_call_id") {
+                    Some(v) => want_str(v, &format!("{p}.tool_call_id"))?,
+                    None => return Err(bad(&p, format!("`{p}.tool_call_id` is required"))),
+                };
+                let Some(call) = calls.iter().find(|c| c.id == id) else {
+                    return Err(bad(
+                        "messages",
+                        format!(
+                            "`{p}` is a tool result for tool_call_id {id:?}, but no earlier assistant message has a tool call with that id"
+                        ),
+                    ));
+                };
+                let out = items.item();
+                out.extend_from_slice(if call.custom {
+                    br#"{"type":"custom_tool_call_output","call_id":"#
+                } else {
+                    br#"{"type":"function_call_output","call_id":"#
+                });
+                write_str(out, id);
+                out.extend_from_slice(b",\"output\":");
+                tool_output(out, content, &cp, info)?;
+                out.push(b'}');
+            }
+            "function" => {
+                leading = false;
+                let Some(id) = &last_legacy else {
+                    return Err(bad(
+                        "messages",
+                        format!(
+                            "`{p}` is a function result, but no earlier assistant message has a `function_call`"
+                        ),
+                    ));
+                };
+                let out = items.item();
+                out.extend_from_slice(br#"{"type":"function_call_output","call_id":"#);
+                write_str(out, id);
+                out.extend_from_slice(b",\"output\":");
+                tool_output(out, content, &cp, info)?;
+                out.push(b'}');
+            }
+            other => {
+                return Err(bad(
+                    &format!("{p}.role"),
+                    format!(
+                        "unsupported role {other:?} in `{p}`: use system, developer, user, assistant or tool"
+                    ),
+                ));
+            }
+        }
+    }
+    items.buf.push(b']');
+    Ok(Conversation {
+        instructions,
+        input: items.buf,
+        first_user: first_user.unwrap_or_default(),
+    })
+}
+
+fn input_text(out: &mut Vec<u8>, first: &mut bool, text: &str) {
+    if !*first {
+        out.push(b',');
+    }
+    *first = false;
+    out.extend_from_slice(br#"{"type":"input_text","text":"#);
+    write_str(out, text);
+    out.push(b'}');
+}
+
+/// Text of a system/developer content: a string or `text` parts.
+fn text_parts<'v>(content: Option<&'v Value<'_>>, param: &str) -> Result<Vec<&'v str>, Error> {
+    let Some(c) = content else {
+        return Ok(Vec::new());
+    };
+    if let Some(s) = c.as_str() {
+        return Ok(vec![s]);
+    }
+    let parts = c.as_array().ok_or_else(|| {
+        bad(
+            param,
+            format!("`{param}` must be a string or an array of parts, not {}", type_name(c)),
+        )
+    })?;
+    let mut out = Vec::with_capacity(parts.len());
+    for (j, part) in parts.iter().enumerate() {
+        let pp = format!("{param}[{j}]");
+        let kind = opt_str(part, "type", &format!("{pp}.type"))?.unwrap_or("text");
+        if kind != "text" {
+            return Err(bad(
+                &pp,
+                format!("unsupported part type {kind:?} in `{pp}`: only text parts are allowed here"),
+            ));
+        }
+        match field(part, "text") {
+            Some(t) => out.push(want_str(t, &format!("{pp}.text"))?),
+            None => return Err(bad(&pp, format!("`{pp}.text` is required"))),
+        }
+    }
+    Ok(out)
+}
+
+/// Write user content parts; returns the message's text (for the cache key).
+fn user_content(
+    out: &mut Vec<u8>,
+    content: Option<&Value<'_>>,
+    param: &str,
+    info: Option<&ModelInfo>,
+) -> Result<String, Error> {
+    let mut first = true;
+    let Some(c) = content else {
+        return Err(bad(param, format!("`{param}` is required for user messages")));
+    };
+    if let Some(s) = c.as_str() {
+        input_text(out, &mut first, s);
+        return Ok(s.to_owned());
+    }
+    let parts = c.as_array().ok_or_else(|| {
+        bad(
+            param,
+            format!("`{param}` must be a string or an array of parts, not {}", type_name(c)),
+        )
+    })?;
+    let mut text = String::new();
+    for (j, part) in parts.iter().enumerate() {
+        let pp = format!("{param}[{j}]");
+        let kind = match field(part, "type") {
+            Some(t) => want_str(t, &format!("{pp}.type"))?,
+            None => return Err(bad(&pp, format!("`{pp}.type` is required"))),
+        };
+        match kind {
+            "text" => {
+                let t = match field(part, "text") {
+                    Some(t) => want_str(t, &format!("{pp}.text"))?,
+                    None => return Err(bad(&pp, format!("`{pp}.text` is required"))),
+                };
+                input_text(out, &mut first, t);
+                text.push_str(t);
+            }
+            "image_url" => {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                input_image(out, field(part, "image_url"), &format!("{pp}.image_url"), info)?;
+            }
+            "input_audio" => {
+                return Err(bad(
+                    &pp,
+                    format!("`{pp}`: audio input is not supported (text and images only)"),
+                ));
+            }
+            "file" => {
+                let f = field(part, "file")
+                    .ok_or_else(|| bad(&pp, format!("`{pp}.file` is required")))?;
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(br#"{"type":"input_file""#);
+                for key in ["file_data", "file_id", "filename"] {
+                    if let Some(v) = opt_str(f, key, &format!("{pp}.file.{key}"))? {
+                        out.push(b',');
+                        write_str(out, key);
+                        out.push(b':');
+                        write_str(out, v);
+                    }
+                }
+                out.push(b'}');
+            }
+            other => {
+                return Err(bad(
+                    &pp,
+                    format!(
+                        "unsupported content part type {other:?} in `{pp}`: use text, image_url or file"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(text)
+}
+
+/// `{"type":"input_image","image_url":…,"detail":…}` from `{url, detail}` or a bare string.
+fn input_image(
+    out: &mut Vec<u8>,
+    v: Option<&Value<'_>>,
+    param: &str,
+    info: Option<&ModelInfo>,
+) -> Result<(), Error> {
+    let Some(v) = v else {
+        return Err(bad(param, format!("`{param}` is required")));
+    };
+    let (url, detail) = if let Some(s) = v.as_str() {
+        (s, None)
+    } else {
+        let url = match field(v, "url") {
+            Some(u) => want_str(u, &format!("{param}.url"))?,
+            None => return Err(bad(param, format!("`{param}.url` is required"))),
+        };
+        (url, field(v, "detail").and_then(|d| d.as_str()))
+    };
+    out.extend_from_slice(br#"{"type":"input_image","image_url":"#);
+    if let Some(rest) = url.strip_prefix("data:") {
+        let (mime, data) = rest.split_once(";base64,").ok_or_else(|| data_url_error(param))?;
+        let mime = match mime {
+            "image/png" | "image/jpeg" | "image/gif" | "image/webp" => mime,
+            // A common client slip; the backend only knows the registered name.
+            "image/jpg" => "image/jpeg",
+            _ => return Err(data_url_error(param)),
+        };
+        if !is_base64(data.as_bytes()) {
+            return Err(bad(
+                param,
+                format!("`{param}`: the image data is not valid base64"),
+            ));
+        }
+        out.extend_from_slice(b"\"data:");
+        write_str_body(out, mime);
+        out.extend_from_slice(b";base64,");
+        write_str_body(out, data);
+        out.push(b'"');
+    } else if url.starts_with("https://") || url.starts_with("http://") {
+        write_str(out, url);
+    } else {
+        return Err(bad(
+            param,
+            format!("`{param}`: the image URL must be an http(s) URL or a base64 data URL"),
+        ));
+    }
+    let detail = match detail {
+        Some(d @ ("low" | "high" | "auto")) => d,
+        Some("original") if info.is_some_and(|m| m.image_detail_original) => "original",
+        Some("original") => "high",
+        _ => "auto",
+    };
+    out.extend_from_slice(b",\"detail\":");
+    write_str(out, detail);
+    out.push(b'}');
+    Ok(())
+}
+
+fn data_url_error(param: &str) -> Error {
+    bad(
+        param,
+        format!(
+            "`{param}`: image data URLs must look like data:image/(png|jpeg|gif|webp);base64,<data>"
+        ),
+    )
+}
+
+/// Standard base64 with optional padding (no whitespace), checked without decoding.
+fn is_base64(data: &[u8]) -> bool {
+    let body_len = data.iter().rposition(|&b| b != b'=').map_or(0, |p| p + 1);
+    let pad = data.len() - body_len;
+    let (body, _) = data.split_at(body_len);
+    !body.is_empty()
+        && pad <= 2
+        && body
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        && if pad > 0 {
+            data.len() % 4 == 0
+        } else {
+            body.len() % 4 != 1
+        }
+}
+
+/// A tool result: a string (text parts joined with newlines), or a part list when it
+/// carries images.
+fn tool_output(
+    out: &mut Vec<u8>,
+    content: Option<&Value<'_>>,
+    param: &str,
+    info: Option<&ModelInfo>,
+) -> Result<(), Error> {
+    let Some(c) = content else {
+        out.extend_from_slice(b"\"\"");
+        return Ok(());
+    };
+    if let Some(s) = c.as_str() {
+        write_str(out, s);
+        return Ok(());
+    }
+    let parts = c.as_array().ok_or_else(|| {
+        bad(
+            param,
+            format!("`{param}` must be a string or an array of parts, not {}", type_name(c)),
+        )
+    })?;
+    let has_image = parts
+        .iter()
+        .any(|p| field(p, "type").and_then(|t| t.as_str()) == Some("image_url"));
+    if has_image {
+        out.push(b'[');
+        let mut first = true;
+        for (j, part) in parts.iter().enumerate() {
+            let pp = format!("{param}[{j}]");
+            match field(part, "type").and_then(|t| t.as_str()) {
+                Some("image_url") => {
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    input_image(out, field(part, "image_url"), &format!("{pp}.image_url"), info)?;
+                }
+                _ => {
+                    if let Some(t) = field(part, "text") {
+                        input_text(out, &mut first, want_str(t, &format!("{pp}.text"))?);
+                    }
+                }
+            }
+        }
+        out.push(b']');
+        return Ok(());
+    }
+    out.push(b'"');
+    let mut first = true;
+    for (j, part) in parts.iter().enumerate() {
+        if let Some(t) = field(part, "text") {
+            let t = want_str(t, &format!("{param}[{j}].text"))?;
+            if !first {
+                out.extend_from_slice(b"\\n");
+            }
+            first = false;
+            write_str_body(out, t);
+        }
+    }
+    out.push(b'"');
+    Ok(())
+}
+
+fn assistant_message(
+    items: &mut Items,
+    m: &Value<'_>,
+    p: &str,
+    names: &mut ToolNames,
+    custom_names: &[&str],
+    calls: &mut Vec<Call>,
+    last_legacy: &mut Option<String>,
+) -> Result<(), Error> {
+    // Text first: the calls follow the text that introduced them.
+    let mut texts: Vec<&str> = Vec::new();
+    match field(m, "content") {
+        None => {}
+        Some(c) => {
+            if let Some(s) = c.as_str() {
+                texts.push(s);
+            } else if let Some(parts) = c.as_array() {
+                for part in parts {
+                    let t = match field(part, "type").and_then(|t| t.as_str()) {
+                        Some("refusal") => field(part, "refusal"),
+                        _ => field(part, "text"),
+                    };
+                    if let Some(t) = t.and_then(|t| t.as_str()) {
+                        texts.push(t);
+                    }
+                }
+            } else {
+                return Err(bad(
+                    &format!("{p}.content"),
+                    format!(
+                        "`{p}.content` must be a string, an array of parts or null, not {}",
+                        type_name(c)
+                    ),
+                ));
+            }
+        }
+    }
+    if texts.iter().all(|t| t.is_empty())
+        && let Some(r) = field(m, "refusal").and_then(|r| r.as_str())
+    {
+        texts.push(r);
+    }
+    if texts.iter().any(|t| !t.is_empty()) {
+        let out = items.item();
+        out.extend_from_slice(br#"{"type":"message","role":"assistant","content":["#);
+        let mut first = true;
+        for t in texts.into_iter().filter(|t| !t.is_empty()) {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(br#"{"type":"output_text","text":"#);
+            write_str(out, t);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+    }
+
+    if let Some(tc) = field(m, "tool_calls") {
+        let tp = format!("{p}.tool_calls");
+        for (j, call) in want_array(tc, &tp)?.iter().enumerate() {
+            let cp = format!("{tp}[{j}]");
+            let id = match field(call, "id") {
+                Some(v) => want_str(v, &format!("{cp}.id"))?,
+                None => return Err(bad(&cp, format!("`{cp}.id` is required"))),
+            };
+            let kind = opt_str(call, "type", &format!("{cp}.type"))?.unwrap_or("function");
+            let inner = field(call, kind)
+                .ok_or_else(|| bad(&cp, format!("`{cp}.{kind}` is required")))?;
+            let name = match field(inner, "name") {
+                Some(v) => want_str(v, &format!("{cp}.{kind}.name"))?,
+                None => return Err(bad(&cp, format!("`{cp}.{kind}.name` is required"))),
+            };
+            let payload_key = if kind == "custom" { "input" } else { "arguments" };
+            let custom = kind == "custom" || custom_names.contains(&name);
+            let out = items.item();
+            out.extend_from_slice(if custom {
+                br#"{"type":"custom_tool_call","call_id":"#
+            } else {
+                br#"{"type":"function_call","call_id":"#
+            });
+            write_str(out, id);
+            out.extend_from_slice(b",\"name\":");
+            write_str(out, &names.add(name));
+            out.extend_from_slice(if custom {
+                b",\"input\":"
+            } else {
+                b",\"arguments\":"
+            });
+            write_payload(out, field(inner, payload_key), custom);
+            out.push(b'}');
+            calls.push(Call {
+                id: id.to_owned(),
+                custom,
+            });
+        }
+    }
+
+    if let Some(fc) = field(m, "function_call") {
+        let fp = format!("{p}.function_call");
+        let name = match field(fc, "name") {
+            Some(v) => want_str(v, &format!("{fp}.name"))?,
+            None => return Err(bad(&fp, format!("`{fp}.name` is required"))),
+        };
+        // Legacy calls have no id; derive one from the position so the history (and so
+        // the cached prefix) is byte-stable across requests.
+        let id = format!("call_fn_{}", items.count);
+        let out = items.item();
+        out.extend_from_slice(br#"{"type":"function_call","call_id":"#);
+        write_str(out, &id);
+        out.extend_from_slice(b",\"name\":");
+        write_str(out, &names.add(name));
+        out.extend_from_slice(b",\"arguments\":");
+        write_payload(out, field(fc, "arguments"), false);
+        out.push(b'}');
+        calls.push(Call {
+            id: id.clone(),
+            custom: false,
+        });
+        *last_legacy = Some(id);
+    }
+    Ok(())
+}
+
+/// Call arguments as a JSON string (some clients send an object instead of a string).
+fn write_payload(out: &mut Vec<u8>, v: Option<&Value<'_>>, custom: bool) {
+    match v {
+        Some(v) if v.is_str() => write_value(out, v),
+        Some(v) => {
+            let mut compact = Vec::new();
+            write_value(&mut compact, v);
+            write_str(out, &String::from_utf8_lossy(&compact));
+        }
+        None if custom => out.extend_from_slice(b"\"\""),
+        None => out.extend_from_slice(b"\"{}\""),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Answers
+// ---------------------------------------------------------------------------------------
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The full OpenAI usage object.
+fn write_usage<B: bytes::BufMut>(out: &mut B, u: &Usage) {
+    out.put_slice(b"{\"prompt_tokens\":");
+    write_u64(out, u.input);
+    out.put_slice(b",\"completion_tokens\":");
+    write_u64(out, u.output);
+    out.put_slice(b",\"total_tokens\":");
+    write_u64(out, u.total);
+    out.put_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
+    write_u64(out, u.cached);
+    out.put_slice(b",\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":");
+    write_u64(out, u.reasoning);
+    out.put_slice(
+        b",\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}",
+    );
+}
+
+fn incomplete_reason(reason: Option<&str>) -> &'static str {
+    match reason {
+        Some("content_filter") => "content_filter",
+        // `max_output_tokens` and anything unknown: the answer was cut short.
+        _ => "length",
+    }
+}
+
+impl ChatPlan {
+    /// Restores client tool names (exposed for the pipeline's tests and logs).
+    pub fn tool_names(&self) -> &ToolNames {
+        &self.names
+    }
+
+    /// Whether the client asked for the final usage chunk.
+    pub fn include_usage(&self) -> bool {
+        self.include_usage
+    }
+
+    /// The model name the client asked for.
+    pub fn client_model(&self) -> &str {
+        &self.client_model
+    }
+
+    fn service_tier(&self) -> &str {
+        self.upstream.service_tier.as_deref().unwrap_or("default")
+    }
+}
+
+impl Plan for ChatPlan {
+    type Encoder = ChatEncoder;
+
+    fn protocol(&self) -> Protocol {
+        Protocol::OpenAi
+    }
+
+    fn upstream(&self) -> &UpstreamRequest {
+        &self.upstream
+    }
+
+    fn stream(&self) -> bool {
+        self.stream
+    }
+
+    fn encoder(&self) -> ChatEncoder {
+        ChatEncoder::new(self, &random_id("chatcmpl-"), unix_now())
+    }
+
+    fn render(&self, c: &Collected) -> Vec<u8> {
+        render(self, c, &random_id("chatcmpl-"), unix_now())
+    }
+}
+
+fn render(plan: &ChatPlan, c: &Collected, id: &str, created: u64) -> Vec<u8> {
+    let mut text = String::new();
+    let mut refusal = String::new();
+    let mut annotations = Vec::new();
+    let mut reasoning: Vec<&str> = Vec::new();
+    let mut calls = Vec::new();
+    for item in &c.items {
+        match item {
+            Item::Message {
+                text: t,
+                refusal: r,
+                citations,
+                ..
+            } => {
+                // Citation offsets are relative to their message; shift them into the joined text.
+                let base = text.chars().count() as u32;
+                for cit in citations {
+                    annotations.push((base + cit.start, base + cit.end, cit));
+                }
+                text.push_str(t);
+                refusal.push_str(r);
+            }
+            Item::Reasoning { summary, .. } => {
+                reasoning.extend(summary.iter().map(String::as_str).filter(|s| !s.is_empty()));
+            }
+            Item::ToolCall { .. } => calls.push(item),
+            Item::WebSearch { .. } | Item::Compaction { .. } => {}
+        }
+    }
+    let finish = match &c.finish {
+        Finish::Incomplete(reason) => incomplete_reason(reason.as_deref()),
+        _ if !calls.is_empty() && plan.legacy => "function_call",
+        _ if !calls.is_empty() => "tool_calls",
+        _ if !refusal.is_empty() => "content_filter",
+        _ => "stop",
+    };
+
+    let mut out = Vec::with_capacity(512 + text.len() + refusal.len());
+    out.extend_from_slice(b"{\"id\":");
+    write_str(&mut out, id);
+    out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
+    write_u64(&mut out, created);
+    out.extend_from_slice(b",\"model\":");
+    write_str(&mut out, &plan.client_model);
+    out.extend_from_slice(b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+    if text.is_empty() {
+        out.extend_from_slice(b"null");
+    } else {
+        write_str(&mut out, &text);
+    }
+    out.extend_from_slice(b",\"refusal\":");
+    if refusal.is_empty() {
+        out.extend_from_slice(b"null");
+    } else {
+        write_str(&mut out, &refusal);
+    }
+    out.extend_from_slice(b",\"annotations\":[");
+    for (k, (start, end, cit)) in annotations.iter().enumerate() {
+        if k > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"type\":\"url_citation\",\"url_citation\":{\"start_index\":");
+        write_u64(&mut out, u64::from(*start));
+        out.extend_from_slice(b",\"end_index\":");
+        write_u64(&mut out, u64::from(*end));
+        out.extend_from_slice(b",\"url\":");
+        write_str(&mut out, &cit.url);
+        out.extend_from_slice(b",\"title\":");
+        write_str(&mut out, cit.title.as_deref().unwrap_or(""));
+        out.extend_from_slice(b"}}");
+    }
+    out.push(b']');
+    if !reasoning.is_empty() {
+        out.push(b',');
+        write_str(&mut out, &plan.reasoning_field);
+        out.push(b':');
+        write_str(&mut out, &reasoning.join("\n\n"));
+    }
+    if plan.legacy {
+        if let Some(Item::ToolCall {
+            name, arguments, ..
+        }) = calls.first()
+        {
+            out.extend_from_slice(b",\"function_call\":{\"name\":");
+            write_str(&mut out, plan.names.restore(name));
+            out.extend_from_slice(b",\"arguments\":");
+            write_str(&mut out, arguments);
+            out.push(b'}');
+        }
+    } else if !calls.is_empty() {
+        out.extend_from_slice(b",\"tool_calls\":[");
+        for (k, call) in calls.iter().enumerate() {
+            let Item::ToolCall {
+                call_id,
+                name,
+                arguments,
+                custom,
+            } = call
+            else {
+                continue;
+            };
+            if k > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"id\":");
+            write_str(&mut out, call_id);
+            if *custom {
+                out.extend_from_slice(b",\"type\":\"custom\",\"custom\":{\"name\":");
+                write_str(&mut out, plan.names.restore(name));
+                out.extend_from_slice(b",\"input\":");
+            } else {
+                out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+                write_str(&mut out, plan.names.restore(name));
+                out.extend_from_slice(b",\"arguments\":");
+            }
+            write_str(&mut out, arguments);
+            out.extend_from_slice(b"}}");
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":");
+    write_str(&mut out, finish);
+    out.extend_from_slice(b"}],\"usage\":");
+    write_usage(&mut out, &c.usage);
+    out.extend_from_slice(b",\"service_tier\":");
+    write_str(&mut out, plan.service_tier());
+    out.extend_from_slice(b",\"system_fingerprint\":null}");
+    out
+}
+
+const SUFFIX: &[u8] = b",\"logprobs\":null,\"finish_reason\":null}]}\n\n";
+const SUFFIX_USAGE: &[u8] = b",\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n";
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// Streams one answer as `chat.completion.chunk` frames.
+pub struct ChatEncoder {
+    /// `data: {"id":…,"object":…,"created":…,"model":…,"system_fingerprint":null,`
+    /// followed by `"choices":[{"index":0,"delta":`; `head_len` marks the split.
+    prefix: Vec<u8>,
+    head_len: usize,
+    suffix: &'static [u8],
+    include_usage: bool,
+    /// `{"reasoning_content":` (or `{"reasoning":`).
+    reasoning_key: Vec<u8>,
+    names: ToolNames,
+    /// Upstream `output_index` of each tool call; the position is the client's `index`.
+    calls: Vec<u32>,
+    legacy: bool,
+    /// Reasoning text was written since the last part boundary.
+    reasoning_dirty: bool,
+    /// The next reasoning text starts a new part: prefix it with a blank line.
+    reasoning_sep: bool,
+    refused: bool,
+    done: bool,
+}
+
+impl ChatEncoder {
+    fn new(plan: &ChatPlan, id: &str, created: u64) -> Self {
+        let mut prefix = Vec::with_capacity(160 + plan.client_model.len());
+        prefix.extend_from_slice(b"data: {\"id\":");
+        write_str(&mut prefix, id);
+        prefix.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        write_u64(&mut prefix, created);
+        prefix.extend_from_slice(b",\"model\":");
+        write_str(&mut prefix, &plan.client_model);
+        prefix.extend_from_slice(b",\"system_fingerprint\":null,");
+        let head_len = prefix.len();
+        prefix.extend_from_slice(b"\"choices\":[{\"index\":0,\"delta\":");
+        let mut reasoning_key = Vec::with_capacity(24);
+        reasoning_key.push(b'{');
+        write_str(&mut reasoning_key, &plan.reasoning_field);
+        reasoning_key.push(b':');
+        ChatEncoder {
+            prefix,
+            head_len,
+            suffix: if plan.include_usage {
+                SUFFIX_USAGE
+            } else {
+                SUFFIX
+            },
+            include_usage: plan.include_usage,
+            reasoning_key,
+            names: plan.names.clone(),
+            calls: Vec::with_capacity(4),
+            legacy: plan.legacy,
+            reasoning_dirty: false,
+            reasoning_sep: false,
+            refused: false,
+            done: false,
+        }
+    }
+
+    /// The client index of the call at upstream `index`.
+    fn call_index(&self, index: u32) -> Option<usize> {
+        self.calls.iter().position(|&i| i == index)
+    }
+
+    fn finish(&mut self, reason: &str, usage: &Usage, out: &mut BytesMut) {
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(b"{},\"logprobs\":null,\"finish_reason\":");
+        write_str(out, reason);
+        out.extend_from_slice(if self.include_usage {
+            b"}],\"usage\":null}\n\n".as_slice()
+        } else {
+            b"}]}\n\n".as_slice()
+        });
+        if self.include_usage {
+            out.extend_from_slice(self.prefix.get(..self.head_len).unwrap_or_default());
+            out.extend_from_slice(b"\"choices\":[],\"usage\":");
+            write_usage(out, usage);
+            out.extend_from_slice(b"}\n\n");
+        }
+        out.extend_from_slice(DONE);
+        self.done = true;
+    }
+}
+
+impl Encoder for ChatEncoder {
+    fn begin(&mut self, out: &mut BytesMut) {
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(b"{\"role\":\"assistant\",\"content\":\"\"}");
+        out.extend_from_slice(self.suffix);
+    }
+
+    fn delta(&mut self, d: &Delta<'_>, out: &mut BytesMut) {
+        if self.done {
+            return;
+        }
+        match d {
+            Delta::Text { text, .. } => {
+                if text.is_empty() {
+                    return;
+                }
+                out.extend_from_slice(&self.prefix);
+                out.extend_from_slice(b"{\"content\":");
+                write_str(out, text);
+                out.extend_from_slice(b"}");
+                out.extend_from_slice(self.suffix);
+            }
+            Delta::ToolCallArgs { index, fragment } => {
+                if fragment.is_empty() {
+                    return;
+                }
+                let Some(k) = self.call_index(*index) else {
+                    return;
+                };
+                if self.legacy && k > 0 {
+                    return;
+                }
+                out.extend_from_slice(&self.prefix);
+                if self.legacy {
+                    out.extend_from_slice(b"{\"function_call\":{\"arguments\":");
+                    write_str(out, fragment);
+                    out.extend_from_slice(b"}}");
+                } else {
+                    out.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
+                    write_u64(out, k as u64);
+                    out.extend_from_slice(b",\"function\":{\"arguments\":");
+                    write_str(out, fragment);
+                    out.extend_from_slice(b"}}]}");
+                }
+                out.extend_from_slice(self.suffix);
+            }
+            Delta::ReasoningText { text, .. } => {
+                if text.is_empty() {
+                    return;
+                }
+                out.extend_from_slice(&self.prefix);
+                out.extend_from_slice(&self.reasoning_key);
+                out.extend_from_slice(b"\"");
+                if self.reasoning_sep {
+                    out.extend_from_slice(b"\\n\\n");
+                    self.reasoning_sep = false;
+                }
+                write_str_body(out, text);
+                out.extend_from_slice(b"\"}");
+                out.extend_from_slice(self.suffix);
+                self.reasoning_dirty = true;
+            }
+            Delta::ReasoningPart { .. } => {
+                if self.reasoning_dirty {
+                    self.reasoning_sep = true;
+                    self.reasoning_dirty = false;
+                }
+            }
+            Delta::Refusal { text, .. } => {
+                if text.is_empty() {
+                    return;
+                }
+                self.refused = true;
+                out.extend_from_slice(&self.prefix);
+                out.extend_from_slice(b"{\"refusal\":");
+                write_str(out, text);
+                out.extend_from_slice(b"}");
+                out.extend_from_slice(self.suffix);
+            }
+            Delta::ToolCallStart { index, call_id, name, .. } => {
+                if self.call_index(*index).is_some() {
+                    return;
+                }
+                let k = self.calls.len();
+                self.calls.push(*index);
+                let name = self.names.restore(name);
+                if self.legacy {
+                    if k > 0 {
+                        return;
+                    }
+                    out.extend_from_slice(&self.prefix);
+                    out.extend_from_slice(b"{\"function_call\":{\"name\":");
+                    write_str(out, name);
+                    out.extend_from_slice(b",\"arguments\":\"\"}}");
+                } else {
+                    out.extend_from_slice(&self.prefix);
+                    out.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
+                    write_u64(out, k as u64);
+                    out.extend_from_slice(b",\"id\":");
+                    write_str(out, call_id);
+                    out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+                    write_str(out, name);
+                    out.extend_from_slice(b",\"arguments\":\"\"}}]}");
+                }
+                out.extend_from_slice(self.suffix);
+            }
+            Delta::Completed { usage } => {
+                let reason = if !self.calls.is_empty() && self.legacy {
+                    "function_call"
+                } else if !self.calls.is_empty() {
+                    "tool_calls"
+                } else if self.refused {
+                    "content_filter"
+                } else {
+                    "stop"
+                };
+                self.finish(reason, usage, out);
+            }
+            Delta::Incomplete { reason, usage } => {
+                self.finish(incomplete_reason(*reason), usage, out);
+            }
+            // Citations only exist in non-stream `annotations`; the rest carries nothing a
+            // Chat client can show. Failures reach `fail`, never here.
+            Delta::Created { .. }
+            | Delta::MessageStart { .. }
+            | Delta::Citation { .. }
+            | Delta::MessageDone { .. }
+            | Delta::ReasoningStart { .. }
+            | Delta::ReasoningDone { .. }
+            | Delta::ToolCallDone { .. }
+            | Delta::WebSearchDone { .. }
+            | Delta::CompactionDone { .. }
+            | Delta::Failed { .. }
+            | Delta::Error { .. } => {}
+        }
+    }
+
+    fn keepalive(&mut self, out: &mut BytesMut) {
+        out.extend_from_slice(b": keep-alive\n\n");
+    }
+
+    fn fail(&mut self, err: &Error, out: &mut BytesMut) {
+        if self.done {
+            return;
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&err.openai_json());
+        out.extend_from_slice(b"\n\n");
+        out.extend_from_slice(DONE);
+        self.done = true;
+    }
+}
