@@ -2526,3 +2526,151 @@ mod tests {
         assert_eq!(v["choices"][0]["finish_reason"], "function_call");
     }
 }
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::upstream::catalog::Catalog;
+    use http::HeaderMap;
+    use serde_json::{Value as J, json};
+
+    fn plan(body: J) -> ChatPlan {
+        let config = Config::for_tests("http://127.0.0.1:1", std::path::PathBuf::new());
+        let catalog = Catalog::builtin();
+        let headers = HeaderMap::new();
+        let ctx = Ctx {
+            config: &config,
+            catalog: &catalog,
+            headers: &headers,
+        };
+        let mut bytes = serde_json::to_vec(&body).unwrap();
+        translate(&mut bytes, &ctx).unwrap()
+    }
+
+    fn deltas(out: &[u8]) -> Vec<J> {
+        std::str::from_utf8(out)
+            .unwrap()
+            .split("\n\n")
+            .filter_map(|f| f.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str::<J>(d).unwrap())
+            .map(|c| c["choices"][0]["delta"].clone())
+            .collect()
+    }
+
+    #[test]
+    fn custom_tool_calls_stream_in_the_function_shape_and_round_trip_as_custom() {
+        let p = plan(json!({"model": "gpt-5.5", "stream": true,
+            "tools": [{"type": "custom", "custom": {"name": "apply_patch"}}],
+            "messages": [{"role": "user", "content": "x"},
+                {"role": "assistant", "tool_calls": [{"id": "call_p", "type": "function",
+                    "function": {"name": "apply_patch", "arguments": "*** Begin Patch"}}]},
+                {"role": "tool", "tool_call_id": "call_p", "content": "ok"}]}));
+        let up: J = serde_json::from_slice(&p.upstream().body()).unwrap();
+        assert_eq!(
+            up["input"][1],
+            json!({"type": "custom_tool_call", "call_id": "call_p", "name": "apply_patch", "input": "*** Begin Patch"})
+        );
+        assert_eq!(up["input"][2]["type"], "custom_tool_call_output");
+
+        let mut enc = p.encoder();
+        let mut out = BytesMut::new();
+        enc.delta(
+            &Delta::ToolCallStart {
+                index: 0,
+                call_id: "call_q",
+                name: "apply_patch",
+                custom: true,
+            },
+            &mut out,
+        );
+        enc.delta(
+            &Delta::ToolCallArgs {
+                index: 0,
+                fragment: "*** Begin",
+            },
+            &mut out,
+        );
+        assert_eq!(
+            deltas(&out),
+            vec![
+                json!({"tool_calls": [{"index": 0, "id": "call_q", "type": "function", "function": {"name": "apply_patch", "arguments": ""}}]}),
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "*** Begin"}}]}),
+            ]
+        );
+    }
+
+    #[test]
+    fn legacy_function_requests_stream_function_call_deltas() {
+        let p = plan(
+            json!({"model": "gpt-5.5", "stream": true, "functions": [{"name": "f"}],
+            "messages": [{"role": "user", "content": "x"}]}),
+        );
+        let mut enc = p.encoder();
+        let mut out = BytesMut::new();
+        enc.delta(
+            &Delta::ToolCallStart {
+                index: 0,
+                call_id: "call_1",
+                name: "f",
+                custom: false,
+            },
+            &mut out,
+        );
+        enc.delta(
+            &Delta::ToolCallArgs {
+                index: 0,
+                fragment: "{}",
+            },
+            &mut out,
+        );
+        enc.delta(
+            &Delta::Completed {
+                usage: Usage::default(),
+            },
+            &mut out,
+        );
+        assert_eq!(
+            deltas(&out),
+            vec![
+                json!({"function_call": {"name": "f", "arguments": ""}}),
+                json!({"function_call": {"arguments": "{}"}}),
+                json!({}),
+            ]
+        );
+        assert!(
+            std::str::from_utf8(&out)
+                .unwrap()
+                .contains("\"finish_reason\":\"function_call\"")
+        );
+    }
+
+    #[test]
+    fn refusals_stream_as_refusal_deltas_and_finish_with_content_filter() {
+        let p = plan(
+            json!({"model": "gpt-5.5", "stream": true, "messages": [{"role": "user", "content": "x"}]}),
+        );
+        let mut enc = p.encoder();
+        let mut out = BytesMut::new();
+        enc.delta(
+            &Delta::Refusal {
+                index: 0,
+                text: "I can't.",
+            },
+            &mut out,
+        );
+        enc.delta(
+            &Delta::Completed {
+                usage: Usage::default(),
+            },
+            &mut out,
+        );
+        assert_eq!(deltas(&out)[0], json!({"refusal": "I can't."}));
+        assert!(
+            std::str::from_utf8(&out)
+                .unwrap()
+                .contains("\"finish_reason\":\"content_filter\"")
+        );
+    }
+}
