@@ -27,7 +27,12 @@ struct Cli {
 #[derive(clap::Args, Debug, Clone)]
 struct LogArgs {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, env = "CODEX_AS_API_LOG_LEVEL", default_value = "info", global = true)]
+    #[arg(
+        long,
+        env = "CODEX_AS_API_LOG_LEVEL",
+        default_value = "info",
+        global = true
+    )]
     log_level: String,
     /// Log format.
     #[arg(long, env = "CODEX_AS_API_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -86,7 +91,10 @@ fn init_logging(log: &LogArgs) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("codex-as-api: cannot start the async runtime: {e}");
@@ -142,9 +150,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         );
         _demo = Some((emu, dir));
     }
-    let server = Server::start(config)
-        .await
-        .map_err(|e| e.message.clone())?;
+    let server = Server::start(config).await.map_err(|e| e.message.clone())?;
     let st = server.state();
     let auth = if st.tokens.available() {
         let plan = st
