@@ -1,0 +1,201 @@
+//! Server-level behaviour: health, guards, limits, TLS upstream, auth through the proxy.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use codex_as_api::emulator::EmulatorConfig;
+use common::Harness;
+use serde_json::{Value, json};
+
+fn user(text: &str) -> Value {
+    json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": text}]})
+}
+
+#[tokio::test]
+async fn health_reports_auth_model_and_config() {
+    let h = Harness::start().await;
+    let v: Value = h.get("/health").await.json().await.unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["auth_available"], true);
+    assert_eq!(v["model"], "gpt-5.5");
+    assert_eq!(v["context_window"], 272000);
+    assert!(v["codex_config_path"].as_str().unwrap().ends_with("config.toml"));
+    assert!(v["auto_compact_token_limit"].as_u64().unwrap() > 0);
+    assert_eq!(v["live_streams"], 0);
+}
+
+#[tokio::test]
+async fn api_key_is_required_everywhere_but_health() {
+    let h = Harness::with(|c| c.api_key = Some("sekret".into())).await;
+    assert_eq!(h.get("/health").await.status(), 200);
+    let r = h.post("/v1/chat/completions", &user("hi")).await;
+    assert_eq!(r.status(), 401);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "invalid_api_key");
+    let r = h.post_with("/v1/chat/completions", &user("hi"), &[("authorization", "Bearer wrong")]).await;
+    assert_eq!(r.status(), 401);
+    let r = h.post_with("/v1/chat/completions", &user("hi"), &[("authorization", "Bearer sekret")]).await;
+    assert_eq!(r.status(), 200);
+    let r = h.post_with("/v1/messages", &json!({"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}), &[("x-api-key", "nope")]).await;
+    assert_eq!(r.status(), 401);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["error"]["type"], "authentication_error");
+}
+
+#[tokio::test]
+async fn foreign_host_headers_are_refused_on_loopback() {
+    let h = Harness::start().await;
+    let r = h.http.get(h.url("/v1/models")).header("host", "evil.example:18080").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = h.http.get(h.url("/v1/models")).header("host", "localhost:18080").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let h = Harness::with(|c| c.max_body_bytes = 1024).await;
+    let big = "x".repeat(4096);
+    let r = h.post("/v1/chat/completions", &user(&big)).await;
+    assert_eq!(r.status(), 413);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "request_too_large");
+    assert_eq!(h.post("/v1/chat/completions", &user("small")).await.status(), 200);
+}
+
+#[tokio::test]
+async fn concurrent_stream_limit_answers_overloaded_in_each_protocol() {
+    let h = Harness::with(|c| c.max_concurrent_streams = 1).await;
+    let slow = h.http.post(h.url("/v1/chat/completions"))
+        .json(&json!({"model": "gpt-5.5", "stream": true, "messages": [{"role": "user", "content": "EMU:stall:1500"}]}))
+        .send();
+    let slow = tokio::spawn(slow);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = h.post("/v1/chat/completions", &user("second")).await;
+    assert_eq!(r.status(), 503);
+    let r = h.post("/v1/messages", &json!({"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})).await;
+    assert_eq!(r.status(), 529);
+    let body = slow.await.unwrap().unwrap().text().await.unwrap();
+    assert!(body.ends_with("data: [DONE]\n\n"));
+}
+
+#[tokio::test]
+async fn models_list_in_both_shapes() {
+    let h = Harness::start().await;
+    let v: Value = h.get("/v1/models").await.json().await.unwrap();
+    assert_eq!(v["object"], "list");
+    assert!(v["data"].as_array().unwrap().iter().any(|m| m["id"] == "gpt-5.5"));
+    let v: Value = h.http.get(h.url("/v1/models")).header("anthropic-version", "2023-06-01").send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["has_more"], false);
+    assert!(v["first_id"].is_string());
+    assert_eq!(v["data"][0]["type"], "model");
+}
+
+#[tokio::test]
+async fn upstream_tls_works_through_rustls_with_the_ca_file() {
+    let cfg = EmulatorConfig { tls: true, ..EmulatorConfig::default() };
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_path = ca_dir.path().join("ca.pem");
+    let ca_for_closure = ca_path.clone();
+    // The CA is only known after the emulator starts: write it before the server reads it.
+    let emu = codex_as_api::emulator::Emulator::start(cfg).await.unwrap();
+    std::fs::write(&ca_path, emu.ca_pem().unwrap()).unwrap();
+    assert!(emu.base_url().starts_with("https://"));
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.json");
+    emu.issue_credentials(3600).write_auth_json(&auth).unwrap();
+    let mut config = codex_as_api::config::Config::for_tests(&emu.base_url(), auth.clone());
+    config.ca_file = Some(ca_for_closure);
+    config.token_url = emu.token_url();
+    let server = codex_as_api::server::Server::start(config).await.unwrap();
+    let http = reqwest::Client::new();
+    let r = http.post(format!("http://{}/v1/chat/completions", server.addr())).json(&user("over tls")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "You said: over tls");
+    // Without the CA the handshake fails: a clear 502.
+    let config = codex_as_api::config::Config::for_tests(&emu.base_url(), auth);
+    let server = codex_as_api::server::Server::start(config).await.unwrap();
+    let r = http.post(format!("http://{}/v1/chat/completions", server.addr())).json(&user("no ca")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let e: Value = r.json().await.unwrap();
+    assert!(e["error"]["message"].as_str().unwrap().contains("cannot reach the upstream"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_token_and_50_concurrent_requests_make_one_token_call() {
+    let h = Harness::build(EmulatorConfig::default(), -30, |_| {}).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let http = h.http.clone();
+        let url = h.url("/v1/chat/completions");
+        tasks.push(tokio::spawn(async move {
+            http.post(url).json(&user(&format!("hello {i}"))).send().await.unwrap().status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(h.emu.stats().token_calls, 1);
+    // The rotated refresh token was saved.
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(h.auth_path()).unwrap()).unwrap();
+    assert_ne!(saved["tokens"]["refresh_token"], json!(h.creds.refresh_token));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(h.auth_path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[tokio::test]
+async fn upstream_401_reloads_then_refreshes_then_succeeds() {
+    let h = Harness::start().await;
+    assert_eq!(h.post("/v1/chat/completions", &user("warm")).await.status(), 200);
+    h.emu.revoke_access_tokens();
+    let r = h.post("/v1/chat/completions", &user("after revoke")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(h.emu.stats().token_calls, 1, "one refresh after the reload did not help");
+    // Another process refreshed the file: a reload alone recovers, no token call.
+    h.emu.revoke_access_tokens();
+    let fresh = h.emu.issue_credentials(3600);
+    let mut auth: Value = serde_json::from_str(&std::fs::read_to_string(h.auth_path()).unwrap()).unwrap();
+    auth["tokens"]["access_token"] = json!(fresh.access_token);
+    auth["tokens"]["refresh_token"] = json!(fresh.refresh_token);
+    std::fs::write(h.auth_path(), serde_json::to_vec_pretty(&auth).unwrap()).unwrap();
+    let r = h.post("/v1/chat/completions", &user("after external refresh")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(h.emu.stats().token_calls, 1);
+}
+
+#[tokio::test]
+async fn client_disconnect_drops_the_stream_and_frees_the_slot() {
+    let h = Harness::start().await;
+    let resp = h.http.post(h.url("/v1/chat/completions"))
+        .json(&json!({"model": "gpt-5.5", "stream": true, "messages": [{"role": "user", "content": "EMU:stall:5000"}]}))
+        .send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = h.get("/health").await.json().await.unwrap();
+    assert_eq!(v["live_streams"], 1);
+    drop(resp);
+    let mut live = 1;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let v: Value = h.get("/health").await.json().await.unwrap();
+        live = v["live_streams"].as_u64().unwrap();
+        if live == 0 {
+            break;
+        }
+    }
+    assert_eq!(live, 0, "the live stream count returns to 0 within 1 s of the client leaving");
+}
+
+#[tokio::test]
+async fn non_loopback_bind_without_key_refuses_to_start() {
+    let mut config = codex_as_api::config::Config::for_tests("http://127.0.0.1:9", "/nonexistent/auth.json".into());
+    config.host = "0.0.0.0".parse().unwrap();
+    let err = codex_as_api::server::Server::start(config.clone()).await.err().unwrap();
+    assert!(err.message.contains("CODEX_AS_API_API_KEY"), "{}", err.message);
+    config.api_key = Some("k".into());
+    let s = codex_as_api::server::Server::start(config).await.unwrap();
+    s.shutdown().await;
+}
