@@ -30,3 +30,8 @@ async fn pytest(file: &str) {
 async fn openai_python_sdk_suite_passes() {
     pytest("test_openai_sdk.py").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_python_sdk_suite_passes() {
+    pytest("test_anthropic_sdk.py").await;
+}
