@@ -693,6 +693,12 @@ async fn reasoning_directive_has_two_summary_parts_then_text() {
     assert_eq!(items[0]["summary"].as_array().unwrap().len(), 2);
     assert_eq!(items[1]["type"], "message");
     assert_eq!(text_of(&events), "You said: EMU:reasoning");
+
+    // Without include: no encrypted_content, so the item cannot be replayed.
+    let mut b = body("EMU:reasoning");
+    b.as_object_mut().unwrap().remove("include");
+    let items = done_items(&f.stream(&b).await);
+    assert_eq!(items[0]["encrypted_content"], Value::Null);
 }
 
 #[tokio::test]
@@ -1249,4 +1255,65 @@ async fn h2_prior_knowledge_and_keep_alive_connections() {
     }
     assert_eq!(f.emu.stats().connections_accepted, 2);
     f.emu.shutdown().await;
+}
+
+/// TLS mode, end to end: verify against `ca_pem()`, negotiate each ALPN protocol, stream.
+#[tokio::test]
+async fn tls_mode_serves_h1_and_h2_with_the_generated_ca() {
+    use http_body_util::BodyExt;
+    use rustls_pki_types::pem::PemObject;
+    use std::sync::Arc;
+
+    let f = fixture_with(EmulatorConfig {
+        tls: true,
+        ..Default::default()
+    })
+    .await;
+    assert!(f.emu.base_url().starts_with("https://127.0.0.1:"));
+    assert!(f.emu.token_url().starts_with("https://127.0.0.1:"));
+    let ca = rustls_pki_types::CertificateDer::from_pem_slice(f.emu.ca_pem().unwrap().as_bytes())
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    for (alpn, name) in [(&b"h2"[..], "localhost"), (&b"http/1.1"[..], "127.0.0.1")] {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        let tcp = tokio::net::TcpStream::connect(f.emu.addr()).await.unwrap();
+        let server_name = rustls_pki_types::ServerName::try_from(name.to_owned()).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(server_name, tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+        let io = hyper_util::rt::TokioIo::new(tls);
+        let req = hyper::Request::post(format!("{}/codex/responses", f.emu.base_url()))
+            .header("authorization", format!("Bearer {}", f.creds.access_token))
+            .header("chatgpt-account-id", &f.creds.account_id)
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body("over tls").to_string(),
+            )))
+            .unwrap();
+        let resp = if alpn == b"h2" {
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            send.send_request(req).await.unwrap()
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            send.send_request(req).await.unwrap()
+        };
+        assert_eq!(resp.status(), 200);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let events = parse_sse(std::str::from_utf8(&bytes).unwrap());
+        assert_eq!(text_of(&events), "You said: over tls");
+    }
 }

@@ -189,7 +189,11 @@ async fn responses(req: Request<Incoming>, shared: &Shared) -> Resp {
             retry_after,
             limit_reached,
         } => {
-            let mut resp = json_response(status, &body);
+            let mut resp = if status == 401 {
+                unauthorized()
+            } else {
+                json_response(status, &body)
+            };
             request_id(&mut resp);
             if let Some(secs) = retry_after {
                 set(&mut resp, "retry-after", &secs.to_string());

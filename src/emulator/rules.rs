@@ -243,6 +243,11 @@ fn check_input(shared: &Shared, input: &[Value]) -> Result<(), Reject> {
                 }
                 check_parts(item.get("output"))?;
             }
+            "additional_tools" => {
+                if let Some(tools) = item.get("tools").and_then(Value::as_array) {
+                    check_tools(tools, &format!("input[{i}].tools"))?;
+                }
+            }
             _ => {}
         }
     }

@@ -368,7 +368,18 @@ impl<'a> Turn<'a> {
 
     fn reasoning(&mut self, summaries: &[&str]) -> String {
         let id = format!("rs_{}", random_hex(32));
-        let enc = seal(&self.shared.secret, "reasoning", &id);
+        // Like the real backend, reasoning is only portable when `include` asks for it.
+        let wanted = self
+            .req
+            .body
+            .get("include")
+            .and_then(Value::as_array)
+            .is_some_and(|inc| inc.iter().any(|v| v == "reasoning.encrypted_content"));
+        let enc = if wanted {
+            Value::String(seal(&self.shared.secret, "reasoning", &id))
+        } else {
+            Value::Null
+        };
         let idx = self.output.len();
         self.item_added(
             &json!({"id": id, "type": "reasoning", "encrypted_content": enc, "summary": []}),
