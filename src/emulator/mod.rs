@@ -1,1 +1,400 @@
-//! Codex backend emulator (placeholder).
+//! A faithful emulator of the ChatGPT Codex backend, served over real loopback HTTP.
+//!
+//! The real `chatgpt.com` is unreachable from tests, benches and `--demo`, so this module
+//! owns a stand-in that speaks the same wire protocol (`protocol/codex-backend.md`) and
+//! enforces the same rules, answering with the exact rejection bodies the real backend
+//! sends. It owns:
+//!
+//! * the accept loop (HTTP/1.1 and h2 through the hyper-util auto builder, optional TLS
+//!   with a CA generated at start: [`tls`]),
+//! * routing and the unary endpoints (models, images, compaction v1, usage, token
+//!   refresh: [`routes`]),
+//! * the issued-token registry and JWT minting ([`tokens`]),
+//! * the request rules of §5.3/§6 ([`rules`]) and the model catalog ([`catalog`]),
+//! * scripted SSE answers chosen by `EMU:` directives ([`script`]) and the body that
+//!   plays them out, chunk per event or coalesced ([`stream`]).
+//!
+//! It does not own anything the proxy uses on its hot path: nothing outside tests,
+//! benches and `--demo` should depend on it.
+
+mod catalog;
+mod routes;
+mod rules;
+mod script;
+mod stream;
+mod tls;
+mod tokens;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use tokens::TestCredentials;
+
+/// How the emulator starts.
+#[derive(Clone, Debug)]
+pub struct EmulatorConfig {
+    /// Where to listen; the default `127.0.0.1:0` picks a free port.
+    pub addr: SocketAddr,
+    /// Serve HTTPS with a certificate signed by a CA generated at start ([`Emulator::ca_pem`]).
+    pub tls: bool,
+    /// How SSE events are handed to the connection.
+    pub chunking: Chunking,
+    /// Lifetime of access tokens minted by a refresh, in seconds.
+    pub refresh_access_ttl_secs: i64,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: false,
+            chunking: Chunking::PerEvent,
+            refresh_access_ttl_secs: 3600,
+        }
+    }
+}
+
+/// Chunking of the SSE body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunking {
+    /// Each SSE event is its own HTTP chunk, flushed on its own (like the real backend).
+    PerEvent,
+    /// Every burst of events (the events between two pauses) is written as one chunk.
+    Coalesced,
+}
+
+/// Counters since start (a snapshot).
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub responses_requests: u64,
+    pub token_calls: u64,
+    pub connections_accepted: u64,
+    pub images_requests: u64,
+    pub models_requests: u64,
+}
+
+/// One `POST /codex/responses` as received (body after zstd decoding).
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// Header names in lower case, in arrival order.
+    pub headers: Vec<(String, String)>,
+    /// The JSON body (`null` when it was not JSON).
+    pub body: serde_json::Value,
+    /// Whether the body arrived with `Content-Encoding: zstd`.
+    pub zstd: bool,
+}
+
+/// A running emulator. Dropping it stops the accept loop and every connection.
+pub struct Emulator {
+    addr: SocketAddr,
+    tls: bool,
+    ca_pem: Option<String>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Emulator {
+    /// Binds, spawns the accept loop and returns at once.
+    pub async fn start(cfg: EmulatorConfig) -> std::io::Result<Emulator> {
+        let listener = TcpListener::bind(cfg.addr).await?;
+        let addr = listener.local_addr()?;
+        let (acceptor, ca_pem) = if cfg.tls {
+            let material = tls::generate().map_err(std::io::Error::other)?;
+            (Some(material.acceptor), Some(material.ca_pem))
+        } else {
+            (None, None)
+        };
+        let shared = Arc::new(Shared::new(&cfg)?);
+        let (stop, stop_rx) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(listener, acceptor, shared.clone(), stop_rx));
+        Ok(Emulator {
+            addr,
+            tls: cfg.tls,
+            ca_pem,
+            shared,
+            stop,
+            accept: Some(accept),
+        })
+    }
+
+    /// The bound socket address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn origin(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// The upstream root, e.g. `http://127.0.0.1:4242/backend-api`.
+    pub fn base_url(&self) -> String {
+        format!("{}/backend-api", self.origin())
+    }
+
+    /// The token endpoint, e.g. `http://127.0.0.1:4242/oauth/token`.
+    pub fn token_url(&self) -> String {
+        format!("{}/oauth/token", self.origin())
+    }
+
+    /// PEM of the generated test CA (TLS mode only).
+    pub fn ca_pem(&self) -> Option<String> {
+        self.ca_pem.clone()
+    }
+
+    /// Mints a token set the emulator accepts; a negative ttl gives an expired access token.
+    pub fn issue_credentials(&self, access_ttl_secs: i64) -> TestCredentials {
+        self.shared.issue(access_ttl_secs)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        Stats {
+            responses_requests: c.responses.load(Ordering::Relaxed),
+            token_calls: c.token.load(Ordering::Relaxed),
+            connections_accepted: c.connections.load(Ordering::Relaxed),
+            images_requests: c.images.load(Ordering::Relaxed),
+            models_requests: c.models.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Every `POST /codex/responses` received, oldest first.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.recorded)
+            .iter()
+            .map(|r| RecordedRequest {
+                headers: r.headers.clone(),
+                body: r.body.clone(),
+                zstd: r.zstd,
+            })
+            .collect()
+    }
+
+    /// Makes every access token issued so far invalid.
+    pub fn revoke_access_tokens(&self) {
+        lock(&self.shared.tokens).access.clear();
+    }
+
+    /// Stops accepting, closes every connection and waits for the accept loop.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// One recorded request, shared with the handler without copying the body.
+struct Recorded {
+    headers: Vec<(String, String)>,
+    body: serde_json::Value,
+    zstd: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    responses: AtomicU64,
+    token: AtomicU64,
+    connections: AtomicU64,
+    images: AtomicU64,
+    models: AtomicU64,
+}
+
+/// State shared by every connection.
+struct Shared {
+    chunking: Chunking,
+    refresh_ttl: i64,
+    /// Keys the MAC of every `encrypted_content` this emulator hands out.
+    secret: [u8; 32],
+    account_id: String,
+    user_id: String,
+    counters: Counters,
+    recorded: Mutex<Vec<Arc<Recorded>>>,
+    tokens: Mutex<tokens::Registry>,
+    /// `EMU:flaky:<n>` counters, keyed by the full text of the user message.
+    flaky: Mutex<HashMap<String, u64>>,
+    /// Last `input_tokens` seen per prompt-cache key.
+    cache: Mutex<HashMap<String, u64>>,
+    /// Ids of items (`fc_…`, `msg_…`) that were produced after a reasoning item → that `rs_…`.
+    followers: Mutex<HashMap<String, String>>,
+    catalog: catalog::Catalog,
+}
+
+impl Shared {
+    fn new(cfg: &EmulatorConfig) -> std::io::Result<Shared> {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Shared {
+            chunking: cfg.chunking,
+            refresh_ttl: cfg.refresh_access_ttl_secs,
+            secret,
+            account_id: uuid_like(),
+            user_id: format!("user-{}", random_alnum(24)),
+            counters: Counters::default(),
+            recorded: Mutex::new(Vec::new()),
+            tokens: Mutex::new(tokens::Registry::default()),
+            flaky: Mutex::new(HashMap::new()),
+            cache: Mutex::new(HashMap::new()),
+            followers: Mutex::new(HashMap::new()),
+            catalog: catalog::Catalog::build(),
+        })
+    }
+}
+
+/// Locks a mutex, ignoring poisoning (a panicking test must not wedge the emulator).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
+        };
+        let (tcp, _) = match accepted {
+            Ok(pair) => pair,
+            Err(_) => {
+                // Out of descriptors and the like: back off instead of spinning or exiting.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                Some(acceptor) => {
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        serve(TokioIo::new(tls), shared, stop).await;
+                    }
+                }
+                None => serve(TokioIo::new(tcp), shared, stop).await,
+            }
+        });
+    }
+}
+
+async fn serve<I>(io: I, shared: Arc<Shared>, mut stop: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, std::convert::Infallible>(routes::handle(req, shared).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(io, service);
+    tokio::select! {
+        _ = conn => {}
+        _ = stop.changed() => {}
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// `n` random lower-case hex digits (ids, not secrets).
+fn random_hex(n: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    (0..n)
+        .map(|_| char::from(HEX[fastrand::usize(..16)]))
+        .collect()
+}
+
+/// `n` random alphanumerics (ids, not secrets).
+fn random_alnum(n: usize) -> String {
+    (0..n).map(|_| fastrand::alphanumeric()).collect()
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        random_hex(8),
+        random_hex(4),
+        random_hex(3),
+        random_hex(3),
+        random_hex(12)
+    )
+}
+
+/// RFC 3339 UTC timestamp with nanoseconds, like the official client's `last_refresh`.
+fn rfc3339_now() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let secs = i64::try_from(now.as_secs()).unwrap_or(0);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        now.subsec_nanos()
+    )
+}
+
+/// Howard Hinnant's days-to-civil conversion.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_are_right() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
+    fn rfc3339_has_the_expected_shape() {
+        let s = rfc3339_now();
+        assert_eq!(s.len(), 30, "{s}");
+        assert!(s.ends_with('Z'));
+        assert_eq!(&s[10..11], "T");
+    }
+}

@@ -1,0 +1,389 @@
+//! Routing and the HTTP edge: body reading (with zstd), auth checks, the unary endpoints
+//! (models §15, images §18, compaction v1 §17.1, usage §19, accounts check §16, token
+//! §12.3) and the response heads of `/responses` (rate-limit headers §10.2).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::rules::{self, seal};
+use super::script::{self, Reply};
+use super::stream::EmuBody;
+use super::{Recorded, Shared, lock, now_secs, random_hex};
+
+/// Bodies above this are refused (the real backend's limit is far below it).
+const MAX_BODY: usize = 64 << 20;
+
+/// A small valid PNG (8x8, red), base64.
+const PNG_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEUlEQVR42mP4z8CAFTEMLQkAKP8/wc53yE8AAAAASUVORK5CYII=";
+
+type Resp = Response<EmuBody>;
+
+fn json_response(status: u16, body: &Value) -> Resp {
+    bytes_response(status, "application/json", Bytes::from(body.to_string()))
+}
+
+fn bytes_response(status: u16, content_type: &'static str, body: Bytes) -> Resp {
+    let mut resp = Response::new(EmuBody::Full(Some(body)));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+fn set(resp: &mut Resp, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut().insert(HeaderName::from_static(name), v);
+    }
+}
+
+fn not_found() -> Resp {
+    json_response(404, &json!({"detail": "Not Found"}))
+}
+
+fn unauthorized() -> Resp {
+    let mut resp = json_response(401, &script::token_expired());
+    set(&mut resp, "x-openai-authorization-error", "token_expired");
+    // base64 of {"error":{"code":"token_expired"}}
+    set(
+        &mut resp,
+        "x-error-json",
+        "eyJlcnJvciI6eyJjb2RlIjoidG9rZW5fZXhwaXJlZCJ9fQ==",
+    );
+    resp
+}
+
+fn rate_limit_headers(resp: &mut Resp, primary_used: &str) {
+    let now = now_secs();
+    set(resp, "x-codex-primary-used-percent", primary_used);
+    set(resp, "x-codex-primary-window-minutes", "300");
+    set(resp, "x-codex-primary-reset-at", &(now + 3600).to_string());
+    set(resp, "x-codex-secondary-used-percent", "3.0");
+    set(resp, "x-codex-secondary-window-minutes", "10080");
+    set(
+        resp,
+        "x-codex-secondary-reset-at",
+        &(now + 259_200).to_string(),
+    );
+    set(resp, "x-codex-credits-has-credits", "true");
+    set(resp, "x-codex-credits-unlimited", "false");
+    set(resp, "x-codex-credits-balance", "9.99");
+}
+
+fn request_id(resp: &mut Resp) {
+    set(resp, "x-request-id", &format!("req_{}", random_hex(32)));
+}
+
+/// Serves one request.
+pub(super) async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Resp {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    match (method, path.as_str()) {
+        (Method::POST, "/backend-api/codex/responses") => responses(req, &shared).await,
+        (Method::GET, "/backend-api/codex/models") => models(&req, &shared),
+        (Method::POST, "/backend-api/codex/images/generations") => images(req, &shared).await,
+        (Method::POST, "/backend-api/codex/responses/compact") => compact(req, &shared).await,
+        (Method::GET, "/backend-api/wham/usage") => usage(&req, &shared),
+        (Method::GET, "/backend-api/wham/accounts/check") => accounts(&req, &shared),
+        (Method::POST, "/oauth/token") => token(req, &shared).await,
+        _ => not_found(),
+    }
+}
+
+/// Reads the body, undoing `Content-Encoding: zstd`. `Err` is the response to send.
+async fn read_body(
+    req: Request<Incoming>,
+) -> Result<(hyper::http::request::Parts, Bytes, bool), Resp> {
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, MAX_BODY);
+    let raw = match limited.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => {
+            return Err(json_response(
+                413,
+                &json!({"detail": "Request body too large"}),
+            ));
+        }
+    };
+    let zstd = parts
+        .headers
+        .get(hyper::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("zstd"));
+    if !zstd {
+        return Ok((parts, raw, false));
+    }
+    match zstd::stream::decode_all(raw.as_ref()) {
+        Ok(decoded) if decoded.len() <= MAX_BODY => Ok((parts, Bytes::from(decoded), true)),
+        Ok(_) => Err(json_response(
+            413,
+            &json!({"detail": "Request body too large"}),
+        )),
+        Err(_) => Err(json_response(
+            400,
+            &json!({"detail": "Could not decode request body with Content-Encoding: zstd"}),
+        )),
+    }
+}
+
+async fn responses(req: Request<Incoming>, shared: &Shared) -> Resp {
+    shared.counters.responses.fetch_add(1, Ordering::Relaxed);
+    let (parts, raw, zstd) = match read_body(req).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    let parsed: Option<Value> = serde_json::from_slice(&raw).ok();
+    let recorded = Arc::new(Recorded {
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: parsed.unwrap_or(Value::Null),
+        zstd,
+    });
+    lock(&shared.recorded).push(recorded.clone());
+
+    if !shared.authorized(&parts.headers) {
+        return unauthorized();
+    }
+    let body = &recorded.body;
+    if body.is_null() {
+        return json_response(
+            400,
+            &json!({"detail": "We could not parse the JSON body of your request."}),
+        );
+    }
+    if let Err(reject) = rules::check(shared, body) {
+        let mut resp = json_response(reject.status, &reject.body);
+        request_id(&mut resp);
+        return resp;
+    }
+    let session_id = parts
+        .headers
+        .get("session-id")
+        .or_else(|| parts.headers.get("session_id"))
+        .and_then(|v| v.to_str().ok());
+    let script_req = script::Request {
+        body,
+        session_id,
+        body_len: raw.len(),
+    };
+    match script::respond(shared, &script_req) {
+        Reply::Status {
+            status,
+            body,
+            retry_after,
+            limit_reached,
+        } => {
+            let mut resp = if status == 401 {
+                unauthorized()
+            } else {
+                json_response(status, &body)
+            };
+            request_id(&mut resp);
+            if let Some(secs) = retry_after {
+                set(&mut resp, "retry-after", &secs.to_string());
+            }
+            if limit_reached {
+                rate_limit_headers(&mut resp, "100.0");
+                set(&mut resp, "x-codex-active-limit", "codex");
+            }
+            resp
+        }
+        Reply::Stream { sse, delay } => {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            let mut resp = Response::new(EmuBody::Script(sse.into_body(shared.chunking)));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream; charset=utf-8"),
+            );
+            resp.headers_mut().insert(
+                hyper::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache"),
+            );
+            request_id(&mut resp);
+            rate_limit_headers(&mut resp, "12.0");
+            if let Some(m) = body.get("model").and_then(Value::as_str) {
+                set(&mut resp, "openai-model", m);
+            }
+            set(&mut resp, "x-models-etag", &shared.catalog.etag);
+            resp
+        }
+    }
+}
+
+fn models(req: &Request<Incoming>, shared: &Shared) -> Resp {
+    shared.counters.models.fetch_add(1, Ordering::Relaxed);
+    if !shared.authorized(req.headers()) {
+        return unauthorized();
+    }
+    let etag = &shared.catalog.etag;
+    let matches = req
+        .headers()
+        .get(hyper::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut resp = if matches {
+        let mut r = Response::new(EmuBody::Full(None));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        bytes_response(200, "application/json", shared.catalog.body.clone())
+    };
+    set(&mut resp, "etag", etag);
+    resp
+}
+
+async fn images(req: Request<Incoming>, shared: &Shared) -> Resp {
+    shared.counters.images.fetch_add(1, Ordering::Relaxed);
+    let (parts, raw, _) = match read_body(req).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    if !shared.authorized(&parts.headers) {
+        return unauthorized();
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&raw) else {
+        return json_response(
+            400,
+            &json!({"detail": "We could not parse the JSON body of your request."}),
+        );
+    };
+    let Some(prompt) = body
+        .get("prompt")
+        .and_then(Value::as_str)
+        .filter(|p| !p.trim().is_empty())
+    else {
+        return json_response(
+            400,
+            &json!({"error": {"message": "Missing required parameter: 'prompt'.", "type": "invalid_request_error", "param": "prompt", "code": "missing_required_parameter"}}),
+        );
+    };
+    let n = body
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, 10);
+    let data: Vec<Value> = (0..n)
+        .map(|_| json!({"b64_json": PNG_B64, "revised_prompt": format!("{prompt} (emulated)")}))
+        .collect();
+    let input_tokens = (prompt.len() / 4).max(1) as u64;
+    json_response(
+        200,
+        &json!({
+            "created": now_secs(),
+            "data": data,
+            "usage": {"input_tokens": input_tokens, "output_tokens": 100 * n, "total_tokens": input_tokens + 100 * n,
+                      "input_tokens_details": {"text_tokens": input_tokens, "image_tokens": 0}},
+        }),
+    )
+}
+
+async fn compact(req: Request<Incoming>, shared: &Shared) -> Resp {
+    let (parts, raw, _) = match read_body(req).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    if !shared.authorized(&parts.headers) {
+        return unauthorized();
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&raw) else {
+        return json_response(
+            400,
+            &json!({"detail": "We could not parse the JSON body of your request."}),
+        );
+    };
+    let slug = body.get("model").and_then(Value::as_str).unwrap_or("");
+    if shared.catalog.find(slug).is_none() {
+        return json_response(
+            400,
+            &json!({"detail": format!("The '{slug}' model is not supported when using Codex with a ChatGPT account.")}),
+        );
+    }
+    let Some(input) = body.get("input").and_then(Value::as_array) else {
+        return json_response(400, &json!({"detail": "Missing required parameter: input"}));
+    };
+    let mut output: Vec<Value> = input
+        .iter()
+        .filter(|it| {
+            rules::item_type(it) == "message"
+                && it.get("role").and_then(Value::as_str) == Some("user")
+        })
+        .cloned()
+        .collect();
+    let id = format!("cmp_{}", random_hex(32));
+    output.push(
+        json!({"type": "compaction", "encrypted_content": seal(&shared.secret, "compaction", &id)}),
+    );
+    json_response(200, &json!({ "output": output }))
+}
+
+fn usage(req: &Request<Incoming>, shared: &Shared) -> Resp {
+    if !shared.authorized(req.headers()) {
+        return unauthorized();
+    }
+    let now = now_secs();
+    json_response(
+        200,
+        &json!({
+            "plan_type": "plus",
+            "rate_limit": {
+                "allowed": true, "limit_reached": false,
+                "primary_window": {"used_percent": 12, "limit_window_seconds": 18000, "reset_after_seconds": 3600, "reset_at": now + 3600},
+                "secondary_window": {"used_percent": 3, "limit_window_seconds": 604800, "reset_after_seconds": 259200, "reset_at": now + 259_200},
+            },
+            "credits": {"has_credits": true, "unlimited": false, "balance": "9.99"},
+            "additional_rate_limits": [{"limit_name": "codex_other", "metered_feature": "codex_other",
+                "rate_limit": {"allowed": true, "limit_reached": false, "primary_window": null, "secondary_window": null}}],
+            "rate_limit_reached_type": null,
+        }),
+    )
+}
+
+fn accounts(req: &Request<Incoming>, shared: &Shared) -> Resp {
+    if !shared.authorized(req.headers()) {
+        return unauthorized();
+    }
+    let id = &shared.account_id;
+    json_response(
+        200,
+        &json!({
+            "accounts": [{"id": id, "account_id": id, "plan_type": "plus", "name": null,
+                "profile_picture_url": null, "structure": "personal",
+                "workspace_backend_origin": "NO_CONSTRAINT", "account_routing_override": "NO_CONSTRAINT"}],
+            "account_ordering": [id],
+            "default_account_id": id,
+        }),
+    )
+}
+
+async fn token(req: Request<Incoming>, shared: &Shared) -> Resp {
+    shared.counters.token.fetch_add(1, Ordering::Relaxed);
+    let (parts, raw, _) = match read_body(req).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    let content_type = parts
+        .headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let (status, body) = shared.token_endpoint(content_type, &raw);
+    json_response(status, &body)
+}

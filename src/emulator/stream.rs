@@ -1,0 +1,261 @@
+//! SSE output: a writer that frames Responses events (`event: <type>\ndata: <json>\n\n`,
+//! `sequence_number` counted here) into a list of steps, and the HTTP body that plays
+//! the steps out without a task or channel: one frame per event (yielding between
+//! frames so each is flushed as its own chunk) or one frame per burst, with pauses and
+//! an abrupt cut.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use serde_json::Value;
+
+use super::Chunking;
+
+/// One step of a scripted body.
+pub(super) enum Step {
+    Data(Bytes),
+    Pause(Duration),
+    /// End the body with an error: hyper drops the connection without a terminal chunk.
+    Cut,
+}
+
+/// Builds the steps of one SSE answer.
+pub(super) struct Sse {
+    seq: u64,
+    steps: Vec<Step>,
+    buf: Vec<u8>,
+}
+
+impl Sse {
+    pub(super) fn new() -> Sse {
+        Sse {
+            seq: 0,
+            steps: Vec::with_capacity(32),
+            buf: Vec::with_capacity(256),
+        }
+    }
+
+    /// Writes one event: `fields` must be a JSON object; `type` and `sequence_number` go first.
+    pub(super) fn event(&mut self, ty: &str, fields: &Value) {
+        self.head(ty);
+        let at = self.buf.len();
+        let _ = serde_json::to_writer(&mut self.buf, fields);
+        // Splice the object's opening brace into a comma after the head.
+        if matches!(self.buf.get(at..), Some(b"{}") | Some(b"null")) {
+            self.buf.truncate(at);
+            self.buf.extend_from_slice(b"}\n\n");
+        } else {
+            if let Some(b) = self.buf.get_mut(at) {
+                *b = b',';
+            }
+            self.buf.extend_from_slice(b"\n\n");
+        }
+        self.push_buf();
+    }
+
+    /// Fast path for the hot text event: no intermediate `Value`.
+    pub(super) fn text_delta(&mut self, item_id: &str, output_index: usize, delta: &str) {
+        self.head("response.output_text.delta");
+        self.buf.extend_from_slice(b",\"item_id\":");
+        let _ = serde_json::to_writer(&mut self.buf, item_id);
+        self.buf.extend_from_slice(b",\"output_index\":");
+        self.buf
+            .extend_from_slice(output_index.to_string().as_bytes());
+        self.buf
+            .extend_from_slice(b",\"content_index\":0,\"delta\":");
+        let _ = serde_json::to_writer(&mut self.buf, delta);
+        self.buf.extend_from_slice(b",\"logprobs\":[]}\n\n");
+        self.push_buf();
+    }
+
+    fn head(&mut self, ty: &str) {
+        self.buf.clear();
+        self.buf.extend_from_slice(b"event: ");
+        self.buf.extend_from_slice(ty.as_bytes());
+        self.buf.extend_from_slice(b"\ndata: {\"type\":\"");
+        self.buf.extend_from_slice(ty.as_bytes());
+        self.buf.extend_from_slice(b"\",\"sequence_number\":");
+        self.buf.extend_from_slice(self.seq.to_string().as_bytes());
+        self.seq += 1;
+    }
+
+    fn push_buf(&mut self) {
+        self.steps
+            .push(Step::Data(Bytes::copy_from_slice(&self.buf)));
+    }
+
+    pub(super) fn pause(&mut self, d: Duration) {
+        self.steps.push(Step::Pause(d));
+    }
+
+    pub(super) fn cut(&mut self) {
+        self.steps.push(Step::Cut);
+    }
+
+    pub(super) fn into_body(self, chunking: Chunking) -> ScriptBody {
+        ScriptBody::new(self.steps, chunking)
+    }
+}
+
+/// Plays out scripted steps.
+pub(super) struct ScriptBody {
+    steps: VecDeque<Step>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    per_event: bool,
+    yield_next: bool,
+}
+
+impl ScriptBody {
+    fn new(steps: Vec<Step>, chunking: Chunking) -> ScriptBody {
+        let per_event = chunking == Chunking::PerEvent;
+        let steps: VecDeque<Step> = if per_event {
+            steps.into()
+        } else {
+            let mut merged = VecDeque::with_capacity(4);
+            let mut burst: Vec<u8> = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Data(b) => burst.extend_from_slice(&b),
+                    other => {
+                        if !burst.is_empty() {
+                            merged.push_back(Step::Data(Bytes::from(std::mem::take(&mut burst))));
+                        }
+                        merged.push_back(other);
+                    }
+                }
+            }
+            if !burst.is_empty() {
+                merged.push_back(Step::Data(Bytes::from(burst)));
+            }
+            merged
+        };
+        ScriptBody {
+            steps,
+            sleep: None,
+            per_event,
+            yield_next: false,
+        }
+    }
+}
+
+impl Body for ScriptBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(sleep) = this.sleep.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.sleep = None;
+            }
+            if this.yield_next {
+                // Returning Pending makes hyper flush what it has buffered, so every event
+                // leaves as its own chunk and write, like the real backend.
+                this.yield_next = false;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            match this.steps.pop_front() {
+                None => return Poll::Ready(None),
+                Some(Step::Data(b)) => {
+                    this.yield_next = this.per_event && !this.steps.is_empty();
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                Some(Step::Pause(d)) => this.sleep = Some(Box::pin(tokio::time::sleep(d))),
+                Some(Step::Cut) => {
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "emulator: stream cut (EMU:cut)",
+                    ))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.steps.is_empty() && self.sleep.is_none()
+    }
+}
+
+/// Every body the emulator sends.
+pub(super) enum EmuBody {
+    Full(Option<Bytes>),
+    Script(ScriptBody),
+}
+
+impl Body for EmuBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match self.get_mut() {
+            EmuBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            EmuBody::Script(s) => Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            EmuBody::Full(b) => b.is_none(),
+            EmuBody::Script(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            EmuBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            EmuBody::Full(None) => SizeHint::with_exact(0),
+            EmuBody::Script(_) => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn data(s: &Sse, i: usize) -> String {
+        match &s.steps[i] {
+            Step::Data(b) => String::from_utf8(b.to_vec()).unwrap(),
+            _ => panic!("not data"),
+        }
+    }
+
+    #[test]
+    fn events_are_framed_with_type_and_sequence_first() {
+        let mut s = Sse::new();
+        s.event(
+            "response.created",
+            &json!({"response": {"id": "resp_1", "x": {}}}),
+        );
+        s.event("response.in_progress", &json!({}));
+        s.text_delta("msg_1", 0, "h\"i");
+        assert_eq!(
+            data(&s, 0),
+            "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\",\"x\":{}}}\n\n"
+        );
+        assert_eq!(
+            data(&s, 1),
+            "event: response.in_progress\ndata: {\"type\":\"response.in_progress\",\"sequence_number\":1}\n\n"
+        );
+        let d: Value =
+            serde_json::from_str(data(&s, 2).split("data: ").nth(1).unwrap().trim()).unwrap();
+        assert_eq!(d["delta"], "h\"i");
+        assert_eq!(d["sequence_number"], 2);
+    }
+}
