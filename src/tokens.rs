@@ -68,16 +68,19 @@ fn item_tokens(item: &Value) -> u64 {
                 + str_tokens(item.get("arguments"))
                 + str_tokens(item.get("input"))
         }
-        Some("function_call_output") | Some("custom_tool_call_output") => match item.get("output")
-        {
-            Some(Value::String(s)) => count(s) as u64,
-            Some(Value::Array(parts)) => parts.iter().map(part_tokens).sum(),
-            _ => 0,
-        },
+        Some("function_call_output") | Some("custom_tool_call_output") => {
+            match item.get("output") {
+                Some(Value::String(s)) => count(s) as u64,
+                Some(Value::Array(parts)) => parts.iter().map(part_tokens).sum(),
+                _ => 0,
+            }
+        }
         Some("reasoning") => item
             .get("summary")
             .and_then(Value::as_array)
-            .map_or(0, |parts| parts.iter().map(|p| str_tokens(p.get("text"))).sum()),
+            .map_or(0, |parts| {
+                parts.iter().map(|p| str_tokens(p.get("text"))).sum()
+            }),
         _ => match item.get("content") {
             Some(Value::String(s)) => count(s) as u64,
             Some(Value::Array(parts)) => parts.iter().map(part_tokens).sum(),
