@@ -826,6 +826,7 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
         Some(Value::String(_)) | None => {
             return Err(Error::bad_request("model: field required").with_param("model"));
         }
+        Some(_) if lenient => ctx.config.model.clone(),
         Some(other) => return Err(type_error("model", "a string", other)),
     };
     let backend = ctx.backend_model(&model);
@@ -848,7 +849,7 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
             for t in blocks
                 .iter()
                 .filter_map(|b| str_field(b, "text"))
-                .filter(|t| !t.starts_with(BILLING_HEADER))
+                .filter(|t| !t.is_empty() && !t.starts_with(BILLING_HEADER))
             {
                 if !instructions.is_empty() {
                     instructions.push_str("\n\n");
@@ -856,6 +857,7 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
                 instructions.push_str(t);
             }
         }
+        Some(_) if lenient => {}
         Some(other) => {
             return Err(type_error(
                 "system",
@@ -1048,7 +1050,7 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
         .unwrap_or_else(|| stable_id(&[instructions.as_bytes(), &first_content]));
 
     let (input, names) = t.finish();
-    let input_estimate = ((instructions.len() + input.len() + tools.len()) / 4) as u64;
+    let input_estimate = estimate_tokens(instructions.len() + tools.len(), &input);
     let upstream = UpstreamRequest {
         model: backend,
         instructions,
@@ -1076,6 +1078,24 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
         citations: include_sources,
         input_estimate,
     })
+}
+
+/// A quick input-size estimate for `message_start` (the real count arrives with the final
+/// `message_delta`): about 4 bytes per token, with inline base64 media charged per item
+/// rather than per byte.
+fn estimate_tokens(other_bytes: usize, input: &[u8]) -> u64 {
+    let mut media = 0usize;
+    let mut media_bytes = 0usize;
+    let mut rest = input;
+    while let Some(at) = memchr::memmem::find(rest, b";base64,") {
+        let data = rest.get(at + 8..).unwrap_or_default();
+        let len = memchr::memchr(b'"', data).unwrap_or(data.len());
+        media += 1;
+        media_bytes += len;
+        rest = data.get(len..).unwrap_or_default();
+    }
+    let text_bytes = (other_bytes + input.len()).saturating_sub(media_bytes);
+    (text_bytes / 4) as u64 + media as u64 * crate::tokens::IMAGE_TOKENS
 }
 
 fn budget_effort(budget: f64) -> &'static str {
@@ -2350,6 +2370,17 @@ mod tests {
         assert!(valid_base64("ab=="));
         assert!(!valid_base64("a==="));
         assert!(!valid_base64(""));
+    }
+
+    #[test]
+    fn input_estimate_charges_images_per_item_not_per_byte() {
+        let big = "A".repeat(400_000);
+        let mut input = br#"[{"type":"input_image","image_url":"data:image/png;base64,"#.to_vec();
+        input.extend_from_slice(big.as_bytes());
+        input.extend_from_slice(br#"","detail":"auto"},{"type":"input_text","text":"hi"}]"#);
+        let n = estimate_tokens(400, &input);
+        assert!(n > 765 && n < 765 + 200, "{n}");
+        assert_eq!(estimate_tokens(8, b""), 2);
     }
 
     #[test]
