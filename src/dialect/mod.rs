@@ -9,6 +9,7 @@
 
 pub mod chat;
 pub mod messages;
+pub mod responses;
 
 use bytes::BytesMut;
 use http::HeaderMap;
