@@ -322,13 +322,6 @@ impl<E: Encoder> Translate<E> {
         &self.prompt
     }
 
-    fn arm_timer(&mut self) {
-        let now = Instant::now();
-        let keepalive_at = self.last_sent + self.timing.keepalive;
-        let idle_at = self.last_upstream + self.timing.idle_timeout;
-        let at = keepalive_at.min(idle_at).max(now);
-        self.timer.as_mut().reset(at);
-    }
 }
 
 impl<E: Encoder> Body for Translate<E> {
@@ -356,13 +349,11 @@ impl<E: Encoder> Body for Translate<E> {
                 }
                 Phase::Streaming => {}
             }
-            // Nothing to send: wait for upstream bytes or the next timer.
-            this.arm_timer();
-            if this.timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
+            // Nothing to send: act on an elapsed deadline, else sleep until the next one.
             let now = Instant::now();
-            if now >= this.last_upstream + this.timing.idle_timeout {
+            let idle_at = this.last_upstream + this.timing.idle_timeout;
+            let keepalive_at = this.last_sent + this.timing.keepalive;
+            if now >= idle_at {
                 let secs = this.timing.idle_timeout.as_secs();
                 let err = Error::new(
                     ErrorKind::Timeout,
@@ -372,9 +363,18 @@ impl<E: Encoder> Body for Translate<E> {
                 this.fail(true, err);
                 continue;
             }
-            if now >= this.last_sent + this.timing.keepalive {
+            if now >= keepalive_at {
                 this.encoder.keepalive(&mut this.out);
                 continue;
+            }
+            // Re-arm only when the deadline moved: resetting to "now" on every poll would
+            // postpone a timer that tokio rounds up to the next millisecond forever.
+            let at = keepalive_at.min(idle_at);
+            if this.timer.deadline() != at {
+                this.timer.as_mut().reset(at);
+            }
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
         }
     }

@@ -234,10 +234,13 @@ impl Error {
         out.extend_from_slice(b",\"param\":");
         crate::json::write_opt_str(&mut out, self.param.as_deref());
         out.extend_from_slice(b",\"code\":");
-        crate::json::write_opt_str(
-            &mut out,
-            self.code.as_deref().or(self.openai_default_code()),
-        );
+        // OpenAI clients key on `invalid_api_key` for every 401; the specific refresh
+        // failure is in the message.
+        let code = match self.kind {
+            ErrorKind::Unauthorized | ErrorKind::AuthUnavailable => Some("invalid_api_key"),
+            _ => self.code.as_deref().or(self.openai_default_code()),
+        };
+        crate::json::write_opt_str(&mut out, code);
         out.extend_from_slice(b"}}");
         out
     }

@@ -152,16 +152,16 @@ async fn claude_code_style_input_is_translated_faithfully() {
 async fn session_header_is_the_cache_key_and_cached_tokens_are_reported() {
     let h = Harness::start().await;
     let hdr = [("x-claude-code-session-id", "sess-42")];
-    let body = msg("cache me please, a longer prompt so that the emulator reports cached tokens");
-    let r = h.post_with("/v1/messages", &body, &hdr).await;
-    assert_eq!(r.status(), 200);
+    let body = msg(&"a long prompt prefix that the backend caches between turns. ".repeat(40));
+    let first: Value = h.post_with("/v1/messages", &body, &hdr).await.json().await.unwrap();
     assert_eq!(h.last_upstream().body["prompt_cache_key"], "sess-42");
+    assert_eq!(first["usage"]["cache_read_input_tokens"], 0);
+    let full = first["usage"]["input_tokens"].as_u64().unwrap();
     let m: Value = h.post_with("/v1/messages", &body, &hdr).await.json().await.unwrap();
     let u = &m["usage"];
     let cached = u["cache_read_input_tokens"].as_u64().unwrap();
     assert!(cached > 0, "second turn of a session hits the cache: {u}");
-    let up_usage_total = u["input_tokens"].as_u64().unwrap() + cached;
-    assert!(up_usage_total > cached, "input_tokens excludes the cached tokens");
+    assert_eq!(u["input_tokens"].as_u64().unwrap() + cached, full, "input_tokens excludes the cached tokens");
 }
 
 #[tokio::test]
