@@ -321,7 +321,6 @@ impl<E: Encoder> Translate<E> {
     pub fn prompt(&self) -> &PromptSize {
         &self.prompt
     }
-
 }
 
 impl<E: Encoder> Body for Translate<E> {

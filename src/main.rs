@@ -48,7 +48,7 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the API server (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run only the built-in Codex backend emulator (for tests and benchmarks).
     Emulator {
         /// Port to listen on (0 = any free port).
@@ -104,7 +104,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             None => serve(cli.serve).await,
-            Some(Command::Serve(args)) => serve(args).await,
+            Some(Command::Serve(args)) => serve(*args).await,
             Some(Command::Emulator {
                 port,
                 tls,

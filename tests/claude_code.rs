@@ -10,7 +10,12 @@ use std::time::Duration;
 use common::{Harness, claude};
 use serde_json::Value;
 
-async fn run_claude(h: &Harness, home: &Path, work: &Path, args: &[&str]) -> (bool, String, String) {
+async fn run_claude(
+    h: &Harness,
+    home: &Path,
+    work: &Path,
+    args: &[&str],
+) -> (bool, String, String) {
     let mut cmd = tokio::process::Command::new(claude());
     cmd.args(args)
         .current_dir(work)
@@ -66,17 +71,36 @@ async fn claude_code_completes_a_plain_turn() {
         &h,
         &home,
         &work,
-        &["-p", "Reply with the single word: hi", "--output-format", "json", "--model", "gpt-5.5"],
+        &[
+            "-p",
+            "Reply with the single word: hi",
+            "--output-format",
+            "json",
+            "--model",
+            "gpt-5.5",
+        ],
     )
     .await;
     assert!(ok, "claude failed:\nstdout: {out}\nstderr: {err}");
     let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(v["is_error"], false, "{v}");
     assert_eq!(v["subtype"], "success");
-    assert!(v["result"].as_str().unwrap().contains("Reply with the single word: hi"), "{v}");
+    assert!(
+        v["result"]
+            .as_str()
+            .unwrap()
+            .contains("Reply with the single word: hi"),
+        "{v}"
+    );
     // Claude Code really went through /v1/messages with its own request shape.
     let up = h.last_upstream().body;
-    assert!(up["tools"].as_array().unwrap().iter().any(|t| t["name"] == "Bash"));
+    assert!(
+        up["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "Bash")
+    );
     let header = h.last_upstream().headers;
     assert!(header.iter().any(|(k, _)| k == "session-id"));
 }
@@ -94,20 +118,41 @@ async fn claude_code_runs_a_bash_tool_round_trip() {
         &home,
         &work,
         &[
-            "-p", prompt, "--output-format", "stream-json", "--verbose",
-            "--dangerously-skip-permissions", "--allowedTools", "Bash", "--model", "gpt-5.5",
+            "-p",
+            prompt,
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--dangerously-skip-permissions",
+            "--allowedTools",
+            "Bash",
+            "--model",
+            "gpt-5.5",
         ],
     )
     .await;
     assert!(ok, "claude failed:\nstdout: {out}\nstderr: {err}");
-    let lines: Vec<Value> = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let result = lines.iter().find(|l| l["type"] == "result").expect("a result line");
+    let lines: Vec<Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let result = lines
+        .iter()
+        .find(|l| l["type"] == "result")
+        .expect("a result line");
     assert_eq!(result["is_error"], false, "{result}");
     // The answer depends on the tool really running: only `cat` could know the nonce.
-    assert_eq!(result["result"].as_str().unwrap().trim(), format!("Tool output: {nonce}"), "{out}");
+    assert_eq!(
+        result["result"].as_str().unwrap().trim(),
+        format!("Tool output: {nonce}"),
+        "{out}"
+    );
     let tool_used = lines.iter().any(|l| {
         l["type"] == "assistant"
-            && l["message"]["content"].as_array().is_some_and(|c| c.iter().any(|b| b["type"] == "tool_use" && b["name"] == "Bash"))
+            && l["message"]["content"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|b| b["type"] == "tool_use" && b["name"] == "Bash")
+            })
     });
     assert!(tool_used, "{out}");
 }

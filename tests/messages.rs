@@ -17,7 +17,16 @@ fn bash() -> Value {
 }
 
 async fn create(h: &Harness, body: &Value) -> (u16, Value) {
-    let r = h.post_with("/v1/messages?beta=true", body, &[("anthropic-version", "2023-06-01"), ("anthropic-beta", "some-future-beta-2099-01-01")]).await;
+    let r = h
+        .post_with(
+            "/v1/messages?beta=true",
+            body,
+            &[
+                ("anthropic-version", "2023-06-01"),
+                ("anthropic-beta", "some-future-beta-2099-01-01"),
+            ],
+        )
+        .await;
     let status = r.status().as_u16();
     (status, r.json().await.unwrap())
 }
@@ -25,7 +34,13 @@ async fn create(h: &Harness, body: &Value) -> (u16, Value) {
 async fn stream(h: &Harness, body: &Value) -> (u16, Vec<Frame>) {
     let mut body = body.clone();
     body["stream"] = json!(true);
-    let r = h.post_with("/v1/messages?beta=true", &body, &[("anthropic-version", "2023-06-01")]).await;
+    let r = h
+        .post_with(
+            "/v1/messages?beta=true",
+            &body,
+            &[("anthropic-version", "2023-06-01")],
+        )
+        .await;
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
     (status, frames(&text))
@@ -37,7 +52,11 @@ fn check_stream(fs: &[Frame]) -> Vec<Value> {
     let mut out = Vec::new();
     for f in fs {
         let v = f.json();
-        assert_eq!(f.event.as_deref(), v["type"].as_str(), "event line must equal type: {v}");
+        assert_eq!(
+            f.event.as_deref(),
+            v["type"].as_str(),
+            "event line must equal type: {v}"
+        );
         match v["type"].as_str().unwrap() {
             "content_block_start" => {
                 assert!(open.is_none(), "blocks never interleave");
@@ -56,7 +75,10 @@ fn check_stream(fs: &[Frame]) -> Vec<Value> {
 }
 
 fn types(evs: &[Value]) -> Vec<String> {
-    evs.iter().map(|e| e["type"].as_str().unwrap().to_owned()).filter(|t| t != "ping").collect()
+    evs.iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .filter(|t| t != "ping")
+        .collect()
 }
 
 #[tokio::test]
@@ -91,7 +113,11 @@ async fn stream_has_the_exact_event_sequence() {
     assert_eq!(t.first().unwrap(), "message_start");
     assert_eq!(&t[t.len() - 2..], ["message_delta", "message_stop"]);
     assert_eq!(t[1], "content_block_start");
-    let text: String = evs.iter().filter(|e| e["delta"]["type"] == "text_delta").map(|e| e["delta"]["text"].as_str().unwrap()).collect();
+    let text: String = evs
+        .iter()
+        .filter(|e| e["delta"]["type"] == "text_delta")
+        .map(|e| e["delta"]["text"].as_str().unwrap())
+        .collect();
     assert_eq!(text, "You said: stream claude");
     let md = evs.iter().find(|e| e["type"] == "message_delta").unwrap();
     assert_eq!(md["delta"]["stop_reason"], "end_turn");
@@ -131,19 +157,53 @@ async fn claude_code_style_input_is_translated_faithfully() {
     let up = h.last_upstream().body;
     let instructions = up["instructions"].as_str().unwrap();
     assert!(!instructions.contains("x-anthropic-billing-header"));
-    assert!(instructions.contains("You are a Claude agent.") && instructions.contains("Main prompt."));
+    assert!(
+        instructions.contains("You are a Claude agent.") && instructions.contains("Main prompt.")
+    );
     let input = up["input"].as_array().unwrap();
-    let roles: Vec<&str> = input.iter().map(|i| i["role"].as_str().unwrap_or("")).collect();
+    let roles: Vec<&str> = input
+        .iter()
+        .map(|i| i["role"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(roles, ["user", "developer", "user", "user"]);
-    assert_eq!(input[0]["content"].as_array().unwrap().len(), 2, "one input_text per block");
-    assert!(input[1]["content"][0]["text"].as_str().unwrap().contains("# Environment"));
-    let imgs: Vec<&Value> = input[3]["content"].as_array().unwrap().iter().filter(|p| p["type"] == "input_image").collect();
+    assert_eq!(
+        input[0]["content"].as_array().unwrap().len(),
+        2,
+        "one input_text per block"
+    );
+    assert!(
+        input[1]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("# Environment")
+    );
+    let imgs: Vec<&Value> = input[3]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] == "input_image")
+        .collect();
     assert_eq!(imgs.len(), 2);
-    assert!(imgs[0]["image_url"].as_str().unwrap().starts_with("data:image/png;base64,"));
+    assert!(
+        imgs[0]["image_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/png;base64,")
+    );
     assert_eq!(imgs[1]["image_url"], "https://example.com/a.png");
     assert_eq!(up["reasoning"]["effort"], "high");
-    assert_eq!(up["prompt_cache_key"], "a31f3bca-a60d-4b01-935a-96d1911167bb");
-    for k in ["temperature", "top_p", "top_k", "max_tokens", "max_output_tokens", "metadata"] {
+    assert_eq!(
+        up["prompt_cache_key"],
+        "a31f3bca-a60d-4b01-935a-96d1911167bb"
+    );
+    for k in [
+        "temperature",
+        "top_p",
+        "top_k",
+        "max_tokens",
+        "max_output_tokens",
+        "metadata",
+    ] {
         assert!(up.get(k).is_none(), "{k} must not be forwarded");
     }
 }
@@ -153,25 +213,49 @@ async fn session_header_is_the_cache_key_and_cached_tokens_are_reported() {
     let h = Harness::start().await;
     let hdr = [("x-claude-code-session-id", "sess-42")];
     let body = msg(&"a long prompt prefix that the backend caches between turns. ".repeat(40));
-    let first: Value = h.post_with("/v1/messages", &body, &hdr).await.json().await.unwrap();
+    let first: Value = h
+        .post_with("/v1/messages", &body, &hdr)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(h.last_upstream().body["prompt_cache_key"], "sess-42");
     assert_eq!(first["usage"]["cache_read_input_tokens"], 0);
     let full = first["usage"]["input_tokens"].as_u64().unwrap();
-    let m: Value = h.post_with("/v1/messages", &body, &hdr).await.json().await.unwrap();
+    let m: Value = h
+        .post_with("/v1/messages", &body, &hdr)
+        .await
+        .json()
+        .await
+        .unwrap();
     let u = &m["usage"];
     let cached = u["cache_read_input_tokens"].as_u64().unwrap();
     assert!(cached > 0, "second turn of a session hits the cache: {u}");
-    assert_eq!(u["input_tokens"].as_u64().unwrap() + cached, full, "input_tokens excludes the cached tokens");
+    assert_eq!(
+        u["input_tokens"].as_u64().unwrap() + cached,
+        full,
+        "input_tokens excludes the cached tokens"
+    );
 }
 
 #[tokio::test]
 async fn parallel_tool_results_out_of_order_with_images_and_errors() {
     let h = Harness::start().await;
-    let (status, first) = create(&h, &json!({"model": "claude-sonnet-4-5", "max_tokens": 1024, "tools": [bash()],
-        "messages": [{"role": "user", "content": "EMU:parallel"}]})).await;
+    let (status, first) = create(
+        &h,
+        &json!({"model": "claude-sonnet-4-5", "max_tokens": 1024, "tools": [bash()],
+        "messages": [{"role": "user", "content": "EMU:parallel"}]}),
+    )
+    .await;
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["stop_reason"], "tool_use");
-    let uses: Vec<Value> = first["content"].as_array().unwrap().iter().filter(|b| b["type"] == "tool_use").cloned().collect();
+    let uses: Vec<Value> = first["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["type"] == "tool_use")
+        .cloned()
+        .collect();
     assert_eq!(uses.len(), 2);
     let (status, second) = create(&h, &json!({"model": "claude-sonnet-4-5", "max_tokens": 1024, "tools": [bash()],
         "messages": [
@@ -184,32 +268,66 @@ async fn parallel_tool_results_out_of_order_with_images_and_errors() {
         ]})).await;
     assert_eq!(status, 200, "{second}");
     let up = h.last_upstream().body;
-    let outs: Vec<&Value> = up["input"].as_array().unwrap().iter().filter(|i| i["type"] == "function_call_output").collect();
+    let outs: Vec<&Value> = up["input"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "function_call_output")
+        .collect();
     assert_eq!(outs.len(), 2);
-    assert!(outs[0]["output"].is_array(), "an image result is a list of parts");
-    assert!(outs[1]["output"].as_str().unwrap().starts_with("Error: "), "is_error is visible to the model");
+    assert!(
+        outs[0]["output"].is_array(),
+        "an image result is a list of parts"
+    );
+    assert!(
+        outs[1]["output"].as_str().unwrap().starts_with("Error: "),
+        "is_error is visible to the model"
+    );
     assert_eq!(second["content"][0]["text"], "Tool output: Error: exit 1");
 }
 
 #[tokio::test]
 async fn tool_use_streams_input_json_deltas_and_tool_choice_maps() {
     let h = Harness::start().await;
-    let (_, fs) = stream(&h, &json!({"model": "claude-sonnet-4-5", "max_tokens": 1024, "tools": [bash()],
+    let (_, fs) = stream(
+        &h,
+        &json!({"model": "claude-sonnet-4-5", "max_tokens": 1024, "tools": [bash()],
         "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
-        "messages": [{"role": "user", "content": "EMU:tool"}]})).await;
+        "messages": [{"role": "user", "content": "EMU:tool"}]}),
+    )
+    .await;
     let evs = check_stream(&fs);
-    let start = evs.iter().find(|e| e["type"] == "content_block_start" && e["content_block"]["type"] == "tool_use").unwrap();
+    let start = evs
+        .iter()
+        .find(|e| e["type"] == "content_block_start" && e["content_block"]["type"] == "tool_use")
+        .unwrap();
     assert_eq!(start["content_block"]["name"], "Bash");
     assert_eq!(start["content_block"]["input"], json!({}));
-    let parts: Vec<&str> = evs.iter().filter(|e| e["delta"]["type"] == "input_json_delta").map(|e| e["delta"]["partial_json"].as_str().unwrap()).collect();
-    assert!(parts.iter().filter(|p| !p.is_empty()).count() >= 2, "fragments stream as they arrive: {parts:?}");
+    let parts: Vec<&str> = evs
+        .iter()
+        .filter(|e| e["delta"]["type"] == "input_json_delta")
+        .map(|e| e["delta"]["partial_json"].as_str().unwrap())
+        .collect();
+    assert!(
+        parts.iter().filter(|p| !p.is_empty()).count() >= 2,
+        "fragments stream as they arrive: {parts:?}"
+    );
     let input: Value = serde_json::from_str(&parts.concat()).unwrap();
     assert_eq!(input["command"], "test");
-    assert_eq!(evs.iter().find(|e| e["type"] == "message_delta").unwrap()["delta"]["stop_reason"], "tool_use");
+    assert_eq!(
+        evs.iter().find(|e| e["type"] == "message_delta").unwrap()["delta"]["stop_reason"],
+        "tool_use"
+    );
     let up = h.last_upstream().body;
     assert_eq!(up["tool_choice"], "required");
     assert_eq!(up["parallel_tool_calls"], false);
-    for (choice, expected) in [(json!({"type": "tool", "name": "Bash"}), json!({"type": "function", "name": "Bash"})), (json!({"type": "auto"}), json!("auto"))] {
+    for (choice, expected) in [
+        (
+            json!({"type": "tool", "name": "Bash"}),
+            json!({"type": "function", "name": "Bash"}),
+        ),
+        (json!({"type": "auto"}), json!("auto")),
+    ] {
         let (s, _) = create(&h, &json!({"model": "claude-sonnet-4-5", "max_tokens": 10, "tools": [bash()], "tool_choice": choice, "messages": [{"role": "user", "content": "hi"}]})).await;
         assert_eq!(s, 200);
         assert_eq!(h.last_upstream().body["tool_choice"], expected);
@@ -224,9 +342,17 @@ async fn long_tool_names_are_shortened_upstream_and_restored() {
     let tool = json!({"name": long, "description": "d", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}});
     let (status, m) = create(&h, &json!({"model": "claude-sonnet-4-5", "max_tokens": 1024, "tools": [tool], "messages": [{"role": "user", "content": "EMU:tool"}]})).await;
     assert_eq!(status, 200, "{m}");
-    let up_name = h.last_upstream().body["tools"][0]["name"].as_str().unwrap().to_owned();
+    let up_name = h.last_upstream().body["tools"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(up_name.len() <= 64);
-    let use_block = m["content"].as_array().unwrap().iter().find(|b| b["type"] == "tool_use").unwrap();
+    let use_block = m["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "tool_use")
+        .unwrap();
     assert_eq!(use_block["name"], long.as_str());
 }
 
@@ -235,8 +361,12 @@ async fn thinking_round_trip_over_three_turns_restores_reasoning_items() {
     let h = Harness::start().await;
     let mut messages = vec![json!({"role": "user", "content": "EMU:reasoning_tool"})];
     for turn in 0..3 {
-        let (_, fs) = stream(&h, &json!({"model": "claude-opus-5-5", "max_tokens": 4096, "tools": [bash()],
-            "thinking": {"type": "adaptive"}, "messages": messages})).await;
+        let (_, fs) = stream(
+            &h,
+            &json!({"model": "claude-opus-5-5", "max_tokens": 4096, "tools": [bash()],
+            "thinking": {"type": "adaptive"}, "messages": messages}),
+        )
+        .await;
         let evs = check_stream(&fs);
         // Rebuild the assistant message exactly as Claude Code does from the stream.
         let mut blocks: Vec<Value> = Vec::new();
@@ -247,17 +377,38 @@ async fn thinking_round_trip_over_three_turns_restores_reasoning_items() {
                     let b = blocks.last_mut().unwrap();
                     let d = &e["delta"];
                     match d["type"].as_str().unwrap() {
-                        "thinking_delta" => b["thinking"] = json!(format!("{}{}", b["thinking"].as_str().unwrap(), d["thinking"].as_str().unwrap())),
+                        "thinking_delta" => {
+                            b["thinking"] = json!(format!(
+                                "{}{}",
+                                b["thinking"].as_str().unwrap(),
+                                d["thinking"].as_str().unwrap()
+                            ))
+                        }
                         "signature_delta" => b["signature"] = d["signature"].clone(),
-                        "text_delta" => b["text"] = json!(format!("{}{}", b["text"].as_str().unwrap(), d["text"].as_str().unwrap())),
-                        "input_json_delta" => b["partial"] = json!(format!("{}{}", b["partial"].as_str().unwrap_or(""), d["partial_json"].as_str().unwrap())),
+                        "text_delta" => {
+                            b["text"] = json!(format!(
+                                "{}{}",
+                                b["text"].as_str().unwrap(),
+                                d["text"].as_str().unwrap()
+                            ))
+                        }
+                        "input_json_delta" => {
+                            b["partial"] = json!(format!(
+                                "{}{}",
+                                b["partial"].as_str().unwrap_or(""),
+                                d["partial_json"].as_str().unwrap()
+                            ))
+                        }
                         _ => {}
                     }
                 }
                 _ => {}
             }
         }
-        let sigs = evs.iter().filter(|e| e["delta"]["type"] == "signature_delta").count();
+        let sigs = evs
+            .iter()
+            .filter(|e| e["delta"]["type"] == "signature_delta")
+            .count();
         assert_eq!(sigs, 1, "turn {turn}: the whole signature in one delta");
         for b in &mut blocks {
             if b["type"] == "tool_use" {
@@ -275,8 +426,17 @@ async fn thinking_round_trip_over_three_turns_restores_reasoning_items() {
     // The last upstream request carries the reasoning items right before their calls.
     let up = h.last_upstream().body;
     let input = up["input"].as_array().unwrap();
-    let reasoning: Vec<usize> = input.iter().enumerate().filter(|(_, i)| i["type"] == "reasoning").map(|(n, _)| n).collect();
-    assert_eq!(reasoning.len(), 2, "two earlier turns carried reasoning back");
+    let reasoning: Vec<usize> = input
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i["type"] == "reasoning")
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        reasoning.len(),
+        2,
+        "two earlier turns carried reasoning back"
+    );
     for n in reasoning {
         assert!(input[n]["encrypted_content"].is_string());
         assert_ne!(input[n + 1]["type"], "reasoning");
@@ -286,22 +446,42 @@ async fn thinking_round_trip_over_three_turns_restores_reasoning_items() {
 #[tokio::test]
 async fn foreign_signatures_are_dropped_and_tampered_ones_are_rejected_upstream() {
     let h = Harness::start().await;
-    let assistant = |sig: &str| json!({"role": "assistant", "content": [
-        {"type": "thinking", "thinking": "hmm", "signature": sig},
-        {"type": "redacted_thinking", "data": "EmwKAhgBEgy"},
-        {"type": "text", "text": "ok"}
-    ]});
+    let assistant = |sig: &str| {
+        json!({"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "hmm", "signature": sig},
+            {"type": "redacted_thinking", "data": "EmwKAhgBEgy"},
+            {"type": "text", "text": "ok"}
+        ]})
+    };
     let (status, m) = create(&h, &json!({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [
         {"role": "user", "content": "hi"}, assistant("EqQBCkgIARAB-a-real-anthropic-signature"), {"role": "user", "content": "again"}]})).await;
     assert_eq!(status, 200, "{m}");
-    assert!(h.last_upstream().body["input"].as_array().unwrap().iter().all(|i| i["type"] != "reasoning"));
+    assert!(
+        h.last_upstream().body["input"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["type"] != "reasoning")
+    );
     // A signature of ours whose encrypted content was altered: the backend (emulator) refuses it.
     let (_, fs) = stream(&h, &json!({"model": "claude-opus-5-5", "max_tokens": 4096, "thinking": {"type": "adaptive"}, "messages": [{"role": "user", "content": "EMU:reasoning"}]})).await;
-    let sig = check_stream(&fs).iter().find(|e| e["delta"]["type"] == "signature_delta").unwrap()["delta"]["signature"].as_str().unwrap().to_owned();
+    let sig = check_stream(&fs)
+        .iter()
+        .find(|e| e["delta"]["type"] == "signature_delta")
+        .unwrap()["delta"]["signature"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let (status, _) = create(&h, &json!({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [
         {"role": "user", "content": "EMU:reasoning"}, assistant(&sig), {"role": "user", "content": "again"}]})).await;
     assert_eq!(status, 200, "our own signature round-trips");
-    assert!(h.last_upstream().body["input"].as_array().unwrap().iter().any(|i| i["type"] == "reasoning"));
+    assert!(
+        h.last_upstream().body["input"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["type"] == "reasoning")
+    );
 }
 
 #[tokio::test]
@@ -313,10 +493,24 @@ async fn web_search_server_tool_yields_search_blocks() {
     let (status, m) = create(&h, &body).await;
     assert_eq!(status, 200, "{m}");
     let up = h.last_upstream().body;
-    let ws = up["tools"].as_array().unwrap().iter().find(|t| t["type"] == "web_search").unwrap().clone();
+    let ws = up["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "web_search")
+        .unwrap()
+        .clone();
     assert_eq!(ws["filters"]["allowed_domains"], json!(["docs.rs"]));
-    let kinds: Vec<&str> = m["content"].as_array().unwrap().iter().map(|b| b["type"].as_str().unwrap()).collect();
-    assert!(kinds.contains(&"server_tool_use") && kinds.contains(&"web_search_tool_result"), "{kinds:?}");
+    let kinds: Vec<&str> = m["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"server_tool_use") && kinds.contains(&"web_search_tool_result"),
+        "{kinds:?}"
+    );
     assert_eq!(m["usage"]["server_tool_use"]["web_search_requests"], 1);
     let (_, fs) = stream(&h, &body).await;
     check_stream(&fs);
@@ -325,7 +519,10 @@ async fn web_search_server_tool_yields_search_blocks() {
 #[tokio::test]
 async fn stop_reasons_and_local_stop_sequences() {
     let h = Harness::start().await;
-    for (prompt, reason) in [("EMU:incomplete", "max_tokens"), ("EMU:content_filter", "refusal")] {
+    for (prompt, reason) in [
+        ("EMU:incomplete", "max_tokens"),
+        ("EMU:content_filter", "refusal"),
+    ] {
         let (_, m) = create(&h, &msg(prompt)).await;
         assert_eq!(m["stop_reason"], reason, "{m}");
     }
@@ -337,9 +534,16 @@ async fn stop_reasons_and_local_stop_sequences() {
     assert_eq!(m["content"][0]["text"], "You said: alpha beta ");
     let (_, fs) = stream(&h, &body).await;
     let evs = check_stream(&fs);
-    let text: String = evs.iter().filter(|e| e["delta"]["type"] == "text_delta").map(|e| e["delta"]["text"].as_str().unwrap()).collect();
+    let text: String = evs
+        .iter()
+        .filter(|e| e["delta"]["type"] == "text_delta")
+        .map(|e| e["delta"]["text"].as_str().unwrap())
+        .collect();
     assert_eq!(text, "You said: alpha beta ");
-    assert_eq!(evs.iter().find(|e| e["type"] == "message_delta").unwrap()["delta"]["stop_sequence"], "gamma");
+    assert_eq!(
+        evs.iter().find(|e| e["type"] == "message_delta").unwrap()["delta"]["stop_sequence"],
+        "gamma"
+    );
     assert!(h.last_upstream().body.get("stop").is_none());
 }
 
@@ -361,7 +565,9 @@ async fn errors_have_anthropic_shapes_and_statuses() {
     assert_eq!(e["type"], "error");
     assert_eq!(e["error"]["type"], "invalid_request_error");
     let text = e["error"]["message"].as_str().unwrap();
-    let re_ok = text.starts_with("prompt is too long: ") && text.ends_with(" maximum") && text.contains(" tokens > ");
+    let re_ok = text.starts_with("prompt is too long: ")
+        && text.ends_with(" maximum")
+        && text.contains(" tokens > ");
     assert!(re_ok, "{text}");
     let r = h.post("/v1/messages", &msg("EMU:429")).await;
     assert_eq!(r.status(), 429);
@@ -371,12 +577,21 @@ async fn errors_have_anthropic_shapes_and_statuses() {
     let (status, e) = create(&h, &msg("EMU:503")).await;
     assert_eq!(status, 529);
     assert_eq!(e["error"]["type"], "overloaded_error");
-    let (status, e) = create(&h, &json!({"model": "claude-x", "max_tokens": 5, "messages": "nope"})).await;
+    let (status, e) = create(
+        &h,
+        &json!({"model": "claude-x", "max_tokens": 5, "messages": "nope"}),
+    )
+    .await;
     assert_eq!(status, 400);
     assert_eq!(e["error"]["type"], "invalid_request_error");
     let (status, e) = create(&h, &json!({"model": "claude-x", "max_tokens": 5, "tools": [{"type": "bash_20250124", "name": "bash"}], "messages": [{"role": "user", "content": "hi"}]})).await;
     assert_eq!(status, 400);
-    assert!(e["error"]["message"].as_str().unwrap().contains("bash_20250124"));
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bash_20250124")
+    );
     let r = h.post("/v1/messages/compact", &msg("hi")).await;
     assert!(r.status() == 501 || r.status() == 200);
     let e: Value = r.json().await.unwrap();
@@ -399,7 +614,10 @@ async fn pings_flow_while_the_upstream_is_silent() {
     let h = Harness::with(|c| c.keepalive = std::time::Duration::from_millis(300)).await;
     let (_, fs) = stream(&h, &msg("EMU:stall:1500")).await;
     let evs = check_stream(&fs);
-    assert!(evs.iter().filter(|e| e["type"] == "ping").count() >= 3, "{evs:?}");
+    assert!(
+        evs.iter().filter(|e| e["type"] == "ping").count() >= 3,
+        "{evs:?}"
+    );
     assert_eq!(evs.last().unwrap()["type"], "message_stop");
 }
 

@@ -10,7 +10,14 @@ async fn pytest(file: &str) {
     let h = Harness::start().await;
     let root = env!("CARGO_MANIFEST_DIR");
     let out = tokio::process::Command::new(python())
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", &format!("{root}/tests/e2e/{file}")])
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            &format!("{root}/tests/e2e/{file}"),
+        ])
         .env("CODEX_AS_API_BASE_URL", &h.base)
         .current_dir(root)
         .output()

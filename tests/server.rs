@@ -21,7 +21,12 @@ async fn health_reports_auth_model_and_config() {
     assert_eq!(v["auth_available"], true);
     assert_eq!(v["model"], "gpt-5.5");
     assert_eq!(v["context_window"], 272000);
-    assert!(v["codex_config_path"].as_str().unwrap().ends_with("config.toml"));
+    assert!(
+        v["codex_config_path"]
+            .as_str()
+            .unwrap()
+            .ends_with("config.toml")
+    );
     assert!(v["auto_compact_token_limit"].as_u64().unwrap() > 0);
     assert_eq!(v["live_streams"], 0);
 }
@@ -34,9 +39,21 @@ async fn api_key_is_required_everywhere_but_health() {
     assert_eq!(r.status(), 401);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "invalid_api_key");
-    let r = h.post_with("/v1/chat/completions", &user("hi"), &[("authorization", "Bearer wrong")]).await;
+    let r = h
+        .post_with(
+            "/v1/chat/completions",
+            &user("hi"),
+            &[("authorization", "Bearer wrong")],
+        )
+        .await;
     assert_eq!(r.status(), 401);
-    let r = h.post_with("/v1/chat/completions", &user("hi"), &[("authorization", "Bearer sekret")]).await;
+    let r = h
+        .post_with(
+            "/v1/chat/completions",
+            &user("hi"),
+            &[("authorization", "Bearer sekret")],
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let r = h.post_with("/v1/messages", &json!({"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}), &[("x-api-key", "nope")]).await;
     assert_eq!(r.status(), 401);
@@ -48,9 +65,21 @@ async fn api_key_is_required_everywhere_but_health() {
 #[tokio::test]
 async fn foreign_host_headers_are_refused_on_loopback() {
     let h = Harness::start().await;
-    let r = h.http.get(h.url("/v1/models")).header("host", "evil.example:18080").send().await.unwrap();
+    let r = h
+        .http
+        .get(h.url("/v1/models"))
+        .header("host", "evil.example:18080")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
-    let r = h.http.get(h.url("/v1/models")).header("host", "localhost:18080").send().await.unwrap();
+    let r = h
+        .http
+        .get(h.url("/v1/models"))
+        .header("host", "localhost:18080")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -62,7 +91,12 @@ async fn oversized_bodies_get_413() {
     assert_eq!(r.status(), 413);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "request_too_large");
-    assert_eq!(h.post("/v1/chat/completions", &user("small")).await.status(), 200);
+    assert_eq!(
+        h.post("/v1/chat/completions", &user("small"))
+            .await
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -86,8 +120,23 @@ async fn models_list_in_both_shapes() {
     let h = Harness::start().await;
     let v: Value = h.get("/v1/models").await.json().await.unwrap();
     assert_eq!(v["object"], "list");
-    assert!(v["data"].as_array().unwrap().iter().any(|m| m["id"] == "gpt-5.5"));
-    let v: Value = h.http.get(h.url("/v1/models")).header("anthropic-version", "2023-06-01").send().await.unwrap().json().await.unwrap();
+    assert!(
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "gpt-5.5")
+    );
+    let v: Value = h
+        .http
+        .get(h.url("/v1/models"))
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["has_more"], false);
     assert!(v["first_id"].is_string());
     assert_eq!(v["data"][0]["type"], "model");
@@ -95,7 +144,10 @@ async fn models_list_in_both_shapes() {
 
 #[tokio::test]
 async fn upstream_tls_works_through_rustls_with_the_ca_file() {
-    let cfg = EmulatorConfig { tls: true, ..EmulatorConfig::default() };
+    let cfg = EmulatorConfig {
+        tls: true,
+        ..EmulatorConfig::default()
+    };
     let ca_dir = tempfile::tempdir().unwrap();
     let ca_path = ca_dir.path().join("ca.pem");
     let ca_for_closure = ca_path.clone();
@@ -111,17 +163,33 @@ async fn upstream_tls_works_through_rustls_with_the_ca_file() {
     config.token_url = emu.token_url();
     let server = codex_as_api::server::Server::start(config).await.unwrap();
     let http = reqwest::Client::new();
-    let r = http.post(format!("http://{}/v1/chat/completions", server.addr())).json(&user("over tls")).send().await.unwrap();
+    let r = http
+        .post(format!("http://{}/v1/chat/completions", server.addr()))
+        .json(&user("over tls"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "You said: over tls");
     // Without the CA the handshake fails: a clear 502.
     let config = codex_as_api::config::Config::for_tests(&emu.base_url(), auth);
     let server = codex_as_api::server::Server::start(config).await.unwrap();
-    let r = http.post(format!("http://{}/v1/chat/completions", server.addr())).json(&user("no ca")).send().await.unwrap();
+    let r = http
+        .post(format!("http://{}/v1/chat/completions", server.addr()))
+        .json(&user("no ca"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     let e: Value = r.json().await.unwrap();
-    assert!(e["error"]["message"].as_str().unwrap().contains("cannot reach the upstream"), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach the upstream"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +200,12 @@ async fn expired_token_and_50_concurrent_requests_make_one_token_call() {
         let http = h.http.clone();
         let url = h.url("/v1/chat/completions");
         tasks.push(tokio::spawn(async move {
-            http.post(url).json(&user(&format!("hello {i}"))).send().await.unwrap().status()
+            http.post(url)
+                .json(&user(&format!("hello {i}")))
+                .send()
+                .await
+                .unwrap()
+                .status()
         }));
     }
     for t in tasks {
@@ -140,29 +213,47 @@ async fn expired_token_and_50_concurrent_requests_make_one_token_call() {
     }
     assert_eq!(h.emu.stats().token_calls, 1);
     // The rotated refresh token was saved.
-    let saved: Value = serde_json::from_str(&std::fs::read_to_string(h.auth_path()).unwrap()).unwrap();
-    assert_ne!(saved["tokens"]["refresh_token"], json!(h.creds.refresh_token));
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(h.auth_path()).unwrap()).unwrap();
+    assert_ne!(
+        saved["tokens"]["refresh_token"],
+        json!(h.creds.refresh_token)
+    );
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(h.auth_path()).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(h.auth_path())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
 }
 
 #[tokio::test]
 async fn upstream_401_reloads_then_refreshes_then_succeeds() {
     let h = Harness::start().await;
-    assert_eq!(h.post("/v1/chat/completions", &user("warm")).await.status(), 200);
+    assert_eq!(
+        h.post("/v1/chat/completions", &user("warm")).await.status(),
+        200
+    );
     h.emu.revoke_access_tokens();
     let r = h.post("/v1/chat/completions", &user("after revoke")).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(h.emu.stats().token_calls, 1, "one refresh after the reload did not help");
+    assert_eq!(
+        h.emu.stats().token_calls,
+        1,
+        "one refresh after the reload did not help"
+    );
     // Another process refreshed the file: a reload alone recovers, no token call.
     h.emu.revoke_access_tokens();
     let fresh = h.emu.issue_credentials(3600);
-    let mut auth: Value = serde_json::from_str(&std::fs::read_to_string(h.auth_path()).unwrap()).unwrap();
+    let mut auth: Value =
+        serde_json::from_str(&std::fs::read_to_string(h.auth_path()).unwrap()).unwrap();
     auth["tokens"]["access_token"] = json!(fresh.access_token);
     auth["tokens"]["refresh_token"] = json!(fresh.refresh_token);
     std::fs::write(h.auth_path(), serde_json::to_vec_pretty(&auth).unwrap()).unwrap();
-    let r = h.post("/v1/chat/completions", &user("after external refresh")).await;
+    let r = h
+        .post("/v1/chat/completions", &user("after external refresh"))
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(h.emu.stats().token_calls, 1);
 }
@@ -186,15 +277,28 @@ async fn client_disconnect_drops_the_stream_and_frees_the_slot() {
             break;
         }
     }
-    assert_eq!(live, 0, "the live stream count returns to 0 within 1 s of the client leaving");
+    assert_eq!(
+        live, 0,
+        "the live stream count returns to 0 within 1 s of the client leaving"
+    );
 }
 
 #[tokio::test]
 async fn non_loopback_bind_without_key_refuses_to_start() {
-    let mut config = codex_as_api::config::Config::for_tests("http://127.0.0.1:9", "/nonexistent/auth.json".into());
+    let mut config = codex_as_api::config::Config::for_tests(
+        "http://127.0.0.1:9",
+        "/nonexistent/auth.json".into(),
+    );
     config.host = "0.0.0.0".parse().unwrap();
-    let err = codex_as_api::server::Server::start(config.clone()).await.err().unwrap();
-    assert!(err.message.contains("CODEX_AS_API_API_KEY"), "{}", err.message);
+    let err = codex_as_api::server::Server::start(config.clone())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.message.contains("CODEX_AS_API_API_KEY"),
+        "{}",
+        err.message
+    );
     config.api_key = Some("k".into());
     let s = codex_as_api::server::Server::start(config).await.unwrap();
     s.shutdown().await;

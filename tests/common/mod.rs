@@ -98,7 +98,10 @@ impl Harness {
     }
 
     pub fn last_upstream(&self) -> codex_as_api::emulator::RecordedRequest {
-        self.emu.requests().pop().expect("an upstream request was made")
+        self.emu
+            .requests()
+            .pop()
+            .expect("an upstream request was made")
     }
 }
 
@@ -157,7 +160,8 @@ pub fn claude() -> PathBuf {
     if let Some(p) = std::env::var_os("CODEX_AS_API_TEST_CLAUDE") {
         return PathBuf::from(p);
     }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/node/node_modules/.bin/claude");
+    let p =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/node/node_modules/.bin/claude");
     assert!(
         p.exists(),
         "Claude Code is missing: run tests/run.sh (it runs npm ci in tests/e2e/node)"
