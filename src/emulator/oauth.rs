@@ -162,11 +162,7 @@ impl Shared {
         }
         // Single use: a code is gone after its first exchange, good or bad.
         let Some(grant) = lock(&self.oauth).codes.remove(get("code")) else {
-            return Err(error(
-                400,
-                "invalid_grant",
-                "Invalid authorization code.",
-            ));
+            return Err(error(400, "invalid_grant", "Invalid authorization code."));
         };
         if grant.expires < now_secs() {
             return Err(error(400, "invalid_grant", "Authorization code expired."));
@@ -201,7 +197,11 @@ impl Shared {
         }
         let id = format!("deviceauth_{}", random_alnum(24));
         let raw = random_alnum(8).to_ascii_uppercase();
-        let user_code = format!("{}-{}", raw.get(..4).unwrap_or(""), raw.get(4..).unwrap_or(""));
+        let user_code = format!(
+            "{}-{}",
+            raw.get(..4).unwrap_or(""),
+            raw.get(4..).unwrap_or("")
+        );
         lock(&self.oauth).devices.insert(
             id.clone(),
             Device {
@@ -220,7 +220,10 @@ impl Shared {
     /// `POST /api/accounts/deviceauth/token`: 403 while pending, then the code.
     pub(super) fn device_token(&self, body: &[u8]) -> (u16, Value) {
         let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        let id = v.get("device_auth_id").and_then(Value::as_str).unwrap_or("");
+        let id = v
+            .get("device_auth_id")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let user_code = v.get("user_code").and_then(Value::as_str).unwrap_or("");
         let mut reg = lock(&self.oauth);
         reg.polls += 1;
