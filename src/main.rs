@@ -299,24 +299,28 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let server = Server::start(config).await.map_err(|e| e.message.clone())?;
     let st = server.state();
+    let current = st.tokens.current();
+    let plan = current
+        .as_ref()
+        .and_then(|h| h.plan.clone())
+        .unwrap_or_else(|| "unknown".to_owned());
     let auth = if st.tokens.available() {
-        let plan = st
-            .tokens
-            .current()
-            .and_then(|h| h.plan.clone())
-            .unwrap_or_else(|| "unknown".to_owned());
-        format!("ChatGPT credentials loaded (plan: {plan})")
+        "ChatGPT credentials loaded".to_owned()
     } else {
         format!(
-            "NO ChatGPT credentials at {} — run `codex login`, or start with --demo",
+            "NO ChatGPT credentials at {}: run `codex-as-api login`, or start with --demo",
             st.config.auth_path.display()
         )
     };
     tracing::info!(
         address = %server.addr(),
         model = %st.config.model,
+        small_model = %st.config.small_model,
         upstream = %st.config.upstream_url,
         auth = %auth,
+        auth_available = st.tokens.available(),
+        plan = %plan,
+        api_key_required = st.config.api_key.is_some(),
         "codex-as-api {} listening on http://{}",
         env!("CARGO_PKG_VERSION"),
         server.addr()

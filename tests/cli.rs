@@ -618,5 +618,157 @@ fn version_and_completions() {
     }
 }
 
-#[allow(dead_code)]
-type Stderr = Lines<BufReader<ChildStderr>>;
+/// The next JSON log line on the server's stderr that `pick` accepts.
+async fn log_line(
+    lines: &mut Lines<BufReader<ChildStderr>>,
+    pick: impl Fn(&Value) -> bool,
+) -> Value {
+    loop {
+        let line = next_line(lines).await;
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("--log-format json writes JSON lines ({e}): {line}"));
+        if pick(&v) {
+            return v;
+        }
+    }
+}
+
+fn is_request(v: &Value) -> bool {
+    v["target"] == "codex_as_api::request"
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_have_a_banner_and_one_line_per_request() {
+    let emu = emulator().await;
+    let home = tempfile::tempdir().unwrap();
+    write_creds(&emu, home.path(), 3600);
+    let mut child = bin(home.path())
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--log-format",
+            "json",
+            "--model",
+            "gpt-5.5",
+        ])
+        .args([
+            "--upstream-url",
+            &emu.base_url(),
+            "--token-url",
+            &emu.token_url(),
+        ])
+        .env("CODEX_AS_API_API_KEY", "sk-local-log-test")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let banner = log_line(&mut err, |v| v["fields"]["address"].is_string()).await;
+    let f = &banner["fields"];
+    assert_eq!(banner["level"], "INFO");
+    assert_eq!(f["model"], "gpt-5.5");
+    assert_eq!(f["auth_available"], true);
+    assert_eq!(f["plan"], "plus");
+    assert_eq!(f["api_key_required"], true);
+    let base = format!("http://{}", f["address"].as_str().unwrap());
+    assert!(f["message"].as_str().unwrap().contains(&base), "{banner}");
+    assert!(!banner.to_string().contains("sk-local-log-test"));
+
+    let http = reqwest::Client::new();
+    // A streamed Chat Completions request.
+    let resp = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("sk-local-log-test")
+        .json(&serde_json::json!({"model": "gpt-5.5", "stream": true,
+            "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    resp.text().await.unwrap();
+    let line = log_line(&mut err, is_request).await;
+    let f = &line["fields"];
+    assert_eq!(f["request_id"], request_id.as_str());
+    assert_eq!(f["method"], "POST");
+    assert_eq!(f["route"], "/v1/chat/completions");
+    assert_eq!(f["client_model"], "gpt-5.5");
+    assert_eq!(f["backend_model"], "gpt-5.5");
+    assert_eq!(f["status"], 200);
+    assert_eq!(f["outcome"], "ok");
+    assert!(f["input_tokens"].as_u64().unwrap() > 0, "{line}");
+    assert!(f["output_tokens"].as_u64().unwrap() > 0, "{line}");
+    assert!(f["cached_tokens"].is_u64(), "{line}");
+    let ttfb = f["ttfb_ms"].as_f64().unwrap();
+    let total = f["duration_ms"].as_f64().unwrap();
+    assert!(ttfb > 0.0 && ttfb <= total, "{line}");
+
+    // A non-stream Anthropic request for a Claude model: the backend model differs.
+    let resp = http
+        .post(format!("{base}/v1/messages"))
+        .header("x-api-key", "sk-local-log-test")
+        .header("anthropic-version", "2023-06-01")
+        .json(
+            &serde_json::json!({"model": "claude-opus-5-5", "max_tokens": 64,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    let f = log_line(&mut err, is_request).await["fields"].clone();
+    assert_eq!(f["route"], "/v1/messages");
+    assert_eq!(f["client_model"], "claude-opus-5-5");
+    assert_eq!(f["backend_model"], "gpt-5.5");
+    assert!(f["input_tokens"].as_u64().unwrap() > 0);
+
+    // Errors are logged too: a wrong key, and an unknown route.
+    let resp = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("wrong")
+        .json(&serde_json::json!({"model": "gpt-5.5", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let f = log_line(&mut err, is_request).await["fields"].clone();
+    assert_eq!(f["status"], 401);
+    assert!(f["outcome"].as_str().unwrap().starts_with("error:"), "{f}");
+    assert!(
+        !f.to_string().contains("wrong"),
+        "the presented key is not logged: {f}"
+    );
+    child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_level_flag_and_rust_log_filter_lines() {
+    let emu = emulator().await;
+    let home = tempfile::tempdir().unwrap();
+    write_creds(&emu, home.path(), 3600);
+    let quiet = |extra: &[&str], rust_log: Option<&str>| {
+        let mut c = bin(home.path());
+        c.args(["serve", "--port", "0", "--log-format", "json"])
+            .args(["--upstream-url", &emu.base_url()])
+            .args(extra)
+            .stderr(Stdio::piped());
+        if let Some(r) = rust_log {
+            c.env("RUST_LOG", r);
+        }
+        c.spawn().unwrap()
+    };
+    // --log-level warn hides the info banner; RUST_LOG overrides the flag.
+    let mut child = quiet(&["--log-level", "warn"], None);
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let got = tokio::time::timeout(Duration::from_millis(1500), err.next_line()).await;
+    assert!(
+        got.is_err() || matches!(got, Ok(Ok(None))),
+        "nothing at warn: {got:?}"
+    );
+    child.kill().await.unwrap();
+    let mut child = quiet(&["--log-level", "warn"], Some("info"));
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    log_line(&mut err, |v| v["fields"]["address"].is_string()).await;
+    child.kill().await.unwrap();
+}
