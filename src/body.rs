@@ -25,6 +25,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::dialect::Encoder;
 use crate::error::{Error, ErrorKind, Protocol};
+use crate::server::reqlog::Meter;
 use crate::sse::parse::SseParser;
 use crate::upstream::events::{Decoder, Delta};
 use crate::upstream::failure::{self, PromptSize};
@@ -111,6 +112,8 @@ pub struct Translate<E: Encoder> {
     /// Any output item or text seen (ends the head hold).
     output_started: bool,
     _guard: Option<StreamGuard>,
+    /// Usage and the ending error, for the request log.
+    meter: Option<Arc<Meter>>,
 }
 
 impl<E: Encoder> Translate<E> {
@@ -141,6 +144,7 @@ impl<E: Encoder> Translate<E> {
             held_failure: None,
             output_started: false,
             _guard: guard,
+            meter: None,
         }
     }
 
@@ -156,6 +160,7 @@ impl<E: Encoder> Translate<E> {
             prompt,
             held_failure,
             output_started,
+            meter,
             ..
         } = self;
         loop {
@@ -164,6 +169,9 @@ impl<E: Encoder> Translate<E> {
                 Ok(None) => return false,
                 Err(e) => {
                     let err = Error::new(ErrorKind::BadGateway, format!("upstream stream: {e}"));
+                    if committed && let Some(m) = meter {
+                        m.record_error(&err);
+                    }
                     Self::fail_into(encoder, out, held_failure, committed, err);
                     return true;
                 }
@@ -171,19 +179,26 @@ impl<E: Encoder> Translate<E> {
             encoder.raw(ev.event, ev.data, out);
             let mut failure: Option<Error> = None;
             let mut terminal = false;
-            let decoded = decoder.decode(ev.data, |d| match d {
-                Delta::Failed { code, message, .. } | Delta::Error { code, message } => {
-                    let window = prompt.window;
-                    let tokens = prompt.tokens;
-                    failure = Some(failure::from_terminal(*code, *message, *protocol, || {
-                        PromptSize { tokens, window }
-                    }));
+            let decoded = decoder.decode(ev.data, |d| {
+                if d.is_terminal()
+                    && let Some(m) = meter
+                {
+                    m.record_delta(d);
                 }
-                Delta::Created { .. } => encoder.delta(d, out),
-                _ => {
-                    *output_started = true;
-                    terminal |= d.is_terminal();
-                    encoder.delta(d, out);
+                match d {
+                    Delta::Failed { code, message, .. } | Delta::Error { code, message } => {
+                        let window = prompt.window;
+                        let tokens = prompt.tokens;
+                        failure = Some(failure::from_terminal(*code, *message, *protocol, || {
+                            PromptSize { tokens, window }
+                        }));
+                    }
+                    Delta::Created { .. } => encoder.delta(d, out),
+                    _ => {
+                        *output_started = true;
+                        terminal |= d.is_terminal();
+                        encoder.delta(d, out);
+                    }
                 }
             });
             if decoded.is_err() {
@@ -193,6 +208,10 @@ impl<E: Encoder> Translate<E> {
                 ));
             }
             if let Some(err) = failure {
+                // A failure while the head is held goes back to the pipeline (which may retry).
+                if committed && let Some(m) = meter {
+                    m.record_error(&err);
+                }
                 Self::fail_into(encoder, out, held_failure, committed, err);
                 return true;
             }
@@ -217,6 +236,9 @@ impl<E: Encoder> Translate<E> {
     }
 
     fn fail(&mut self, committed: bool, err: Error) {
+        if committed && let Some(m) = &self.meter {
+            m.record_error(&err);
+        }
         Self::fail_into(
             &mut self.encoder,
             &mut self.out,
@@ -312,6 +334,12 @@ impl<E: Encoder> Translate<E> {
     }
 
     /// Attach the live-stream slot (held for as long as the client reads the stream).
+    /// Report usage and the ending error to the request log.
+    pub fn with_meter(mut self, meter: Arc<Meter>) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
     pub fn with_guard(mut self, guard: Option<StreamGuard>) -> Self {
         self._guard = guard;
         self

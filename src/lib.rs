@@ -42,6 +42,7 @@
 #![forbid(unsafe_code)]
 pub mod auth;
 pub mod body;
+pub mod cli;
 pub mod config;
 pub mod dialect;
 pub mod emulator;

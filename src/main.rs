@@ -1,11 +1,17 @@
-//! The `codex-as-api` command line: `serve` (the default), `emulator`, `completions`.
+//! The `codex-as-api` command line: `serve` (the default), `login`, `usage`, `claude`,
+//! `env`, `emulator`, `completions`; logging setup and the startup banner.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use codex_as_api::cli::claude::Shell;
+use codex_as_api::cli::{claude, login, usage};
 use codex_as_api::config::{Config, ServeArgs};
 use codex_as_api::emulator::{Chunking, Emulator, EmulatorConfig};
 use codex_as_api::server::{self, Server};
+use codex_as_api::upstream::client::HttpClient;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,29 +55,135 @@ enum LogFormat {
 enum Command {
     /// Run the API server (the default).
     Serve(Box<ServeArgs>),
+    /// Sign in to ChatGPT and save the credentials to auth.json (shared with the Codex CLI).
+    Login(LoginArgs),
+    /// Show the account's rate-limit windows (5-hour, weekly), plan and credits.
+    Usage(UsageArgs),
+    /// Run Claude Code against codex-as-api (starts the server in the background if needed).
+    Claude(ClaudeArgs),
+    /// Print the environment for Claude Code as shell exports (`eval "$(codex-as-api env)"`).
+    Env(EnvArgs),
     /// Run only the built-in Codex backend emulator (for tests and benchmarks).
     Emulator {
         /// Port to listen on (0 = any free port).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, env = "CODEX_AS_API_EMULATOR_PORT", default_value_t = 0)]
         port: u16,
         /// Serve HTTPS with a generated test CA (its PEM is written to --ca-out).
-        #[arg(long)]
+        #[arg(long, env = "CODEX_AS_API_EMULATOR_TLS")]
         tls: bool,
         /// Where to write the CA PEM in --tls mode.
-        #[arg(long)]
+        #[arg(long, env = "CODEX_AS_API_EMULATOR_CA_OUT")]
         ca_out: Option<std::path::PathBuf>,
         /// Write an auth.json with credentials the emulator accepts.
-        #[arg(long)]
+        #[arg(long, env = "CODEX_AS_API_EMULATOR_AUTH_OUT")]
         auth_out: Option<std::path::PathBuf>,
         /// Send bursts of events as one HTTP chunk instead of one chunk per event.
-        #[arg(long)]
+        #[arg(long, env = "CODEX_AS_API_EMULATOR_COALESCE")]
         coalesce: bool,
     },
-    /// Print shell completions.
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// Where the credentials live (shared by `login` and `usage`).
+#[derive(clap::Args, Debug, Clone, Default)]
+struct AuthFileArgs {
+    /// Credentials file (default $CODEX_HOME/auth.json).
+    #[arg(long, env = "CODEX_AS_API_AUTH_PATH")]
+    auth_path: Option<PathBuf>,
+    /// Codex home (auth.json, config.toml); default ~/.codex.
+    #[arg(long, env = "CODEX_HOME")]
+    codex_home: Option<PathBuf>,
+    /// Extra PEM roots trusted for TLS.
+    #[arg(long, env = "CODEX_AS_API_CA_FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct LoginArgs {
+    /// Device-code sign-in for machines without a browser.
+    #[arg(long, env = "CODEX_AS_API_LOGIN_DEVICE")]
+    device: bool,
+    /// Port of the local sign-in callback server (the issuer expects 1455).
+    #[arg(long, env = "CODEX_AS_API_CALLBACK_PORT", default_value_t = 1455)]
+    callback_port: u16,
+    /// Do not try to open a browser; only print the sign-in URL.
+    #[arg(long, env = "CODEX_AS_API_NO_BROWSER")]
+    no_browser: bool,
+    /// The OAuth issuer.
+    #[arg(
+        long,
+        env = "CODEX_AS_API_AUTH_BASE_URL",
+        default_value = "https://auth.openai.com"
+    )]
+    auth_base_url: String,
+    #[command(flatten)]
+    files: AuthFileArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct UsageArgs {
+    /// Print the backend's usage document as JSON.
+    #[arg(long, env = "CODEX_AS_API_USAGE_JSON")]
+    json: bool,
+    /// Backend root ({root}/wham/usage).
+    #[arg(long, env = "CODEX_AS_API_UPSTREAM_URL")]
+    upstream_url: Option<String>,
+    /// OAuth token endpoint (for refreshing an expired access token).
+    #[arg(long, env = "CODEX_AS_API_TOKEN_URL")]
+    token_url: Option<String>,
+    #[command(flatten)]
+    files: AuthFileArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct ClaudeArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Arguments for Claude Code (after `--`). The binary is $CODEX_AS_API_CLAUDE_BIN or `claude`.
+    #[arg(last = true)]
+    claude_args: Vec<OsString>,
+}
+
+#[derive(clap::Args, Debug)]
+struct EnvArgs {
+    /// Shell syntax of the output.
+    #[arg(long, env = "CODEX_AS_API_SHELL", value_enum, default_value_t = Shell::Sh)]
+    shell: Shell,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+impl AuthFileArgs {
+    fn serve_args(&self) -> ServeArgs {
+        ServeArgs {
+            auth_path: self.auth_path.clone(),
+            codex_home: self.codex_home.clone(),
+            ca_file: self.ca_file.clone(),
+            ..ServeArgs::default()
+        }
+    }
+}
+
+fn client(config: &Config) -> Result<HttpClient, String> {
+    codex_as_api::upstream::client::build(config.ca_file.as_deref()).map_err(|e| e.message)
+}
+
+/// The logging flags again, for a server started in the background.
+fn log_argv(log: &LogArgs) -> Vec<OsString> {
+    let format = match log.log_format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    vec![
+        "--log-level".into(),
+        log.log_level.clone().into(),
+        "--log-format".into(),
+        format.into(),
+    ]
 }
 
 fn init_logging(log: &LogArgs) {
@@ -112,6 +224,41 @@ fn main() -> ExitCode {
                 auth_out,
                 coalesce,
             }) => emulator(port, tls, ca_out, auth_out, coalesce).await,
+            Some(Command::Login(a)) => {
+                let config = Config::resolve(&a.files.serve_args())?;
+                let opts = login::LoginOptions {
+                    auth_base: a.auth_base_url,
+                    auth_path: config.auth_path.clone(),
+                    callback_port: a.callback_port,
+                    open_browser: !a.no_browser,
+                    device: a.device,
+                };
+                login::run(&client(&config)?, &opts).await.map(|_| ())
+            }
+            Some(Command::Usage(a)) => {
+                let mut args = a.files.serve_args();
+                args.upstream_url = a.upstream_url;
+                args.token_url = a.token_url;
+                let config = Config::resolve(&args)?;
+                usage::run(&config, &client(&config)?, a.json).await
+            }
+            Some(Command::Env(a)) => {
+                let config = Config::resolve(&a.serve)?;
+                let text = claude::env_command(&client(&config)?, &config, a.shell).await?;
+                print!("{text}");
+                Ok(())
+            }
+            Some(Command::Claude(a)) => {
+                let config = Config::resolve(&a.serve)?;
+                claude::launch(
+                    &client(&config)?,
+                    &config,
+                    &a.serve,
+                    &log_argv(&cli.log),
+                    &a.claude_args,
+                )
+                .await
+            }
             Some(Command::Completions { shell }) => {
                 let mut cmd = Cli::command();
                 clap_complete::generate(shell, &mut cmd, "codex-as-api", &mut std::io::stdout());
@@ -152,24 +299,28 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let server = Server::start(config).await.map_err(|e| e.message.clone())?;
     let st = server.state();
+    let current = st.tokens.current();
+    let plan = current
+        .as_ref()
+        .and_then(|h| h.plan.clone())
+        .unwrap_or_else(|| "unknown".to_owned());
     let auth = if st.tokens.available() {
-        let plan = st
-            .tokens
-            .current()
-            .and_then(|h| h.plan.clone())
-            .unwrap_or_else(|| "unknown".to_owned());
-        format!("ChatGPT credentials loaded (plan: {plan})")
+        "ChatGPT credentials loaded".to_owned()
     } else {
         format!(
-            "NO ChatGPT credentials at {} — run `codex login`, or start with --demo",
+            "NO ChatGPT credentials at {}: run `codex-as-api login`, or start with --demo",
             st.config.auth_path.display()
         )
     };
     tracing::info!(
         address = %server.addr(),
         model = %st.config.model,
+        small_model = %st.config.small_model,
         upstream = %st.config.upstream_url,
         auth = %auth,
+        auth_available = st.tokens.available(),
+        plan = %plan,
+        api_key_required = st.config.api_key.is_some(),
         "codex-as-api {} listening on http://{}",
         env!("CARGO_PKG_VERSION"),
         server.addr()

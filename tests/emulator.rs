@@ -1087,7 +1087,8 @@ async fn refresh_tokens_rotate_and_reuse_is_detected() {
     assert_eq!(refresh(new_refresh).await.unwrap().status(), 401);
     assert_eq!(f.emu.stats().token_calls, 5);
 
-    // Form-encoded authorization_code stub.
+    // Form-encoded authorization_code: a code /oauth/authorize never issued is refused
+    // (the full PKCE flow is tested in tests/cli.rs).
     let resp = f
         .http
         .post(f.emu.token_url())
@@ -1096,8 +1097,11 @@ async fn refresh_tokens_rotate_and_reuse_is_detected() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(resp.json::<Value>().await.unwrap()["refresh_token"].is_string());
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_grant"
+    );
 }
 
 #[tokio::test]

@@ -1334,6 +1334,10 @@ impl Plan for ChatPlan {
         Protocol::OpenAi
     }
 
+    fn client_model(&self) -> &str {
+        &self.client_model
+    }
+
     fn upstream(&self) -> &UpstreamRequest {
         &self.upstream
     }

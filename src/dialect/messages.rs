@@ -1739,6 +1739,10 @@ impl Plan for MessagesPlan {
         Protocol::Anthropic
     }
 
+    fn client_model(&self) -> &str {
+        &self.model
+    }
+
     fn upstream(&self) -> &UpstreamRequest {
         &self.upstream
     }

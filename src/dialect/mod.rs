@@ -61,6 +61,10 @@ pub trait Plan: Send + Sync + 'static {
     /// The protocol errors are rendered in.
     fn protocol(&self) -> Protocol;
     fn upstream(&self) -> &UpstreamRequest;
+    /// The model name the client asked for (for the request log).
+    fn client_model(&self) -> &str {
+        &self.upstream().model
+    }
     /// Whether the client asked for a stream.
     fn stream(&self) -> bool;
     /// A fresh encoder for one streamed answer.

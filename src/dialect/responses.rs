@@ -916,6 +916,10 @@ impl Plan for ResponsesPlan {
         Protocol::OpenAi
     }
 
+    fn client_model(&self) -> &str {
+        &self.client_model
+    }
+
     fn upstream(&self) -> &UpstreamRequest {
         &self.upstream
     }

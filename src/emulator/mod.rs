@@ -18,6 +18,7 @@
 //! benches and `--demo` should depend on it.
 
 mod catalog;
+mod oauth;
 mod routes;
 mod rules;
 mod script;
@@ -74,6 +75,8 @@ pub struct EmulatorConfig {
     pub chunking: Chunking,
     /// Lifetime of access tokens minted by a refresh, in seconds.
     pub refresh_access_ttl_secs: i64,
+    /// The `interval` the device-code endpoint tells clients to poll at (the real one: 5).
+    pub device_poll_interval_secs: u64,
 }
 
 impl Default for EmulatorConfig {
@@ -83,6 +86,7 @@ impl Default for EmulatorConfig {
             tls: false,
             chunking: Chunking::PerEvent,
             refresh_access_ttl_secs: 3600,
+            device_poll_interval_secs: 5,
         }
     }
 }
@@ -171,6 +175,23 @@ impl Emulator {
         format!("{}/oauth/token", self.origin())
     }
 
+    /// The sign-in issuer root (what `https://auth.openai.com` is for the real thing):
+    /// `{root}/oauth/authorize`, `{root}/oauth/token`, `{root}/api/accounts/deviceauth/…`.
+    pub fn auth_base_url(&self) -> String {
+        self.origin()
+    }
+
+    /// Approve a pending device-code login, as a user entering `user_code` at
+    /// `{auth_base_url}/codex/device` would. False when no pending login has that code.
+    pub fn approve_device(&self, user_code: &str) -> bool {
+        self.shared.approve_device(user_code)
+    }
+
+    /// How many times `POST /api/accounts/deviceauth/token` was called.
+    pub fn device_polls(&self) -> u64 {
+        self.shared.device_polls()
+    }
+
     /// PEM of the generated test CA (TLS mode only).
     pub fn ca_pem(&self) -> Option<String> {
         self.ca_pem.clone()
@@ -253,6 +274,9 @@ struct Shared {
     /// The latest [`MAX_RECORDED`] requests.
     recorded: Mutex<VecDeque<Arc<Recorded>>>,
     tokens: Mutex<tokens::Registry>,
+    /// Authorization codes and device-code sessions.
+    oauth: Mutex<oauth::Registry>,
+    device_interval: u64,
     /// `EMU:flaky:<n>` counters, keyed by the full text of the user message.
     flaky: Mutex<HashMap<String, u64>>,
     /// Last `input_tokens` seen per prompt-cache key.
@@ -275,6 +299,8 @@ impl Shared {
             counters: Counters::default(),
             recorded: Mutex::new(VecDeque::new()),
             tokens: Mutex::new(tokens::Registry::default()),
+            oauth: Mutex::new(oauth::Registry::default()),
+            device_interval: cfg.device_poll_interval_secs,
             flaky: Mutex::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
             followers: Mutex::new(HashMap::new()),

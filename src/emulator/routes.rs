@@ -1,6 +1,6 @@
 //! Routing and the HTTP edge: body reading (with zstd), auth checks, the unary endpoints
 //! (models §15, images §18, compaction v1 §17.1, usage §19, accounts check §16, token
-//! §12.3) and the response heads of `/responses` (rate-limit headers §10.2).
+//! §12.3, sign-in §13 via `oauth`) and the response heads of `/responses` (rate-limit headers §10.2).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -94,6 +94,15 @@ pub(super) async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Resp 
         (Method::GET, "/backend-api/wham/usage") => usage(&req, &shared),
         (Method::GET, "/backend-api/wham/accounts/check") => accounts(&req, &shared),
         (Method::POST, "/oauth/token") => token(req, &shared).await,
+        (Method::GET, "/oauth/authorize") => authorize(&req, &shared),
+        (Method::POST, "/api/accounts/deviceauth/usercode") => {
+            device(req, &shared, Shared::device_usercode).await
+        }
+        (Method::POST, "/api/accounts/deviceauth/token") => {
+            device(req, &shared, Shared::device_token).await
+        }
+        (Method::GET, "/codex/device") => device_page(None),
+        (Method::POST, "/codex/device") => device_approve(req, &shared).await,
         _ => not_found(),
     }
 }
@@ -392,4 +401,57 @@ async fn token(req: Request<Incoming>, shared: &Shared) -> Resp {
         .unwrap_or("");
     let (status, body) = shared.token_endpoint(content_type, &raw);
     json_response(status, &body)
+}
+
+fn authorize(req: &Request<Incoming>, shared: &Shared) -> Resp {
+    let query = super::tokens::parse_form(req.uri().query().unwrap_or("").as_bytes());
+    match shared.authorize(&query) {
+        super::oauth::Authorize::Redirect(to) => {
+            let mut resp = bytes_response(302, "text/plain", Bytes::new());
+            if let Ok(v) = HeaderValue::from_str(&to) {
+                resp.headers_mut().insert(hyper::header::LOCATION, v);
+            }
+            resp
+        }
+        super::oauth::Authorize::Error(status, body) => json_response(status, &body),
+    }
+}
+
+async fn device(
+    req: Request<Incoming>,
+    shared: &Shared,
+    endpoint: fn(&Shared, &[u8]) -> (u16, Value),
+) -> Resp {
+    let (_, raw, _) = match read_body(req).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    let (status, body) = endpoint(shared, &raw);
+    json_response(status, &body)
+}
+
+/// The page a user types the device code into (`/codex/device`).
+fn device_page(message: Option<&str>) -> Resp {
+    let note = message.unwrap_or("Enter the code shown in your terminal.");
+    let html = format!(
+        "<!doctype html><title>Device login</title><p>{note}</p>\
+         <form method=post><input name=user_code><button>Continue</button></form>"
+    );
+    bytes_response(200, "text/html; charset=utf-8", Bytes::from(html))
+}
+
+async fn device_approve(req: Request<Incoming>, shared: &Shared) -> Resp {
+    let (_, raw, _) = match read_body(req).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    let form = super::tokens::parse_form(&raw);
+    let code = form.get("user_code").map(String::as_str).unwrap_or("");
+    if shared.approve_device(code) {
+        device_page(Some("Device approved. You can return to your terminal."))
+    } else {
+        let mut resp = device_page(Some("That code is not valid or has expired."));
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+        resp
+    }
 }

@@ -197,10 +197,10 @@ impl Shared {
                 }
                 (200, self.token_reply(self.issue(self.refresh_ttl)))
             }
-            // A stub for login tests: any non-empty code is good for a fresh token set.
-            "authorization_code" => match fields.get("code") {
-                Some(code) if !code.is_empty() => (200, self.token_reply(self.issue(3600))),
-                _ => oauth_error(400, "invalid_grant", "Invalid authorization code."),
+            // Codes come from `/oauth/authorize` or the device flow; PKCE is checked.
+            "authorization_code" => match self.redeem_code(&fields) {
+                Ok(()) => (200, self.token_reply(self.issue(3600))),
+                Err(e) => e,
             },
             _ => oauth_error(400, "unsupported_grant_type", "Unsupported grant_type."),
         }
@@ -226,7 +226,7 @@ fn oauth_error(status: u16, code: &str, message: &str) -> (u16, Value) {
 }
 
 /// `application/x-www-form-urlencoded` → map (last value wins).
-fn parse_form(body: &[u8]) -> HashMap<String, String> {
+pub(super) fn parse_form(body: &[u8]) -> HashMap<String, String> {
     let text = String::from_utf8_lossy(body);
     text.split('&')
         .filter(|p| !p.is_empty())

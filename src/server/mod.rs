@@ -6,10 +6,12 @@
 //! read timeout, header size limit, back-off on accept errors) and graceful shutdown (stop
 //! accepting, drain in-flight streams for a bounded time).
 //!
-//! Does not own: routing and guards (`route`), running one proxied request (`pipeline`).
+//! Does not own: routing and guards (`route`), running one proxied request (`pipeline`),
+//! the per-request log line (`reqlog`).
 
 pub mod pipeline;
 pub mod ratelimit;
+pub mod reqlog;
 pub mod route;
 
 use std::net::SocketAddr;

@@ -20,6 +20,7 @@ use crate::body::{Prelude, Timing, Translate};
 use crate::dialect::Plan;
 use crate::error::{Error, ErrorKind, Protocol};
 use crate::server::State;
+use crate::server::reqlog::Meter;
 use crate::server::route::{RespBody, full, json_response};
 use crate::upstream::collect::{Collected, Finish};
 use crate::upstream::events::Decoder;
@@ -31,12 +32,19 @@ const MAX_INTERNAL_WAIT: Duration = Duration::from_secs(10);
 const MAX_ERROR_BODY: usize = 1024 * 1024;
 
 /// Run `plan` and produce the client's response (errors included, in the plan's protocol).
+/// The response carries the request's `reqlog::Meter` as an extension.
 pub async fn run<P: Plan>(state: &Arc<State>, plan: P, request_id: &str) -> Response<RespBody> {
     let protocol = plan.protocol();
-    match run_inner(state, plan, request_id).await {
+    let meter = Meter::new(plan.client_model(), &plan.upstream().model);
+    let mut resp = match run_inner(state, plan, request_id, &meter).await {
         Ok(resp) => resp,
-        Err(err) => super::route::error_response(&err, protocol, request_id),
-    }
+        Err(err) => {
+            meter.record_error(&err);
+            super::route::error_response(&err, protocol, request_id)
+        }
+    };
+    resp.extensions_mut().insert(meter);
+    resp
 }
 
 fn user_agent(config: &crate::config::Config) -> String {
@@ -120,6 +128,7 @@ async fn run_inner<P: Plan>(
     state: &Arc<State>,
     plan: P,
     request_id: &str,
+    meter: &Arc<Meter>,
 ) -> Result<Response<RespBody>, Error> {
     let protocol = plan.protocol();
     let guard = state
@@ -221,7 +230,8 @@ async fn run_inner<P: Plan>(
                 estimate,
                 timing,
                 None,
-            );
+            )
+            .with_meter(meter.clone());
             let held = tokio::time::timeout(
                 state.config.head_hold,
                 std::future::poll_fn(|cx| t.poll_prelude(cx)),
@@ -245,6 +255,7 @@ async fn run_inner<P: Plan>(
         match collect(resp.into_body(), state.config.stream_idle_timeout).await {
             Ok(c) => match &c.finish {
                 Finish::Completed | Finish::Incomplete(_) => {
+                    meter.record_usage(&c.usage);
                     return Ok(json_response(StatusCode::OK, plan.render(&c), request_id));
                 }
                 Finish::Failed { code, message } => {

@@ -185,19 +185,24 @@ pub async fn handle(
     let method = req.method().clone();
     let protocol = protocol_of(&path, req.headers());
     let started = std::time::Instant::now();
-    let resp = match dispatch(&state, req, &path, &method, protocol, &request_id).await {
-        Ok(r) => r,
-        Err(e) => error_response(&e, protocol, &request_id),
+    let (mut resp, failed) =
+        match dispatch(&state, req, &path, &method, protocol, &request_id).await {
+            Ok(r) => (r, None),
+            Err(e) => (error_response(&e, protocol, &request_id), Some(e)),
+        };
+    let mut log = super::reqlog::RequestLog {
+        status: resp.status().as_u16(),
+        meter: resp.extensions_mut().remove::<Arc<super::reqlog::Meter>>(),
+        request_id,
+        method,
+        route: path,
+        started,
+        error: None,
     };
-    tracing::info!(
-        request_id = %request_id,
-        method = %method,
-        route = %path,
-        status = resp.status().as_u16(),
-        head_ms = started.elapsed().as_millis() as u64,
-        "request"
-    );
-    resp
+    if let Some(e) = &failed {
+        log = log.for_error(e);
+    }
+    resp.map(|body| super::reqlog::wrap(body, log))
 }
 
 async fn dispatch(

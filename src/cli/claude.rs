@@ -1,0 +1,440 @@
+//! `codex-as-api claude [-- ARGS]` and `codex-as-api env`: Claude Code pointed at this
+//! server.
+//!
+//! Owns: the environment Claude Code needs (anthropic-messages.md B.10, B.11): the base URL
+//! (no `/v1`), a key, every model slot mapped to a backend model (the small/fast slot to
+//! `small_model`, so background "haiku" calls work), the real context window as
+//! `CLAUDE_CODE_AUTO_COMPACT_WINDOW` (Claude Code assumes 200k for ids it does not know),
+//! the offline switches, and the variables that would send it elsewhere unset; rendering
+//! that set as `sh`, `fish` or PowerShell; finding a running server through `/health` (its
+//! model and window win over the local config) or starting one in the background; and
+//! replacing this process with `claude` (`$CODEX_AS_API_CLAUDE_BIN` or `claude` on `PATH`).
+//!
+//! Does not own: the server (`server`), which it starts as `codex-as-api serve` in its own
+//! process group with the same settings, logging to `$CODEX_HOME/codex-as-api.log`.
+
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::Full;
+use serde_json::Value;
+
+use super::fetch;
+use crate::config::{Config, ServeArgs};
+use crate::upstream::catalog::Catalog;
+use crate::upstream::client::HttpClient;
+
+/// Key sent when the server does not require one (Claude Code insists on having a key).
+pub const PLACEHOLDER_KEY: &str = "codex-as-api";
+/// How long a freshly started server may take to answer `/health`.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Shell syntax for `env`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Sh,
+    Fish,
+    Powershell,
+}
+
+/// What Claude Code is pointed at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// `http://127.0.0.1:18080`.
+    pub base_url: String,
+    pub model: String,
+    pub small_model: String,
+    pub context_window: u64,
+}
+
+impl Target {
+    /// From the local settings (no server asked).
+    pub fn from_config(config: &Config) -> Target {
+        let window = config.context_window.unwrap_or_else(|| {
+            Catalog::builtin()
+                .find(&config.model)
+                .map(|m| m.context_window)
+                .unwrap_or(272_000)
+        });
+        Target {
+            base_url: base_url(config),
+            model: config.model.clone(),
+            small_model: config.small_model.clone(),
+            context_window: window,
+        }
+    }
+}
+
+/// The address clients use: a wildcard bind is reached over loopback.
+fn base_url(config: &Config) -> String {
+    let host = match config.host {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        h => h,
+    };
+    match host {
+        IpAddr::V4(a) => format!("http://{a}:{}", config.port),
+        IpAddr::V6(a) => format!("http://[{a}]:{}", config.port),
+    }
+}
+
+/// One variable: set to a value, or removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Var {
+    Set(&'static str, String),
+    Unset(&'static str),
+}
+
+/// Variables that would route Claude Code somewhere else or to another credential.
+const UNSET: [&str; 5] = [
+    "ANTHROPIC_AUTH_TOKEN",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "CLAUDE_CODE_USE_BEDROCK",
+    "CLAUDE_CODE_USE_VERTEX",
+    "CLAUDE_CODE_USE_FOUNDRY",
+];
+
+/// Only traffic to `ANTHROPIC_BASE_URL` (B.11).
+const OFFLINE: [&str; 6] = [
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+    "DISABLE_TELEMETRY",
+    "DISABLE_AUTOUPDATER",
+    "DISABLE_ERROR_REPORTING",
+    "DISABLE_BUG_COMMAND",
+    "CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY",
+];
+
+/// The whole environment for Claude Code. `key` is the server's API key, if it has one.
+pub fn vars(target: &Target, key: Option<&str>) -> Vec<Var> {
+    let mut v = vec![
+        Var::Set("ANTHROPIC_BASE_URL", target.base_url.clone()),
+        Var::Set(
+            "ANTHROPIC_API_KEY",
+            key.unwrap_or(PLACEHOLDER_KEY).to_owned(),
+        ),
+        Var::Set("ANTHROPIC_MODEL", target.model.clone()),
+        Var::Set("ANTHROPIC_DEFAULT_OPUS_MODEL", target.model.clone()),
+        Var::Set("ANTHROPIC_DEFAULT_SONNET_MODEL", target.model.clone()),
+        Var::Set("ANTHROPIC_DEFAULT_HAIKU_MODEL", target.small_model.clone()),
+        Var::Set("ANTHROPIC_SMALL_FAST_MODEL", target.small_model.clone()),
+        Var::Set("CLAUDE_CODE_SUBAGENT_MODEL", target.model.clone()),
+        Var::Set(
+            "CLAUDE_CODE_AUTO_COMPACT_WINDOW",
+            target.context_window.to_string(),
+        ),
+    ];
+    v.extend(OFFLINE.iter().map(|k| Var::Set(k, "1".to_owned())));
+    v.extend(UNSET.iter().map(|k| Var::Unset(k)));
+    v
+}
+
+fn quote_sh(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn quote_fish(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+fn quote_ps(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The variables as shell code to `eval`.
+pub fn render(vars: &[Var], shell: Shell) -> String {
+    let mut out = String::new();
+    for v in vars {
+        let line = match (shell, v) {
+            (Shell::Sh, Var::Set(k, val)) => format!("export {k}={}", quote_sh(val)),
+            (Shell::Sh, Var::Unset(k)) => format!("unset {k}"),
+            (Shell::Fish, Var::Set(k, val)) => format!("set -gx {k} {}", quote_fish(val)),
+            (Shell::Fish, Var::Unset(k)) => format!("set -e {k}"),
+            (Shell::Powershell, Var::Set(k, val)) => format!("$env:{k} = {}", quote_ps(val)),
+            (Shell::Powershell, Var::Unset(k)) => {
+                format!("Remove-Item Env:{k} -ErrorAction SilentlyContinue")
+            }
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// `GET {base}/health` of a running codex-as-api, or `None` when nothing (ours) answers.
+pub async fn probe(client: &HttpClient, base: &str) -> Option<Value> {
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(format!("{base}/health"))
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let (status, _, body) = fetch(client, req, Duration::from_secs(2)).await.ok()?;
+    if !status.is_success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&body).ok()?;
+    (v.get("status").and_then(Value::as_str) == Some("ok")).then_some(v)
+}
+
+/// What a running server reports wins over the local settings.
+pub fn apply_health(target: &mut Target, health: &Value) {
+    if let Some(m) = health.get("model").and_then(Value::as_str) {
+        if target.small_model == target.model {
+            target.small_model = m.to_owned();
+        }
+        target.model = m.to_owned();
+    }
+    if let Some(w) = health.get("context_window").and_then(Value::as_u64) {
+        target.context_window = w;
+    }
+}
+
+/// The `serve` command line equivalent to `args` (the key travels in the environment,
+/// never on a command line other users can read).
+pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Option<String>) {
+    // Destructured in full so a new serve flag cannot be forgotten here.
+    let ServeArgs {
+        host,
+        port,
+        model,
+        small_model,
+        auth_path,
+        codex_home,
+        upstream_url,
+        token_url,
+        ca_file,
+        api_key,
+        insecure_no_auth,
+        demo,
+        no_compression,
+        keepalive_secs,
+        stream_idle_timeout_secs,
+        head_hold_ms,
+        max_body_bytes,
+        max_json_depth,
+        max_concurrent_streams,
+        upstream_retries,
+        reasoning_field,
+        drain_secs,
+        header_timeout_secs,
+    } = args;
+    let mut argv: Vec<OsString> = vec!["serve".into()];
+    let mut flag = |name: &str, value: Option<OsString>| {
+        if let Some(v) = value {
+            argv.push(format!("--{name}").into());
+            argv.push(v);
+        }
+    };
+    let s = |v: &Option<String>| v.as_ref().map(OsString::from);
+    let p = |v: &Option<PathBuf>| v.as_ref().map(|p| p.as_os_str().to_owned());
+    fn n<T: ToString>(v: &Option<T>) -> Option<OsString> {
+        v.as_ref().map(|x| x.to_string().into())
+    }
+    flag("host", n(host));
+    flag("port", n(port));
+    flag("model", s(model));
+    flag("small-model", s(small_model));
+    flag("auth-path", p(auth_path));
+    flag("codex-home", p(codex_home));
+    flag("upstream-url", s(upstream_url));
+    flag("token-url", s(token_url));
+    flag("ca-file", p(ca_file));
+    flag("keepalive-secs", n(keepalive_secs));
+    flag("stream-idle-timeout-secs", n(stream_idle_timeout_secs));
+    flag("head-hold-ms", n(head_hold_ms));
+    flag("max-body-bytes", n(max_body_bytes));
+    flag("max-json-depth", n(max_json_depth));
+    flag("max-concurrent-streams", n(max_concurrent_streams));
+    flag("upstream-retries", n(upstream_retries));
+    flag("reasoning-field", s(reasoning_field));
+    flag("drain-secs", n(drain_secs));
+    flag("header-timeout-secs", n(header_timeout_secs));
+    for (on, name) in [
+        (*insecure_no_auth, "--insecure-no-auth"),
+        (*demo, "--demo"),
+        (*no_compression, "--no-compression"),
+    ] {
+        if on {
+            argv.push(name.into());
+        }
+    }
+    (argv, api_key.clone())
+}
+
+/// Start `codex-as-api serve` detached, logging to `log`, and wait until it answers.
+async fn start_server(
+    client: &HttpClient,
+    base: &str,
+    args: &ServeArgs,
+    log_args: &[OsString],
+    log: &std::path::Path,
+) -> Result<Value, String> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find this program to start the server: {e}"))?;
+    let (mut argv, key) = serve_argv(args);
+    argv.extend(log_args.iter().cloned());
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("cannot open the server log {}: {e}", log.display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("server log {}: {e}", log.display()))?;
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(&argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // Its own process group: Ctrl-C in Claude Code does not stop the server.
+        .process_group(0);
+    if let Some(k) = key {
+        cmd.env("CODEX_AS_API_API_KEY", k);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    eprintln!(
+        "codex-as-api: started the server in the background (pid {}, log {})",
+        child.id(),
+        log.display()
+    );
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(h) = probe(client, base).await {
+            return Ok(h);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "the background server exited ({status}); see {}",
+                log.display()
+            ));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "the background server did not answer {base}/health within {} s; see {}",
+                START_TIMEOUT.as_secs(),
+                log.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `codex-as-api env`.
+pub async fn env_command(
+    client: &HttpClient,
+    config: &Config,
+    shell: Shell,
+) -> Result<String, String> {
+    let mut target = Target::from_config(config);
+    if let Some(h) = probe(client, &target.base_url).await {
+        apply_health(&mut target, &h);
+    }
+    Ok(render(&vars(&target, config.api_key.as_deref()), shell))
+}
+
+/// The `claude` binary to run.
+fn claude_bin() -> OsString {
+    std::env::var_os("CODEX_AS_API_CLAUDE_BIN")
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "claude".into())
+}
+
+/// `codex-as-api claude [-- ARGS]`: only returns on failure (the process becomes Claude).
+pub async fn launch(
+    client: &HttpClient,
+    config: &Config,
+    args: &ServeArgs,
+    log_args: &[OsString],
+    claude_args: &[OsString],
+) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let mut target = Target::from_config(config);
+    let health = match probe(client, &target.base_url).await {
+        Some(h) => h,
+        None => {
+            let log = config.codex_home.join("codex-as-api.log");
+            start_server(client, &target.base_url, args, log_args, &log).await?
+        }
+    };
+    apply_health(&mut target, &health);
+    let bin = claude_bin();
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(claude_args);
+    for v in vars(&target, config.api_key.as_deref()) {
+        match v {
+            Var::Set(k, val) => cmd.env(k, val),
+            Var::Unset(k) => cmd.env_remove(k),
+        };
+    }
+    let err = cmd.exec();
+    Err(format!(
+        "cannot run {:?} ({err}); install Claude Code (`npm install -g @anthropic-ai/claude-code`) or set CODEX_AS_API_CLAUDE_BIN",
+        bin
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> Target {
+        Target {
+            base_url: "http://127.0.0.1:18080".into(),
+            model: "gpt-5.5".into(),
+            small_model: "gpt-5.6-luna".into(),
+            context_window: 272_000,
+        }
+    }
+
+    #[test]
+    fn quoting_survives_each_shell() {
+        assert_eq!(quote_sh("a'b"), "'a'\\''b'");
+        assert_eq!(quote_fish("a'b\\"), "'a\\'b\\\\'");
+        assert_eq!(quote_ps("a'b"), "'a''b'");
+    }
+
+    #[test]
+    fn renders_every_variable_for_every_shell() {
+        let v = vars(&target(), None);
+        let sh = render(&v, Shell::Sh);
+        assert!(sh.contains("export ANTHROPIC_BASE_URL='http://127.0.0.1:18080'\n"));
+        assert!(sh.contains("export ANTHROPIC_SMALL_FAST_MODEL='gpt-5.6-luna'\n"));
+        assert!(sh.contains("export CLAUDE_CODE_AUTO_COMPACT_WINDOW='272000'\n"));
+        assert!(sh.contains("unset ANTHROPIC_AUTH_TOKEN\n"));
+        let fish = render(&v, Shell::Fish);
+        assert!(fish.contains("set -gx ANTHROPIC_MODEL 'gpt-5.5'\n"));
+        assert!(fish.contains("set -e CLAUDE_CODE_USE_BEDROCK\n"));
+        let ps = render(&v, Shell::Powershell);
+        assert!(ps.contains("$env:ANTHROPIC_API_KEY = 'codex-as-api'\n"));
+        assert!(
+            ps.contains("Remove-Item Env:CLAUDE_CODE_OAUTH_TOKEN -ErrorAction SilentlyContinue\n")
+        );
+    }
+
+    #[test]
+    fn serve_argv_carries_set_flags_and_keeps_the_key_off_the_command_line() {
+        let args = ServeArgs {
+            port: Some(1234),
+            model: Some("gpt-6-sol".into()),
+            api_key: Some("sk-secret".into()),
+            demo: true,
+            ..ServeArgs::default()
+        };
+        let (argv, key) = serve_argv(&args);
+        let argv: Vec<String> = argv.into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert_eq!(
+            argv,
+            ["serve", "--port", "1234", "--model", "gpt-6-sol", "--demo"]
+        );
+        assert_eq!(key.as_deref(), Some("sk-secret"));
+    }
+}

@@ -1,0 +1,172 @@
+//! The user-facing subcommands besides `serve`: `login` (browser PKCE and device-code
+//! sign-in, §13), `usage` (the account's rate-limit windows, §19), `claude` (runs Claude
+//! Code against this server) and `env` (the same settings as shell exports).
+//!
+//! Owns: those flows and their terminal output, and the small HTTP helpers they share (one
+//! request, a whole small body, a timeout) over the pooled upstream client.
+//!
+//! Does not own: the auth.json format and its atomic write (`auth::file`), refresh
+//! (`auth::TokenStore`), or the server itself (`server`). Secrets never reach the terminal:
+//! tokens are written to auth.json only, and error texts carry codes and messages from the
+//! issuer, never a token.
+
+pub mod claude;
+pub mod login;
+pub mod usage;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+
+use crate::upstream::client::HttpClient;
+
+/// Cap on any answer these commands read.
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// Send one request and read the whole (small) answer.
+pub(crate) async fn fetch(
+    client: &HttpClient,
+    req: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
+    let uri = req.uri().clone();
+    let exchange = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("cannot reach {uri}: {}", error_chain(&e)))?;
+        let status = resp.status();
+        let (parts, body) = resp.into_parts();
+        let bytes = Limited::new(body, MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer of {uri} failed: {e}"))?
+            .to_bytes();
+        Ok::<_, String>((status, parts.headers, bytes))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("{uri} did not answer within {} s", timeout.as_secs()))?
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// `application/x-www-form-urlencoded` / query escaping of one value.
+pub(crate) fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b))
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Decode a query string or form body (`+` is a space; last value wins).
+pub(crate) fn parse_query(q: &str) -> std::collections::HashMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => match bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                Some(v) => {
+                    out.push(v);
+                    i += 2;
+                }
+                None => out.push(b'%'),
+            },
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `n` random bytes as base64url without padding (PKCE verifier, state).
+pub(crate) fn random_b64url(n: usize) -> Result<String, String> {
+    use base64::Engine;
+    let mut bytes = vec![0u8; n];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness available: {e}"))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// `2026-11-24 08:35 UTC` for a unix time.
+pub(crate) fn utc_minutes(secs: i64) -> String {
+    let full = crate::auth::file::format_rfc3339(secs, 0);
+    match (full.get(..10), full.get(11..16)) {
+        (Some(date), Some(time)) => format!("{date} {time} UTC"),
+        _ => full,
+    }
+}
+
+/// `3d 4h`, `2h 05m`, `12m`, `now` for a duration in seconds.
+pub(crate) fn human_duration(secs: i64) -> String {
+    if secs <= 0 {
+        return "now".to_owned();
+    }
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, (secs % 3600 + 59) / 60);
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m:02}m")
+    } else {
+        format!("{m}m")
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_secs() -> i64 {
+    crate::auth::file::now().0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_round_trip() {
+        let q = format!("a={}&b=x+y", form_encode("http://127.0.0.1:1455/cb?x=1 2"));
+        let m = parse_query(&q);
+        assert_eq!(m["a"], "http://127.0.0.1:1455/cb?x=1 2");
+        assert_eq!(m["b"], "x y");
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_duration(0), "now");
+        assert_eq!(human_duration(59), "1m");
+        assert_eq!(human_duration(3600), "1h 00m");
+        assert_eq!(human_duration(3 * 86_400 + 4 * 3600 + 5), "3d 4h");
+        assert_eq!(utc_minutes(0), "1970-01-01 00:00 UTC");
+    }
+}

@@ -1,0 +1,216 @@
+//! One log line per request, written when the response body ends.
+//!
+//! Owns: `Meter` (what the pipeline and the translating body learn about a proxied request:
+//! the client's and the backend's model, the token usage of the terminal event, the error
+//! that ended it), `RequestLog` (route, status, timings) and `Logged`, the body wrapper that
+//! notes the time to first byte and emits the line (target `codex_as_api::request`) when the
+//! body ends, or when it is dropped early (the client went away: `outcome = "client_closed"`).
+//! Errors are logged the same way, with `outcome = "error:<code>"`.
+//!
+//! The `Meter` travels from the pipeline to the route as a response extension, so nothing
+//! about a request needs threading through every call. The hot path pays one `Option`
+//! check per event; usage is recorded once, at the terminal event. Nothing secret is logged:
+//! no header, no body, no key.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use http_body::{Body, Frame, SizeHint};
+
+use super::route::RespBody;
+use crate::error::Error;
+use crate::upstream::events::{Delta, Usage};
+
+/// What is learnt about one proxied request while it runs.
+#[derive(Debug)]
+pub struct Meter {
+    client_model: String,
+    backend_model: String,
+    input: AtomicU64,
+    output: AtomicU64,
+    cached: AtomicU64,
+    usage_seen: AtomicBool,
+    error: OnceLock<String>,
+}
+
+impl Meter {
+    pub fn new(client_model: &str, backend_model: &str) -> Arc<Meter> {
+        Arc::new(Meter {
+            client_model: client_model.to_owned(),
+            backend_model: backend_model.to_owned(),
+            input: AtomicU64::new(0),
+            output: AtomicU64::new(0),
+            cached: AtomicU64::new(0),
+            usage_seen: AtomicBool::new(false),
+            error: OnceLock::new(),
+        })
+    }
+
+    pub fn record_usage(&self, u: &Usage) {
+        self.input.store(u.input, Ordering::Relaxed);
+        self.output.store(u.output, Ordering::Relaxed);
+        self.cached.store(u.cached, Ordering::Relaxed);
+        self.usage_seen.store(true, Ordering::Relaxed);
+    }
+
+    /// The usage a terminal event carries.
+    pub fn record_delta(&self, d: &Delta<'_>) {
+        match d {
+            Delta::Completed { usage }
+            | Delta::Incomplete { usage, .. }
+            | Delta::Failed { usage, .. } => self.record_usage(usage),
+            _ => {}
+        }
+    }
+
+    /// The first error that ended the request (later ones are consequences).
+    pub fn record_error(&self, err: &Error) {
+        let _ = self.error.set(error_name(err));
+    }
+}
+
+fn error_name(err: &Error) -> String {
+    match &err.code {
+        Some(c) => c.clone(),
+        None => format!("{:?}", err.kind),
+    }
+}
+
+/// The request side of a log line.
+#[derive(Debug)]
+pub struct RequestLog {
+    pub request_id: String,
+    pub method: Method,
+    pub route: String,
+    pub status: u16,
+    pub started: Instant,
+    pub meter: Option<Arc<Meter>>,
+    /// An error answered by the route itself (no pipeline ran).
+    pub error: Option<String>,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+impl RequestLog {
+    pub fn for_error(mut self, err: &Error) -> Self {
+        self.error = Some(error_name(err));
+        self
+    }
+
+    fn emit(&self, ttfb: Option<Duration>, closed_early: bool) {
+        let duration_ms = ms(self.started.elapsed());
+        let ttfb_ms = ms(ttfb.unwrap_or_default());
+        let error = self.error.as_deref().or_else(|| {
+            self.meter
+                .as_ref()
+                .and_then(|m| m.error.get().map(String::as_str))
+        });
+        let outcome = match (error, closed_early) {
+            (Some(e), _) => format!("error:{e}"),
+            (None, true) => "client_closed".to_owned(),
+            (None, false) => "ok".to_owned(),
+        };
+        match &self.meter {
+            Some(m) => tracing::info!(
+                target: "codex_as_api::request",
+                request_id = %self.request_id,
+                method = %self.method,
+                route = %self.route,
+                client_model = %m.client_model,
+                backend_model = %m.backend_model,
+                status = self.status,
+                input_tokens = m.input.load(Ordering::Relaxed),
+                output_tokens = m.output.load(Ordering::Relaxed),
+                cached_tokens = m.cached.load(Ordering::Relaxed),
+                usage_reported = m.usage_seen.load(Ordering::Relaxed),
+                ttfb_ms,
+                duration_ms,
+                outcome = %outcome,
+                "request"
+            ),
+            None => tracing::info!(
+                target: "codex_as_api::request",
+                request_id = %self.request_id,
+                method = %self.method,
+                route = %self.route,
+                status = self.status,
+                ttfb_ms,
+                duration_ms,
+                outcome = %outcome,
+                "request"
+            ),
+        }
+    }
+}
+
+/// The response body, logging its request when it ends.
+pub struct Logged {
+    inner: RespBody,
+    log: Option<RequestLog>,
+    ttfb: Option<Duration>,
+}
+
+/// Wrap `body` so `log` is emitted when it ends.
+pub fn wrap(body: RespBody, log: RequestLog) -> RespBody {
+    RespBody::new(Logged {
+        inner: body,
+        log: Some(log),
+        ttfb: None,
+    })
+}
+
+impl Body for Logged {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(_)) => {
+                if this.ttfb.is_none()
+                    && let Some(l) = &this.log
+                {
+                    this.ttfb = Some(l.started.elapsed());
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(l) = this.log.take() {
+                    let ttfb = this.ttfb.or_else(|| Some(l.started.elapsed()));
+                    l.emit(ttfb, false);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(l) = self.log.take() {
+            // hyper drops a body that says it is over (empty, HEAD) without polling it.
+            let ended = self.inner.is_end_stream();
+            let ttfb = self.ttfb.or_else(|| ended.then(|| l.started.elapsed()));
+            l.emit(ttfb, !ended);
+        }
+    }
+}

@@ -1,0 +1,774 @@
+//! The `codex-as-api` binary as a user runs it: `login` (both flows through the emulator's
+//! OAuth endpoints), `usage`, `env`, `claude` (with a fake Claude Code that records its
+//! environment), request logs, `--help`/`--version` and completions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use codex_as_api::emulator::{Emulator, EmulatorConfig};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_codex-as-api");
+
+/// The binary with an environment that cannot reach a real account or config.
+fn bin(home: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("CODEX_HOME", home.join(".codex"))
+        .kill_on_drop(true);
+    c
+}
+
+fn std_bin(home: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(BIN);
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("CODEX_HOME", home.join(".codex"));
+    c
+}
+
+async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut Lines<R>) -> String {
+    tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("a line within 20 s")
+        .expect("readable")
+        .expect("not at end of output")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn emulator() -> Emulator {
+    Emulator::start(EmulatorConfig {
+        device_poll_interval_secs: 1,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+async fn finish(mut child: Child) -> std::process::ExitStatus {
+    tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the command finishes")
+        .unwrap()
+}
+
+fn write_creds(emu: &Emulator, home: &Path, ttl: i64) {
+    std::fs::create_dir_all(home.join(".codex")).unwrap();
+    emu.issue_credentials(ttl)
+        .write_auth_json(&home.join(".codex/auth.json"))
+        .unwrap();
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// auth.json as `login` must write it (Codex CLI format, 0600).
+fn assert_codex_auth_json(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let doc = read_json(path);
+    assert_eq!(doc["auth_mode"], "chatgpt");
+    assert_eq!(doc["OPENAI_API_KEY"], Value::Null);
+    for k in ["id_token", "access_token", "refresh_token", "account_id"] {
+        assert!(
+            doc["tokens"][k].as_str().is_some_and(|s| !s.is_empty()),
+            "tokens.{k} in {doc}"
+        );
+    }
+    assert!(doc["last_refresh"].as_str().unwrap().ends_with('Z'));
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+/// `usage` with the credentials at `home/.codex/auth.json`.
+async fn usage(home: &Path, emu: &Emulator, extra: &[&str]) -> std::process::Output {
+    bin(home)
+        .arg("usage")
+        .args([
+            "--upstream-url",
+            &emu.base_url(),
+            "--token-url",
+            &emu.token_url(),
+        ])
+        .args(extra)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_browser_flow_writes_codex_auth_json_that_usage_can_use() {
+    let emu = emulator().await;
+    let home = tempfile::tempdir().unwrap();
+    let mut child = bin(home.path())
+        .args(["login", "--no-browser", "--callback-port", "0"])
+        .args(["--auth-base-url", &emu.auth_base_url()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out: Lines<BufReader<ChildStdout>> =
+        BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = next_line(&mut out).await;
+        if let Some(u) = line
+            .trim()
+            .strip_prefix(&format!("{}/oauth/authorize?", emu.auth_base_url()))
+        {
+            break format!("{}/oauth/authorize?{u}", emu.auth_base_url());
+        }
+    };
+    // The browser's part: the issuer redirects to the local callback, which exchanges the
+    // code and sends the browser on to /success.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let to_callback = http.get(&url).send().await.unwrap();
+    assert_eq!(to_callback.status(), 302);
+    let callback = to_callback.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(callback.starts_with("http://127.0.0.1:"), "{callback}");
+    assert!(callback.contains("/auth/callback?code="), "{callback}");
+    // A forged state is refused and the sign-in keeps waiting.
+    let forged = callback.replace("&state=", "&state=x");
+    assert_eq!(http.get(&forged).send().await.unwrap().status(), 400);
+    let to_success = http.get(&callback).send().await.unwrap();
+    assert_eq!(to_success.status(), 302);
+    assert_eq!(to_success.headers()["location"], "/success");
+    let origin = callback.split("/auth/callback").next().unwrap();
+    let page = http.get(format!("{origin}/success")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Signed in"));
+    let mut rest = String::new();
+    while let Ok(Some(l)) = out.next_line().await {
+        rest.push_str(&l);
+    }
+    assert!(finish(child).await.success());
+    assert!(rest.contains("Signed in"), "{rest}");
+    assert!(!rest.contains("eyJ"), "no token is printed: {rest}");
+    let auth = home.path().join(".codex/auth.json");
+    assert_codex_auth_json(&auth);
+    // The saved credentials work against the backend.
+    let o = usage(home.path(), &emu, &["--json"]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["plan_type"], "plus");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_device_flow_polls_until_approved_and_writes_auth_json() {
+    let emu = emulator().await;
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".codex")).unwrap();
+    // Keys the Codex CLI (or a later version) wrote survive a new sign-in.
+    std::fs::write(
+        home.path().join(".codex/auth.json"),
+        r#"{"auth_mode":"apikey","OPENAI_API_KEY":"sk-old","future":{"kept":true}}"#,
+    )
+    .unwrap();
+    let mut child = bin(home.path())
+        .args(["login", "--device", "--auth-base-url", &emu.auth_base_url()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut saw_page = false;
+    loop {
+        let line = next_line(&mut out).await;
+        saw_page |= line.contains(&format!("{}/codex/device", emu.auth_base_url()));
+        if line.contains("enter the code") {
+            break;
+        }
+    }
+    assert!(saw_page);
+    let code = loop {
+        let line = next_line(&mut out).await;
+        if !line.trim().is_empty() {
+            break line.trim().to_owned();
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(emu.device_polls() >= 1, "it polls while pending");
+    assert!(emu.approve_device(&code), "user code {code:?} is pending");
+    assert!(finish(child).await.success());
+    let auth = home.path().join(".codex/auth.json");
+    assert_codex_auth_json(&auth);
+    assert_eq!(read_json(&auth)["future"]["kept"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_draws_both_windows_plan_and_credits() {
+    let emu = emulator().await;
+    let home = tempfile::tempdir().unwrap();
+    write_creds(&emu, home.path(), 3600);
+    let o = usage(home.path(), &emu, &[]).await;
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("ChatGPT plan: plus"), "{text}");
+    let five = text.lines().find(|l| l.contains("5-hour limit")).unwrap();
+    assert!(
+        five.contains(&format!("{}{}", "█".repeat(4), "░".repeat(26))),
+        "{five}"
+    );
+    assert!(five.contains("12.0% used"), "{five}");
+    assert!(
+        five.contains("resets in 1h 00m") || five.contains("resets in 59m"),
+        "{five}"
+    );
+    let week = text.lines().find(|l| l.contains("Weekly limit")).unwrap();
+    assert!(
+        week.contains("3.0% used") && week.contains("resets in 3d 0h")
+            || week.contains("resets in 2d 23h"),
+        "{week}"
+    );
+    assert!(text.contains("Credits: 9.99"), "{text}");
+    assert!(!text.contains('\x1b'), "no colour when not a terminal");
+
+    let o = usage(home.path(), &emu, &["--json"]).await;
+    let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["rate_limit"]["primary_window"]["used_percent"], 12);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_refreshes_an_expired_access_token() {
+    let emu = emulator().await;
+    let home = tempfile::tempdir().unwrap();
+    let auth = home.path().join(".codex/auth.json");
+    write_creds(&emu, home.path(), -60);
+    let before = read_json(&auth)["tokens"]["access_token"].clone();
+    let o = usage(home.path(), &emu, &[]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ne!(read_json(&auth)["tokens"]["access_token"], before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_without_credentials_says_how_to_sign_in() {
+    let emu = emulator().await;
+    let home = tempfile::tempdir().unwrap();
+    let o = usage(home.path(), &emu, &[]).await;
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("auth.json"), "{err}");
+}
+
+fn env_lines(out: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn env_prints_claude_code_settings_for_each_shell() {
+    let home = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let run = |shell: &str| {
+        std_bin(home.path())
+            .args([
+                "env",
+                "--port",
+                &port.to_string(),
+                "--model",
+                "gpt-6.1-terra",
+            ])
+            .args(["--small-model", "gpt-5.6-luna", "--shell", shell])
+            .output()
+            .unwrap()
+    };
+    let sh = env_lines(&run("sh").stdout);
+    for want in [
+        format!("export ANTHROPIC_BASE_URL='http://127.0.0.1:{port}'"),
+        "export ANTHROPIC_API_KEY='codex-as-api'".to_owned(),
+        "export ANTHROPIC_MODEL='gpt-6.1-terra'".to_owned(),
+        "export ANTHROPIC_DEFAULT_SONNET_MODEL='gpt-6.1-terra'".to_owned(),
+        "export ANTHROPIC_SMALL_FAST_MODEL='gpt-5.6-luna'".to_owned(),
+        "export ANTHROPIC_DEFAULT_HAIKU_MODEL='gpt-5.6-luna'".to_owned(),
+        "export CLAUDE_CODE_AUTO_COMPACT_WINDOW='500000'".to_owned(),
+        "export CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC='1'".to_owned(),
+        "unset ANTHROPIC_AUTH_TOKEN".to_owned(),
+    ] {
+        assert!(sh.contains(&want), "{want} in {sh:#?}");
+    }
+    // What sh makes of it.
+    let script = format!(
+        "ANTHROPIC_AUTH_TOKEN=x; {}\nprintf '%s|%s|%s' \"$ANTHROPIC_BASE_URL\" \"$ANTHROPIC_MODEL\" \"${{ANTHROPIC_AUTH_TOKEN-unset}}\"",
+        sh.join("\n")
+    );
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("http://127.0.0.1:{port}|gpt-6.1-terra|unset")
+    );
+    let fish = env_lines(&run("fish").stdout);
+    assert!(
+        fish.contains(&"set -gx ANTHROPIC_MODEL 'gpt-6.1-terra'".to_owned()),
+        "{fish:#?}"
+    );
+    assert!(
+        fish.contains(&"set -e CLAUDE_CODE_USE_BEDROCK".to_owned()),
+        "{fish:#?}"
+    );
+    let ps = env_lines(&run("powershell").stdout);
+    assert!(
+        ps.contains(&format!(
+            "$env:ANTHROPIC_BASE_URL = 'http://127.0.0.1:{port}'"
+        )),
+        "{ps:#?}"
+    );
+    assert!(
+        ps.contains(
+            &"Remove-Item Env:ANTHROPIC_AUTH_TOKEN -ErrorAction SilentlyContinue".to_owned()
+        ),
+        "{ps:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn env_follows_the_model_of_a_running_server() {
+    let h = common::Harness::with(|c| c.model = "gpt-6.1-terra".into()).await;
+    let home = tempfile::tempdir().unwrap();
+    let port = h.server.addr().port();
+    let o = std_bin(home.path())
+        .args(["env", "--port", &port.to_string()])
+        .output()
+        .unwrap();
+    let sh = env_lines(&o.stdout);
+    assert!(
+        sh.contains(&"export ANTHROPIC_MODEL='gpt-6.1-terra'".to_owned()),
+        "{sh:#?}"
+    );
+    assert!(
+        sh.contains(&"export CLAUDE_CODE_AUTO_COMPACT_WINDOW='500000'".to_owned()),
+        "{sh:#?}"
+    );
+}
+
+/// A stand-in for Claude Code that records its environment and arguments.
+fn fake_claude(dir: &Path) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("fake-claude");
+    let record = dir.join("record");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nenv > '{0}.env'\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > '{0}.args'\nexit 7\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, record)
+}
+
+fn recorded_env(record: &Path) -> std::collections::HashMap<String, String> {
+    std::fs::read_to_string(record.with_extension("env"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn recorded_args(record: &Path) -> Vec<String> {
+    std::fs::read_to_string(record.with_extension("args"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_runs_against_a_running_server_with_the_right_env() {
+    let h = common::Harness::with(|c| c.model = "gpt-6-sol".into()).await;
+    let home = tempfile::tempdir().unwrap();
+    let (script, record) = fake_claude(home.path());
+    let port = h.server.addr().port();
+    let status = bin(home.path())
+        .args([
+            "claude",
+            "--port",
+            &port.to_string(),
+            "--",
+            "-p",
+            "hello world",
+            "--verbose",
+        ])
+        .env("CODEX_AS_API_CLAUDE_BIN", &script)
+        .env("ANTHROPIC_AUTH_TOKEN", "would-win-over-the-key")
+        .env("CLAUDE_CODE_USE_BEDROCK", "1")
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(7), "Claude Code's exit status is ours");
+    let env = recorded_env(&record);
+    assert_eq!(
+        env["ANTHROPIC_BASE_URL"],
+        format!("http://127.0.0.1:{port}")
+    );
+    assert_eq!(env["ANTHROPIC_API_KEY"], "codex-as-api");
+    assert_eq!(env["ANTHROPIC_MODEL"], "gpt-6-sol");
+    assert_eq!(env["ANTHROPIC_SMALL_FAST_MODEL"], "gpt-6-sol");
+    assert_eq!(env["CLAUDE_CODE_AUTO_COMPACT_WINDOW"], "272000");
+    for k in [
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+        "DISABLE_TELEMETRY",
+        "DISABLE_AUTOUPDATER",
+    ] {
+        assert_eq!(env[k], "1", "{k}");
+    }
+    assert!(!env.contains_key("ANTHROPIC_AUTH_TOKEN"));
+    assert!(!env.contains_key("CLAUDE_CODE_USE_BEDROCK"));
+    assert_eq!(recorded_args(&record), ["-p", "hello world", "--verbose"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_starts_the_server_in_the_background_when_none_runs() {
+    let emu = emulator().await;
+    let home = tempfile::tempdir().unwrap();
+    write_creds(&emu, home.path(), 3600);
+    let (script, record) = fake_claude(home.path());
+    let port = free_port();
+    let o = bin(home.path())
+        .args([
+            "claude",
+            "--port",
+            &port.to_string(),
+            "--api-key",
+            "sk-local-test",
+        ])
+        .args([
+            "--upstream-url",
+            &emu.base_url(),
+            "--token-url",
+            &emu.token_url(),
+        ])
+        .env("CODEX_AS_API_CLAUDE_BIN", &script)
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let pid: u32 = err
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the launcher names the server's pid: {err}"));
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .arg(self.0.to_string())
+                .status();
+        }
+    }
+    let _server = Kill(pid);
+    assert_eq!(o.status.code(), Some(7), "{err}");
+    assert!(!err.contains("sk-local-test"), "the key is never printed");
+    let env = recorded_env(&record);
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(env["ANTHROPIC_BASE_URL"], base);
+    assert_eq!(env["ANTHROPIC_API_KEY"], "sk-local-test");
+    // The background server outlives the launcher and serves Claude Code's requests.
+    let http = reqwest::Client::new();
+    let health: Value = http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["auth_available"], true);
+    let resp = http
+        .post(format!("{base}/v1/messages"))
+        .header("x-api-key", &env["ANTHROPIC_API_KEY"])
+        .header("anthropic-version", "2023-06-01")
+        .json(
+            &serde_json::json!({"model": env["ANTHROPIC_MODEL"], "max_tokens": 64,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let log = std::fs::read_to_string(home.path().join(".codex/codex-as-api.log")).unwrap();
+    assert!(log.contains("listening"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_reports_a_missing_claude_binary() {
+    let h = common::Harness::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let o = bin(home.path())
+        .args(["claude", "--port", &h.server.addr().port().to_string()])
+        .env(
+            "CODEX_AS_API_CLAUDE_BIN",
+            home.path().join("no-such-claude"),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("CODEX_AS_API_CLAUDE_BIN"), "{err}");
+}
+
+/// Option entries of a `--help` text: each starts at a line whose first token is a flag.
+fn option_entries(help: &str) -> Vec<String> {
+    let mut entries: Vec<String> = Vec::new();
+    let mut in_options = false;
+    for line in help.lines() {
+        if line.ends_with(':') && !line.starts_with(' ') {
+            in_options = line == "Options:";
+            continue;
+        }
+        if !in_options {
+            continue;
+        }
+        let t = line.trim_start();
+        if t.starts_with('-') && line.starts_with("  ") && !line.starts_with("          ") {
+            entries.push(t.to_owned());
+        } else if let Some(last) = entries.last_mut() {
+            last.push(' ');
+            last.push_str(t);
+        }
+    }
+    entries
+}
+
+#[test]
+fn every_flag_of_every_subcommand_names_its_env_var() {
+    let home = tempfile::tempdir().unwrap();
+    for sub in [
+        "",
+        "serve",
+        "login",
+        "usage",
+        "claude",
+        "env",
+        "emulator",
+        "completions",
+    ] {
+        let mut c = std_bin(home.path());
+        if !sub.is_empty() {
+            c.arg(sub);
+        }
+        let o = c.arg("--help").output().unwrap();
+        assert!(o.status.success(), "{sub} --help");
+        let help = String::from_utf8_lossy(&o.stdout);
+        let entries = option_entries(&help);
+        assert!(
+            entries.iter().any(|e| e.starts_with("-h, --help")),
+            "{sub}: {help}"
+        );
+        for e in entries {
+            if e.starts_with("-h, --help") || e.starts_with("-V, --version") {
+                continue;
+            }
+            assert!(e.contains("[env: "), "`{sub}` flag without env var: {e}");
+        }
+    }
+    let top = String::from_utf8_lossy(&std_bin(home.path()).arg("--help").output().unwrap().stdout)
+        .into_owned();
+    for sub in ["login", "usage", "claude", "env", "completions"] {
+        assert!(top.contains(&format!("  {sub} ")), "{sub} listed in {top}");
+    }
+}
+
+#[test]
+fn version_and_completions() {
+    let home = tempfile::tempdir().unwrap();
+    let v = std_bin(home.path()).arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&v.stdout).trim(),
+        format!("codex-as-api {}", env!("CARGO_PKG_VERSION"))
+    );
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let o = std_bin(home.path())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&o.stdout);
+        for word in ["login", "usage", "claude", "callback-port"] {
+            assert!(text.contains(word), "{shell} completions know {word}");
+        }
+    }
+}
+
+/// The next JSON log line on the server's stderr that `pick` accepts.
+async fn log_line(
+    lines: &mut Lines<BufReader<ChildStderr>>,
+    pick: impl Fn(&Value) -> bool,
+) -> Value {
+    loop {
+        let line = next_line(lines).await;
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("--log-format json writes JSON lines ({e}): {line}"));
+        if pick(&v) {
+            return v;
+        }
+    }
+}
+
+fn is_request(v: &Value) -> bool {
+    v["target"] == "codex_as_api::request"
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_have_a_banner_and_one_line_per_request() {
+    let emu = emulator().await;
+    let home = tempfile::tempdir().unwrap();
+    write_creds(&emu, home.path(), 3600);
+    let mut child = bin(home.path())
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--log-format",
+            "json",
+            "--model",
+            "gpt-5.5",
+        ])
+        .args([
+            "--upstream-url",
+            &emu.base_url(),
+            "--token-url",
+            &emu.token_url(),
+        ])
+        .env("CODEX_AS_API_API_KEY", "sk-local-log-test")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let banner = log_line(&mut err, |v| v["fields"]["address"].is_string()).await;
+    let f = &banner["fields"];
+    assert_eq!(banner["level"], "INFO");
+    assert_eq!(f["model"], "gpt-5.5");
+    assert_eq!(f["auth_available"], true);
+    assert_eq!(f["plan"], "plus");
+    assert_eq!(f["api_key_required"], true);
+    let base = format!("http://{}", f["address"].as_str().unwrap());
+    assert!(f["message"].as_str().unwrap().contains(&base), "{banner}");
+    assert!(!banner.to_string().contains("sk-local-log-test"));
+
+    let http = reqwest::Client::new();
+    // A streamed Chat Completions request.
+    let resp = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("sk-local-log-test")
+        .json(&serde_json::json!({"model": "gpt-5.5", "stream": true,
+            "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    resp.text().await.unwrap();
+    let line = log_line(&mut err, is_request).await;
+    let f = &line["fields"];
+    assert_eq!(f["request_id"], request_id.as_str());
+    assert_eq!(f["method"], "POST");
+    assert_eq!(f["route"], "/v1/chat/completions");
+    assert_eq!(f["client_model"], "gpt-5.5");
+    assert_eq!(f["backend_model"], "gpt-5.5");
+    assert_eq!(f["status"], 200);
+    assert_eq!(f["outcome"], "ok");
+    assert!(f["input_tokens"].as_u64().unwrap() > 0, "{line}");
+    assert!(f["output_tokens"].as_u64().unwrap() > 0, "{line}");
+    assert!(f["cached_tokens"].is_u64(), "{line}");
+    let ttfb = f["ttfb_ms"].as_f64().unwrap();
+    let total = f["duration_ms"].as_f64().unwrap();
+    assert!(ttfb > 0.0 && ttfb <= total, "{line}");
+
+    // A non-stream Anthropic request for a Claude model: the backend model differs.
+    let resp = http
+        .post(format!("{base}/v1/messages"))
+        .header("x-api-key", "sk-local-log-test")
+        .header("anthropic-version", "2023-06-01")
+        .json(
+            &serde_json::json!({"model": "claude-opus-5-5", "max_tokens": 64,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    let f = log_line(&mut err, is_request).await["fields"].clone();
+    assert_eq!(f["route"], "/v1/messages");
+    assert_eq!(f["client_model"], "claude-opus-5-5");
+    assert_eq!(f["backend_model"], "gpt-5.5");
+    assert!(f["input_tokens"].as_u64().unwrap() > 0);
+
+    // Errors are logged too: a wrong key, and an unknown route.
+    let resp = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("wrong")
+        .json(&serde_json::json!({"model": "gpt-5.5", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let f = log_line(&mut err, is_request).await["fields"].clone();
+    assert_eq!(f["status"], 401);
+    assert!(f["outcome"].as_str().unwrap().starts_with("error:"), "{f}");
+    assert!(
+        !f.to_string().contains("wrong"),
+        "the presented key is not logged: {f}"
+    );
+    child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_level_flag_and_rust_log_filter_lines() {
+    let emu = emulator().await;
+    let home = tempfile::tempdir().unwrap();
+    write_creds(&emu, home.path(), 3600);
+    let quiet = |extra: &[&str], rust_log: Option<&str>| {
+        let mut c = bin(home.path());
+        c.args(["serve", "--port", "0", "--log-format", "json"])
+            .args(["--upstream-url", &emu.base_url()])
+            .args(extra)
+            .stderr(Stdio::piped());
+        if let Some(r) = rust_log {
+            c.env("RUST_LOG", r);
+        }
+        c.spawn().unwrap()
+    };
+    // --log-level warn hides the info banner; RUST_LOG overrides the flag.
+    let mut child = quiet(&["--log-level", "warn"], None);
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let got = tokio::time::timeout(Duration::from_millis(1500), err.next_line()).await;
+    assert!(
+        got.is_err() || matches!(got, Ok(Ok(None))),
+        "nothing at warn: {got:?}"
+    );
+    child.kill().await.unwrap();
+    let mut child = quiet(&["--log-level", "warn"], Some("info"));
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    log_line(&mut err, |v| v["fields"]["address"].is_string()).await;
+    child.kill().await.unwrap();
+}
