@@ -30,7 +30,7 @@
 //!   `Authorization` value is marked sensitive.
 
 pub mod claims;
-mod file;
+pub(crate) mod file;
 mod refresh;
 
 use std::fmt;

@@ -1721,6 +1721,11 @@ impl Encoder for MessagesEncoder {
         if self.finished {
             return;
         }
+        // Close the open block so the stream stays balanced (start/stop) up to the error.
+        if self.open != Open::None {
+            block_stop(out, self.current());
+            self.open = Open::None;
+        }
         out.put_slice(b"event: error\ndata: ");
         out.put_slice(&err.anthropic_json());
         out.put_slice(b"\n\n");

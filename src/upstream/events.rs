@@ -335,12 +335,17 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
+/// Output items tracked per response; a real response has a handful.
+const MAX_OUTPUT_ITEMS: usize = 4096;
+
 /// Turns upstream events into `Delta`s. One per upstream response; reuse across events.
 #[derive(Default)]
 pub struct Decoder {
     scratch: Vec<u8>,
     buffers: Option<simd_json::Buffers>,
     slots: Vec<Slot>,
+    /// Stand-in slot for indices at or above `MAX_OUTPUT_ITEMS`.
+    overflow: Slot,
     /// `output_index` of the current message for `Text` when the upstream omits it.
     response_id: String,
 }
@@ -357,6 +362,11 @@ impl Decoder {
 
     fn slot(&mut self, index: u32) -> &mut Slot {
         let i = index as usize;
+        if i >= MAX_OUTPUT_ITEMS {
+            // An absurd `output_index` must not size a table: such an item is ignored.
+            self.overflow = Slot::Other;
+            return &mut self.overflow;
+        }
         if self.slots.len() <= i {
             self.slots.resize(i + 1, Slot::Unseen);
         }
