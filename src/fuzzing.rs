@@ -370,7 +370,7 @@ fn upstream_events(c: &mut Choices<'_>) -> Vec<u8> {
             ),
             1 => push(
                 &mut out,
-                json!({"type": "response.output_item.added", "output_index": i, "item": {"type": "message", "id": "msg_1", "role": "assistant", "phase": if c.byte() % 2 == 0 {"final_answer"} else {"commentary"}, "content": []}}),
+                json!({"type": "response.output_item.added", "output_index": i, "item": {"type": "message", "id": "msg_1", "role": "assistant", "phase": if c.byte().is_multiple_of(2) {"final_answer"} else {"commentary"}, "content": []}}),
             ),
             2 => push(
                 &mut out,
@@ -398,7 +398,7 @@ fn upstream_events(c: &mut Choices<'_>) -> Vec<u8> {
             ),
             8 => push(
                 &mut out,
-                json!({"type": "response.output_item.added", "output_index": i, "item": {"type": if c.byte() % 4 == 0 {"custom_tool_call"} else {"function_call"}, "call_id": c.text(), "name": c.name(), "arguments": ""}}),
+                json!({"type": "response.output_item.added", "output_index": i, "item": {"type": if c.byte().is_multiple_of(4) {"custom_tool_call"} else {"function_call"}, "call_id": c.text(), "name": c.name(), "arguments": ""}}),
             ),
             9 => push(
                 &mut out,
@@ -406,7 +406,7 @@ fn upstream_events(c: &mut Choices<'_>) -> Vec<u8> {
             ),
             10 => push(
                 &mut out,
-                json!({"type": "response.output_item.done", "output_index": i, "item": {"type": if c.byte() % 4 == 0 {"custom_tool_call"} else {"function_call"}, "call_id": c.text(), "name": c.name(), "arguments": c.text(), "input": c.text()}}),
+                json!({"type": "response.output_item.done", "output_index": i, "item": {"type": if c.byte().is_multiple_of(4) {"custom_tool_call"} else {"function_call"}, "call_id": c.text(), "name": c.name(), "arguments": c.text(), "input": c.text()}}),
             ),
             11 => push(
                 &mut out,
@@ -529,6 +529,34 @@ fn translate_stream<E: Encoder>(mut encoder: E, upstream: &[u8], protocol: Proto
     out.to_vec()
 }
 
+/// The same upstream body through the non-stream aggregator: a completed or incomplete
+/// response renders to one JSON object.
+fn check_non_stream(plan: &impl Plan, upstream: &[u8]) {
+    use crate::upstream::collect::{Collected, Finish};
+    let mut parser = SseParser::new(1 << 20);
+    parser.push(upstream);
+    parser.push(b"\n\n");
+    let mut decoder = Decoder::new();
+    let mut collected = Collected::new();
+    while let Ok(Some(ev)) = parser.next_event() {
+        if decoder.decode(ev.data, |d| collected.push(d)).is_err() {
+            return;
+        }
+        if collected.finish != Finish::Open {
+            break;
+        }
+    }
+    if matches!(collected.finish, Finish::Completed | Finish::Incomplete(_)) {
+        let body = plan.render(&collected);
+        if let Err(e) = serde_json::from_slice::<serde_json::Value>(&body) {
+            panic!(
+                "non-stream answer is not JSON ({e}): {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+}
+
 /// The client stream as (event name, data) pairs; panics unless it is well-formed SSE.
 fn client_frames(stream: &[u8]) -> Vec<(String, String)> {
     assert!(
@@ -580,6 +608,7 @@ pub fn events_to_chat(data: &[u8]) {
         panic!("a fixed Chat request did not translate");
     };
     let upstream = upstream_events(&mut c);
+    check_non_stream(&plan, &upstream);
     let stream = translate_stream(plan.encoder(), &upstream, Protocol::OpenAi);
     let frames = client_frames(&stream);
     let mut done = 0;
@@ -621,6 +650,7 @@ pub fn events_to_messages(data: &[u8]) {
         panic!("a fixed Messages request did not translate");
     };
     let upstream = upstream_events(&mut c);
+    check_non_stream(&plan, &upstream);
     let stream = translate_stream(plan.encoder(), &upstream, Protocol::Anthropic);
     let frames = client_frames(&stream);
     let mut open: Option<u64> = None;

@@ -335,7 +335,7 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
-/// Output items tracked per response; a real response has a handful.
+/// Output items tracked per response (see `dispatch`).
 const MAX_OUTPUT_ITEMS: usize = 4096;
 
 /// Turns upstream events into `Delta`s. One per upstream response; reuse across events.
@@ -408,6 +408,19 @@ impl Decoder {
         F: FnMut(&Delta<'_>),
     {
         let index = ev.output_index.unwrap_or(0);
+        // An absurd `output_index` must not size the per-item tables (here and in every
+        // aggregator): such an item is ignored. A real response has a handful of items.
+        let whole_response = matches!(
+            ev.kind,
+            "response.created"
+                | "response.completed"
+                | "response.incomplete"
+                | "response.failed"
+                | "error"
+        );
+        if index as usize >= MAX_OUTPUT_ITEMS && !whole_response {
+            return;
+        }
         match ev.kind {
             "response.output_text.delta" => {
                 let text = ev.delta.unwrap_or("");
