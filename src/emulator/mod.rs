@@ -27,7 +27,7 @@ mod tokens;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -180,6 +180,12 @@ impl Emulator {
             .collect()
     }
 
+    /// SSE answers currently being played out: one that stays above 0 after the proxy's
+    /// client left means the upstream request leaked.
+    pub fn live_streams(&self) -> usize {
+        self.shared.live_streams.load(Ordering::Acquire)
+    }
+
     /// Makes every access token issued so far invalid.
     pub fn revoke_access_tokens(&self) {
         lock(&self.shared.tokens).access.clear();
@@ -225,6 +231,7 @@ struct Shared {
     account_id: String,
     user_id: String,
     counters: Counters,
+    live_streams: Arc<AtomicUsize>,
     recorded: Mutex<Vec<Arc<Recorded>>>,
     tokens: Mutex<tokens::Registry>,
     /// `EMU:flaky:<n>` counters, keyed by the full text of the user message.
@@ -247,6 +254,7 @@ impl Shared {
             account_id: uuid_like(),
             user_id: format!("user-{}", random_alnum(24)),
             counters: Counters::default(),
+            live_streams: Arc::new(AtomicUsize::new(0)),
             recorded: Mutex::new(Vec::new()),
             tokens: Mutex::new(tokens::Registry::default()),
             flaky: Mutex::new(HashMap::new()),

@@ -8,6 +8,7 @@
 //!
 //! Does not own: routing and guards (`route`), running one proxied request (`pipeline`).
 
+pub mod head;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod route;
@@ -135,12 +136,13 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.header_timeout)
-        .max_buf_size(256 * 1024)
+        .max_buf_size(4 * head::MAX_HEAD_BYTES)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(256 * 1024);
+        .max_header_list_size(4 * head::MAX_HEAD_BYTES as u32);
+    let builder = Arc::new(builder);
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -162,16 +164,22 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         };
         let _ = stream.set_nodelay(true);
         let st = Arc::clone(&state);
-        let service = hyper::service::service_fn(move |req| {
-            let st = Arc::clone(&st);
-            async move { Ok::<_, std::convert::Infallible>(route::handle(st, req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = Arc::clone(&builder);
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let mut stream = stream;
+            let limit = st.config.header_timeout;
+            let prefix = match head::read_first(&mut stream, limit, head::MAX_HEAD_BYTES).await {
+                head::FirstHead::Ready(prefix) => prefix,
+                head::FirstHead::Gone | head::FirstHead::Refused => return,
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let st = Arc::clone(&st);
+                async move { Ok::<_, std::convert::Infallible>(route::handle(st, req, peer).await) }
+            });
+            let io = TokioIo::new(head::Rewind::new(prefix, stream));
+            let conn = builder.serve_connection_with_upgrades(io, service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
