@@ -388,6 +388,7 @@ async fn tokens_never_reach_logs_at_trace_level() {
     .await
     .unwrap();
     assert_eq!(r.status(), 500);
+    let mut answers = r.text().await.unwrap();
     emu.revoke_access_tokens();
     let r = send("/v1/messages", msg("after revoke", false), Some(&bearer))
         .await
@@ -401,6 +402,12 @@ async fn tokens_never_reach_logs_at_trace_level() {
     .await
     .unwrap();
     assert_eq!(r.status(), 401);
+    answers.push_str(&r.text().await.unwrap());
+    let r = send("/v1/messages", msg("EMU:401", false), Some(&bearer))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    answers.push_str(&r.text().await.unwrap());
     let r = send(
         "/v1/chat/completions",
         chat("x", false),
@@ -409,6 +416,7 @@ async fn tokens_never_reach_logs_at_trace_level() {
     .await
     .unwrap();
     assert_eq!(r.status(), 401);
+    answers.push_str(&r.text().await.unwrap());
     let health = http
         .get(p.url("/health"))
         .send()
@@ -453,5 +461,10 @@ async fn tokens_never_reach_logs_at_trace_level() {
     }
     for s in &secrets {
         assert!(!health.contains(s.as_str()), "/health leaks a secret");
+        assert!(
+            !answers.contains(s.as_str()),
+            "an error answer leaks a secret"
+        );
     }
+    assert!(!answers.contains("eyJ"), "{answers}");
 }
