@@ -3,8 +3,9 @@
 //! Owns: `State` (config, the pooled upstream client, the token store, the catalog, live
 //! stream count, the latest rate-limit snapshot), binding with the safety rule for
 //! non-loopback addresses, the accept loop (hyper-util auto builder: HTTP/1.1 and h2, header
-//! read timeout, header size limit, back-off on accept errors) and graceful shutdown (stop
-//! accepting, drain in-flight streams for a bounded time).
+//! read timeout, header size limit, back-off on accept errors; the first head of each
+//! connection goes through `head` so a slow or huge one gets a protocol-shaped 408/431) and
+//! graceful shutdown (stop accepting, drain in-flight streams for a bounded time).
 //!
 //! Does not own: routing and guards (`route`), running one proxied request (`pipeline`).
 
@@ -166,10 +167,16 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         let st = Arc::clone(&state);
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
+        let mut stopping = stop.clone();
         tokio::spawn(async move {
             let mut stream = stream;
             let limit = st.config.header_timeout;
-            let prefix = match head::read_first(&mut stream, limit, head::MAX_HEAD_BYTES).await {
+            // A connection still sending its first head when shutdown starts is not in flight.
+            let first = tokio::select! {
+                first = head::read_first(&mut stream, limit, head::MAX_HEAD_BYTES) => first,
+                _ = stopping.changed() => return,
+            };
+            let prefix = match first {
                 head::FirstHead::Ready(prefix) => prefix,
                 head::FirstHead::Gone | head::FirstHead::Refused => return,
             };
