@@ -37,10 +37,14 @@ pub enum FirstHead {
 pub async fn read_first(stream: &mut TcpStream, timeout: Duration, max: usize) -> FirstHead {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let deadline = tokio::time::Instant::now() + timeout;
+    // Where the search for the blank line resumes (a head sent a byte at a time must not
+    // cost a rescan of everything per byte).
+    let mut scanned = 0;
     loop {
-        if head_complete(&buf) {
+        if head_complete(buf.get(scanned..).unwrap_or(&[])) {
             return FirstHead::Ready(Bytes::from(buf));
         }
+        scanned = buf.len().saturating_sub(3);
         if buf.len() > max {
             let err = Error::new(
                 ErrorKind::HeadersTooLarge,
@@ -196,6 +200,37 @@ mod tests {
             Protocol::OpenAi
         );
         assert_eq!(protocol_guess(b"GE"), Protocol::OpenAi);
+    }
+
+    #[tokio::test]
+    async fn a_head_sent_byte_by_byte_is_found_and_replayed_whole() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let head = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\nBODY";
+        let client = tokio::spawn(async move {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            for b in head {
+                c.write_all(&[*b]).await.unwrap();
+                c.flush().await.unwrap();
+            }
+            c
+        });
+        let (mut server, _) = listener.accept().await.unwrap();
+        let FirstHead::Ready(prefix) =
+            read_first(&mut server, Duration::from_secs(30), MAX_HEAD_BYTES).await
+        else {
+            panic!("the head was not found");
+        };
+        let _c = client.await.unwrap();
+        let mut all = prefix.to_vec();
+        let mut rewind = Rewind::new(prefix, server);
+        all.clear();
+        while all.len() < head.len() {
+            let mut chunk = [0u8; 64];
+            let n = rewind.read(&mut chunk).await.unwrap();
+            all.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(all, head);
     }
 
     #[test]
