@@ -434,6 +434,37 @@ mod tests {
     }
 
     #[test]
+    fn cors_origins_come_from_the_flag_or_config_toml_and_default_to_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = Config::resolve(&ServeArgs {
+            codex_home: Some(dir.path().to_path_buf()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert!(none.cors_origins.is_empty());
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "[codex_as_api]\ncors_allow_origin = [\"http://localhost:3000/\", \"https://app.example\"]\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            codex_home: Some(dir.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(
+            c.cors_origins,
+            ["http://localhost:3000", "https://app.example"]
+        );
+        let c = Config::resolve(&ServeArgs {
+            cors_allow_origin: vec!["*".into()],
+            ..args
+        })
+        .unwrap();
+        assert_eq!(c.cors_origins, ["*"]);
+    }
+
+    #[test]
     fn malformed_config_toml_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.toml"), "model = [").unwrap();
