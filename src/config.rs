@@ -87,6 +87,14 @@ pub struct ServeArgs {
     /// Seconds a client may take to send its request headers.
     #[arg(long, env = "CODEX_AS_API_HEADER_TIMEOUT_SECS")]
     pub header_timeout_secs: Option<u64>,
+    /// Browser origins allowed by CORS (repeat the flag or separate with commas; `*` allows
+    /// any). Without it no CORS headers are sent and browsers cannot call the API.
+    #[arg(
+        long = "cors-allow-origin",
+        env = "CODEX_AS_API_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_allow_origin: Vec<String>,
 }
 
 /// Resolved settings.
@@ -116,6 +124,8 @@ pub struct Config {
     pub reasoning_field: String,
     pub drain: Duration,
     pub header_timeout: Duration,
+    /// CORS allow-list (exact origins, or `*`); empty: no CORS headers at all.
+    pub cors_origins: Vec<String>,
     /// `model_context_window` from config.toml.
     pub context_window: Option<u64>,
     /// `model_auto_compact_token_limit` from config.toml.
@@ -306,6 +316,7 @@ impl Config {
             reasoning_field,
             drain: secs(args.drain_secs, "drain_secs", 30),
             header_timeout: secs(args.header_timeout_secs, "header_timeout_secs", 30),
+            cors_origins: cors_origins(&args.cors_allow_origin, &t),
             context_window: t.root_int("model_context_window"),
             auto_compact_token_limit: t.root_int("model_auto_compact_token_limit"),
             codex_home,
@@ -330,6 +341,27 @@ impl Config {
     pub fn responses_url(&self) -> String {
         format!("{}/codex/responses", self.upstream_url)
     }
+}
+
+/// Flag/env origins, else `cors_allow_origin` from config.toml (a string or an array).
+fn cors_origins(flag: &[String], t: &Toml) -> Vec<String> {
+    let from_toml = || match t.ours("cors_allow_origin") {
+        Some(toml::Value::String(s)) => s.split(',').map(str::to_owned).collect(),
+        Some(toml::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let raw: Vec<String> = if flag.is_empty() {
+        from_toml()
+    } else {
+        flag.to_vec()
+    };
+    raw.iter()
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .filter(|o| !o.is_empty())
+        .collect()
 }
 
 fn unreachable_config() -> Config {
@@ -359,6 +391,7 @@ fn unreachable_config() -> Config {
         reasoning_field: "reasoning_content".into(),
         drain: Duration::from_secs(30),
         header_timeout: Duration::from_secs(30),
+        cors_origins: Vec::new(),
         context_window: None,
         auto_compact_token_limit: None,
         client_version: CODEX_CLIENT_VERSION.into(),
@@ -398,6 +431,37 @@ mod tests {
         assert_eq!(defaults.model, "gpt-5.5");
         assert_eq!(defaults.host.to_string(), "127.0.0.1");
         assert_eq!(defaults.upstream_url, "https://chatgpt.com/backend-api");
+    }
+
+    #[test]
+    fn cors_origins_come_from_the_flag_or_config_toml_and_default_to_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = Config::resolve(&ServeArgs {
+            codex_home: Some(dir.path().to_path_buf()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert!(none.cors_origins.is_empty());
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "[codex_as_api]\ncors_allow_origin = [\"http://localhost:3000/\", \"https://app.example\"]\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            codex_home: Some(dir.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(
+            c.cors_origins,
+            ["http://localhost:3000", "https://app.example"]
+        );
+        let c = Config::resolve(&ServeArgs {
+            cors_allow_origin: vec!["*".into()],
+            ..args
+        })
+        .unwrap();
+        assert_eq!(c.cors_origins, ["*"]);
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub enum ErrorKind {
     ModelNotFound,
     /// Request body over the limit (413).
     PayloadTooLarge,
+    /// The client did not finish its request headers in time (408).
+    RequestTimeout,
+    /// Request headers over the limit (431).
+    HeadersTooLarge,
     /// Upstream usage limit for the plan reached (429, not retried).
     UsageLimit,
     /// Ordinary rate limit (429, retry after a delay).
@@ -89,7 +93,9 @@ impl Error {
             | ErrorKind::Forbidden
             | ErrorKind::NotFound
             | ErrorKind::ModelNotFound
-            | ErrorKind::PayloadTooLarge => Side::Client,
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::RequestTimeout
+            | ErrorKind::HeadersTooLarge => Side::Client,
             ErrorKind::Internal | ErrorKind::NotImplemented => Side::Internal,
             _ => Side::Upstream,
         };
@@ -152,7 +158,9 @@ impl Error {
             ErrorKind::Unauthorized | ErrorKind::AuthUnavailable => 401,
             ErrorKind::Forbidden => 403,
             ErrorKind::NotFound | ErrorKind::ModelNotFound => 404,
+            ErrorKind::RequestTimeout => 408,
             ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::HeadersTooLarge => 431,
             ErrorKind::UsageLimit | ErrorKind::RateLimited | ErrorKind::QuotaExceeded => 429,
             ErrorKind::Overloaded => match protocol {
                 Protocol::OpenAi => 503,
@@ -174,7 +182,9 @@ impl Error {
             | ErrorKind::AuthUnavailable
             | ErrorKind::NotFound
             | ErrorKind::ModelNotFound
-            | ErrorKind::PayloadTooLarge => "invalid_request_error",
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::RequestTimeout
+            | ErrorKind::HeadersTooLarge => "invalid_request_error",
             ErrorKind::Forbidden => "permission_error",
             ErrorKind::UsageLimit | ErrorKind::QuotaExceeded => "insufficient_quota",
             ErrorKind::RateLimited => "requests",
@@ -195,6 +205,8 @@ impl Error {
             ErrorKind::ModelNotFound => Some("model_not_found"),
             ErrorKind::NotFound => Some("not_found"),
             ErrorKind::PayloadTooLarge => Some("request_too_large"),
+            ErrorKind::RequestTimeout => Some("request_timeout"),
+            ErrorKind::HeadersTooLarge => Some("request_header_fields_too_large"),
             ErrorKind::UsageLimit | ErrorKind::QuotaExceeded => Some("insufficient_quota"),
             ErrorKind::RateLimited => Some("rate_limit_exceeded"),
             ErrorKind::Overloaded => Some("server_is_overloaded"),
@@ -207,7 +219,10 @@ impl Error {
     /// Anthropic `error.type`.
     pub fn anthropic_type(&self) -> &'static str {
         match self.kind {
-            ErrorKind::BadRequest | ErrorKind::ContextLengthExceeded => "invalid_request_error",
+            ErrorKind::BadRequest
+            | ErrorKind::ContextLengthExceeded
+            | ErrorKind::RequestTimeout
+            | ErrorKind::HeadersTooLarge => "invalid_request_error",
             ErrorKind::Unauthorized | ErrorKind::AuthUnavailable => "authentication_error",
             ErrorKind::Forbidden => "permission_error",
             ErrorKind::NotFound | ErrorKind::ModelNotFound => "not_found_error",

@@ -10,16 +10,43 @@
 //! commit seeds under `fuzz/corpus/name/`.
 #![doc(hidden)]
 
+use std::path::PathBuf;
+
+use bytes::BytesMut;
+use http::HeaderMap;
+
+use crate::config::Config;
+use crate::dialect::{Ctx, Encoder, Plan, chat, messages, responses};
+use crate::error::{Error, Protocol};
+use crate::upstream::catalog::Catalog;
+use crate::upstream::events::{Decoder, Delta};
+use crate::upstream::failure::{self, PromptSize};
+
 use crate::sse::parse::{SseError, SseEvent, SseParser};
 
 /// Every target name [`run`] knows.
-pub const TARGETS: &[&str] = &["sse_parse", "sse_chunking"];
+pub const TARGETS: &[&str] = &[
+    "sse_parse",
+    "sse_chunking",
+    "chat_request",
+    "messages_request",
+    "responses_request",
+    "events_to_chat",
+    "events_to_messages",
+    "auth_json",
+];
 
 /// Runs the target called `target` on `data`; `false` when no such target exists.
 pub fn run(target: &str, data: &[u8]) -> bool {
     match target {
         "sse_parse" => sse_parse(data),
         "sse_chunking" => sse_chunking(data),
+        "chat_request" => chat_request(data),
+        "messages_request" => messages_request(data),
+        "responses_request" => responses_request(data),
+        "events_to_chat" => events_to_chat(data),
+        "events_to_messages" => events_to_messages(data),
+        "auth_json" => auth_json(data),
         _ => return false,
     }
     true
@@ -140,6 +167,605 @@ pub fn sse_chunking(data: &[u8]) {
         split, whole,
         "chunked parse differs from whole-buffer parse"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Request translators
+// ---------------------------------------------------------------------------------------
+
+fn fuzz_config() -> Config {
+    let mut c = Config::for_tests(
+        "http://127.0.0.1:9",
+        PathBuf::from("/nonexistent/auth.json"),
+    );
+    // A small limit so deep inputs reach the depth check within the fuzzer's input size.
+    c.max_json_depth = 32;
+    c
+}
+
+/// An error for the client: a 4xx, a body in the protocol's shape that is valid JSON.
+fn check_client_error(e: &Error, protocol: Protocol) {
+    let status = e.status(protocol);
+    assert!(
+        (400..500).contains(&status),
+        "bad input gave {status}: {}",
+        e.message
+    );
+    assert!(!e.message.is_empty(), "an error without a message");
+    let body = e.body(protocol);
+    let v: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(err) => panic!(
+            "error body is not JSON ({err}): {}",
+            String::from_utf8_lossy(&body)
+        ),
+    };
+    let msg = match protocol {
+        Protocol::OpenAi => &v["error"]["message"],
+        Protocol::Anthropic => {
+            assert_eq!(v["type"], "error", "Anthropic error without type: error");
+            &v["error"]["message"]
+        }
+    };
+    assert!(msg.is_string(), "error body without a message: {v}");
+}
+
+/// The upstream body a plan would send is one JSON object with a string `model` and a
+/// boolean `stream` of true (the backend only streams).
+fn check_upstream(plan: &impl Plan) {
+    let body = plan.upstream().body();
+    let v: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(err) => panic!(
+            "upstream body is not JSON ({err}): {}",
+            String::from_utf8_lossy(&body)
+        ),
+    };
+    assert!(v["model"].is_string(), "upstream body without a model: {v}");
+    assert_eq!(v["stream"], true, "upstream body must stream: {v}");
+    assert!(
+        v["input"].is_array() || v["input"].is_string(),
+        "upstream input: {v}"
+    );
+}
+
+fn with_ctx<R>(f: impl FnOnce(&Ctx<'_>) -> R) -> R {
+    let config = fuzz_config();
+    let catalog = Catalog::builtin();
+    let headers = HeaderMap::new();
+    let ctx = Ctx {
+        config: &config,
+        catalog: &catalog,
+        headers: &headers,
+    };
+    f(&ctx)
+}
+
+/// A Chat Completions body: translated, or refused with a 4xx in OpenAI's shape.
+pub fn chat_request(data: &[u8]) {
+    with_ctx(|ctx| match chat::translate(&mut data.to_vec(), ctx) {
+        Ok(plan) => check_upstream(&plan),
+        Err(e) => check_client_error(&e, Protocol::OpenAi),
+    });
+}
+
+/// A Messages body (create and count_tokens): translated, or a 4xx in Anthropic's shape.
+pub fn messages_request(data: &[u8]) {
+    with_ctx(|ctx| {
+        match messages::translate(&mut data.to_vec(), ctx) {
+            Ok(plan) => check_upstream(&plan),
+            Err(e) => check_client_error(&e, Protocol::Anthropic),
+        }
+        match messages::count_tokens(&mut data.to_vec(), ctx) {
+            Ok(out) => {
+                let v: serde_json::Value = serde_json::from_slice(&out)
+                    .unwrap_or_else(|e| panic!("count_tokens answer is not JSON: {e}"));
+                assert!(
+                    v["input_tokens"].is_u64(),
+                    "count_tokens without input_tokens: {v}"
+                );
+            }
+            Err(e) => check_client_error(&e, Protocol::Anthropic),
+        }
+    });
+}
+
+/// A Responses body: passed through, or refused with a 4xx in OpenAI's shape.
+pub fn responses_request(data: &[u8]) {
+    with_ctx(|ctx| match responses::translate(&mut data.to_vec(), ctx) {
+        Ok(plan) => {
+            let body = plan.upstream().body();
+            if let Err(err) = serde_json::from_slice::<serde_json::Value>(&body) {
+                panic!(
+                    "upstream body is not JSON ({err}): {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+        }
+        Err(e) => check_client_error(&e, Protocol::OpenAi),
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Upstream event sequences → client streams
+// ---------------------------------------------------------------------------------------
+
+/// Reads fuzz bytes as choices; zeros once exhausted.
+struct Choices<'a> {
+    data: &'a [u8],
+}
+
+impl Choices<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((&b, rest)) => {
+                self.data = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// A short string: `len` byte then that many bytes (lossy UTF-8), sometimes a fixed
+    /// interesting one.
+    fn text(&mut self) -> String {
+        let n = usize::from(self.byte() % 24);
+        match n {
+            20 => "\"quoted\\\" \n\r\t</script>".to_owned(),
+            21 => "héllo → 世界 🎉".to_owned(),
+            22 => "\u{2028}\u{0}\u{1f}".to_owned(),
+            23 => String::new(),
+            _ => {
+                let take = n.min(self.data.len());
+                let (s, rest) = self.data.split_at(take);
+                self.data = rest;
+                String::from_utf8_lossy(s).into_owned()
+            }
+        }
+    }
+
+    /// An output index: mostly small, sometimes absurd.
+    fn index(&mut self) -> u32 {
+        match self.byte() {
+            250 => u32::MAX,
+            251 => 1 << 20,
+            b => u32::from(b % 6),
+        }
+    }
+
+    fn name(&mut self) -> String {
+        match self.byte() % 5 {
+            0 => "bash".to_owned(),
+            1 => "read_file".to_owned(),
+            2 => "mcp__server__a_very_long_tool_name_that_needs_shortening_upstream_x".to_owned(),
+            3 => String::new(),
+            _ => self.text(),
+        }
+    }
+}
+
+/// The upstream SSE body described by `c`: a sequence of Codex backend events.
+fn upstream_events(c: &mut Choices<'_>) -> Vec<u8> {
+    use serde_json::json;
+    let mut out = Vec::new();
+    let push = |out: &mut Vec<u8>, ev: serde_json::Value| {
+        let ty = ev["type"].as_str().unwrap_or("x").to_owned();
+        out.extend_from_slice(format!("event: {ty}\ndata: {ev}\n\n").as_bytes());
+    };
+    let mut raw = Vec::new();
+    let mut n = 0;
+    while !c.done() && n < 64 {
+        n += 1;
+        let op = c.byte() % 18;
+        let i = c.index();
+        let usage = json!({"input_tokens": c.byte(), "output_tokens": c.byte(), "total_tokens": 300, "input_tokens_details": {"cached_tokens": c.byte()}, "output_tokens_details": {"reasoning_tokens": 1}});
+        match op {
+            0 => push(
+                &mut out,
+                json!({"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}}),
+            ),
+            1 => push(
+                &mut out,
+                json!({"type": "response.output_item.added", "output_index": i, "item": {"type": "message", "id": "msg_1", "role": "assistant", "phase": if c.byte().is_multiple_of(2) {"final_answer"} else {"commentary"}, "content": []}}),
+            ),
+            2 => push(
+                &mut out,
+                json!({"type": "response.output_text.delta", "output_index": i, "content_index": 0, "delta": c.text()}),
+            ),
+            3 => push(
+                &mut out,
+                json!({"type": "response.output_item.done", "output_index": i, "item": {"type": "message", "id": "msg_1", "role": "assistant", "content": [{"type": "output_text", "text": c.text()}, {"type": "refusal", "refusal": c.text()}]}}),
+            ),
+            4 => push(
+                &mut out,
+                json!({"type": "response.output_item.added", "output_index": i, "item": {"type": "reasoning", "id": c.text(), "summary": []}}),
+            ),
+            5 => push(
+                &mut out,
+                json!({"type": "response.reasoning_summary_part.added", "output_index": i, "summary_index": c.byte() % 3}),
+            ),
+            6 => push(
+                &mut out,
+                json!({"type": "response.reasoning_summary_text.delta", "output_index": i, "summary_index": c.byte() % 3, "delta": c.text()}),
+            ),
+            7 => push(
+                &mut out,
+                json!({"type": "response.output_item.done", "output_index": i, "item": {"type": "reasoning", "id": c.text(), "encrypted_content": c.text(), "summary": [{"type": "summary_text", "text": c.text()}]}}),
+            ),
+            8 => push(
+                &mut out,
+                json!({"type": "response.output_item.added", "output_index": i, "item": {"type": if c.byte().is_multiple_of(4) {"custom_tool_call"} else {"function_call"}, "call_id": c.text(), "name": c.name(), "arguments": ""}}),
+            ),
+            9 => push(
+                &mut out,
+                json!({"type": "response.function_call_arguments.delta", "output_index": i, "delta": c.text()}),
+            ),
+            10 => push(
+                &mut out,
+                json!({"type": "response.output_item.done", "output_index": i, "item": {"type": if c.byte().is_multiple_of(4) {"custom_tool_call"} else {"function_call"}, "call_id": c.text(), "name": c.name(), "arguments": c.text(), "input": c.text()}}),
+            ),
+            11 => push(
+                &mut out,
+                json!({"type": "response.refusal.delta", "output_index": i, "delta": c.text()}),
+            ),
+            12 => push(
+                &mut out,
+                json!({"type": "response.output_item.done", "output_index": i, "item": {"type": "web_search_call", "id": c.text(), "status": "completed", "action": {"type": "search", "query": c.text(), "sources": [{"type": "url", "url": c.text(), "title": c.text()}]}}}),
+            ),
+            13 => push(
+                &mut out,
+                json!({"type": "response.output_text.annotation.added", "output_index": i, "annotation": {"type": "url_citation", "url": c.text(), "title": c.text(), "start_index": c.byte(), "end_index": c.byte()}}),
+            ),
+            14 => match c.byte() % 6 {
+                0 => push(
+                    &mut out,
+                    json!({"type": "response.completed", "response": {"id": "resp_1", "status": "completed", "usage": usage}}),
+                ),
+                1 => push(
+                    &mut out,
+                    json!({"type": "response.incomplete", "response": {"id": "resp_1", "status": "incomplete", "incomplete_details": {"reason": c.text()}, "usage": usage}}),
+                ),
+                2 => push(
+                    &mut out,
+                    json!({"type": "response.failed", "response": {"id": "resp_1", "status": "failed", "error": {"code": "context_length_exceeded", "message": c.text()}, "usage": usage}}),
+                ),
+                3 => push(
+                    &mut out,
+                    json!({"type": "response.failed", "response": {"id": "resp_1", "status": "failed", "error": {"code": c.text(), "message": c.text()}}}),
+                ),
+                4 => push(
+                    &mut out,
+                    json!({"type": "error", "code": c.text(), "message": c.text(), "param": null}),
+                ),
+                _ => push(
+                    &mut out,
+                    json!({"type": "response.completed", "response": {"id": "resp_1"}}),
+                ),
+            },
+            15 => push(
+                &mut out,
+                json!({"type": "response.output_item.done", "output_index": i, "item": {"type": "compaction", "id": c.text(), "encrypted_content": c.text()}}),
+            ),
+            16 => {
+                // A data line that is not JSON (the decoder must refuse it, not panic).
+                raw.clear();
+                raw.extend_from_slice(b"data: ");
+                raw.extend(c.text().bytes().filter(|&b| b != b'\n' && b != b'\r'));
+                raw.extend_from_slice(b"\n\n");
+                out.extend_from_slice(&raw);
+            }
+            _ => out.extend_from_slice(b": comment\n\n"),
+        }
+    }
+    out
+}
+
+/// How a stream ended, by the same rules as `body::Translate`: every event is parsed,
+/// decoded and encoded; a failure before the terminal event becomes one `fail` frame; EOF
+/// without a terminal event is an incomplete-stream failure.
+fn translate_stream<E: Encoder>(mut encoder: E, upstream: &[u8], protocol: Protocol) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encoder.begin(&mut out);
+    let mut parser = SseParser::new(1 << 20);
+    parser.push(upstream);
+    parser.push(b"\n\n");
+    let mut decoder = Decoder::new();
+    let prompt = PromptSize {
+        tokens: 10,
+        window: 272_000,
+    };
+    let mut ended = false;
+    while !ended {
+        let ev = match parser.next_event() {
+            Ok(Some(ev)) => ev,
+            Ok(None) => break,
+            Err(e) => {
+                let err = Error::new(
+                    crate::error::ErrorKind::BadGateway,
+                    format!("upstream stream: {e}"),
+                );
+                encoder.fail(&err, &mut out);
+                ended = true;
+                continue;
+            }
+        };
+        encoder.raw(ev.event, ev.data, &mut out);
+        let mut failure = None;
+        let mut terminal = false;
+        let decoded = decoder.decode(ev.data, |d| match d {
+            Delta::Failed { code, message, .. } | Delta::Error { code, message } => {
+                failure = Some(failure::from_terminal(*code, *message, protocol, || {
+                    PromptSize {
+                        tokens: prompt.tokens,
+                        window: prompt.window,
+                    }
+                }));
+            }
+            _ => {
+                terminal |= d.is_terminal();
+                encoder.delta(d, &mut out);
+            }
+        });
+        if decoded.is_err() {
+            failure = Some(Error::new(
+                crate::error::ErrorKind::BadGateway,
+                "upstream sent an event that is not valid JSON",
+            ));
+        }
+        if let Some(err) = failure {
+            encoder.fail(&err, &mut out);
+            ended = true;
+        } else if terminal {
+            ended = true;
+        }
+    }
+    if !ended {
+        encoder.fail(&failure::incomplete_stream(), &mut out);
+    }
+    out.to_vec()
+}
+
+/// The same upstream body through the non-stream aggregator: a completed or incomplete
+/// response renders to one JSON object.
+fn check_non_stream(plan: &impl Plan, upstream: &[u8]) {
+    use crate::upstream::collect::{Collected, Finish};
+    let mut parser = SseParser::new(1 << 20);
+    parser.push(upstream);
+    parser.push(b"\n\n");
+    let mut decoder = Decoder::new();
+    let mut collected = Collected::new();
+    while let Ok(Some(ev)) = parser.next_event() {
+        if decoder.decode(ev.data, |d| collected.push(d)).is_err() {
+            return;
+        }
+        if collected.finish != Finish::Open {
+            break;
+        }
+    }
+    if matches!(collected.finish, Finish::Completed | Finish::Incomplete(_)) {
+        let body = plan.render(&collected);
+        if let Err(e) = serde_json::from_slice::<serde_json::Value>(&body) {
+            panic!(
+                "non-stream answer is not JSON ({e}): {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+}
+
+/// The client stream as (event name, data) pairs; panics unless it is well-formed SSE.
+fn client_frames(stream: &[u8]) -> Vec<(String, String)> {
+    assert!(
+        stream.is_empty() || stream.ends_with(b"\n\n"),
+        "the stream does not end with a complete frame"
+    );
+    let mut p = SseParser::new(1 << 24);
+    p.push(stream);
+    let mut frames = Vec::new();
+    loop {
+        match p.next_event() {
+            Ok(Some(e)) => frames.push((
+                String::from_utf8(e.event.to_vec())
+                    .unwrap_or_else(|_| panic!("event name not UTF-8")),
+                String::from_utf8(e.data.to_vec()).unwrap_or_else(|_| panic!("data not UTF-8")),
+            )),
+            Ok(None) => break,
+            Err(e) => panic!("client stream is not valid SSE: {e:?}"),
+        }
+    }
+    assert_eq!(p.buffered(), 0, "bytes after the last frame");
+    frames
+}
+
+fn json_of(data: &str) -> serde_json::Value {
+    serde_json::from_str(data).unwrap_or_else(|e| panic!("frame data is not JSON ({e}): {data}"))
+}
+
+const CHAT_BODIES: [&str; 4] = [
+    r#"{"model":"gpt-5.5","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    r#"{"model":"gpt-5.5","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"bash","parameters":{"type":"object"}}},{"type":"function","function":{"name":"mcp__server__a_very_long_tool_name_that_needs_shortening_upstream_x"}}]}"#,
+    r#"{"model":"gpt-5.5","stream":true,"messages":[{"role":"user","content":"hi"}],"functions":[{"name":"bash"}]}"#,
+    r#"{"model":"o3","stream":true,"reasoning_effort":"high","messages":[{"role":"user","content":"hi"}]}"#,
+];
+
+const MESSAGES_BODIES: [&str; 4] = [
+    r#"{"model":"claude-sonnet-4-5","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    r#"{"model":"claude-sonnet-4-5","max_tokens":100,"stream":true,"thinking":{"type":"enabled","budget_tokens":2000},"messages":[{"role":"user","content":"hi"}],"tools":[{"name":"bash","input_schema":{"type":"object"}},{"name":"mcp__server__a_very_long_tool_name_that_needs_shortening_upstream_x","input_schema":{"type":"object"}}]}"#,
+    r#"{"model":"claude-sonnet-4-5","max_tokens":100,"stream":true,"stop_sequences":["ab","\n\n","x"],"messages":[{"role":"user","content":"hi"}]}"#,
+    r#"{"model":"claude-haiku-4-5","max_tokens":100,"stream":true,"thinking":{"type":"enabled","budget_tokens":2000},"stop_sequences":["a"],"tools":[{"type":"web_search_20250305","name":"web_search"}],"messages":[{"role":"user","content":"hi"}]}"#,
+];
+
+/// Upstream event sequences through the Chat encoder: valid SSE, JSON payloads, one
+/// terminal chunk (`finish_reason` or `error`), then exactly one `[DONE]`, last.
+pub fn events_to_chat(data: &[u8]) {
+    let mut c = Choices { data };
+    let body = CHAT_BODIES[usize::from(c.byte()) % CHAT_BODIES.len()];
+    let Ok(plan) = with_ctx(|ctx| chat::translate(&mut body.as_bytes().to_vec(), ctx)) else {
+        panic!("a fixed Chat request did not translate");
+    };
+    let upstream = upstream_events(&mut c);
+    check_non_stream(&plan, &upstream);
+    let stream = translate_stream(plan.encoder(), &upstream, Protocol::OpenAi);
+    let frames = client_frames(&stream);
+    let mut done = 0;
+    let mut terminal = 0;
+    for (i, (event, data)) in frames.iter().enumerate() {
+        assert!(
+            event.is_empty() || event == "message",
+            "Chat frames carry no event name: {event}"
+        );
+        if data == "[DONE]" {
+            done += 1;
+            assert_eq!(i + 1, frames.len(), "frames after [DONE]");
+            continue;
+        }
+        let v = json_of(data);
+        if v.get("error").is_some() {
+            terminal += 1;
+            continue;
+        }
+        assert_eq!(v["object"], "chat.completion.chunk", "{v}");
+        if let Some(choice) = v["choices"].as_array().and_then(|a| a.first()) {
+            if !choice["finish_reason"].is_null() {
+                terminal += 1;
+            }
+            assert!(choice["delta"].is_object(), "{v}");
+        }
+    }
+    assert_eq!(done, 1, "exactly one [DONE]");
+    assert_eq!(terminal, 1, "exactly one finish_reason or error chunk");
+}
+
+/// Upstream event sequences through the Messages encoder: valid SSE, JSON payloads whose
+/// `type` is the event name, `message_start` first, content blocks started and stopped in
+/// order and balanced, exactly one terminal event (`message_stop` or `error`), last.
+pub fn events_to_messages(data: &[u8]) {
+    let mut c = Choices { data };
+    let body = MESSAGES_BODIES[usize::from(c.byte()) % MESSAGES_BODIES.len()];
+    let Ok(plan) = with_ctx(|ctx| messages::translate(&mut body.as_bytes().to_vec(), ctx)) else {
+        panic!("a fixed Messages request did not translate");
+    };
+    let upstream = upstream_events(&mut c);
+    check_non_stream(&plan, &upstream);
+    let stream = translate_stream(plan.encoder(), &upstream, Protocol::Anthropic);
+    let frames = client_frames(&stream);
+    let mut open: Option<u64> = None;
+    let mut next = 0u64;
+    let mut terminal = 0;
+    let mut message_delta = 0;
+    for (i, (event, data)) in frames.iter().enumerate() {
+        let v = json_of(data);
+        assert_eq!(
+            v["type"].as_str(),
+            Some(event.as_str()),
+            "event name and type differ: {data}"
+        );
+        if i == 0 {
+            assert_eq!(
+                event, "message_start",
+                "the stream starts with message_start"
+            );
+        }
+        match event.as_str() {
+            "content_block_start" => {
+                assert_eq!(open, None, "a block started while another is open");
+                assert_eq!(
+                    v["index"].as_u64(),
+                    Some(next),
+                    "block indices are consecutive"
+                );
+                open = Some(next);
+                next += 1;
+            }
+            "content_block_delta" => {
+                assert!(
+                    open.is_some() && v["index"].as_u64() == open,
+                    "delta outside its block: {data}"
+                );
+            }
+            "content_block_stop" => {
+                assert!(
+                    open.is_some() && v["index"].as_u64() == open,
+                    "stop of a block that is not open: {data}"
+                );
+                open = None;
+            }
+            "message_delta" => {
+                assert_eq!(open, None, "message_delta with a block open");
+                message_delta += 1;
+            }
+            "message_stop" | "error" => {
+                terminal += 1;
+                assert_eq!(i + 1, frames.len(), "frames after the terminal event");
+                assert_eq!(open, None, "the stream ended with a content block open");
+            }
+            "message_start" => assert_eq!(i, 0, "a second message_start"),
+            "ping" => {}
+            other => panic!("unknown Anthropic event {other}"),
+        }
+    }
+    assert_eq!(terminal, 1, "exactly one terminal event");
+    assert!(message_delta <= 1, "more than one message_delta");
+}
+
+// ---------------------------------------------------------------------------------------
+// auth.json
+// ---------------------------------------------------------------------------------------
+
+/// Any bytes as `auth.json`: parsed or refused with a message free of token text; a
+/// refresh write-back keeps every other key and parses back to the new tokens; Debug
+/// never shows a token.
+pub fn auth_json(data: &[u8]) {
+    use crate::auth::file;
+    match file::parse(data) {
+        Err(why) => {
+            let text = why.describe(std::path::Path::new("/x/auth.json"));
+            assert!(text.contains("/x/auth.json"), "{text}");
+        }
+        Ok((mut doc, tokens)) => {
+            let dbg = format!("{tokens:?}");
+            for secret in [
+                Some(&tokens.access_token),
+                tokens.refresh_token.as_ref(),
+                tokens.id_token.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if secret.len() >= 4 {
+                    assert!(!dbg.contains(secret.as_str()), "Debug shows a token: {dbg}");
+                }
+            }
+            let _ = crate::auth::claims::Claims::decode(&tokens.access_token);
+            let before = doc.clone();
+            file::apply_refresh(
+                &mut doc,
+                None,
+                Some("at-new"),
+                Some("rt-new"),
+                (1_700_000_000, 5),
+            );
+            let bytes =
+                serde_json::to_vec_pretty(&doc).unwrap_or_else(|e| panic!("serialize: {e}"));
+            let Ok((_, again)) = file::parse(&bytes) else {
+                panic!("a written-back auth.json does not parse");
+            };
+            assert_eq!(again.access_token, "at-new");
+            assert_eq!(again.refresh_token.as_deref(), Some("rt-new"));
+            assert_eq!(again.last_refresh, Some(1_700_000_000));
+            if let (Some(a), Some(b)) = (before.as_object(), doc.as_object()) {
+                for (k, v) in a {
+                    if k != "tokens" && k != "last_refresh" {
+                        assert_eq!(b.get(k), Some(v), "write-back lost key {k}");
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

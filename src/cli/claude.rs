@@ -220,6 +220,7 @@ pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Option<String>) {
         reasoning_field,
         drain_secs,
         header_timeout_secs,
+        cors_allow_origin,
     } = args;
     let mut argv: Vec<OsString> = vec!["serve".into()];
     let mut flag = |name: &str, value: Option<OsString>| {
@@ -252,6 +253,9 @@ pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Option<String>) {
     flag("reasoning-field", s(reasoning_field));
     flag("drain-secs", n(drain_secs));
     flag("header-timeout-secs", n(header_timeout_secs));
+    for origin in cors_allow_origin {
+        flag("cors-allow-origin", Some(origin.into()));
+    }
     for (on, name) in [
         (*insecure_no_auth, "--insecure-no-auth"),
         (*demo, "--demo"),

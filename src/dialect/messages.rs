@@ -932,7 +932,14 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
                 {
                     write_json(&mut first_content, c);
                 }
-                let r = match str_field(m, "role").unwrap_or("user") {
+                let role = str_field(m, "role").unwrap_or("user");
+                if !lenient && !matches!(role, "user" | "assistant" | "system" | "developer") {
+                    return Err(Error::bad_request(format!(
+                        "messages.{i}.role: unknown role {role:?}; use \"user\" or \"assistant\""
+                    ))
+                    .with_param(format!("messages.{i}.role")));
+                }
+                let r = match role {
                     "assistant" => t.assistant(content, i),
                     "system" | "developer" => {
                         if let Some(e) =
@@ -1720,6 +1727,11 @@ impl Encoder for MessagesEncoder {
     fn fail(&mut self, err: &Error, out: &mut BytesMut) {
         if self.finished {
             return;
+        }
+        // Close the open block so the stream stays balanced (start/stop) up to the error.
+        if self.open != Open::None {
+            block_stop(out, self.current());
+            self.open = Open::None;
         }
         out.put_slice(b"event: error\ndata: ");
         out.put_slice(&err.anthropic_json());
@@ -2831,8 +2843,10 @@ mod tests {
               {"type":"web_search_tool_result","tool_use_id":"srvtoolu_1","content":[{"type":"web_search_result","url":"https://hyper.rs","title":"hyper","encrypted_content":"Eqg","page_age":"2 days ago"}]},
               {"type":"code_execution_tool_result","tool_use_id":"x","content":{}},
               {"type":"mystery"}]},
-            {"role":"tool","content":"odd role"}
+            {"role":"user","content":"odd role"}
         ]));
+        let m = bad(&env, &cc_body(json!([{"role":"tool","content":"x"}])));
+        assert!(m.contains("unknown role \"tool\""), "{m}");
         for (k, v) in [
             ("safeguards", json!([{"type":"dangerous_tool_use"}])),
             ("temperature", json!(0.7)),
@@ -3372,11 +3386,12 @@ mod tests {
                 "start0:text",
                 "text_delta0:hal",
                 "ping",
+                "stop0",
                 "error"
             ]
         );
         assert_eq!(
-            f[5],
+            f[6],
             json!({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}})
         );
     }

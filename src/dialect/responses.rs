@@ -1255,6 +1255,8 @@ fn kind_code(kind: ErrorKind) -> &'static str {
         ErrorKind::NotFound => "not_found",
         ErrorKind::ModelNotFound => "model_not_found",
         ErrorKind::PayloadTooLarge => "request_too_large",
+        ErrorKind::RequestTimeout => "request_timeout",
+        ErrorKind::HeadersTooLarge => "request_header_fields_too_large",
         ErrorKind::UsageLimit | ErrorKind::QuotaExceeded => "insufficient_quota",
         ErrorKind::RateLimited => "rate_limit_exceeded",
         ErrorKind::Overloaded => "server_is_overloaded",

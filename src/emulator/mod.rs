@@ -29,7 +29,7 @@ mod tokens;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -226,6 +226,12 @@ impl Emulator {
             .collect()
     }
 
+    /// SSE answers currently being played out: one that stays above 0 after the proxy's
+    /// client left means the upstream request leaked.
+    pub fn live_streams(&self) -> usize {
+        self.shared.live_streams.load(Ordering::Acquire)
+    }
+
     /// Makes every access token issued so far invalid.
     pub fn revoke_access_tokens(&self) {
         lock(&self.shared.tokens).access.clear();
@@ -271,6 +277,7 @@ struct Shared {
     account_id: String,
     user_id: String,
     counters: Counters,
+    live_streams: Arc<AtomicUsize>,
     /// The latest [`MAX_RECORDED`] requests.
     recorded: Mutex<VecDeque<Arc<Recorded>>>,
     tokens: Mutex<tokens::Registry>,
@@ -297,6 +304,7 @@ impl Shared {
             account_id: uuid_like(),
             user_id: format!("user-{}", random_alnum(24)),
             counters: Counters::default(),
+            live_streams: Arc::new(AtomicUsize::new(0)),
             recorded: Mutex::new(VecDeque::new()),
             tokens: Mutex::new(tokens::Registry::default()),
             oauth: Mutex::new(oauth::Registry::default()),

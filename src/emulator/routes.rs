@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::rules::{self, seal};
 use super::script::{self, Reply};
-use super::stream::EmuBody;
+use super::stream::{EmuBody, LiveStream};
 use super::{Recorded, Shared, lock, now_secs, random_hex};
 
 /// Bodies above this are refused (the real backend's limit is far below it).
@@ -223,7 +223,9 @@ async fn responses(req: Request<Incoming>, shared: &Shared) -> Resp {
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }
-            let mut resp = Response::new(EmuBody::Script(sse.into_body(shared.chunking)));
+            let mut resp = Response::new(EmuBody::Script(
+                sse.into_body(shared.chunking, LiveStream::new(&shared.live_streams)),
+            ));
             resp.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 HeaderValue::from_static("text/event-stream; charset=utf-8"),

@@ -671,6 +671,13 @@ pub(super) fn respond(shared: &Shared, req: &Request<'_>) -> Reply {
             );
         }
         "503" => return status(503, overloaded(), Some(1)),
+        "403" => {
+            return status(
+                403,
+                json!({"detail": "You do not have access to this resource."}),
+                None,
+            );
+        }
         "500" => {
             return status(
                 500,

@@ -12,6 +12,8 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -134,8 +136,25 @@ impl Sse {
         self.steps.push(Step::Cut);
     }
 
-    pub(super) fn into_body(self, chunking: Chunking) -> ScriptBody {
-        ScriptBody::new(self.steps, self.chunking.unwrap_or(chunking))
+    pub(super) fn into_body(self, chunking: Chunking, live: LiveStream) -> ScriptBody {
+        ScriptBody::new(self.steps, self.chunking.unwrap_or(chunking), live)
+    }
+}
+
+/// Counts one SSE body in [`super::Emulator::live_streams`] until it is dropped (played out,
+/// or abandoned because the client hung up): tests observe upstream cancellation with it.
+pub(super) struct LiveStream(Arc<AtomicUsize>);
+
+impl LiveStream {
+    pub(super) fn new(counter: &Arc<AtomicUsize>) -> LiveStream {
+        counter.fetch_add(1, Ordering::AcqRel);
+        LiveStream(Arc::clone(counter))
+    }
+}
+
+impl Drop for LiveStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -145,10 +164,11 @@ pub(super) struct ScriptBody {
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     per_event: bool,
     yield_next: bool,
+    _live: LiveStream,
 }
 
 impl ScriptBody {
-    fn new(steps: Vec<Step>, chunking: Chunking) -> ScriptBody {
+    fn new(steps: Vec<Step>, chunking: Chunking, live: LiveStream) -> ScriptBody {
         let per_event = chunking == Chunking::PerEvent;
         let steps: VecDeque<Step> = if per_event {
             steps.into()
@@ -189,6 +209,7 @@ impl ScriptBody {
             sleep: None,
             per_event,
             yield_next: false,
+            _live: live,
         }
     }
 }
@@ -350,7 +371,13 @@ mod tests {
             s.text_delta("msg_1", 0, &format!("{STAMP_PLACEHOLDER}b "));
             s.text_delta("msg_1", 0, "unstamped");
             let before = crate::emulator::clock_ns();
-            let bytes = s.into_body(chunking).collect().await.unwrap().to_bytes();
+            let live = LiveStream::new(&Arc::new(AtomicUsize::new(0)));
+            let bytes = s
+                .into_body(chunking, live)
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes();
             let stamps = stamps_in(&bytes);
             assert_eq!(stamps.len(), 2, "{chunking:?}");
             assert!(

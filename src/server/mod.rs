@@ -3,12 +3,14 @@
 //! Owns: `State` (config, the pooled upstream client, the token store, the catalog, live
 //! stream count, the latest rate-limit snapshot), binding with the safety rule for
 //! non-loopback addresses, the accept loop (hyper-util auto builder: HTTP/1.1 and h2, header
-//! read timeout, header size limit, back-off on accept errors) and graceful shutdown (stop
-//! accepting, drain in-flight streams for a bounded time).
+//! read timeout, header size limit, back-off on accept errors; the first head of each
+//! connection goes through `head` so a slow or huge one gets a protocol-shaped 408/431) and
+//! graceful shutdown (stop accepting, drain in-flight streams for a bounded time).
 //!
 //! Does not own: routing and guards (`route`), running one proxied request (`pipeline`),
 //! the per-request log line (`reqlog`).
 
+pub mod head;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod reqlog;
@@ -139,12 +141,13 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.header_timeout)
-        .max_buf_size(256 * 1024)
+        .max_buf_size(4 * head::MAX_HEAD_BYTES)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(256 * 1024);
+        .max_header_list_size(4 * head::MAX_HEAD_BYTES as u32);
+    let builder = Arc::new(builder);
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -166,16 +169,28 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         };
         let _ = stream.set_nodelay(true);
         let st = Arc::clone(&state);
-        let service = hyper::service::service_fn(move |req| {
-            let st = Arc::clone(&st);
-            async move { Ok::<_, std::convert::Infallible>(route::handle(st, req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = Arc::clone(&builder);
+        let watcher = graceful.watcher();
+        let mut stopping = stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let mut stream = stream;
+            let limit = st.config.header_timeout;
+            // A connection still sending its first head when shutdown starts is not in flight.
+            let first = tokio::select! {
+                first = head::read_first(&mut stream, limit, head::MAX_HEAD_BYTES) => first,
+                _ = stopping.changed() => return,
+            };
+            let prefix = match first {
+                head::FirstHead::Ready(prefix) => prefix,
+                head::FirstHead::Gone | head::FirstHead::Refused => return,
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let st = Arc::clone(&st);
+                async move { Ok::<_, std::convert::Infallible>(route::handle(st, req, peer).await) }
+            });
+            let io = TokioIo::new(head::Rewind::new(prefix, stream));
+            let conn = builder.serve_connection_with_upgrades(io, service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

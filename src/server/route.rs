@@ -2,7 +2,8 @@
 //!
 //! Owns: the endpoint table, choosing the error protocol for a request, the guards (Host
 //! check against DNS rebinding on loopback binds, the inbound API key compared in constant
-//! time, the body size limit), reading the body, `/health`, `/v1/models`, and rendering an
+//! time, the body size limit), CORS (only for origins on the configured allow-list:
+//! preflights and response headers; none at all by default), reading the body, `/health`, `/v1/models`, and rendering an
 //! `Error` as a response.
 
 use std::net::SocketAddr;
@@ -108,7 +109,73 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
         .then(|| &auth[prefix.len()..])
 }
 
+/// The request's `Origin` when the CORS allow-list admits it.
+fn allowed_origin(state: &State, headers: &HeaderMap) -> Option<HeaderValue> {
+    let list = &state.config.cors_origins;
+    if list.is_empty() {
+        return None;
+    }
+    let origin = headers.get(header::ORIGIN)?;
+    let text = origin.to_str().ok()?;
+    list.iter()
+        .any(|o| o == "*" || o.eq_ignore_ascii_case(text))
+        .then(|| origin.clone())
+}
+
+/// A CORS preflight from an allowed origin: 204 with what the browser asked for.
+fn preflight(origin: HeaderValue, headers: &HeaderMap) -> Response<RespBody> {
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    let asked = headers
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_static(
+                "authorization, content-type, x-api-key, anthropic-version, anthropic-beta",
+            )
+        });
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked);
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    resp
+}
+
 fn guard(state: &State, req: &Request<Incoming>, path: &str) -> Result<(), Error> {
+    head_size_guard(req)?;
+    host_guard(state, req)?;
+    key_guard(state, req, path)
+}
+
+/// Headers over the limit on a keep-alive connection (the first request of a connection is
+/// checked in `server::head`; hyper's own buffer, a few times larger, is the last resort).
+fn head_size_guard(req: &Request<Incoming>) -> Result<(), Error> {
+    let max = super::head::MAX_HEAD_BYTES;
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if size > max {
+        return Err(Error::new(
+            ErrorKind::HeadersTooLarge,
+            format!("request headers are larger than the limit of {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// On loopback binds, refuse requests addressed to a foreign name (DNS rebinding).
+fn host_guard(state: &State, req: &Request<Incoming>) -> Result<(), Error> {
     if state.config.host.is_loopback() {
         let host = req
             .uri()
@@ -131,6 +198,11 @@ fn guard(state: &State, req: &Request<Incoming>, path: &str) -> Result<(), Error
             ));
         }
     }
+    Ok(())
+}
+
+/// With a key configured, every endpoint but `/health` (and the bare liveness probe) needs it.
+fn key_guard(state: &State, req: &Request<Incoming>, path: &str) -> Result<(), Error> {
     if let Some(key) = &state.config.api_key
         && path != "/health"
         && path != "/api/hello"
@@ -185,11 +257,34 @@ pub async fn handle(
     let method = req.method().clone();
     let protocol = protocol_of(&path, req.headers());
     let started = std::time::Instant::now();
-    let (mut resp, failed) =
-        match dispatch(&state, req, &path, &method, protocol, &request_id).await {
+    let origin = allowed_origin(&state, req.headers());
+    let (mut resp, failed) = match (&origin, &method) {
+        // Preflights carry no credentials: answer them before the API key check (the
+        // Host check still applies).
+        (Some(o), &Method::OPTIONS)
+            if req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) =>
+        {
+            match host_guard(&state, &req) {
+                Ok(()) => (preflight(o.clone(), req.headers()), None),
+                Err(e) => (error_response(&e, protocol, &request_id), Some(e)),
+            }
+        }
+        _ => match dispatch(&state, req, &path, &method, protocol, &request_id).await {
             Ok(r) => (r, None),
             Err(e) => (error_response(&e, protocol, &request_id), Some(e)),
-        };
+        },
+    };
+    if let Some(o) = origin {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("request-id, x-request-id, retry-after"),
+        );
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
     let mut log = super::reqlog::RequestLog {
         status: resp.status().as_u16(),
         meter: resp.extensions_mut().remove::<Arc<super::reqlog::Meter>>(),

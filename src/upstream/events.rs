@@ -335,6 +335,9 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
+/// Output items tracked per response (see `dispatch`).
+const MAX_OUTPUT_ITEMS: usize = 4096;
+
 /// Turns upstream events into `Delta`s. One per upstream response; reuse across events.
 #[derive(Default)]
 pub struct Decoder {
@@ -342,6 +345,8 @@ pub struct Decoder {
     buffers: Option<simd_json::Buffers>,
     tape: Option<simd_json::tape::Tape<'static>>,
     slots: Vec<Slot>,
+    /// Stand-in slot for indices at or above `MAX_OUTPUT_ITEMS`.
+    overflow: Slot,
     /// `output_index` of the current message for `Text` when the upstream omits it.
     response_id: String,
 }
@@ -358,6 +363,11 @@ impl Decoder {
 
     fn slot(&mut self, index: u32) -> &mut Slot {
         let i = index as usize;
+        if i >= MAX_OUTPUT_ITEMS {
+            // An absurd `output_index` must not size a table: such an item is ignored.
+            self.overflow = Slot::Other;
+            return &mut self.overflow;
+        }
         if self.slots.len() <= i {
             self.slots.resize(i + 1, Slot::Unseen);
         }
@@ -415,6 +425,19 @@ impl Decoder {
         F: FnMut(&Delta<'_>),
     {
         let index = ev.output_index.unwrap_or(0);
+        // An absurd `output_index` must not size the per-item tables (here and in every
+        // aggregator): such an item is ignored. A real response has a handful of items.
+        let whole_response = matches!(
+            ev.kind,
+            "response.created"
+                | "response.completed"
+                | "response.incomplete"
+                | "response.failed"
+                | "error"
+        );
+        if index as usize >= MAX_OUTPUT_ITEMS && !whole_response {
+            return;
+        }
         match ev.kind {
             "response.output_text.delta" => {
                 let text = ev.delta.unwrap_or("");
