@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 
-use crate::dialect::{Ctx, chat, messages};
+use crate::dialect::{Ctx, chat, messages, responses};
 use crate::error::{Error, ErrorKind, Protocol};
 use crate::server::{State, pipeline};
 
@@ -231,6 +231,16 @@ async fn dispatch(
                 headers: &headers,
             };
             let plan = chat::translate(&mut body, &ctx)?;
+            Ok(pipeline::run(state, plan, request_id).await)
+        }
+        (&Method::POST, "/v1/responses") | (&Method::POST, "/responses") => {
+            let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
+            let ctx = Ctx {
+                config: &state.config,
+                catalog: &state.catalog,
+                headers: &headers,
+            };
+            let plan = responses::translate(&mut body, &ctx)?;
             Ok(pipeline::run(state, plan, request_id).await)
         }
         (&Method::POST, "/v1/messages") | (&Method::POST, "/messages") => {
