@@ -15,11 +15,12 @@ fi
 export CODEX_AS_API_TEST_PYTHON="$venv/bin/python"
 
 node_dir="$root/tests/e2e/node"
-if [ ! -x "$node_dir/node_modules/.bin/claude" ]; then
-  echo "== installing Claude Code for the end-to-end test ($node_dir)"
+if [ ! -x "$node_dir/node_modules/.bin/claude" ] || [ ! -x "$node_dir/node_modules/.bin/codex" ]; then
+  echo "== installing Claude Code and the Codex CLI for the end-to-end tests ($node_dir)"
   (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 export CODEX_AS_API_TEST_CLAUDE="$node_dir/node_modules/.bin/claude"
+export CODEX_AS_API_TEST_CODEX="$node_dir/node_modules/.bin/codex"
 
 echo "== cargo test (all targets, benches run once as smoke tests)"
 cargo test --all-targets "$@"

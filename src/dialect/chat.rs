@@ -227,6 +227,7 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ChatPlan, Error> {
         include_sources: field(&root, "web_search_options").is_some(),
         subagent,
         memgen,
+        compaction: false,
     };
     Ok(ChatPlan {
         upstream,

@@ -1073,6 +1073,7 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
         include_sources,
         subagent: None,
         memgen: false,
+        compaction: false,
     };
     Ok(MessagesPlan {
         upstream,

@@ -1,5 +1,5 @@
-//! Client protocols: OpenAI Chat Completions (`chat`), Anthropic Messages (`messages`) and
-//! the Responses passthrough (`responses`).
+//! Client protocols: OpenAI Chat Completions (`chat`), Anthropic Messages (`messages`), the
+//! Responses passthrough (`responses`) and remote compaction checkpoints (`compact`).
 //!
 //! Owns: the contract between the server pipeline and a protocol. A dialect turns the
 //! client's JSON into a `Plan` (the `UpstreamRequest` plus everything needed to answer), and
@@ -8,6 +8,7 @@
 //! errors before the head; dialects own bytes.
 
 pub mod chat;
+pub mod compact;
 pub mod messages;
 pub mod responses;
 
@@ -72,6 +73,11 @@ pub trait Plan: Send + Sync + 'static {
     /// The complete non-stream answer (a 200 JSON body). Only called when `collected.finish`
     /// is `Completed` or `Incomplete`; failures become errors in the pipeline.
     fn render(&self, collected: &Collected) -> Vec<u8>;
+    /// A last check of a complete non-stream answer before `render` (compaction requires
+    /// exactly one compaction item); an error is answered instead of the render.
+    fn check(&self, _collected: &Collected) -> Result<(), Error> {
+        Ok(())
+    }
     /// Content type of the streamed answer.
     fn stream_content_type(&self) -> &'static str {
         "text/event-stream"

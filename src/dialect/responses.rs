@@ -287,6 +287,7 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ResponsesPlan, Error>
         include_sources,
         subagent,
         memgen,
+        compaction: false,
     };
     Ok(ResponsesPlan {
         upstream,

@@ -592,6 +592,21 @@ pub(super) fn respond(shared: &Shared, req: &Request<'_>) -> Reply {
     let last_type = last.map(item_type).unwrap_or("");
 
     if last_type == "compaction_trigger" {
+        // `EMU:no-compaction-v2` in a user message: answer like a backend without the v2
+        // beta (the client then has to fall back to `/responses/compact`).
+        let v2_off = items.iter().any(|i| {
+            item_type(i) == "message"
+                && content_text(i.get("content"))
+                    .0
+                    .contains("EMU:no-compaction-v2")
+        });
+        if v2_off {
+            return status(
+                400,
+                json!({"detail": "Invalid input item type: 'compaction_trigger'."}),
+                None,
+            );
+        }
         let mut t = Turn::new(shared, req, None);
         t.start();
         t.compaction();

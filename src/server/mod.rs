@@ -10,6 +10,8 @@
 //! Does not own: routing and guards (`route`), running one proxied request (`pipeline`),
 //! the per-request log line (`reqlog`).
 
+pub mod backend;
+pub mod endpoints;
 pub mod head;
 pub mod pipeline;
 pub mod ratelimit;
@@ -31,7 +33,6 @@ use crate::auth::TokenStore;
 use crate::body::StreamCounter;
 use crate::config::Config;
 use crate::error::Error;
-use crate::upstream::catalog::Catalog;
 use crate::upstream::client::{self, HttpClient};
 
 /// Everything a request handler needs; shared by all connections.
@@ -39,7 +40,8 @@ pub struct State {
     pub config: Config,
     pub client: HttpClient,
     pub tokens: Arc<TokenStore>,
-    pub catalog: Catalog,
+    /// The live model catalog (built-in until the backend's is fetched).
+    pub catalog: backend::LiveCatalog,
     pub streams: Arc<StreamCounter>,
     pub started: Instant,
     pub rate_limits: ArcSwapOption<ratelimit::Snapshot>,
@@ -57,7 +59,7 @@ impl State {
             config,
             client,
             tokens,
-            catalog: Catalog::builtin(),
+            catalog: backend::LiveCatalog::default(),
             streams: Arc::new(StreamCounter::default()),
             started: Instant::now(),
             rate_limits: ArcSwapOption::empty(),

@@ -47,7 +47,19 @@ pub async fn run<P: Plan>(state: &Arc<State>, plan: P, request_id: &str) -> Resp
     resp
 }
 
-fn user_agent(config: &crate::config::Config) -> String {
+/// Like `run`, but an error is returned for the caller to handle (compaction falls back).
+pub async fn try_run<P: Plan>(
+    state: &Arc<State>,
+    plan: P,
+    request_id: &str,
+) -> Result<Response<RespBody>, Error> {
+    let meter = Meter::new(plan.client_model(), &plan.upstream().model);
+    let mut resp = run_inner(state, plan, request_id, &meter).await?;
+    resp.extensions_mut().insert(meter);
+    Ok(resp)
+}
+
+pub(crate) fn user_agent(config: &crate::config::Config) -> String {
     format!(
         "codex_cli_rs/{} ({} ; {}) codex-as-api/{}",
         config.client_version,
@@ -62,7 +74,13 @@ fn prompt_size(state: &State, body: &[u8], model: &str) -> PromptSize {
     let window = state
         .config
         .context_window
-        .or_else(|| state.catalog.find(model).map(|m| m.context_window))
+        .or_else(|| {
+            state
+                .catalog
+                .current()
+                .find(model)
+                .map(|m| m.context_window)
+        })
         .unwrap_or(272_000);
     PromptSize {
         tokens: crate::tokens::count_upstream_body(body),
@@ -111,6 +129,9 @@ fn build_request(
     }
     if upstream.memgen {
         b = b.header("x-openai-memgen-request", "true");
+    }
+    if upstream.compaction {
+        b = b.header("x-codex-beta-features", "remote_compaction_v2");
     }
     b.body(Full::new(body))
         .map_err(|e| Error::internal(format!("building the upstream request: {e}")))
@@ -189,6 +210,14 @@ async fn run_inner<P: Plan>(
             }
         };
         super::ratelimit::record(state, resp.headers());
+        if let Some(tag) = resp
+            .headers()
+            .get("x-models-etag")
+            .and_then(|v| v.to_str().ok())
+        {
+            state.catalog.announce(tag);
+            super::backend::refresh_in_background(state);
+        }
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED && recovery < 2 {
             drop(resp);
@@ -255,6 +284,7 @@ async fn run_inner<P: Plan>(
         match collect(resp.into_body(), state.config.stream_idle_timeout).await {
             Ok(c) => match &c.finish {
                 Finish::Completed | Finish::Incomplete(_) => {
+                    plan.check(&c)?;
                     meter.record_usage(&c.usage);
                     return Ok(json_response(StatusCode::OK, plan.render(&c), request_id));
                 }
@@ -295,7 +325,13 @@ fn prompt_size_window(state: &State, model: &str) -> u64 {
     state
         .config
         .context_window
-        .or_else(|| state.catalog.find(model).map(|m| m.context_window))
+        .or_else(|| {
+            state
+                .catalog
+                .current()
+                .find(model)
+                .map(|m| m.context_window)
+        })
         .unwrap_or(272_000)
 }
 
@@ -319,7 +355,7 @@ fn retry_wait(state: &State, err: &Error, attempt: &mut u32) -> Option<Duration>
     Some(wait)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {

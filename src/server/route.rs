@@ -3,8 +3,9 @@
 //! Owns: the endpoint table, choosing the error protocol for a request, the guards (Host
 //! check against DNS rebinding on loopback binds, the inbound API key compared in constant
 //! time, the body size limit), CORS (only for origins on the configured allow-list:
-//! preflights and response headers; none at all by default), reading the body, `/health`, `/v1/models`, and rendering an
-//! `Error` as a response.
+//! preflights and response headers; none at all by default), reading the body, `/health`,
+//! and rendering an `Error` as a response. The non-protocol endpoints (models, images,
+//! inspect, compaction, usage) live in `endpoints`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,9 +15,9 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 
-use crate::dialect::{Ctx, chat, messages};
+use crate::dialect::{Ctx, chat, messages, responses};
 use crate::error::{Error, ErrorKind, Protocol};
-use crate::server::{State, pipeline};
+use crate::server::{State, endpoints, pipeline};
 
 /// The response body type of every route.
 pub type RespBody = UnsyncBoxBody<Bytes, std::convert::Infallible>;
@@ -316,28 +317,66 @@ async fn dispatch(
         ),
         (&Method::GET, "/v1/models") | (&Method::GET, "/models") => Ok(json_response(
             StatusCode::OK,
-            models_list(state, protocol),
+            endpoints::models_list(state, protocol).await,
             request_id,
         )),
         (&Method::GET, p) if p.starts_with("/v1/models/") => {
             let id = &p["/v1/models/".len()..];
-            model_one(state, id, protocol).map(|b| json_response(StatusCode::OK, b, request_id))
+            endpoints::model_one(state, id, protocol)
+                .await
+                .map(|b| json_response(StatusCode::OK, b, request_id))
+        }
+        (&Method::GET, "/usage") | (&Method::GET, "/v1/usage") => endpoints::usage(state)
+            .await
+            .map(|b| json_response(StatusCode::OK, b, request_id)),
+        (&Method::POST, "/v1/images/generations") | (&Method::POST, "/images/generations") => {
+            let (_, body) = read_body(req, state.config.max_body_bytes).await?;
+            endpoints::images(state, &body)
+                .await
+                .map(|b| json_response(StatusCode::OK, b, request_id))
+        }
+        (&Method::POST, "/v1/inspect") | (&Method::POST, "/inspect") => {
+            let (headers, body) = read_body(req, state.config.max_body_bytes).await?;
+            endpoints::inspect(state, &headers, &body, request_id).await
+        }
+        (&Method::POST, "/v1/compact")
+        | (&Method::POST, "/v1/responses/compact")
+        | (&Method::POST, "/responses/compact") => {
+            let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
+            endpoints::compact(state, &headers, &mut body, Protocol::OpenAi, request_id).await
+        }
+        (&Method::POST, "/v1/messages/compact") | (&Method::POST, "/messages/compact") => {
+            let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
+            endpoints::compact(state, &headers, &mut body, Protocol::Anthropic, request_id).await
         }
         (&Method::POST, "/v1/chat/completions") | (&Method::POST, "/chat/completions") => {
             let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
+            let catalog = state.catalog.current();
             let ctx = Ctx {
                 config: &state.config,
-                catalog: &state.catalog,
+                catalog: &catalog,
                 headers: &headers,
             };
             let plan = chat::translate(&mut body, &ctx)?;
             Ok(pipeline::run(state, plan, request_id).await)
         }
-        (&Method::POST, "/v1/messages") | (&Method::POST, "/messages") => {
+        (&Method::POST, "/v1/responses") | (&Method::POST, "/responses") => {
             let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
+            let catalog = state.catalog.current();
             let ctx = Ctx {
                 config: &state.config,
-                catalog: &state.catalog,
+                catalog: &catalog,
+                headers: &headers,
+            };
+            let plan = responses::translate(&mut body, &ctx)?;
+            Ok(pipeline::run(state, plan, request_id).await)
+        }
+        (&Method::POST, "/v1/messages") | (&Method::POST, "/messages") => {
+            let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
+            let catalog = state.catalog.current();
+            let ctx = Ctx {
+                config: &state.config,
+                catalog: &catalog,
                 headers: &headers,
             };
             let plan = messages::translate(&mut body, &ctx)?;
@@ -346,18 +385,15 @@ async fn dispatch(
         (&Method::POST, "/v1/messages/count_tokens")
         | (&Method::POST, "/messages/count_tokens") => {
             let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
+            let catalog = state.catalog.current();
             let ctx = Ctx {
                 config: &state.config,
-                catalog: &state.catalog,
+                catalog: &catalog,
                 headers: &headers,
             };
             let out = messages::count_tokens(&mut body, &ctx)?;
             Ok(json_response(StatusCode::OK, out, request_id))
         }
-        (&Method::POST, "/v1/messages/compact") => Err(Error::new(
-            ErrorKind::NotImplemented,
-            "POST /v1/messages/compact (remote compaction) is not available yet; Claude Code's own /compact works through /v1/messages.",
-        )),
         (_, p) => Err(Error::new(
             ErrorKind::NotFound,
             format!("Unknown endpoint: {method} {p}. See the README for the list of endpoints."),
@@ -371,6 +407,7 @@ fn health(state: &State) -> Vec<u8> {
     let window = c.context_window.unwrap_or_else(|| {
         state
             .catalog
+            .current()
             .find(&c.model)
             .map(|m| m.context_window)
             .unwrap_or(272_000)
@@ -406,79 +443,6 @@ fn health(state: &State) -> Vec<u8> {
     }
     out.push(b'}');
     out
-}
-
-fn model_json(out: &mut Vec<u8>, m: &crate::upstream::catalog::ModelInfo, protocol: Protocol) {
-    use crate::json::{write_str, write_u64};
-    match protocol {
-        Protocol::OpenAi => {
-            out.extend_from_slice(b"{\"id\":");
-            write_str(out, &m.slug);
-            out.extend_from_slice(b",\"object\":\"model\",\"created\":1795500000,\"owned_by\":\"openai\",\"display_name\":");
-            write_str(out, &m.display_name);
-            out.extend_from_slice(b",\"context_window\":");
-            write_u64(out, m.context_window);
-            out.extend_from_slice(b",\"supported_reasoning_levels\":[");
-            for (i, e) in m.efforts.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(out, e);
-            }
-            out.extend_from_slice(b"],\"default_reasoning_level\":");
-            write_str(out, &m.default_effort);
-            out.push(b'}');
-        }
-        Protocol::Anthropic => {
-            out.extend_from_slice(b"{\"type\":\"model\",\"id\":");
-            write_str(out, &m.slug);
-            out.extend_from_slice(b",\"display_name\":");
-            write_str(out, &m.display_name);
-            out.extend_from_slice(
-                b",\"created_at\":\"2026-01-01T00:00:00Z\",\"max_input_tokens\":",
-            );
-            write_u64(out, m.context_window);
-            out.push(b'}');
-        }
-    }
-}
-
-fn models_list(state: &State, protocol: Protocol) -> Vec<u8> {
-    let mut models: Vec<&crate::upstream::catalog::ModelInfo> =
-        state.catalog.models.iter().filter(|m| m.visible).collect();
-    models.sort_by_key(|m| m.priority);
-    let mut out = Vec::with_capacity(256 * models.len() + 64);
-    match protocol {
-        Protocol::OpenAi => out.extend_from_slice(b"{\"object\":\"list\",\"data\":["),
-        Protocol::Anthropic => out.extend_from_slice(b"{\"data\":["),
-    }
-    for (i, m) in models.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        model_json(&mut out, m, protocol);
-    }
-    out.push(b']');
-    if protocol == Protocol::Anthropic {
-        out.extend_from_slice(b",\"has_more\":false,\"first_id\":");
-        crate::json::write_opt_str(&mut out, models.first().map(|m| m.slug.as_str()));
-        out.extend_from_slice(b",\"last_id\":");
-        crate::json::write_opt_str(&mut out, models.last().map(|m| m.slug.as_str()));
-    }
-    out.push(b'}');
-    out
-}
-
-fn model_one(state: &State, id: &str, protocol: Protocol) -> Result<Vec<u8>, Error> {
-    let m = state.catalog.find(id).ok_or_else(|| {
-        Error::new(
-            ErrorKind::ModelNotFound,
-            format!("The model `{id}` does not exist or you do not have access to it."),
-        )
-    })?;
-    let mut out = Vec::with_capacity(256);
-    model_json(&mut out, m, protocol);
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The model catalog: which backend models exist, their windows and reasoning levels.
 //!
-//! Owns: the built-in fallback catalog, model lookup, mapping a client's model name to a
-//! backend slug, and clamping a requested reasoning effort to what a model supports.
+//! Owns: the built-in fallback catalog, parsing the backend's `/codex/models` reply
+//! (codex-backend.md §15) into the same shape, model lookup, and clamping a requested
+//! reasoning effort to what a model supports. Fetching and caching the live catalog is
+//! `server::backend`'s job.
 
 /// Reasoning levels from lowest to highest.
 pub const EFFORTS: [&str; 8] = [
@@ -17,6 +19,7 @@ fn rank(effort: &str) -> Option<usize> {
 pub struct ModelInfo {
     pub slug: String,
     pub display_name: String,
+    pub description: String,
     pub context_window: u64,
     /// Supported efforts, lowest first.
     pub efforts: Vec<String>,
@@ -33,6 +36,7 @@ impl ModelInfo {
         ModelInfo {
             slug: slug.to_owned(),
             display_name: name.to_owned(),
+            description: String::new(),
             context_window: window,
             efforts: efforts.iter().map(|e| (*e).to_owned()).collect(),
             default_effort: "medium".to_owned(),
@@ -42,6 +46,65 @@ impl ModelInfo {
             priority,
             visible: true,
         }
+    }
+
+    fn from_backend(m: &serde_json::Value) -> Option<ModelInfo> {
+        let text = |k: &str| m.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+        let slug = text("slug");
+        if slug.is_empty() {
+            return None;
+        }
+        let mut efforts: Vec<String> = m
+            .get("supported_reasoning_levels")
+            .and_then(|v| v.as_array())
+            .map(|levels| {
+                levels
+                    .iter()
+                    .filter_map(|l| l.get("effort").and_then(|e| e.as_str()))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        efforts.sort_by_key(|e| rank(e).unwrap_or(usize::MAX));
+        let default_effort = match text("default_reasoning_level") {
+            d if d.is_empty() => "medium".to_owned(),
+            d => d,
+        };
+        let display_name = match text("display_name") {
+            d if d.is_empty() => slug.clone(),
+            d => d,
+        };
+        let service_tiers = m
+            .get("service_tiers")
+            .and_then(|v| v.as_array())
+            .map(|tiers| {
+                tiers
+                    .iter()
+                    .filter_map(|t| t.get("id").and_then(|i| i.as_str()))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let flag = |k: &str| m.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+        Some(ModelInfo {
+            description: text("description"),
+            display_name,
+            context_window: m
+                .get("context_window")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(272_000),
+            efforts,
+            default_effort,
+            supports_verbosity: flag("support_verbosity"),
+            service_tiers,
+            image_detail_original: flag("supports_image_detail_original"),
+            priority: m
+                .get("priority")
+                .and_then(|v| v.as_i64())
+                .unwrap_or(i64::MAX),
+            visible: m.get("visibility").and_then(|v| v.as_str()) != Some("hide"),
+            slug,
+        })
     }
 
     /// The supported effort closest to `requested`: itself if supported, else the highest
@@ -97,6 +160,19 @@ impl Catalog {
         }
     }
 
+    /// The catalog from a `GET /codex/models` body (`{"models":[ModelInfo…]}`). Entries
+    /// without a slug are skipped; `None` when the body is not a catalog or lists no model.
+    pub fn from_backend(body: &[u8]) -> Option<Catalog> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let models: Vec<ModelInfo> = v
+            .get("models")?
+            .as_array()?
+            .iter()
+            .filter_map(ModelInfo::from_backend)
+            .collect();
+        (!models.is_empty()).then_some(Catalog { models })
+    }
+
     pub fn find(&self, slug: &str) -> Option<&ModelInfo> {
         self.models.iter().find(|m| m.slug == slug)
     }
@@ -120,5 +196,26 @@ mod tests {
         assert_eq!(m.clamp_effort("max"), "xhigh");
         assert_eq!(m.clamp_effort("bogus"), "medium");
         assert_eq!(m.usable_window(), 258_400);
+    }
+
+    #[test]
+    fn backend_catalog_is_parsed_with_windows_efforts_and_visibility() {
+        let body = br#"{"models":[
+            {"slug":"big","display_name":"Big","description":"d","context_window":500000,
+             "supported_reasoning_levels":[{"effort":"high"},{"effort":"low"}],
+             "default_reasoning_level":"low","visibility":"list","priority":2,
+             "service_tiers":[{"id":"priority"}],"support_verbosity":true},
+            {"slug":"hidden","visibility":"hide"},
+            {"display_name":"no slug"}]}"#;
+        let c = Catalog::from_backend(body).unwrap();
+        assert_eq!(c.models.len(), 2);
+        let big = c.find("big").unwrap();
+        assert_eq!(big.context_window, 500_000);
+        assert_eq!(big.efforts, ["low", "high"]);
+        assert_eq!(big.service_tiers, ["priority"]);
+        assert!(big.visible && big.supports_verbosity);
+        assert!(!c.find("hidden").unwrap().visible);
+        assert!(Catalog::from_backend(b"{\"models\":[]}").is_none());
+        assert!(Catalog::from_backend(b"<html>").is_none());
     }
 }

@@ -48,6 +48,8 @@ pub struct UpstreamRequest {
     pub subagent: Option<String>,
     /// `x-openai-memgen-request: true` header.
     pub memgen: bool,
+    /// A remote compaction v2 request (§17.2): `x-codex-beta-features: remote_compaction_v2`.
+    pub compaction: bool,
 }
 
 /// Used when the client gave no system prompt: the backend requires `instructions`.
@@ -258,6 +260,7 @@ mod tests {
             include_sources: true,
             subagent: None,
             memgen: false,
+            compaction: false,
         };
         let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
         assert_eq!(v["instructions"], DEFAULT_INSTRUCTIONS);

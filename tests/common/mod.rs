@@ -168,3 +168,17 @@ pub fn claude() -> PathBuf {
     );
     p
 }
+
+/// The Codex CLI (installed by tests/run.sh).
+pub fn codex() -> PathBuf {
+    if let Some(p) = std::env::var_os("CODEX_AS_API_TEST_CODEX") {
+        return PathBuf::from(p);
+    }
+    let p =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/node/node_modules/.bin/codex");
+    assert!(
+        p.exists(),
+        "the Codex CLI is missing: run tests/run.sh (it runs npm ci in tests/e2e/node)"
+    );
+    p
+}

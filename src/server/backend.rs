@@ -1,0 +1,299 @@
+//! Unary (non-streamed) calls to the backend and the live model catalog.
+//!
+//! Owns: sending one request to a backend endpoint other than the streamed `/responses`
+//! (the model catalog §15, image generation §18, compaction v1 §17.1, `/wham/usage` §19)
+//! with the official client's headers and the 401 recovery sequence (reload auth.json →
+//! retry → refresh → retry), mapping an error status to `Error`; and `LiveCatalog`, the
+//! cached `/codex/models` catalog (an `ArcSwap` read lock-free by every request, refreshed
+//! at most every 5 minutes with `If-None-Match`, and when a `/responses` reply announces a
+//! new `x-models-etag`), which keeps the built-in list while the backend cannot be reached.
+//!
+//! Does not own: the streamed `/responses` path (`pipeline`) or what the endpoints answer
+//! the client (`route`, `endpoints`).
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+use crate::error::{Error, ErrorKind, Protocol};
+use crate::server::State;
+use crate::upstream::catalog::Catalog;
+use crate::upstream::failure::{self, PromptSize};
+
+/// How long a fetched catalog is fresh (the official client's cache time).
+pub const CATALOG_TTL: Duration = Duration::from_secs(300);
+/// After a failed fetch, the built-in (or last good) catalog serves this long before retrying.
+const CATALOG_RETRY: Duration = Duration::from_secs(30);
+/// The official client's timeout for the catalog request.
+const CATALOG_TIMEOUT: Duration = Duration::from_secs(5);
+/// Cap on a unary reply body (image generation answers carry base64 PNGs).
+const MAX_REPLY: usize = 64 << 20;
+
+/// One backend reply.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Send one request to `url` with the auth headers, recovering from a 401 once by reloading
+/// `auth.json` and once by refreshing. Non-success statuses are returned, not mapped.
+pub async fn send(
+    state: &State,
+    method: Method,
+    url: &str,
+    body: Option<&[u8]>,
+    extra: &[(&'static str, HeaderValue)],
+    timeout: Duration,
+) -> Result<Reply, Error> {
+    let mut auth = state.tokens.headers().await?;
+    let mut recovery = 0u8;
+    loop {
+        let mut b = Request::builder()
+            .method(method.clone())
+            .uri(url)
+            .header(header::AUTHORIZATION, auth.authorization.clone())
+            .header("chatgpt-account-id", auth.account_id.clone())
+            .header("originator", "codex_cli_rs")
+            .header(
+                header::USER_AGENT,
+                super::pipeline::user_agent(&state.config),
+            )
+            .header("version", state.config.client_version.as_str())
+            .header(header::ACCEPT, "*/*");
+        if body.is_some() {
+            b = b.header(header::CONTENT_TYPE, "application/json");
+        }
+        for (k, v) in extra {
+            b = b.header(*k, v.clone());
+        }
+        let req = b
+            .body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default())))
+            .map_err(|e| Error::internal(format!("building the upstream request: {e}")))?;
+        let resp = match tokio::time::timeout(timeout, state.client.request(req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                return Err(Error::new(
+                    ErrorKind::BadGateway,
+                    format!(
+                        "cannot reach the upstream at {url}: {}",
+                        super::pipeline::error_chain(&e)
+                    ),
+                )
+                .with_code("upstream_unreachable"));
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("the upstream did not answer {url} within {timeout:?}"),
+                ));
+            }
+        };
+        super::ratelimit::record(state, resp.headers());
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED && recovery < 2 {
+            drop(resp);
+            if recovery == 0 {
+                recovery = 1;
+                if let Some(fresh) = state.tokens.reload(&auth).await? {
+                    auth = fresh;
+                    continue;
+                }
+            }
+            recovery = 2;
+            auth = state.tokens.refresh_after_unauthorized(&auth).await?;
+            continue;
+        }
+        let (parts, incoming) = resp.into_parts();
+        let collected = tokio::time::timeout(
+            timeout,
+            http_body_util::Limited::new(incoming, MAX_REPLY).collect(),
+        )
+        .await;
+        let body = match collected {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(e)) => {
+                return Err(Error::new(
+                    ErrorKind::BadGateway,
+                    format!("reading the upstream reply from {url}: {e}"),
+                ));
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("the upstream reply from {url} did not finish within {timeout:?}"),
+                ));
+            }
+        };
+        return Ok(Reply {
+            status,
+            headers: parts.headers,
+            body,
+        });
+    }
+}
+
+/// `send` a JSON body and require a 2xx, mapping an error status as the pipeline does.
+pub async fn post_json(
+    state: &State,
+    url: &str,
+    body: &[u8],
+    extra: &[(&'static str, HeaderValue)],
+    protocol: Protocol,
+    timeout: Duration,
+) -> Result<Bytes, Error> {
+    let reply = send(state, Method::POST, url, Some(body), extra, timeout).await?;
+    if reply.status.is_success() {
+        return Ok(reply.body);
+    }
+    Err(failure::from_status(
+        reply.status.as_u16(),
+        &reply.headers,
+        &reply.body,
+        protocol,
+        || PromptSize {
+            tokens: body.len() as u64 / 4,
+            window: 272_000,
+        },
+    ))
+}
+
+/// The model catalog: the backend's when it could be fetched, else the built-in list.
+pub struct LiveCatalog {
+    current: ArcSwap<Catalog>,
+    etag: Mutex<Option<String>>,
+    /// Milliseconds since `epoch` at which the catalog is due for a fetch (0: now).
+    due_ms: AtomicU64,
+    ttl_ms: AtomicU64,
+    /// Whether `current` came from the backend.
+    live: std::sync::atomic::AtomicBool,
+    fetch: tokio::sync::Mutex<()>,
+    epoch: Instant,
+}
+
+impl Default for LiveCatalog {
+    fn default() -> Self {
+        LiveCatalog {
+            current: ArcSwap::from_pointee(Catalog::builtin()),
+            etag: Mutex::new(None),
+            due_ms: AtomicU64::new(0),
+            ttl_ms: AtomicU64::new(CATALOG_TTL.as_millis() as u64),
+            live: std::sync::atomic::AtomicBool::new(false),
+            fetch: tokio::sync::Mutex::new(()),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl LiveCatalog {
+    /// The catalog now (lock-free).
+    pub fn current(&self) -> Arc<Catalog> {
+        self.current.load_full()
+    }
+
+    /// Whether the current catalog came from the backend (else it is the built-in list).
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Change how long a fetched catalog stays fresh (tests use zero).
+    pub fn set_ttl(&self, ttl: Duration) {
+        self.ttl_ms.store(ttl.as_millis() as u64, Ordering::Release);
+        self.due_ms.store(0, Ordering::Release);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn is_due(&self) -> bool {
+        self.now_ms() >= self.due_ms.load(Ordering::Acquire)
+    }
+
+    fn etag(&self) -> Option<String> {
+        self.etag.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// A `/responses` reply named the catalog's current ETag: make a differing one due.
+    pub fn announce(&self, etag: &str) {
+        if self.etag().as_deref() != Some(etag) {
+            self.due_ms.store(0, Ordering::Release);
+        }
+    }
+
+    /// Fetch the catalog if it is due (single flight; failures keep the current one).
+    pub async fn refresh(&self, state: &State) {
+        if !self.is_due() {
+            return;
+        }
+        let _flight = self.fetch.lock().await;
+        if !self.is_due() {
+            return;
+        }
+        let ttl = Duration::from_millis(self.ttl_ms.load(Ordering::Acquire));
+        let next = match self.fetch_once(state).await {
+            Ok(()) => ttl,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "model catalog unavailable; serving the built-in or last fetched list");
+                ttl.min(CATALOG_RETRY)
+            }
+        };
+        self.due_ms
+            .store(self.now_ms() + next.as_millis() as u64, Ordering::Release);
+    }
+
+    async fn fetch_once(&self, state: &State) -> Result<(), Error> {
+        let url = format!(
+            "{}/codex/models?client_version={}",
+            state.config.upstream_url, state.config.client_version
+        );
+        let mut extra = Vec::new();
+        if self.is_live()
+            && let Some(tag) = self.etag()
+            && let Ok(v) = HeaderValue::from_str(&tag)
+        {
+            extra.push(("if-none-match", v));
+        }
+        let reply = send(state, Method::GET, &url, None, &extra, CATALOG_TIMEOUT).await?;
+        if reply.status == StatusCode::NOT_MODIFIED {
+            return Ok(());
+        }
+        if !reply.status.is_success() {
+            return Err(Error::new(
+                ErrorKind::BadGateway,
+                format!("GET /codex/models answered HTTP {}", reply.status.as_u16()),
+            ));
+        }
+        let catalog = Catalog::from_backend(&reply.body).ok_or_else(|| {
+            Error::new(
+                ErrorKind::BadGateway,
+                "GET /codex/models: not a model catalog",
+            )
+        })?;
+        let tag = reply
+            .headers
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Ok(mut e) = self.etag.lock() {
+            *e = tag;
+        }
+        self.current.store(Arc::new(catalog));
+        self.live.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Refresh the catalog in the background when it is due (never delays the caller).
+pub fn refresh_in_background(state: &Arc<State>) {
+    if state.catalog.is_due() {
+        let st = Arc::clone(state);
+        tokio::spawn(async move { st.catalog.refresh(&st).await });
+    }
+}

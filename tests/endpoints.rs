@@ -1,0 +1,321 @@
+//! The endpoints beyond the three protocols, end to end against the emulator: models from
+//! the live catalog, image generation, inspect, remote compaction, usage, /health.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, frames};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn models_come_from_the_backend_catalog_and_are_cached() {
+    let h = Harness::start().await;
+    let v: Value = h.get("/v1/models").await.json().await.unwrap();
+    assert_eq!(v["object"], "list");
+    let data = v["data"].as_array().unwrap();
+    // The backend's priorities (terra = 2) and descriptions, not the built-in list's.
+    assert_eq!(data[0]["id"], "gpt-6.1-sol");
+    assert_eq!(data[1]["id"], "gpt-6.1-terra");
+    assert_eq!(data[1]["context_window"], 500_000);
+    assert_eq!(data[1]["description"], "Long-context agentic coding model.");
+    let one: Value = h
+        .get("/v1/models/gpt-6.1-terra")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["id"], "gpt-6.1-terra");
+    assert_eq!(one["context_window"], 500_000);
+    // Within the 5 minutes the catalog is not fetched again.
+    let _ = h.get("/v1/models").await;
+    assert_eq!(h.emu.stats().models_requests, 1);
+    // Anthropic's shape on the same path.
+    let a: Value = h
+        .http
+        .get(h.url("/v1/models"))
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(a["first_id"], "gpt-6.1-sol");
+    assert_eq!(a["data"][1]["max_input_tokens"], 500_000);
+    assert_eq!(a["data"][0]["type"], "model");
+    let missing = h.get("/v1/models/nope").await;
+    assert_eq!(missing.status(), 404);
+    let e: Value = missing.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "model_not_found");
+}
+
+#[tokio::test]
+async fn stale_catalog_is_revalidated_with_if_none_match() {
+    let h = Harness::start().await;
+    let _ = h.get("/v1/models").await;
+    h.server.state().catalog.set_ttl(Duration::from_millis(0));
+    let v: Value = h.get("/v1/models").await.json().await.unwrap();
+    assert_eq!(
+        v["data"][1]["id"], "gpt-6.1-terra",
+        "the 304 keeps the live list"
+    );
+    assert_eq!(h.emu.stats().models_requests, 2);
+    assert!(h.server.state().catalog.is_live());
+}
+
+#[tokio::test]
+async fn unreachable_backend_falls_back_to_the_built_in_models() {
+    let h = Harness::with(|c| c.upstream_url = "http://127.0.0.1:9/backend-api".into()).await;
+    let r = h.get("/v1/models").await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"gpt-5.5"));
+    assert_eq!(ids[1], "gpt-6-sol", "built-in priorities");
+    assert!(!h.server.state().catalog.is_live());
+}
+
+#[tokio::test]
+async fn images_generate_b64_and_data_urls() {
+    let h = Harness::start().await;
+    let r = h
+        .post(
+            "/v1/images/generations",
+            &json!({"prompt": "a red square", "n": 2, "size": "1024x1024", "quality": "high", "background": "opaque"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["created"].as_u64().unwrap() > 0);
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert!(
+        data[0]["b64_json"]
+            .as_str()
+            .unwrap()
+            .starts_with("iVBORw0KGgo")
+    );
+    assert!(
+        data[0]["revised_prompt"]
+            .as_str()
+            .unwrap()
+            .contains("a red square")
+    );
+    let r = h
+        .post(
+            "/v1/images/generations",
+            &json!({"prompt": "a red square", "response_format": "url"}),
+        )
+        .await;
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["data"][0]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/png;base64,iVBORw0KGgo")
+    );
+    assert!(v["data"][0].get("b64_json").is_none());
+    assert_eq!(h.emu.stats().images_requests, 2);
+}
+
+#[tokio::test]
+async fn bad_image_requests_are_400_before_the_backend() {
+    let h = Harness::start().await;
+    for (body, param) in [
+        (json!({"n": 1}), "prompt"),
+        (json!({"prompt": "x", "n": 11}), "n"),
+        (json!({"prompt": "x", "size": "3x3"}), "size"),
+        (
+            json!({"prompt": "x", "response_format": "gif"}),
+            "response_format",
+        ),
+    ] {
+        let r = h.post("/v1/images/generations", &body).await;
+        assert_eq!(r.status(), 400, "{body}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["type"], "invalid_request_error");
+        assert_eq!(e["error"]["param"], param);
+    }
+    assert_eq!(h.emu.stats().images_requests, 0);
+}
+
+const PNG: &str = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEUlEQVR42mP4z8CAFTEMLQkAKP8/wc53yE8AAAAASUVORK5CYII=";
+
+#[tokio::test]
+async fn inspect_answers_with_the_models_text() {
+    let h = Harness::start().await;
+    let r = h
+        .post(
+            "/v1/inspect",
+            &json!({"prompt": "what is this?", "images": [{"image_url": PNG}, {"image_url": PNG}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["text"], "You said: what is this? [images: 2]");
+    assert!(v["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    let up = h.last_upstream();
+    let parts = up.body["input"][0]["content"].as_array().unwrap();
+    assert_eq!(parts[0]["type"], "input_text");
+    assert_eq!(parts[1]["type"], "input_image");
+    assert_eq!(parts[1]["image_url"], PNG);
+    // Streamed: Chat chunks.
+    let r = h
+        .post("/v1/inspect", &json!({"prompt": "stream?", "stream": true}))
+        .await;
+    let body = r.text().await.unwrap();
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    let text: String = frames(&body)
+        .iter()
+        .filter(|f| f.data != "[DONE]")
+        .filter_map(|f| {
+            f.json()["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, "You said: stream?");
+    let bad = h.post("/v1/inspect", &json!({"images": []})).await;
+    assert_eq!(bad.status(), 400);
+    let bad = h
+        .post(
+            "/v1/inspect",
+            &json!({"prompt": "x", "images": [{"url": 1}]}),
+        )
+        .await;
+    assert_eq!(bad.status(), 400);
+    let e: Value = bad.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "images[0]");
+}
+
+fn history() -> Value {
+    json!([
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "second question"}
+    ])
+}
+
+#[tokio::test]
+async fn compact_returns_a_checkpoint_the_client_continues_from() {
+    let h = Harness::start().await;
+    let r = h
+        .post(
+            "/v1/compact",
+            &json!({"model": "gpt-5.5", "input": history(), "instructions": "Be brief."}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "response.compaction");
+    let out = v["output"].as_array().unwrap();
+    assert_eq!(out.len(), 3, "{v}");
+    assert_eq!(out[0]["role"], "user");
+    assert_eq!(out[2]["type"], "compaction");
+    assert!(out[2]["id"].as_str().unwrap().starts_with("cmp_"));
+    // v2: the history plus the trigger, with the beta header.
+    let up = h.last_upstream();
+    let input = up.body["input"].as_array().unwrap();
+    assert_eq!(input.last().unwrap()["type"], "compaction_trigger");
+    assert!(
+        up.headers
+            .iter()
+            .any(|(k, v)| k == "x-codex-beta-features" && v == "remote_compaction_v2")
+    );
+    // Continue: the checkpoint in place of the history, then a new turn.
+    let mut next = out.clone();
+    next.push(json!({"role": "user", "content": "third question"}));
+    let r = h
+        .post("/v1/responses", &json!({"model": "gpt-5.5", "input": next}))
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let up = h.last_upstream();
+    assert_eq!(up.body["input"][2]["type"], "compaction");
+}
+
+#[tokio::test]
+async fn compact_falls_back_to_v1_and_answers_anthropic_shape_on_the_alias() {
+    let h = Harness::start().await;
+    let r = h
+        .post(
+            "/v1/compact",
+            &json!({"model": "gpt-5.5", "input": [{"role": "user", "content": "EMU:no-compaction-v2 hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let out = v["output"].as_array().unwrap();
+    assert_eq!(out.last().unwrap()["type"], "compaction");
+    assert!(
+        out.last().unwrap().get("id").is_none(),
+        "v1 items carry no id: {v}"
+    );
+
+    let r = h
+        .post(
+            "/v1/messages/compact",
+            &json!({"model": "claude-sonnet-4", "max_tokens": 100,
+                    "messages": [{"role": "user", "content": "long history"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["role"], "assistant");
+    assert_eq!(v["model"], "claude-sonnet-4");
+    assert_eq!(v["content"][0]["type"], "compaction");
+    assert!(v["content"][0]["content"].as_str().unwrap().len() > 10);
+
+    let bad = h.post("/v1/messages/compact", &json!({"model": "x"})).await;
+    assert_eq!(bad.status(), 400);
+    let e: Value = bad.json().await.unwrap();
+    assert_eq!(e["type"], "error");
+}
+
+#[tokio::test]
+async fn usage_reports_plan_windows_and_credits() {
+    let h = Harness::start().await;
+    let r = h.get("/usage").await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["source"], "wham/usage");
+    assert_eq!(v["plan"], "plus");
+    assert_eq!(v["primary"]["used_percent"], 12);
+    assert_eq!(v["primary"]["window_minutes"], 300);
+    assert_eq!(v["secondary"]["window_minutes"], 10080);
+    assert!(v["primary"]["resets_at"].as_u64().unwrap() > 1_700_000_000);
+    assert_eq!(v["credits"]["balance"], "9.99");
+    assert!(v["headers"].is_null(), "no /responses call yet");
+    // After a turn the x-codex-* headers are there too, and in /health.
+    let _ = h
+        .post("/v1/responses", &json!({"model": "gpt-5.5", "input": "hi"}))
+        .await;
+    let v: Value = h.get("/usage").await.json().await.unwrap();
+    assert_eq!(v["headers"]["primary"]["used_percent"], 12.0);
+    let health: Value = h.get("/health").await.json().await.unwrap();
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    assert!(health["uptime_secs"].is_u64());
+    assert_eq!(health["live_streams"], 0);
+    assert_eq!(health["rate_limits"]["secondary"]["window_minutes"], 10080);
+}
+
+#[tokio::test]
+async fn usage_without_wham_or_rate_limit_headers_is_a_clear_502() {
+    let dead = Harness::with(|c| c.upstream_url = "http://127.0.0.1:9/backend-api".into()).await;
+    let r = dead.get("/usage").await;
+    assert_eq!(r.status(), 502);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("usage is unavailable")
+    );
+}
