@@ -110,7 +110,24 @@ pub struct Translate<E: Encoder> {
     held_failure: Option<Error>,
     /// Any output item or text seen (ends the head hold).
     output_started: bool,
+    /// Collects the answer for the exchange store (`previous_response_id`), when kept.
+    recorder: Option<Recorder>,
     _guard: Option<StreamGuard>,
+}
+
+/// Collects a streamed answer and hands it over once, when the stream completes.
+pub struct Recorder {
+    collected: crate::upstream::collect::Collected,
+    done: Box<dyn FnOnce(&crate::upstream::collect::Collected) + Send>,
+}
+
+impl Recorder {
+    pub fn new(done: Box<dyn FnOnce(&crate::upstream::collect::Collected) + Send>) -> Self {
+        Recorder {
+            collected: crate::upstream::collect::Collected::new(),
+            done,
+        }
+    }
 }
 
 impl<E: Encoder> Translate<E> {
@@ -140,6 +157,7 @@ impl<E: Encoder> Translate<E> {
             timer: Box::pin(tokio::time::sleep_until(now + timing.keepalive)),
             held_failure: None,
             output_started: false,
+            recorder: None,
             _guard: guard,
         }
     }
@@ -156,6 +174,7 @@ impl<E: Encoder> Translate<E> {
             prompt,
             held_failure,
             output_started,
+            recorder,
             ..
         } = self;
         loop {
@@ -179,10 +198,18 @@ impl<E: Encoder> Translate<E> {
                         PromptSize { tokens, window }
                     }));
                 }
-                Delta::Created { .. } => encoder.delta(d, out),
+                Delta::Created { .. } => {
+                    if let Some(r) = recorder.as_mut() {
+                        r.collected.push(d);
+                    }
+                    encoder.delta(d, out)
+                }
                 _ => {
                     *output_started = true;
                     terminal |= d.is_terminal();
+                    if let Some(r) = recorder.as_mut() {
+                        r.collected.push(d);
+                    }
                     encoder.delta(d, out);
                 }
             });
@@ -197,6 +224,9 @@ impl<E: Encoder> Translate<E> {
                 return true;
             }
             if terminal {
+                if let Some(r) = recorder.take() {
+                    (r.done)(&r.collected);
+                }
                 return true;
             }
         }
@@ -312,6 +342,12 @@ impl<E: Encoder> Translate<E> {
     }
 
     /// Attach the live-stream slot (held for as long as the client reads the stream).
+    /// Keep the completed answer (for `previous_response_id`).
+    pub fn with_recorder(mut self, recorder: Option<Recorder>) -> Self {
+        self.recorder = recorder;
+        self
+    }
+
     pub fn with_guard(mut self, guard: Option<StreamGuard>) -> Self {
         self._guard = guard;
         self

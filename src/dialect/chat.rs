@@ -57,6 +57,13 @@ pub struct ChatPlan {
     reasoning_field: String,
     /// The request used only legacy `functions`: answer with `function_call`.
     legacy: bool,
+    /// The `chatcmpl-…` id of the answer (fixed per request so a kept exchange is found
+    /// under the id the client saw).
+    id: String,
+    /// `previous_response_id`: the kept exchange this request continues.
+    previous: Option<String>,
+    /// Keep this exchange for `previous_response_id` (`store: true`, or a chained request).
+    keep: bool,
 }
 
 fn bad(param: &str, message: impl Into<String>) -> Error {
@@ -212,6 +219,9 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ChatPlan, Error> {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
         || field(&root, "memgen_request").and_then(|v| v.as_bool()) == Some(true);
 
+    let previous = opt_str(&root, "previous_response_id", "previous_response_id")?
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned);
     let upstream = UpstreamRequest {
         model: backend,
         instructions: conv.instructions,
@@ -237,6 +247,9 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ChatPlan, Error> {
         client_model: model.to_owned(),
         reasoning_field: ctx.config.reasoning_field.clone(),
         legacy,
+        id: random_id("chatcmpl-"),
+        keep: previous.is_some() || opt_bool(&root, "store")? == Some(true),
+        previous,
     })
 }
 
@@ -1344,11 +1357,23 @@ impl Plan for ChatPlan {
     }
 
     fn encoder(&self) -> ChatEncoder {
-        ChatEncoder::new(self, &random_id("chatcmpl-"), unix_now())
+        ChatEncoder::new(self, &self.id, unix_now())
     }
 
     fn render(&self, c: &Collected) -> Vec<u8> {
-        render(self, c, &random_id("chatcmpl-"), unix_now())
+        render(self, c, &self.id, unix_now())
+    }
+
+    fn previous_response_id(&self) -> Option<&str> {
+        self.previous.as_deref()
+    }
+
+    fn upstream_mut(&mut self) -> Option<&mut UpstreamRequest> {
+        Some(&mut self.upstream)
+    }
+
+    fn keep_as(&self) -> Option<super::KeepAs> {
+        self.keep.then(|| super::KeepAs::Fixed(self.id.clone()))
     }
 }
 

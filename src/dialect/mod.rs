@@ -56,6 +56,25 @@ impl Ctx<'_> {
     }
 }
 
+/// The id a kept exchange is found under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeepAs {
+    /// An id the proxy chose before the request ran (`chatcmpl-…`).
+    Fixed(String),
+    /// The backend's `resp_…` id, which the Responses passthrough shows the client.
+    ResponseId,
+}
+
+impl KeepAs {
+    /// The id for a finished answer (`None` when the backend sent no response id).
+    pub fn id(&self, c: &Collected) -> Option<String> {
+        match self {
+            KeepAs::Fixed(id) => Some(id.clone()),
+            KeepAs::ResponseId => (!c.response_id.is_empty()).then(|| c.response_id.clone()),
+        }
+    }
+}
+
 /// A translated request, ready to run.
 pub trait Plan: Send + Sync + 'static {
     type Encoder: Encoder;
@@ -73,6 +92,20 @@ pub trait Plan: Send + Sync + 'static {
     /// exactly one compaction item); an error is answered instead of the render.
     fn check(&self, _collected: &Collected) -> Result<(), Error> {
         Ok(())
+    }
+    /// `previous_response_id`: the kept exchange this request continues (the route splices
+    /// its items in front of `upstream().input`).
+    fn previous_response_id(&self) -> Option<&str> {
+        None
+    }
+    /// Mutable access for that splice (plans that never chain answer `None`).
+    fn upstream_mut(&mut self) -> Option<&mut UpstreamRequest> {
+        None
+    }
+    /// Whether this exchange is kept for `previous_response_id`, and under which id (the one
+    /// the client sees). `None`: not kept.
+    fn keep_as(&self) -> Option<KeepAs> {
+        None
     }
     /// Content type of the streamed answer.
     fn stream_content_type(&self) -> &'static str {

@@ -23,9 +23,10 @@
 //! * Upstream failures (`response.failed`, `error`) are not forwarded raw: the pipeline maps
 //!   them to `Encoder::fail`, which writes the single `error` event, so the client never
 //!   sees two errors.
-//! * Nothing is stored: `previous_response_id` gets the public API's
-//!   `previous_response_not_found` error (see `previous_response`, the hook for a future
-//!   local replay store).
+//! * `previous_response_id` is only recorded here (`Plan::previous_response_id`); the route
+//!   splices the kept conversation from `server::history` in front of `input`, and answers
+//!   `previous_response_not_found` for ids it does not hold. Exchanges are kept unless the
+//!   client sends `store: false` (the public API's default is `true`).
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -59,6 +60,10 @@ pub struct ResponsesPlan {
     client_model: String,
     /// The client's `instructions` (echoed in the non-stream answer).
     instructions: Option<String>,
+    /// `previous_response_id`: the kept exchange this request continues.
+    previous: Option<String>,
+    /// Keep this exchange for later `previous_response_id`s (unless `store: false`).
+    keep: bool,
 }
 
 fn bad(param: &str, message: impl Into<String>) -> Error {
@@ -228,7 +233,11 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ResponsesPlan, Error>
     // `stream` is remembered for the answer; `store` is validated only. Upstream always
     // gets `stream:true` and `store:false` (the request writer's constants).
     let stream = opt_bool(&root, "stream")?.unwrap_or(false);
-    opt_bool(&root, "store")?;
+    // The public API's default is `store: true`: such exchanges are kept locally.
+    let keep = opt_bool(&root, "store")?.unwrap_or(true);
+    let previous = opt_str(&root, "previous_response_id", "previous_response_id")?
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned);
     let instructions = opt_str(&root, "instructions", "instructions")?;
 
     let mut names = Names::default();
@@ -296,16 +305,14 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ResponsesPlan, Error>
         stream,
         client_model: model.to_owned(),
         instructions: instructions.map(str::to_owned),
+        previous,
+        keep,
     })
 }
 
 /// Features that need server-side state or templates, which the backend (and this proxy)
-/// do not keep.
+/// do not keep. (`previous_response_id` is served from the local store of kept exchanges.)
 fn reject_stateful(root: &Value<'_>) -> Result<(), Error> {
-    if let Some(v) = field(root, "previous_response_id") {
-        let id = want_str(v, "previous_response_id")?;
-        return Err(previous_response(id));
-    }
     if field(root, "conversation").is_some() {
         return Err(unsupported(
             "conversation",
@@ -331,14 +338,13 @@ fn unsupported(param: &str, message: &str) -> Error {
     bad(param, message).with_code("unsupported_parameter")
 }
 
-/// The answer for `previous_response_id`. This is the hook for a local replay store: one
-/// that keeps (input + output items) per response id would splice them in front of `input`
-/// here instead of failing.
-fn previous_response(id: &str) -> Error {
+/// The error for a `previous_response_id` the local store does not hold (never kept,
+/// evicted by the store's caps, or from before a restart).
+pub fn previous_response_not_found(id: &str) -> Error {
     bad(
         "previous_response_id",
         format!(
-            "Previous response with id '{id}' not found: codex-as-api keeps no responses (the ChatGPT backend stores nothing); send the full input instead of `previous_response_id`."
+            "Previous response with id '{id}' not found: codex-as-api keeps recent responses in memory only (bounded, lost on restart; the ChatGPT backend stores nothing). Send the full conversation in `input` instead."
         ),
     )
     .with_code("previous_response_not_found")
@@ -931,6 +937,18 @@ impl Plan for ResponsesPlan {
 
     fn render(&self, collected: &Collected) -> Vec<u8> {
         render(self, collected, unix_now())
+    }
+
+    fn previous_response_id(&self) -> Option<&str> {
+        self.previous.as_deref()
+    }
+
+    fn upstream_mut(&mut self) -> Option<&mut UpstreamRequest> {
+        Some(&mut self.upstream)
+    }
+
+    fn keep_as(&self) -> Option<super::KeepAs> {
+        self.keep.then_some(super::KeepAs::ResponseId)
     }
 }
 
@@ -1760,12 +1778,18 @@ mod tests {
     }
 
     #[test]
-    fn previous_response_id_is_rejected_as_not_found() {
-        let e = err(with(json!({"previous_response_id": "resp_123"})));
+    fn previous_response_id_is_passed_on_and_store_decides_keeping() {
+        let p = plan(with(json!({"previous_response_id": "resp_123"})));
+        assert_eq!(p.previous_response_id(), Some("resp_123"));
+        assert_eq!(p.keep_as(), Some(super::super::KeepAs::ResponseId));
+        let p = plan(with(json!({"store": false})));
+        assert_eq!(p.previous_response_id(), None);
+        assert_eq!(p.keep_as(), None);
+        let e = previous_response_not_found("resp_123");
         assert_eq!(e.status(Protocol::OpenAi), 400);
         assert_eq!(e.code.as_deref(), Some("previous_response_not_found"));
         assert_eq!(e.param.as_deref(), Some("previous_response_id"));
-        assert!(e.message.contains("resp_123") && e.message.contains("send the full input"));
+        assert!(e.message.contains("resp_123") && e.message.contains("full conversation"));
     }
 
     #[test]

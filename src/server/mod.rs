@@ -1,7 +1,7 @@
 //! The HTTP server: state, accept loop, graceful shutdown.
 //!
 //! Owns: `State` (config, the pooled upstream client, the token store, the catalog, live
-//! stream count, the latest rate-limit snapshot), binding with the safety rule for
+//! stream count, the latest rate-limit snapshot, the exchange store), binding with the safety rule for
 //! non-loopback addresses, the accept loop (hyper-util auto builder: HTTP/1.1 and h2, header
 //! read timeout, header size limit, back-off on accept errors) and graceful shutdown (stop
 //! accepting, drain in-flight streams for a bounded time).
@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod endpoints;
+pub mod history;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod route;
@@ -41,6 +42,8 @@ pub struct State {
     pub streams: Arc<StreamCounter>,
     pub started: Instant,
     pub rate_limits: ArcSwapOption<ratelimit::Snapshot>,
+    /// Recent exchanges for `previous_response_id`.
+    pub history: history::History,
 }
 
 impl State {
@@ -52,13 +55,14 @@ impl State {
             client.clone(),
         );
         Ok(State {
-            config,
             client,
             tokens,
             catalog: backend::LiveCatalog::default(),
             streams: Arc::new(StreamCounter::default()),
             started: Instant::now(),
             rate_limits: ArcSwapOption::empty(),
+            history: history::History::new(config.history_max_entries, config.history_max_bytes),
+            config,
         })
     }
 }

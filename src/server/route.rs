@@ -257,7 +257,8 @@ async fn dispatch(
                 catalog: &catalog,
                 headers: &headers,
             };
-            let plan = chat::translate(&mut body, &ctx)?;
+            let mut plan = chat::translate(&mut body, &ctx)?;
+            chain(state, &mut plan)?;
             Ok(pipeline::run(state, plan, request_id).await)
         }
         (&Method::POST, "/v1/responses") | (&Method::POST, "/responses") => {
@@ -268,7 +269,8 @@ async fn dispatch(
                 catalog: &catalog,
                 headers: &headers,
             };
-            let plan = responses::translate(&mut body, &ctx)?;
+            let mut plan = responses::translate(&mut body, &ctx)?;
+            chain(state, &mut plan)?;
             Ok(pipeline::run(state, plan, request_id).await)
         }
         (&Method::POST, "/v1/messages") | (&Method::POST, "/messages") => {
@@ -299,6 +301,23 @@ async fn dispatch(
             format!("Unknown endpoint: {method} {p}. See the README for the list of endpoints."),
         )),
     }
+}
+
+/// `previous_response_id`: put the kept conversation in front of the request's input and
+/// continue its cache key. Unknown or evicted ids are a 400.
+fn chain<P: crate::dialect::Plan>(state: &State, plan: &mut P) -> Result<(), Error> {
+    let Some(id) = plan.previous_response_id().map(str::to_owned) else {
+        return Ok(());
+    };
+    let prior = state
+        .history
+        .get(&id)
+        .ok_or_else(|| responses::previous_response_not_found(&id))?;
+    if let Some(up) = plan.upstream_mut() {
+        up.input = crate::server::history::splice(&prior.items, &up.input);
+        up.conversation_id.clone_from(&prior.conversation_id);
+    }
+    Ok(())
 }
 
 fn health(state: &State) -> Vec<u8> {
