@@ -180,6 +180,24 @@ impl Emulator {
             .collect()
     }
 
+    /// Every unary `POST` to the image and compaction v1 endpoints, oldest first, with the
+    /// path it was sent to (`/backend-api/codex/images/generations`, …).
+    pub fn unary_requests(&self) -> Vec<(String, RecordedRequest)> {
+        lock(&self.shared.unary)
+            .iter()
+            .map(|(path, r)| {
+                (
+                    path.clone(),
+                    RecordedRequest {
+                        headers: r.headers.clone(),
+                        body: r.body.clone(),
+                        zstd: r.zstd,
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// Makes every access token issued so far invalid.
     pub fn revoke_access_tokens(&self) {
         lock(&self.shared.tokens).access.clear();
@@ -226,6 +244,8 @@ struct Shared {
     user_id: String,
     counters: Counters,
     recorded: Mutex<Vec<Arc<Recorded>>>,
+    /// Unary POSTs (images, compaction v1) with their paths.
+    unary: Mutex<Vec<(String, Arc<Recorded>)>>,
     tokens: Mutex<tokens::Registry>,
     /// `EMU:flaky:<n>` counters, keyed by the full text of the user message.
     flaky: Mutex<HashMap<String, u64>>,
@@ -248,6 +268,7 @@ impl Shared {
             user_id: format!("user-{}", random_alnum(24)),
             counters: Counters::default(),
             recorded: Mutex::new(Vec::new()),
+            unary: Mutex::new(Vec::new()),
             tokens: Mutex::new(tokens::Registry::default()),
             flaky: Mutex::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
