@@ -6,7 +6,9 @@
 //! read timeout, header size limit, back-off on accept errors) and graceful shutdown (stop
 //! accepting, drain in-flight streams for a bounded time).
 //!
-//! Does not own: routing and guards (`route`), running one proxied request (`pipeline`).
+//! Does not own: routing and guards (`route`), running one proxied request (`pipeline`),
+//! unary backend calls and the live catalog (`backend`), the non-protocol endpoints
+//! (`endpoints`), the exchange store for `previous_response_id` (`history`).
 
 pub mod backend;
 pub mod endpoints;
