@@ -1,8 +1,8 @@
 //! The HTTP server: state, accept loop, graceful shutdown.
 //!
 //! Owns: `State` (config, the pooled upstream client, the token store, the catalog, live
-//! stream count, the latest rate-limit snapshot, the exchange store), binding with the safety rule for
-//! non-loopback addresses, the accept loop (hyper-util auto builder: HTTP/1.1 and h2, header
+//! stream count, the latest rate-limit snapshot, the exchange store), binding with the
+//! safety rule for non-loopback addresses, the accept loop (hyper-util auto builder: HTTP/1.1 and h2, header
 //! read timeout, header size limit, back-off on accept errors) and graceful shutdown (stop
 //! accepting, drain in-flight streams for a bounded time).
 //!
