@@ -308,3 +308,32 @@ pub fn refresh_in_background(state: &Arc<State>) {
         tokio::spawn(async move { st.catalog.refresh(&st).await });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announced_etags_refetch_at_most_once_per_retry_interval() {
+        let c = LiveCatalog::default();
+        assert!(c.is_due(), "never fetched");
+        c.due_ms.store(u64::MAX, Ordering::Release);
+        c.announce("W/\"a\"");
+        assert!(c.is_due(), "no attempt yet: a new ETag makes it due");
+        c.due_ms.store(u64::MAX, Ordering::Release);
+        c.attempted_ms.store(c.now_ms() + 1, Ordering::Release);
+        c.announce("W/\"b\"");
+        assert!(!c.is_due(), "just tried: wait for the retry interval");
+        if let Ok(mut e) = c.etag.lock() {
+            *e = Some("W/\"b\"".into());
+        }
+        c.attempted_ms.store(0, Ordering::Release);
+        c.announce("W/\"b\"");
+        assert!(!c.is_due(), "the ETag we hold changes nothing");
+        assert!(!c.is_live());
+        assert!(
+            c.current().find("gpt-5.5").is_some(),
+            "built-in until fetched"
+        );
+    }
+}

@@ -355,6 +355,17 @@ fn health(state: &State) -> Vec<u8> {
     write_u64(&mut out, state.streams.live() as u64);
     out.extend_from_slice(b",\"demo\":");
     out.extend_from_slice(if c.demo { b"true" } else { b"false" });
+    out.extend_from_slice(b",\"models_source\":");
+    out.extend_from_slice(if state.catalog.is_live() {
+        b"\"backend\""
+    } else {
+        b"\"builtin\""
+    });
+    let (kept, kept_bytes) = state.history.usage();
+    out.extend_from_slice(b",\"kept_responses\":");
+    write_u64(&mut out, kept as u64);
+    out.extend_from_slice(b",\"kept_response_bytes\":");
+    write_u64(&mut out, kept_bytes as u64);
     out.extend_from_slice(b",\"rate_limits\":");
     match state.rate_limits.load_full() {
         Some(s) => s.write_json(&mut out),
