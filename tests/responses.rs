@@ -258,3 +258,42 @@ async fn chat_completions_chain_with_previous_response_id() {
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "previous_response_not_found");
 }
+
+#[tokio::test]
+async fn deleting_a_kept_response_ends_its_chain_and_get_is_a_clear_404() {
+    let h = Harness::start().await;
+    let id = response_id(&h, json!({"model": "gpt-5.5", "input": "one"})).await;
+    let r = h.get(&format!("/v1/responses/{id}")).await;
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("previous_response_id")
+    );
+    let r = h
+        .http
+        .delete(h.url(&format!("/v1/responses/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["deleted"], true);
+    assert_eq!(v["id"], id.as_str());
+    let r = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "gpt-5.5", "input": "two", "previous_response_id": id}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let r = h
+        .http
+        .delete(h.url(&format!("/v1/responses/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}

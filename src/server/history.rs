@@ -52,6 +52,19 @@ impl History {
         self.inner.lock().ok()?.map.get(id).cloned()
     }
 
+    /// Forget `id`; whether it was kept.
+    pub fn remove(&self, id: &str) -> bool {
+        let Ok(mut inner) = self.inner.lock() else {
+            return false;
+        };
+        let Some(old) = inner.map.remove(id) else {
+            return false;
+        };
+        inner.bytes -= old.items.len() + id.len() + old.conversation_id.len();
+        inner.order.retain(|k| k != id);
+        true
+    }
+
     /// (entries, bytes) held now.
     pub fn usage(&self) -> (usize, usize) {
         self.inner

@@ -273,6 +273,32 @@ async fn dispatch(
             chain(state, &mut plan)?;
             Ok(pipeline::run(state, plan, request_id).await)
         }
+        (&Method::GET, p) if p.starts_with("/v1/responses/") => {
+            let id = &p["/v1/responses/".len()..];
+            Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "No response found with id '{id}': codex-as-api keeps no Response objects (the ChatGPT backend stores nothing); recent exchanges are kept only to serve `previous_response_id`."
+                ),
+            )
+            .with_code("not_found"))
+        }
+        (&Method::DELETE, p) if p.starts_with("/v1/responses/") => {
+            let id = &p["/v1/responses/".len()..];
+            if state.history.remove(id) {
+                let mut out = Vec::with_capacity(64 + id.len());
+                out.extend_from_slice(b"{\"id\":");
+                crate::json::write_str(&mut out, id);
+                out.extend_from_slice(b",\"object\":\"response.deleted\",\"deleted\":true}");
+                Ok(json_response(StatusCode::OK, out, request_id))
+            } else {
+                Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("No response found with id '{id}'."),
+                )
+                .with_code("not_found"))
+            }
+        }
         (&Method::POST, "/v1/messages") | (&Method::POST, "/messages") => {
             let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
             let catalog = state.catalog.current();
