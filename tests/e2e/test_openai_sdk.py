@@ -174,3 +174,13 @@ def test_images_generate(client):
     assert r.data[0].url.startswith("data:image/png;base64,")
     with pytest.raises(openai.BadRequestError):
         client.images.generate(prompt="x", n=50)
+
+
+def test_models_list_and_retrieve(client):
+    ids = [m.id for m in client.models.list()]
+    assert "gpt-5.5" in ids
+    m = client.models.retrieve("gpt-6.1-terra")
+    assert m.id == "gpt-6.1-terra"
+    assert m.context_window == 500000
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
