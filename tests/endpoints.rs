@@ -229,6 +229,24 @@ async fn compact_returns_a_checkpoint_the_client_continues_from() {
             .iter()
             .any(|(k, v)| k == "x-codex-beta-features" && v == "remote_compaction_v2")
     );
+    // A kept conversation can be compacted by id.
+    let r = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "gpt-5.5", "input": "kept turn"}),
+        )
+        .await;
+    let kept: Value = r.json().await.unwrap();
+    let r = h
+        .post(
+            "/v1/compact",
+            &json!({"model": "gpt-5.5", "input": [], "previous_response_id": kept["id"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let sent = h.last_upstream().body["input"].clone();
+    assert_eq!(sent[0]["content"][0]["text"], "kept turn");
+    assert_eq!(sent[2]["type"], "compaction_trigger");
     // Continue: the checkpoint in place of the history, then a new turn.
     let mut next = out.clone();
     next.push(json!({"role": "user", "content": "third question"}));

@@ -534,7 +534,8 @@ fn translate_input(
             ),
         )
     })?;
-    if items.is_empty() {
+    // A chained request may add nothing (e.g. compacting a kept conversation by id).
+    if items.is_empty() && field(root, "previous_response_id").is_none() {
         return Err(bad("input", "`input` must contain at least one item"));
     }
     let mut first = 1..1;

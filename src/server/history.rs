@@ -7,12 +7,15 @@
 //! request's `input`. Each entry holds the whole conversation up to and including its answer
 //! (already expanded), so a chain never depends on an older, possibly evicted, entry.
 //!
-//! Does not own: deciding which exchanges are kept (`Plan::kept_id`) or the not-found error
-//! (`dialect::responses::previous_response_not_found`).
+//! Does not own: deciding which exchanges are kept (`Plan::keep_as`) or the wording of the
+//! not-found error (`dialect::responses::previous_response_not_found`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use crate::dialect::Plan;
+use crate::dialect::responses::previous_response_not_found;
+use crate::error::Error;
 use crate::json::write_str;
 use crate::upstream::collect::{Collected, Item};
 
@@ -63,6 +66,22 @@ impl History {
         inner.bytes -= old.items.len() + id.len() + old.conversation_id.len();
         inner.order.retain(|k| k != id);
         true
+    }
+
+    /// `previous_response_id`: put the kept conversation in front of the plan's input and
+    /// continue its cache key. An unknown or evicted id is a 400 in the plan's protocol.
+    pub fn chain<P: Plan>(&self, plan: &mut P) -> Result<(), Error> {
+        let Some(id) = plan.previous_response_id().map(str::to_owned) else {
+            return Ok(());
+        };
+        let prior = self
+            .get(&id)
+            .ok_or_else(|| previous_response_not_found(&id))?;
+        if let Some(up) = plan.upstream_mut() {
+            up.input = splice(&prior.items, &up.input);
+            up.conversation_id.clone_from(&prior.conversation_id);
+        }
+        Ok(())
     }
 
     /// (entries, bytes) held now.

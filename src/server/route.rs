@@ -258,7 +258,7 @@ async fn dispatch(
                 headers: &headers,
             };
             let mut plan = chat::translate(&mut body, &ctx)?;
-            chain(state, &mut plan)?;
+            state.history.chain(&mut plan)?;
             Ok(pipeline::run(state, plan, request_id).await)
         }
         (&Method::POST, "/v1/responses") | (&Method::POST, "/responses") => {
@@ -270,7 +270,7 @@ async fn dispatch(
                 headers: &headers,
             };
             let mut plan = responses::translate(&mut body, &ctx)?;
-            chain(state, &mut plan)?;
+            state.history.chain(&mut plan)?;
             Ok(pipeline::run(state, plan, request_id).await)
         }
         (&Method::GET, p) if p.starts_with("/v1/responses/") => {
@@ -327,23 +327,6 @@ async fn dispatch(
             format!("Unknown endpoint: {method} {p}. See the README for the list of endpoints."),
         )),
     }
-}
-
-/// `previous_response_id`: put the kept conversation in front of the request's input and
-/// continue its cache key. Unknown or evicted ids are a 400.
-fn chain<P: crate::dialect::Plan>(state: &State, plan: &mut P) -> Result<(), Error> {
-    let Some(id) = plan.previous_response_id().map(str::to_owned) else {
-        return Ok(());
-    };
-    let prior = state
-        .history
-        .get(&id)
-        .ok_or_else(|| responses::previous_response_not_found(&id))?;
-    if let Some(up) = plan.upstream_mut() {
-        up.input = crate::server::history::splice(&prior.items, &up.input);
-        up.conversation_id.clone_from(&prior.conversation_id);
-    }
-    Ok(())
 }
 
 fn health(state: &State) -> Vec<u8> {
