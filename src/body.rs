@@ -111,9 +111,26 @@ pub struct Translate<E: Encoder> {
     held_failure: Option<Error>,
     /// Any output item or text seen (ends the head hold).
     output_started: bool,
+    /// Collects the answer for the exchange store (`previous_response_id`), when kept.
+    recorder: Option<Recorder>,
     _guard: Option<StreamGuard>,
     /// Usage and the ending error, for the request log.
     meter: Option<Arc<Meter>>,
+}
+
+/// Collects a streamed answer and hands it over once, when the stream completes.
+pub struct Recorder {
+    collected: crate::upstream::collect::Collected,
+    done: Box<dyn FnOnce(&crate::upstream::collect::Collected) + Send>,
+}
+
+impl Recorder {
+    pub fn new(done: Box<dyn FnOnce(&crate::upstream::collect::Collected) + Send>) -> Self {
+        Recorder {
+            collected: crate::upstream::collect::Collected::new(),
+            done,
+        }
+    }
 }
 
 impl<E: Encoder> Translate<E> {
@@ -143,6 +160,7 @@ impl<E: Encoder> Translate<E> {
             timer: Box::pin(tokio::time::sleep_until(now + timing.keepalive)),
             held_failure: None,
             output_started: false,
+            recorder: None,
             _guard: guard,
             meter: None,
         }
@@ -161,6 +179,7 @@ impl<E: Encoder> Translate<E> {
             held_failure,
             output_started,
             meter,
+            recorder,
             ..
         } = self;
         loop {
@@ -193,10 +212,18 @@ impl<E: Encoder> Translate<E> {
                             PromptSize { tokens, window }
                         }));
                     }
-                    Delta::Created { .. } => encoder.delta(d, out),
+                    Delta::Created { .. } => {
+                        if let Some(r) = recorder.as_mut() {
+                            r.collected.push(d);
+                        }
+                        encoder.delta(d, out)
+                    }
                     _ => {
                         *output_started = true;
                         terminal |= d.is_terminal();
+                        if let Some(r) = recorder.as_mut() {
+                            r.collected.push(d);
+                        }
                         encoder.delta(d, out);
                     }
                 }
@@ -216,6 +243,9 @@ impl<E: Encoder> Translate<E> {
                 return true;
             }
             if terminal {
+                if let Some(r) = recorder.take() {
+                    (r.done)(&r.collected);
+                }
                 return true;
             }
         }
@@ -337,6 +367,12 @@ impl<E: Encoder> Translate<E> {
     /// Report usage and the ending error to the request log.
     pub fn with_meter(mut self, meter: Arc<Meter>) -> Self {
         self.meter = Some(meter);
+        self
+    }
+
+    /// Keep the completed answer (for `previous_response_id`).
+    pub fn with_recorder(mut self, recorder: Option<Recorder>) -> Self {
+        self.recorder = recorder;
         self
     }
 

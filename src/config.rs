@@ -131,6 +131,10 @@ pub struct Config {
     /// `model_auto_compact_token_limit` from config.toml.
     pub auto_compact_token_limit: Option<u64>,
     pub client_version: String,
+    /// Cap on exchanges kept for `previous_response_id` (`history_max_entries`).
+    pub history_max_entries: usize,
+    /// Cap on the bytes those exchanges hold (`history_max_bytes`).
+    pub history_max_bytes: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -321,6 +325,14 @@ impl Config {
             auto_compact_token_limit: t.root_int("model_auto_compact_token_limit"),
             codex_home,
             client_version: CODEX_CLIENT_VERSION.to_owned(),
+            history_max_entries: t
+                .int("history_max_entries")
+                .map(|v| v as usize)
+                .unwrap_or(1024),
+            history_max_bytes: t
+                .int("history_max_bytes")
+                .map(|v| v as usize)
+                .unwrap_or(64 * 1024 * 1024),
         })
     }
 
@@ -395,6 +407,8 @@ fn unreachable_config() -> Config {
         context_window: None,
         auto_compact_token_limit: None,
         client_version: CODEX_CLIENT_VERSION.into(),
+        history_max_entries: 1024,
+        history_max_bytes: 64 * 1024 * 1024,
     }
 }
 

@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use common::{Harness, codex};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn codex_exec_completes_through_the_responses_endpoint() {
-    let h = Harness::start().await;
+/// Run `codex exec <prompt>` in a fresh CODEX_HOME pointing at `h`; (success, stdout, stderr).
+async fn codex_exec(h: &Harness, prompt: &str, files: &[(&str, &str)]) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("codex-home");
     let work = dir.path().join("work");
@@ -33,11 +32,15 @@ stream_max_retries = 0
         h.base
     );
     std::fs::write(home.join("config.toml"), config).unwrap();
+    for (name, text) in files {
+        std::fs::write(work.join(name), text).unwrap();
+    }
     let mut cmd = tokio::process::Command::new(codex());
     cmd.args([
         "exec",
         "--skip-git-repo-check",
-        "Reply with the single word: codex-hi",
+        "--dangerously-bypass-approvals-and-sandbox",
+        prompt,
     ])
     .current_dir(&work)
     .stdin(std::process::Stdio::null())
@@ -50,12 +53,18 @@ stream_max_retries = 0
         .await
         .expect("codex finishes within 180 s")
         .expect("codex starts");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
+    (
         out.status.success(),
-        "codex exec failed:\nstdout: {stdout}\nstderr: {stderr}"
-    );
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_exec_completes_through_the_responses_endpoint() {
+    let h = Harness::start().await;
+    let (ok, stdout, stderr) = codex_exec(&h, "Reply with the single word: codex-hi", &[]).await;
+    assert!(ok, "codex exec failed:\nstdout: {stdout}\nstderr: {stderr}");
     // The emulator echoes the prompt: the answer really made the round trip.
     assert!(
         stdout.contains("You said: Reply with the single word: codex-hi"),
@@ -64,4 +73,26 @@ stream_max_retries = 0
     let up = h.last_upstream();
     assert_eq!(up.body["store"], false);
     assert!(up.body["tools"].as_array().is_some_and(|t| !t.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_exec_runs_a_shell_tool_round_trip() {
+    let h = Harness::start().await;
+    let nonce = format!("nonce-{}", fastrand::u64(..));
+    let prompt = r#"EMU:tool:exec_command {"cmd":"cat nonce.txt"}"#;
+    let (ok, stdout, stderr) = codex_exec(&h, prompt, &[("nonce.txt", &nonce)]).await;
+    assert!(ok, "codex exec failed:\nstdout: {stdout}\nstderr: {stderr}");
+    // Only running `cat` could have put the nonce into the final answer.
+    assert!(
+        stdout.contains("Tool output:") && stdout.contains(&nonce),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let up = h.last_upstream();
+    let input = up.body["input"].as_array().unwrap();
+    assert!(
+        input
+            .iter()
+            .any(|i| i["type"] == "function_call" && i["name"] == "exec_command")
+    );
+    assert!(input.iter().any(|i| i["type"] == "function_call_output"));
 }

@@ -229,6 +229,24 @@ async fn compact_returns_a_checkpoint_the_client_continues_from() {
             .iter()
             .any(|(k, v)| k == "x-codex-beta-features" && v == "remote_compaction_v2")
     );
+    // A kept conversation can be compacted by id.
+    let r = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "gpt-5.5", "input": "kept turn"}),
+        )
+        .await;
+    let kept: Value = r.json().await.unwrap();
+    let r = h
+        .post(
+            "/v1/compact",
+            &json!({"model": "gpt-5.5", "input": [], "previous_response_id": kept["id"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let sent = h.last_upstream().body["input"].clone();
+    assert_eq!(sent[0]["content"][0]["text"], "kept turn");
+    assert_eq!(sent[2]["type"], "compaction_trigger");
     // Continue: the checkpoint in place of the history, then a new turn.
     let mut next = out.clone();
     next.push(json!({"role": "user", "content": "third question"}));
@@ -304,6 +322,41 @@ async fn usage_reports_plan_windows_and_credits() {
     assert!(health["uptime_secs"].is_u64());
     assert_eq!(health["live_streams"], 0);
     assert_eq!(health["rate_limits"]["secondary"]["window_minutes"], 10080);
+    assert_eq!(health["kept_responses"], 1);
+    assert!(health["kept_response_bytes"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn a_models_etag_on_a_reply_fetches_the_catalog_in_the_background() {
+    let h = Harness::start().await;
+    let health: Value = h.get("/health").await.json().await.unwrap();
+    assert_eq!(health["models_source"], "builtin");
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    for _ in 0..100 {
+        if h.server.state().catalog.is_live() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.emu.stats().models_requests, 1);
+    let health: Value = h.get("/health").await.json().await.unwrap();
+    assert_eq!(health["models_source"], "backend");
+    // The same ETag on later replies fetches nothing more.
+    let _ = h
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": "again"}]}),
+        )
+        .await;
+    let _ = h.get("/v1/models").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.emu.stats().models_requests, 1);
 }
 
 #[tokio::test]

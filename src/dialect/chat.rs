@@ -24,19 +24,20 @@
 //! * `tool_choice:"none"` is emulated by sending no tools (safe on every backend mode);
 //!   a forced custom tool is sent as the only tool with `tool_choice:"required"`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::BytesMut;
 use simd_json::BorrowedValue as Value;
 use simd_json::prelude::*;
 
-use super::{Ctx, Encoder, Plan, parse_body};
+use super::{
+    Ctx, Encoder, Plan, bad, field, opt_bool, opt_str, parse_body, type_name, unix_now, want_array,
+    want_str,
+};
 use crate::error::{Error, Protocol};
 use crate::json::{write_str, write_str_body, write_u64, write_value};
 use crate::upstream::catalog::ModelInfo;
 use crate::upstream::collect::{Collected, Finish, Item};
 use crate::upstream::events::{Delta, Usage};
-use crate::upstream::request::{ToolChoice, ToolNames, UpstreamRequest, random_id, stable_id};
+use crate::upstream::request::{ToolChoice, ToolNames, UpstreamRequest, random_id};
 
 /// The name the official client gives an unnamed JSON schema.
 const DEFAULT_SCHEMA_NAME: &str = "codex_output_schema";
@@ -57,67 +58,13 @@ pub struct ChatPlan {
     reasoning_field: String,
     /// The request used only legacy `functions`: answer with `function_call`.
     legacy: bool,
-}
-
-fn bad(param: &str, message: impl Into<String>) -> Error {
-    Error::bad_request(message).with_param(param)
-}
-
-/// A field of an object, treating JSON `null` as absent (clients send `null` for unset).
-fn field<'v, 'a>(v: &'v Value<'a>, key: &str) -> Option<&'v Value<'a>> {
-    v.as_object()
-        .and_then(|o| o.get(key))
-        .filter(|v| !v.is_null())
-}
-
-fn type_name(v: &Value<'_>) -> &'static str {
-    if v.is_null() {
-        "null"
-    } else if v.is_bool() {
-        "a boolean"
-    } else if v.is_str() {
-        "a string"
-    } else if v.is_array() {
-        "an array"
-    } else if v.is_object() {
-        "an object"
-    } else {
-        "a number"
-    }
-}
-
-fn want_str<'v>(v: &'v Value<'_>, param: &str) -> Result<&'v str, Error> {
-    v.as_str().ok_or_else(|| {
-        bad(
-            param,
-            format!("`{param}` must be a string, not {}", type_name(v)),
-        )
-    })
-}
-
-fn opt_str<'v>(obj: &'v Value<'_>, key: &str, param: &str) -> Result<Option<&'v str>, Error> {
-    field(obj, key).map(|v| want_str(v, param)).transpose()
-}
-
-fn opt_bool(obj: &Value<'_>, key: &str) -> Result<Option<bool>, Error> {
-    match field(obj, key) {
-        None => Ok(None),
-        Some(v) => v.as_bool().map(Some).ok_or_else(|| {
-            bad(
-                key,
-                format!("`{key}` must be a boolean, not {}", type_name(v)),
-            )
-        }),
-    }
-}
-
-fn want_array<'v, 'a>(v: &'v Value<'a>, param: &str) -> Result<&'v [Value<'a>], Error> {
-    v.as_array().map(Vec::as_slice).ok_or_else(|| {
-        bad(
-            param,
-            format!("`{param}` must be an array, not {}", type_name(v)),
-        )
-    })
+    /// The `chatcmpl-…` id of the answer (fixed per request so a kept exchange is found
+    /// under the id the client saw).
+    id: String,
+    /// `previous_response_id`: the kept exchange this request continues.
+    previous: Option<String>,
+    /// Keep this exchange for `previous_response_id` (`store: true`, or a chained request).
+    keep: bool,
 }
 
 /// Translate a Chat Completions request body (parsed in place).
@@ -212,6 +159,9 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ChatPlan, Error> {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
         || field(&root, "memgen_request").and_then(|v| v.as_bool()) == Some(true);
 
+    let previous = opt_str(&root, "previous_response_id", "previous_response_id")?
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned);
     let upstream = UpstreamRequest {
         model: backend,
         instructions: conv.instructions,
@@ -237,6 +187,9 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ChatPlan, Error> {
         client_model: model.to_owned(),
         reasoning_field: ctx.config.reasoning_field.clone(),
         legacy,
+        id: random_id("chatcmpl-"),
+        keep: previous.is_some() || opt_bool(&root, "store")? == Some(true),
+        previous,
     })
 }
 
@@ -633,35 +586,20 @@ fn text_options(root: &Value<'_>, info: Option<&ModelInfo>) -> Result<Option<Vec
 /// `prompt_cache_key` when usable as a header value, else a stable hash of what identifies
 /// the conversation (so the backend's prefix cache hits across turns).
 fn conversation_id(root: &Value<'_>, ctx: &Ctx<'_>, conv: &Conversation) -> Result<String, Error> {
-    if let Some(key) = opt_str(root, "prompt_cache_key", "prompt_cache_key")?
-        && !key.is_empty()
-    {
-        let header_safe = key.len() <= 200
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-        return Ok(if header_safe {
-            key.to_owned()
-        } else {
-            stable_id(&[b"chat-key", key.as_bytes()])
-        });
-    }
     let user = field(root, "user")
         .or_else(|| field(root, "safety_identifier"))
         .and_then(|v| v.as_str())
         .unwrap_or("");
-    let auth = ctx
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .map(|v| v.as_bytes())
-        .unwrap_or(b"");
-    Ok(stable_id(&[
+    super::conversation_id(
+        root,
+        ctx,
         b"chat",
-        user.as_bytes(),
-        conv.instructions.as_bytes(),
-        conv.first_user.as_bytes(),
-        auth,
-    ]))
+        &[
+            user.as_bytes(),
+            conv.instructions.as_bytes(),
+            conv.first_user.as_bytes(),
+        ],
+    )
 }
 
 /// The messages translated to `instructions` + `input`.
@@ -1275,13 +1213,6 @@ fn write_payload(out: &mut Vec<u8>, v: Option<&Value<'_>>, custom: bool) {
 // Answers
 // ---------------------------------------------------------------------------------------
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The full OpenAI usage object.
 fn write_usage<B: bytes::BufMut>(out: &mut B, u: &Usage) {
     out.put_slice(b"{\"prompt_tokens\":");
@@ -1348,11 +1279,23 @@ impl Plan for ChatPlan {
     }
 
     fn encoder(&self) -> ChatEncoder {
-        ChatEncoder::new(self, &random_id("chatcmpl-"), unix_now())
+        ChatEncoder::new(self, &self.id, unix_now())
     }
 
     fn render(&self, c: &Collected) -> Vec<u8> {
-        render(self, c, &random_id("chatcmpl-"), unix_now())
+        render(self, c, &self.id, unix_now())
+    }
+
+    fn previous_response_id(&self) -> Option<&str> {
+        self.previous.as_deref()
+    }
+
+    fn upstream_mut(&mut self) -> Option<&mut UpstreamRequest> {
+        Some(&mut self.upstream)
+    }
+
+    fn keep_as(&self) -> Option<super::KeepAs> {
+        self.keep.then(|| super::KeepAs::Fixed(self.id.clone()))
     }
 }
 

@@ -444,6 +444,20 @@ impl Translator {
                 }
                 self.assistant_text(&text);
             }
+            Some("compaction") => {
+                // A checkpoint from `/v1/messages/compact`: the backend's compaction item,
+                // opaque to the client, replayed as it was.
+                let Some(enc) = str_field(block, "content").filter(|c| !c.is_empty()) else {
+                    return Ok(());
+                };
+                self.close_assistant();
+                self.flush_reasoning();
+                self.begin_item();
+                self.input
+                    .extend_from_slice(br#"{"type":"compaction","encrypted_content":"#);
+                write_str(&mut self.input, enc);
+                self.input.push(b'}');
+            }
             // redacted_thinking, other server-tool results, unknown blocks: nothing to replay.
             _ => {}
         }

@@ -5,22 +5,27 @@
 //! client's JSON into a `Plan` (the `UpstreamRequest` plus everything needed to answer), and
 //! a plan makes an `Encoder` (streaming: `Delta` → wire bytes) or renders a `Collected`
 //! response (non-streaming). The pipeline owns transport, retries, keepalive timing and
-//! errors before the head; dialects own bytes.
+//! errors before the head; dialects own bytes. This module also holds the field helpers and
+//! the conversation-id rule the dialects share.
 
 pub mod chat;
 pub mod compact;
 pub mod messages;
 pub mod responses;
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use bytes::BytesMut;
 use http::HeaderMap;
+use simd_json::BorrowedValue as Value;
+use simd_json::prelude::*;
 
 use crate::config::Config;
 use crate::error::{Error, Protocol};
 use crate::upstream::catalog::Catalog;
 use crate::upstream::collect::Collected;
 use crate::upstream::events::Delta;
-use crate::upstream::request::UpstreamRequest;
+use crate::upstream::request::{UpstreamRequest, stable_id};
 
 /// What a translator may consult.
 pub struct Ctx<'a> {
@@ -56,6 +61,25 @@ impl Ctx<'_> {
     }
 }
 
+/// The id a kept exchange is found under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeepAs {
+    /// An id the proxy chose before the request ran (`chatcmpl-…`).
+    Fixed(String),
+    /// The backend's `resp_…` id, which the Responses passthrough shows the client.
+    ResponseId,
+}
+
+impl KeepAs {
+    /// The id for a finished answer (`None` when the backend sent no response id).
+    pub fn id(&self, c: &Collected) -> Option<String> {
+        match self {
+            KeepAs::Fixed(id) => Some(id.clone()),
+            KeepAs::ResponseId => (!c.response_id.is_empty()).then(|| c.response_id.clone()),
+        }
+    }
+}
+
 /// A translated request, ready to run.
 pub trait Plan: Send + Sync + 'static {
     type Encoder: Encoder;
@@ -77,6 +101,20 @@ pub trait Plan: Send + Sync + 'static {
     /// exactly one compaction item); an error is answered instead of the render.
     fn check(&self, _collected: &Collected) -> Result<(), Error> {
         Ok(())
+    }
+    /// `previous_response_id`: the kept exchange this request continues (the route splices
+    /// its items in front of `upstream().input`).
+    fn previous_response_id(&self) -> Option<&str> {
+        None
+    }
+    /// Mutable access for that splice (plans that never chain answer `None`).
+    fn upstream_mut(&mut self) -> Option<&mut UpstreamRequest> {
+        None
+    }
+    /// Whether this exchange is kept for `previous_response_id`, and under which id (the one
+    /// the client sees). `None`: not kept.
+    fn keep_as(&self) -> Option<KeepAs> {
+        None
     }
     /// Content type of the streamed answer.
     fn stream_content_type(&self) -> &'static str {
@@ -102,6 +140,135 @@ pub trait Encoder: Send + Unpin + 'static {
     /// The stream failed after `begin`: write one protocol-correct error frame (and `[DONE]`
     /// for Chat). Nothing is written after it.
     fn fail(&mut self, err: &Error, out: &mut BytesMut);
+}
+
+// ---------------------------------------------------------------------------------------
+// Field helpers shared by the dialects (over the simd-json tree of the request)
+// ---------------------------------------------------------------------------------------
+
+/// A 400 naming the offending parameter.
+pub(crate) fn bad(param: &str, message: impl Into<String>) -> Error {
+    Error::bad_request(message).with_param(param)
+}
+
+/// A field of an object, treating JSON `null` as absent (clients send `null` for unset).
+pub(crate) fn field<'v, 'a>(v: &'v Value<'a>, key: &str) -> Option<&'v Value<'a>> {
+    v.as_object()
+        .and_then(|o| o.get(key))
+        .filter(|v| !v.is_null())
+}
+
+/// "a string", "an array", … for error messages.
+pub(crate) fn type_name(v: &Value<'_>) -> &'static str {
+    if v.is_null() {
+        "null"
+    } else if v.is_bool() {
+        "a boolean"
+    } else if v.is_str() {
+        "a string"
+    } else if v.is_array() {
+        "an array"
+    } else if v.is_object() {
+        "an object"
+    } else {
+        "a number"
+    }
+}
+
+pub(crate) fn want_str<'v>(v: &'v Value<'_>, param: &str) -> Result<&'v str, Error> {
+    v.as_str().ok_or_else(|| {
+        bad(
+            param,
+            format!("`{param}` must be a string, not {}", type_name(v)),
+        )
+    })
+}
+
+pub(crate) fn opt_str<'v>(
+    obj: &'v Value<'_>,
+    key: &str,
+    param: &str,
+) -> Result<Option<&'v str>, Error> {
+    field(obj, key).map(|v| want_str(v, param)).transpose()
+}
+
+pub(crate) fn req_str<'v>(obj: &'v Value<'_>, key: &str, param: &str) -> Result<&'v str, Error> {
+    opt_str(obj, key, param)?.ok_or_else(|| bad(param, format!("`{param}` is required")))
+}
+
+pub(crate) fn opt_bool(obj: &Value<'_>, key: &str) -> Result<Option<bool>, Error> {
+    match field(obj, key) {
+        None => Ok(None),
+        Some(v) => v.as_bool().map(Some).ok_or_else(|| {
+            bad(
+                key,
+                format!("`{key}` must be a boolean, not {}", type_name(v)),
+            )
+        }),
+    }
+}
+
+pub(crate) fn want_array<'v, 'a>(v: &'v Value<'a>, param: &str) -> Result<&'v [Value<'a>], Error> {
+    v.as_array().map(Vec::as_slice).ok_or_else(|| {
+        bad(
+            param,
+            format!("`{param}` must be an array, not {}", type_name(v)),
+        )
+    })
+}
+
+pub(crate) fn want_object(v: &Value<'_>, param: &str) -> Result<(), Error> {
+    if v.is_object() {
+        Ok(())
+    } else {
+        Err(bad(
+            param,
+            format!("`{param}` must be an object, not {}", type_name(v)),
+        ))
+    }
+}
+
+/// Seconds since the epoch (0 if the clock is before it).
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The OpenAI dialects' conversation id: the client's `prompt_cache_key` when it is usable
+/// as a header value (else hashed under `tag`), otherwise a stable hash of `parts` and the
+/// client's `Authorization` header, so the backend's prefix cache hits across turns.
+pub(crate) fn conversation_id(
+    root: &Value<'_>,
+    ctx: &Ctx<'_>,
+    tag: &[u8],
+    parts: &[&[u8]],
+) -> Result<String, Error> {
+    if let Some(key) = opt_str(root, "prompt_cache_key", "prompt_cache_key")?
+        && !key.is_empty()
+    {
+        let header_safe = key.len() <= 200
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        if header_safe {
+            return Ok(key.to_owned());
+        }
+        let mut key_tag = tag.to_vec();
+        key_tag.extend_from_slice(b"-key");
+        return Ok(stable_id(&[&key_tag, key.as_bytes()]));
+    }
+    let auth = ctx
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or(b"");
+    let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 2);
+    all.push(tag);
+    all.extend_from_slice(parts);
+    all.push(auth);
+    Ok(stable_id(&all))
 }
 
 /// Parse a JSON request body with simd-json, enforcing the nesting limit first (so deep

@@ -23,26 +23,29 @@
 //! * Upstream failures (`response.failed`, `error`) are not forwarded raw: the pipeline maps
 //!   them to `Encoder::fail`, which writes the single `error` event, so the client never
 //!   sees two errors.
-//! * Nothing is stored: `previous_response_id` gets the public API's
-//!   `previous_response_not_found` error (see `previous_response`, the hook for a future
-//!   local replay store).
+//! * `previous_response_id` is only recorded here (`Plan::previous_response_id`); the route
+//!   splices the kept conversation from `server::history` in front of `input`, and answers
+//!   `previous_response_not_found` for ids it does not hold. Exchanges are kept unless the
+//!   client sends `store: false` (the public API's default is `true`).
 
 use std::borrow::Cow;
 use std::ops::Range;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use memchr::{memchr, memchr2, memmem};
 use simd_json::BorrowedValue as Value;
 use simd_json::prelude::*;
 
-use super::{Ctx, Encoder, Plan, parse_body};
+use super::{
+    Ctx, Encoder, Plan, bad, field, opt_bool, opt_str, parse_body, req_str, type_name, unix_now,
+    want_array, want_object, want_str,
+};
 use crate::error::{Error, ErrorKind, Protocol};
 use crate::json::{write_opt_str, write_str, write_u64, write_value};
 use crate::upstream::catalog::ModelInfo;
 use crate::upstream::collect::{Collected, Finish, Item};
 use crate::upstream::events::{Delta, Usage};
-use crate::upstream::request::{ToolChoice, ToolNames, UpstreamRequest, random_id, stable_id};
+use crate::upstream::request::{ToolChoice, ToolNames, UpstreamRequest, random_id};
 
 // ---------------------------------------------------------------------------------------
 // Request translation
@@ -59,100 +62,10 @@ pub struct ResponsesPlan {
     client_model: String,
     /// The client's `instructions` (echoed in the non-stream answer).
     instructions: Option<String>,
-}
-
-fn bad(param: &str, message: impl Into<String>) -> Error {
-    Error::bad_request(message).with_param(param)
-}
-
-/// A field of an object, treating JSON `null` as absent (clients send `null` for unset).
-fn field<'v, 'a>(v: &'v Value<'a>, key: &str) -> Option<&'v Value<'a>> {
-    v.as_object()
-        .and_then(|o| o.get(key))
-        .filter(|v| !v.is_null())
-}
-
-fn type_name(v: &Value<'_>) -> &'static str {
-    if v.is_null() {
-        "null"
-    } else if v.is_bool() {
-        "a boolean"
-    } else if v.is_str() {
-        "a string"
-    } else if v.is_array() {
-        "an array"
-    } else if v.is_object() {
-        "an object"
-    } else {
-        "a number"
-    }
-}
-
-fn want_str<'v>(v: &'v Value<'_>, param: &str) -> Result<&'v str, Error> {
-    v.as_str().ok_or_else(|| {
-        bad(
-            param,
-            format!("`{param}` must be a string, not {}", type_name(v)),
-        )
-    })
-}
-
-fn opt_str<'v>(obj: &'v Value<'_>, key: &str, param: &str) -> Result<Option<&'v str>, Error> {
-    field(obj, key).map(|v| want_str(v, param)).transpose()
-}
-
-fn req_str<'v>(obj: &'v Value<'_>, key: &str, param: &str) -> Result<&'v str, Error> {
-    opt_str(obj, key, param)?.ok_or_else(|| bad(param, format!("`{param}` is required")))
-}
-
-fn opt_bool(obj: &Value<'_>, key: &str) -> Result<Option<bool>, Error> {
-    match field(obj, key) {
-        None => Ok(None),
-        Some(v) => v.as_bool().map(Some).ok_or_else(|| {
-            bad(
-                key,
-                format!("`{key}` must be a boolean, not {}", type_name(v)),
-            )
-        }),
-    }
-}
-
-fn want_array<'v, 'a>(v: &'v Value<'a>, param: &str) -> Result<&'v [Value<'a>], Error> {
-    v.as_array().map(Vec::as_slice).ok_or_else(|| {
-        bad(
-            param,
-            format!("`{param}` must be an array, not {}", type_name(v)),
-        )
-    })
-}
-
-fn want_object(v: &Value<'_>, param: &str) -> Result<(), Error> {
-    if v.is_object() {
-        Ok(())
-    } else {
-        Err(bad(
-            param,
-            format!("`{param}` must be an object, not {}", type_name(v)),
-        ))
-    }
-}
-
-/// `ToolNames` plus whether any name actually changed (so the stream's fast path knows it
-/// never has to look for names).
-#[derive(Default)]
-struct Names {
-    map: ToolNames,
-    renamed: bool,
-}
-
-impl Names {
-    fn add<'a>(&mut self, name: &'a str) -> Cow<'a, str> {
-        let up = self.map.add(name);
-        if matches!(up, Cow::Owned(_)) {
-            self.renamed = true;
-        }
-        up
-    }
+    /// `previous_response_id`: the kept exchange this request continues.
+    previous: Option<String>,
+    /// Keep this exchange for later `previous_response_id`s (unless `store: false`).
+    keep: bool,
 }
 
 /// A quoted JSON string.
@@ -228,10 +141,14 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ResponsesPlan, Error>
     // `stream` is remembered for the answer; `store` is validated only. Upstream always
     // gets `stream:true` and `store:false` (the request writer's constants).
     let stream = opt_bool(&root, "stream")?.unwrap_or(false);
-    opt_bool(&root, "store")?;
+    // The public API's default is `store: true`: such exchanges are kept locally.
+    let keep = opt_bool(&root, "store")?.unwrap_or(true);
+    let previous = opt_str(&root, "previous_response_id", "previous_response_id")?
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned);
     let instructions = opt_str(&root, "instructions", "instructions")?;
 
-    let mut names = Names::default();
+    let mut names = ToolNames::default();
     let mut tools = parse_tools(&root, &mut names)?;
     let tool_choice = resolve_tool_choice(&root, &mut tools, &mut names)?;
     let parallel = opt_bool(&root, "parallel_tool_calls")?.unwrap_or(true);
@@ -259,7 +176,12 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ResponsesPlan, Error>
         _ => None,
     };
     let first = input.get(first_item).unwrap_or_default();
-    let conversation_id = conversation_id(&root, ctx, instructions.unwrap_or(""), first)?;
+    let conversation_id = super::conversation_id(
+        &root,
+        ctx,
+        b"responses",
+        &[instructions.unwrap_or("").as_bytes(), first],
+    )?;
     let subagent = ctx
         .headers
         .get("x-openai-subagent")
@@ -291,21 +213,19 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ResponsesPlan, Error>
     };
     Ok(ResponsesPlan {
         upstream,
-        names: names.map,
-        renamed: names.renamed,
+        renamed: names.any_renamed(),
+        names,
         stream,
         client_model: model.to_owned(),
         instructions: instructions.map(str::to_owned),
+        previous,
+        keep,
     })
 }
 
 /// Features that need server-side state or templates, which the backend (and this proxy)
-/// do not keep.
+/// do not keep. (`previous_response_id` is served from the local store of kept exchanges.)
 fn reject_stateful(root: &Value<'_>) -> Result<(), Error> {
-    if let Some(v) = field(root, "previous_response_id") {
-        let id = want_str(v, "previous_response_id")?;
-        return Err(previous_response(id));
-    }
     if field(root, "conversation").is_some() {
         return Err(unsupported(
             "conversation",
@@ -331,14 +251,13 @@ fn unsupported(param: &str, message: &str) -> Error {
     bad(param, message).with_code("unsupported_parameter")
 }
 
-/// The answer for `previous_response_id`. This is the hook for a local replay store: one
-/// that keeps (input + output items) per response id would splice them in front of `input`
-/// here instead of failing.
-fn previous_response(id: &str) -> Error {
+/// The error for a `previous_response_id` the local store does not hold (never kept,
+/// evicted by the store's caps, or from before a restart).
+pub fn previous_response_not_found(id: &str) -> Error {
     bad(
         "previous_response_id",
         format!(
-            "Previous response with id '{id}' not found: codex-as-api keeps no responses (the ChatGPT backend stores nothing); send the full input instead of `previous_response_id`."
+            "Previous response with id '{id}' not found: codex-as-api keeps recent responses in memory only (bounded, lost on restart; the ChatGPT backend stores nothing). Send the full conversation in `input` instead."
         ),
     )
     .with_code("previous_response_not_found")
@@ -361,7 +280,7 @@ enum ToolKind {
     Other,
 }
 
-fn parse_tools(root: &Value<'_>, names: &mut Names) -> Result<Vec<ToolDef>, Error> {
+fn parse_tools(root: &Value<'_>, names: &mut ToolNames) -> Result<Vec<ToolDef>, Error> {
     let Some(tools) = field(root, "tools") else {
         return Ok(Vec::new());
     };
@@ -372,7 +291,7 @@ fn parse_tools(root: &Value<'_>, names: &mut Names) -> Result<Vec<ToolDef>, Erro
         .collect()
 }
 
-fn tool(t: &Value<'_>, p: &str, names: &mut Names, top: bool) -> Result<ToolDef, Error> {
+fn tool(t: &Value<'_>, p: &str, names: &mut ToolNames, top: bool) -> Result<ToolDef, Error> {
     want_object(t, p)?;
     let kind = req_str(t, "type", &format!("{p}.type"))?;
     let mut json = Vec::with_capacity(256);
@@ -483,7 +402,7 @@ fn tool(t: &Value<'_>, p: &str, names: &mut Names, top: bool) -> Result<ToolDef,
 fn resolve_tool_choice(
     root: &Value<'_>,
     tools: &mut Vec<ToolDef>,
-    names: &mut Names,
+    names: &mut ToolNames,
 ) -> Result<ToolChoice, Error> {
     let p = "tool_choice";
     let Some(choice) = field(root, p) else {
@@ -589,7 +508,7 @@ fn resolve_tool_choice(
 /// The upstream `input` array, and the byte range of its first item (part of the cache key).
 fn translate_input(
     root: &Value<'_>,
-    names: &mut Names,
+    names: &mut ToolNames,
     info: Option<&ModelInfo>,
 ) -> Result<(Vec<u8>, Range<usize>), Error> {
     let Some(input) = field(root, "input") else {
@@ -615,7 +534,8 @@ fn translate_input(
             ),
         )
     })?;
-    if items.is_empty() {
+    // A chained request may add nothing (e.g. compacting a kept conversation by id).
+    if items.is_empty() && field(root, "previous_response_id").is_none() {
         return Err(bad("input", "`input` must contain at least one item"));
     }
     let mut first = 1..1;
@@ -637,7 +557,7 @@ fn input_item(
     out: &mut Vec<u8>,
     item: &Value<'_>,
     p: &str,
-    names: &mut Names,
+    names: &mut ToolNames,
     info: Option<&ModelInfo>,
 ) -> Result<(), Error> {
     want_object(item, p)?;
@@ -853,50 +773,9 @@ fn include_sources(root: &Value<'_>) -> Result<bool, Error> {
     Ok(sources)
 }
 
-/// `prompt_cache_key` when usable as a header value, else a stable hash of what identifies
-/// the conversation (so the backend's prefix cache hits across turns).
-fn conversation_id(
-    root: &Value<'_>,
-    ctx: &Ctx<'_>,
-    instructions: &str,
-    first_item: &[u8],
-) -> Result<String, Error> {
-    if let Some(key) = opt_str(root, "prompt_cache_key", "prompt_cache_key")?
-        && !key.is_empty()
-    {
-        let header_safe = key.len() <= 200
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-        return Ok(if header_safe {
-            key.to_owned()
-        } else {
-            stable_id(&[b"responses-key", key.as_bytes()])
-        });
-    }
-    let auth = ctx
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .map(|v| v.as_bytes())
-        .unwrap_or(b"");
-    Ok(stable_id(&[
-        b"responses",
-        instructions.as_bytes(),
-        first_item,
-        auth,
-    ]))
-}
-
 // ---------------------------------------------------------------------------------------
 // Answers
 // ---------------------------------------------------------------------------------------
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 impl ResponsesPlan {
     /// Restores client tool names.
@@ -935,6 +814,18 @@ impl Plan for ResponsesPlan {
 
     fn render(&self, collected: &Collected) -> Vec<u8> {
         render(self, collected, unix_now())
+    }
+
+    fn previous_response_id(&self) -> Option<&str> {
+        self.previous.as_deref()
+    }
+
+    fn upstream_mut(&mut self) -> Option<&mut UpstreamRequest> {
+        Some(&mut self.upstream)
+    }
+
+    fn keep_as(&self) -> Option<super::KeepAs> {
+        self.keep.then_some(super::KeepAs::ResponseId)
     }
 }
 
@@ -1766,12 +1657,18 @@ mod tests {
     }
 
     #[test]
-    fn previous_response_id_is_rejected_as_not_found() {
-        let e = err(with(json!({"previous_response_id": "resp_123"})));
+    fn previous_response_id_is_passed_on_and_store_decides_keeping() {
+        let p = plan(with(json!({"previous_response_id": "resp_123"})));
+        assert_eq!(p.previous_response_id(), Some("resp_123"));
+        assert_eq!(p.keep_as(), Some(super::super::KeepAs::ResponseId));
+        let p = plan(with(json!({"store": false})));
+        assert_eq!(p.previous_response_id(), None);
+        assert_eq!(p.keep_as(), None);
+        let e = previous_response_not_found("resp_123");
         assert_eq!(e.status(Protocol::OpenAi), 400);
         assert_eq!(e.code.as_deref(), Some("previous_response_not_found"));
         assert_eq!(e.param.as_deref(), Some("previous_response_id"));
-        assert!(e.message.contains("resp_123") && e.message.contains("send the full input"));
+        assert!(e.message.contains("resp_123") && e.message.contains("full conversation"));
     }
 
     #[test]

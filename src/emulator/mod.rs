@@ -232,6 +232,24 @@ impl Emulator {
         self.shared.live_streams.load(Ordering::Acquire)
     }
 
+    /// The latest unary `POST`s (up to 1,024) to the image and compaction v1 endpoints, oldest first, with the
+    /// path it was sent to (`/backend-api/codex/images/generations`, …).
+    pub fn unary_requests(&self) -> Vec<(String, RecordedRequest)> {
+        lock(&self.shared.unary)
+            .iter()
+            .map(|(path, r)| {
+                (
+                    path.clone(),
+                    RecordedRequest {
+                        headers: r.headers.clone(),
+                        body: r.body.clone(),
+                        zstd: r.zstd,
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// Makes every access token issued so far invalid.
     pub fn revoke_access_tokens(&self) {
         lock(&self.shared.tokens).access.clear();
@@ -280,6 +298,8 @@ struct Shared {
     live_streams: Arc<AtomicUsize>,
     /// The latest [`MAX_RECORDED`] requests.
     recorded: Mutex<VecDeque<Arc<Recorded>>>,
+    /// The latest [`MAX_RECORDED`] unary POSTs (images, compaction v1) with their paths.
+    unary: Mutex<VecDeque<(String, Arc<Recorded>)>>,
     tokens: Mutex<tokens::Registry>,
     /// Authorization codes and device-code sessions.
     oauth: Mutex<oauth::Registry>,
@@ -306,6 +326,7 @@ impl Shared {
             counters: Counters::default(),
             live_streams: Arc::new(AtomicUsize::new(0)),
             recorded: Mutex::new(VecDeque::new()),
+            unary: Mutex::new(VecDeque::new()),
             tokens: Mutex::new(tokens::Registry::default()),
             oauth: Mutex::new(oauth::Registry::default()),
             device_interval: cfg.device_poll_interval_secs,

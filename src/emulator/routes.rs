@@ -107,6 +107,29 @@ pub(super) async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Resp 
     }
 }
 
+/// Keeps a unary POST for `Emulator::unary_requests`.
+fn record_unary(shared: &Shared, path: &str, parts: &hyper::http::request::Parts, raw: &[u8]) {
+    let recorded = Recorded {
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: serde_json::from_slice(raw).unwrap_or(Value::Null),
+        zstd: false,
+    };
+    let mut unary = lock(&shared.unary);
+    if unary.len() >= super::MAX_RECORDED {
+        unary.pop_front();
+    }
+    unary.push_back((path.to_owned(), Arc::new(recorded)));
+}
+
 /// Reads the body, undoing `Content-Encoding: zstd`. `Err` is the response to send.
 async fn read_body(
     req: Request<Incoming>,
@@ -273,6 +296,12 @@ async fn images(req: Request<Incoming>, shared: &Shared) -> Resp {
         Ok(v) => v,
         Err(resp) => return resp,
     };
+    record_unary(
+        shared,
+        "/backend-api/codex/images/generations",
+        &parts,
+        &raw,
+    );
     if !shared.authorized(&parts.headers) {
         return unauthorized();
     }
@@ -317,6 +346,7 @@ async fn compact(req: Request<Incoming>, shared: &Shared) -> Resp {
         Ok(v) => v,
         Err(resp) => return resp,
     };
+    record_unary(shared, "/backend-api/codex/responses/compact", &parts, &raw);
     if !shared.authorized(&parts.headers) {
         return unauthorized();
     }

@@ -170,6 +170,8 @@ pub struct LiveCatalog {
     etag: Mutex<Option<String>>,
     /// Milliseconds since `epoch` at which the catalog is due for a fetch (0: now).
     due_ms: AtomicU64,
+    /// Milliseconds since `epoch` (+1) of the last fetch attempt (0: never).
+    attempted_ms: AtomicU64,
     ttl_ms: AtomicU64,
     /// Whether `current` came from the backend.
     live: std::sync::atomic::AtomicBool,
@@ -183,6 +185,7 @@ impl Default for LiveCatalog {
             current: ArcSwap::from_pointee(Catalog::builtin()),
             etag: Mutex::new(None),
             due_ms: AtomicU64::new(0),
+            attempted_ms: AtomicU64::new(0),
             ttl_ms: AtomicU64::new(CATALOG_TTL.as_millis() as u64),
             live: std::sync::atomic::AtomicBool::new(false),
             fetch: tokio::sync::Mutex::new(()),
@@ -220,9 +223,15 @@ impl LiveCatalog {
         self.etag.lock().ok().and_then(|e| e.clone())
     }
 
-    /// A `/responses` reply named the catalog's current ETag: make a differing one due.
+    /// A `/responses` reply named the catalog's current ETag: a differing one makes the
+    /// catalog due, unless a fetch was tried within the retry interval (so a backend whose
+    /// catalog keeps failing is not asked once per request).
     pub fn announce(&self, etag: &str) {
-        if self.etag().as_deref() != Some(etag) {
+        if self.etag().as_deref() == Some(etag) {
+            return;
+        }
+        let attempted = self.attempted_ms.load(Ordering::Acquire);
+        if attempted == 0 || self.now_ms() + 1 >= attempted + CATALOG_RETRY.as_millis() as u64 {
             self.due_ms.store(0, Ordering::Release);
         }
     }
@@ -237,6 +246,8 @@ impl LiveCatalog {
             return;
         }
         let ttl = Duration::from_millis(self.ttl_ms.load(Ordering::Acquire));
+        self.attempted_ms
+            .store(self.now_ms() + 1, Ordering::Release);
         let next = match self.fetch_once(state).await {
             Ok(()) => ttl,
             Err(e) => {
@@ -295,5 +306,34 @@ pub fn refresh_in_background(state: &Arc<State>) {
     if state.catalog.is_due() {
         let st = Arc::clone(state);
         tokio::spawn(async move { st.catalog.refresh(&st).await });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announced_etags_refetch_at_most_once_per_retry_interval() {
+        let c = LiveCatalog::default();
+        assert!(c.is_due(), "never fetched");
+        c.due_ms.store(u64::MAX, Ordering::Release);
+        c.announce("W/\"a\"");
+        assert!(c.is_due(), "no attempt yet: a new ETag makes it due");
+        c.due_ms.store(u64::MAX, Ordering::Release);
+        c.attempted_ms.store(c.now_ms() + 1, Ordering::Release);
+        c.announce("W/\"b\"");
+        assert!(!c.is_due(), "just tried: wait for the retry interval");
+        if let Ok(mut e) = c.etag.lock() {
+            *e = Some("W/\"b\"".into());
+        }
+        c.attempted_ms.store(0, Ordering::Release);
+        c.announce("W/\"b\"");
+        assert!(!c.is_due(), "the ETag we hold changes nothing");
+        assert!(!c.is_live());
+        assert!(
+            c.current().find("gpt-5.5").is_some(),
+            "built-in until fetched"
+        );
     }
 }

@@ -442,7 +442,9 @@ pub async fn compact(
     };
     let plan = match protocol {
         Protocol::OpenAi => {
-            let p = responses::translate(body, &ctx)?;
+            let mut p = responses::translate(body, &ctx)?;
+            // Compacting a kept conversation by id works too.
+            state.history.chain(&mut p)?;
             CompactPlan::new(p.upstream(), protocol, p.client_model())
         }
         Protocol::Anthropic => {

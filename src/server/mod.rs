@@ -1,18 +1,22 @@
 //! The HTTP server: state, accept loop, graceful shutdown.
 //!
 //! Owns: `State` (config, the pooled upstream client, the token store, the catalog, live
-//! stream count, the latest rate-limit snapshot), binding with the safety rule for
-//! non-loopback addresses, the accept loop (hyper-util auto builder: HTTP/1.1 and h2, header
-//! read timeout, header size limit, back-off on accept errors; the first head of each
-//! connection goes through `head` so a slow or huge one gets a protocol-shaped 408/431) and
-//! graceful shutdown (stop accepting, drain in-flight streams for a bounded time).
+//! stream count, the latest rate-limit snapshot, the exchange store), binding with the
+//! safety rule for non-loopback addresses, the accept loop (hyper-util auto builder: HTTP/1.1
+//! and h2, header read timeout, header size limit, back-off on accept errors; the first head
+//! of each connection goes through `head` so a slow or huge one gets a protocol-shaped
+//! 408/431) and graceful shutdown (stop accepting, drain in-flight streams for a bounded
+//! time).
 //!
 //! Does not own: routing and guards (`route`), running one proxied request (`pipeline`),
-//! the per-request log line (`reqlog`).
+//! unary backend calls and the live catalog (`backend`), the non-protocol endpoints
+//! (`endpoints`), the exchange store for `previous_response_id` (`history`), the
+//! per-request log line (`reqlog`).
 
 pub mod backend;
 pub mod endpoints;
 pub mod head;
+pub mod history;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod reqlog;
@@ -45,6 +49,8 @@ pub struct State {
     pub streams: Arc<StreamCounter>,
     pub started: Instant,
     pub rate_limits: ArcSwapOption<ratelimit::Snapshot>,
+    /// Recent exchanges for `previous_response_id`.
+    pub history: history::History,
 }
 
 impl State {
@@ -56,13 +62,14 @@ impl State {
             client.clone(),
         );
         Ok(State {
-            config,
             client,
             tokens,
             catalog: backend::LiveCatalog::default(),
             streams: Arc::new(StreamCounter::default()),
             started: Instant::now(),
             rate_limits: ArcSwapOption::empty(),
+            history: history::History::new(config.history_max_entries, config.history_max_bytes),
+            config,
         })
     }
 }

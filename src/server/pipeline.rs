@@ -260,7 +260,8 @@ async fn run_inner<P: Plan>(
                 timing,
                 None,
             )
-            .with_meter(meter.clone());
+            .with_meter(meter.clone())
+            .with_recorder(recorder(state, &plan));
             let held = tokio::time::timeout(
                 state.config.head_hold,
                 std::future::poll_fn(|cx| t.poll_prelude(cx)),
@@ -286,6 +287,13 @@ async fn run_inner<P: Plan>(
                 Finish::Completed | Finish::Incomplete(_) => {
                     plan.check(&c)?;
                     meter.record_usage(&c.usage);
+                    if let Some(keep) = plan.keep_as()
+                        && let Some(id) = keep.id(&c)
+                    {
+                        state
+                            .history
+                            .keep(id, &upstream.input, &c, &upstream.conversation_id);
+                    }
                     return Ok(json_response(StatusCode::OK, plan.render(&c), request_id));
                 }
                 Finish::Failed { code, message } => {
@@ -319,6 +327,21 @@ async fn run_inner<P: Plan>(
             }
         }
     }
+}
+
+/// A recorder that keeps the streamed exchange, when the plan asks for it.
+fn recorder<P: Plan>(state: &Arc<State>, plan: &P) -> Option<crate::body::Recorder> {
+    let keep = plan.keep_as()?;
+    let st = Arc::clone(state);
+    let input = plan.upstream().input.clone();
+    let conversation = plan.upstream().conversation_id.clone();
+    Some(crate::body::Recorder::new(Box::new(move |c| {
+        if matches!(c.finish, Finish::Completed | Finish::Incomplete(_))
+            && let Some(id) = keep.id(c)
+        {
+            st.history.keep(id, &input, c, &conversation);
+        }
+    })))
 }
 
 fn prompt_size_window(state: &State, model: &str) -> u64 {

@@ -357,7 +357,8 @@ async fn dispatch(
                 catalog: &catalog,
                 headers: &headers,
             };
-            let plan = chat::translate(&mut body, &ctx)?;
+            let mut plan = chat::translate(&mut body, &ctx)?;
+            state.history.chain(&mut plan)?;
             Ok(pipeline::run(state, plan, request_id).await)
         }
         (&Method::POST, "/v1/responses") | (&Method::POST, "/responses") => {
@@ -368,8 +369,35 @@ async fn dispatch(
                 catalog: &catalog,
                 headers: &headers,
             };
-            let plan = responses::translate(&mut body, &ctx)?;
+            let mut plan = responses::translate(&mut body, &ctx)?;
+            state.history.chain(&mut plan)?;
             Ok(pipeline::run(state, plan, request_id).await)
+        }
+        (&Method::GET, p) if p.starts_with("/v1/responses/") => {
+            let id = &p["/v1/responses/".len()..];
+            Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "No response found with id '{id}': codex-as-api keeps no Response objects (the ChatGPT backend stores nothing); recent exchanges are kept only to serve `previous_response_id`."
+                ),
+            )
+            .with_code("not_found"))
+        }
+        (&Method::DELETE, p) if p.starts_with("/v1/responses/") => {
+            let id = &p["/v1/responses/".len()..];
+            if state.history.remove(id) {
+                let mut out = Vec::with_capacity(64 + id.len());
+                out.extend_from_slice(b"{\"id\":");
+                crate::json::write_str(&mut out, id);
+                out.extend_from_slice(b",\"object\":\"response.deleted\",\"deleted\":true}");
+                Ok(json_response(StatusCode::OK, out, request_id))
+            } else {
+                Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("No response found with id '{id}'."),
+                )
+                .with_code("not_found"))
+            }
         }
         (&Method::POST, "/v1/messages") | (&Method::POST, "/messages") => {
             let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
@@ -436,6 +464,17 @@ fn health(state: &State) -> Vec<u8> {
     write_u64(&mut out, state.streams.live() as u64);
     out.extend_from_slice(b",\"demo\":");
     out.extend_from_slice(if c.demo { b"true" } else { b"false" });
+    out.extend_from_slice(b",\"models_source\":");
+    out.extend_from_slice(if state.catalog.is_live() {
+        b"\"backend\""
+    } else {
+        b"\"builtin\""
+    });
+    let (kept, kept_bytes) = state.history.usage();
+    out.extend_from_slice(b",\"kept_responses\":");
+    write_u64(&mut out, kept as u64);
+    out.extend_from_slice(b",\"kept_response_bytes\":");
+    write_u64(&mut out, kept_bytes as u64);
     out.extend_from_slice(b",\"rate_limits\":");
     match state.rate_limits.load_full() {
         Some(s) => s.write_json(&mut out),

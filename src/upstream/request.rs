@@ -199,6 +199,11 @@ impl ToolNames {
         up
     }
 
+    /// Whether any registered name had to change (else restoring is a no-op).
+    pub fn any_renamed(&self) -> bool {
+        !self.renamed.is_empty()
+    }
+
     /// The client's name for an upstream tool name.
     pub fn restore<'a>(&'a self, upstream: &'a str) -> &'a str {
         self.renamed

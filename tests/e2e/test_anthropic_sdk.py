@@ -94,3 +94,30 @@ def test_errors_raise_the_right_sdk_exceptions(client):
     assert "prompt is too long" in str(e.value)
     with pytest.raises(anthropic.RateLimitError):
         client.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "EMU:429"}])
+
+
+def test_models_list_in_anthropic_shape(client):
+    page = client.models.list()
+    ids = [m.id for m in page.data]
+    assert "gpt-5.5" in ids
+    assert page.has_more is False
+    assert page.first_id == ids[0]
+    m = client.models.retrieve("gpt-5.5")
+    assert m.type == "model" and m.id == "gpt-5.5"
+
+
+def test_compact_then_continue(client):
+    cp = client.post(
+        "/v1/messages/compact",
+        cast_to=object,
+        body={"model": "claude-sonnet-4-5", "max_tokens": 256,
+              "messages": [{"role": "user", "content": "a long history"}]},
+    )
+    assert cp["type"] == "message" and cp["content"][0]["type"] == "compaction"
+    m = client.messages.create(
+        model="claude-sonnet-4-5", max_tokens=256,
+        messages=[{"role": "user", "content": "a long history"},
+                  {"role": "assistant", "content": cp["content"]},
+                  {"role": "user", "content": "next step"}],
+    )
+    assert m.content[0].text == "You said: next step"

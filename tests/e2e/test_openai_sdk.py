@@ -125,3 +125,62 @@ def test_errors_raise_the_right_sdk_exceptions(client):
     assert e.value.code == "context_length_exceeded"
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model="gpt-5.5", messages=[{"role": "user", "content": "EMU:429"}])
+
+
+def test_responses_create_non_stream(client):
+    r = client.responses.create(
+        model="gpt-5.5",
+        instructions="Be brief.",
+        input="hello responses sdk",
+        temperature=0.3,
+        max_output_tokens=64,
+    )
+    assert r.object == "response"
+    assert r.status == "completed"
+    assert r.output_text == "You said: hello responses sdk"
+    assert r.usage.total_tokens > 0
+    # Chaining through the local exchange store.
+    r2 = client.responses.create(model="gpt-5.5", input="and again", previous_response_id=r.id)
+    assert r2.output_text == "You said: and again"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model="gpt-5.5", input="x", previous_response_id="resp_unknown")
+    assert "resp_unknown" in str(e.value)
+
+
+def test_responses_create_stream(client):
+    events = list(client.responses.create(model="gpt-5.5", input="stream responses sdk", stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created"
+    assert kinds[-1] == "response.completed"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == "You said: stream responses sdk"
+    assert events[-1].response.output_text == "You said: stream responses sdk"
+
+
+def test_responses_stream_helper(client):
+    with client.responses.stream(model="gpt-5.5", input="helper") as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_response()
+    assert final.output_text == "You said: helper"
+
+
+def test_images_generate(client):
+    r = client.images.generate(prompt="a red square", n=2, size="1024x1024", quality="high")
+    assert len(r.data) == 2
+    assert r.data[0].b64_json.startswith("iVBORw0KGgo")
+    assert "a red square" in r.data[0].revised_prompt
+    r = client.images.generate(prompt="a blue square", response_format="url")
+    assert r.data[0].url.startswith("data:image/png;base64,")
+    with pytest.raises(openai.BadRequestError):
+        client.images.generate(prompt="x", n=50)
+
+
+def test_models_list_and_retrieve(client):
+    ids = [m.id for m in client.models.list()]
+    assert "gpt-5.5" in ids
+    m = client.models.retrieve("gpt-6.1-terra")
+    assert m.id == "gpt-6.1-terra"
+    assert m.context_window == 500000
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
