@@ -1,10 +1,10 @@
 //! Routing and request guards.
 //!
-//! Owns: the endpoint table, choosing the error protocol for a request, the guards (Host
-//! check against DNS rebinding on loopback binds, the inbound API key compared in constant
-//! time, the body size limit), CORS (only for origins on the configured allow-list:
-//! preflights and response headers; none at all by default), reading the body, `/health`, `/v1/models`, and rendering an
-//! `Error` as a response.
+//! Owns: the endpoint table, choosing the error protocol for a request, the guards (header
+//! size on keep-alive connections, Host check against DNS rebinding on loopback binds, the
+//! inbound API key compared in constant time, the body size limit), CORS (only for origins
+//! on the configured allow-list: preflights and response headers; none at all by default),
+//! reading the body, `/health`, `/v1/models`, and rendering an `Error` as a response.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
