@@ -727,19 +727,14 @@ pub fn auth_json(data: &[u8]) {
             assert!(text.contains("/x/auth.json"), "{text}");
         }
         Ok((mut doc, tokens)) => {
+            // Debug must not depend on the secrets at all: searching it for the token text
+            // would be fooled by a token that equals the (shown) account id, or `<redacted>`.
             let dbg = format!("{tokens:?}");
-            for secret in [
-                Some(&tokens.access_token),
-                tokens.refresh_token.as_ref(),
-                tokens.id_token.as_ref(),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                if secret.len() >= 4 {
-                    assert!(!dbg.contains(secret.as_str()), "Debug shows a token: {dbg}");
-                }
-            }
+            let mut blank = tokens.clone();
+            blank.access_token = "A".into();
+            blank.refresh_token = blank.refresh_token.map(|_| "R".into());
+            blank.id_token = blank.id_token.map(|_| "I".into());
+            assert_eq!(dbg, format!("{blank:?}"), "Debug shows a token");
             let _ = crate::auth::claims::Claims::decode(&tokens.access_token);
             let before = doc.clone();
             file::apply_refresh(

@@ -742,6 +742,15 @@ async fn http_error_directives() {
         resp.json::<Value>().await.unwrap()["error"]["type"],
         "server_error"
     );
+
+    let resp = f.post(&body("EMU:403")).await;
+    assert_eq!(resp.status(), 403);
+    assert!(
+        resp.json::<Value>().await.unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("do not have access")
+    );
 }
 
 #[tokio::test]

@@ -799,8 +799,8 @@ async fn truncated_stream_ends_with_one_error_event_in_each_shape() {
 #[tokio::test]
 async fn silent_upstream_past_the_stream_idle_timeout_fails_in_each_shape() {
     let h = Harness::with(|c| {
-        c.stream_idle_timeout = Duration::from_millis(700);
-        c.keepalive = Duration::from_millis(200);
+        c.stream_idle_timeout = Duration::from_millis(1500);
+        c.keepalive = Duration::from_millis(300);
         c.upstream_retries = 0;
     })
     .await;

@@ -12,7 +12,8 @@
 //! * the issued-token registry and JWT minting ([`tokens`]),
 //! * the request rules of §5.3/§6 ([`rules`]) and the model catalog ([`catalog`]),
 //! * scripted SSE answers chosen by `EMU:` directives ([`script`]) and the body that
-//!   plays them out, chunk per event or coalesced ([`stream`]).
+//!   plays them out, chunk per event or coalesced ([`stream`]), counted while live so tests
+//!   can see an abandoned upstream request being dropped ([`Emulator::live_streams`]).
 //!
 //! It does not own anything the proxy uses on its hot path: nothing outside tests,
 //! benches and `--demo` should depend on it.

@@ -1,11 +1,11 @@
 //! Routing and request guards.
 //!
-//! Owns: the endpoint table, choosing the error protocol for a request, the guards (Host
-//! check against DNS rebinding on loopback binds, the inbound API key compared in constant
-//! time, the body size limit), CORS (only for origins on the configured allow-list:
-//! preflights and response headers; none at all by default), reading the body, `/health`,
-//! and rendering an `Error` as a response. The non-protocol endpoints (models, images,
-//! inspect, compaction, usage) live in `endpoints`.
+//! Owns: the endpoint table, choosing the error protocol for a request, the guards (header
+//! size on keep-alive connections, Host check against DNS rebinding on loopback binds, the
+//! inbound API key compared in constant time, the body size limit), CORS (only for origins
+//! on the configured allow-list: preflights and response headers; none at all by default),
+//! reading the body, `/health`, and rendering an `Error` as a response. The non-protocol
+//! endpoints (models, images, inspect, compaction, usage) live in `endpoints`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
