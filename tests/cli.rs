@@ -723,7 +723,22 @@ async fn json_logs_have_a_banner_and_one_line_per_request() {
     assert_eq!(f["backend_model"], "gpt-5.5");
     assert!(f["input_tokens"].as_u64().unwrap() > 0);
 
-    // Errors are logged too: a wrong key, and an unknown route.
+    // A stream that fails after it started: 200, but the line says how it ended.
+    let resp = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("sk-local-log-test")
+        .json(&serde_json::json!({"model": "gpt-5.5", "stream": true,
+            "messages": [{"role": "user", "content": "EMU:error_event"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    let f = log_line(&mut err, is_request).await["fields"].clone();
+    assert_eq!(f["status"], 200);
+    assert!(f["outcome"].as_str().unwrap().starts_with("error:"), "{f}");
+
+    // Errors are logged too: a wrong key.
     let resp = http
         .post(format!("{base}/v1/chat/completions"))
         .bearer_auth("wrong")
