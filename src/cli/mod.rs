@@ -144,6 +144,15 @@ pub(crate) fn human_duration(secs: i64) -> String {
     }
 }
 
+/// Credential errors name `codex login`; from this tool, its own command does the same.
+pub(crate) fn login_hint(message: String) -> String {
+    if message.contains("codex login") {
+        format!("{message} (`codex-as-api login` signs in too.)")
+    } else {
+        message
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn now_secs() -> i64 {
     crate::auth::file::now().0
