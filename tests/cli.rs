@@ -205,8 +205,14 @@ async fn login_device_flow_polls_until_approved_and_writes_auth_json() {
             break line.trim().to_owned();
         }
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(emu.device_polls() >= 1, "it polls while pending");
+    let waited = std::time::Instant::now();
+    while emu.device_polls() == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(15),
+            "it polls while pending"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(emu.approve_device(&code), "user code {code:?} is pending");
     assert!(finish(child).await.success());
     let auth = home.path().join(".codex/auth.json");
@@ -229,16 +235,9 @@ async fn usage_draws_both_windows_plan_and_credits() {
         "{five}"
     );
     assert!(five.contains("12.0% used"), "{five}");
-    assert!(
-        five.contains("resets in 1h 00m") || five.contains("resets in 59m"),
-        "{five}"
-    );
+    assert!(five.contains("resets in 1h 00m ("), "{five}");
     let week = text.lines().find(|l| l.contains("Weekly limit")).unwrap();
-    assert!(
-        week.contains("3.0% used") && week.contains("resets in 3d 0h")
-            || week.contains("resets in 2d 23h"),
-        "{week}"
-    );
+    assert!(week.contains("3.0% used   resets in 3d 0h ("), "{week}");
     assert!(text.contains("Credits: 9.99"), "{text}");
     assert!(!text.contains('\x1b'), "no colour when not a terminal");
 
