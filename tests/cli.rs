@@ -737,6 +737,25 @@ async fn json_logs_have_a_banner_and_one_line_per_request() {
     assert_eq!(f["status"], 200);
     assert!(f["outcome"].as_str().unwrap().starts_with("error:"), "{f}");
 
+    // A client that goes away mid-stream.
+    let mut resp = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("sk-local-log-test")
+        .json(&serde_json::json!({"model": "gpt-5.5", "stream": true,
+            "messages": [{"role": "user", "content": "EMU:stall:3000 hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.chunk().await.unwrap().is_some());
+    drop(resp);
+    let f = log_line(&mut err, is_request).await["fields"].clone();
+    assert_eq!(f["outcome"], "client_closed", "{f}");
+    assert!(
+        f["duration_ms"].as_f64().unwrap() < 3000.0,
+        "logged when the client left: {f}"
+    );
+
     // Errors are logged too: a wrong key.
     let resp = http
         .post(format!("{base}/v1/chat/completions"))
