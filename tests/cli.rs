@@ -805,3 +805,58 @@ async fn log_level_flag_and_rust_log_filter_lines() {
     log_line(&mut err, |v| v["fields"]["address"].is_string()).await;
     child.kill().await.unwrap();
 }
+
+/// The real Claude Code (tests/e2e/node, installed by tests/run.sh), launched by `claude`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_launches_the_real_claude_code_against_the_server() {
+    let h = common::Harness::with(|c| c.model = "gpt-6-sol".into()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let work = home.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let cfg = serde_json::json!({
+        "hasCompletedOnboarding": true,
+        "projects": {work.to_string_lossy(): {"hasTrustDialogAccepted": true}}
+    });
+    std::fs::write(home.join(".claude.json"), cfg.to_string()).unwrap();
+    let port = h.server.addr().port().to_string();
+    let out = bin(&home)
+        .args(["claude", "--port", &port, "--"])
+        .args([
+            "-p",
+            "Reply with the single word: hi",
+            "--output-format",
+            "json",
+        ])
+        .env("CODEX_AS_API_CLAUDE_BIN", common::claude())
+        .env("CLAUDE_CODE_MAX_RETRIES", "1")
+        .current_dir(&work)
+        .stdin(Stdio::null())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), out)
+        .await
+        .expect("claude finishes within 180 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(v["is_error"], false, "{v}");
+    assert!(
+        v["result"]
+            .as_str()
+            .unwrap()
+            .contains("Reply with the single word: hi"),
+        "{v}"
+    );
+    // Every call (the main turn and any background "haiku" call) reached the server's model.
+    let bodies = h.upstream_bodies();
+    assert!(!bodies.is_empty());
+    assert!(
+        bodies.iter().all(|b| b["model"] == "gpt-6-sol"),
+        "{bodies:?}"
+    );
+}
