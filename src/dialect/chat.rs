@@ -1551,7 +1551,9 @@ impl ChatEncoder {
 
     /// The client index of the call at upstream `index`.
     fn call_index(&self, index: u32) -> Option<usize> {
-        self.calls.iter().position(|&i| i == index)
+        // `as_slice`: with `simd_json::prelude` in scope, `Vec::iter` resolves to
+        // `value_trait::Array::iter`, which boxes its iterator (one allocation per delta).
+        self.calls.as_slice().iter().position(|&i| i == index)
     }
 
     fn finish(&mut self, reason: &str, usage: &Usage, out: &mut BytesMut) {

@@ -3467,33 +3467,6 @@ mod tests {
         assert_eq!(got, text);
     }
 
-    /// `cargo test --release --lib dialect::messages -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn text_delta_throughput() {
-        let env = Env::new();
-        let p = env.plan(&simple(json!([{"role":"user","content":"x"}])));
-        let mut enc = p.encoder();
-        let mut out = BytesMut::with_capacity(1 << 20);
-        enc.begin(&mut out);
-        let n = 5_000_000u32;
-        let start = std::time::Instant::now();
-        for i in 0..n {
-            enc.delta(
-                &Delta::Text {
-                    index: 0,
-                    text: "Hello, \"world\" ",
-                },
-                &mut out,
-            );
-            if i % 1000 == 0 {
-                out.clear();
-            }
-        }
-        let secs = start.elapsed().as_secs_f64();
-        println!("{:.1} M text deltas/s", f64::from(n) / secs / 1e6);
-    }
-
     // ---- render ----------------------------------------------------------------------
 
     #[test]

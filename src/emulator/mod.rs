@@ -26,18 +26,43 @@ mod stream;
 mod tls;
 mod tokens;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use stream::STAMP_PLACEHOLDER;
 pub use tokens::TestCredentials;
+
+/// Requests kept for [`Emulator::requests`] (the oldest are dropped): a load run must not
+/// grow the emulator without bound.
+const MAX_RECORDED: usize = 1024;
+/// Entries kept per lookup table (prompt cache, reasoning followers, flaky counters)
+/// before it is cleared.
+const MAX_TABLE: usize = 65_536;
+
+/// Nanoseconds on the monotonic clock since this process first asked; the clock of the
+/// `EMU:stamp` send-time stamps, so a client in the same process can compute latencies.
+pub fn clock_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Inserts into a lookup table, clearing it first when it is full (bounded memory).
+fn bounded_insert<K: Eq + Hash, V>(map: &mut HashMap<K, V>, key: K, value: V) -> Option<V> {
+    if map.len() >= MAX_TABLE && !map.contains_key(&key) {
+        map.clear();
+    }
+    map.insert(key, value)
+}
 
 /// How the emulator starts.
 #[derive(Clone, Debug)]
@@ -189,7 +214,7 @@ impl Emulator {
         }
     }
 
-    /// Every `POST /codex/responses` received, oldest first.
+    /// The latest `POST /codex/responses` received (up to 1,024), oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.recorded)
             .iter()
@@ -246,7 +271,8 @@ struct Shared {
     account_id: String,
     user_id: String,
     counters: Counters,
-    recorded: Mutex<Vec<Arc<Recorded>>>,
+    /// The latest [`MAX_RECORDED`] requests.
+    recorded: Mutex<VecDeque<Arc<Recorded>>>,
     tokens: Mutex<tokens::Registry>,
     /// Authorization codes and device-code sessions.
     oauth: Mutex<oauth::Registry>,
@@ -271,7 +297,7 @@ impl Shared {
             account_id: uuid_like(),
             user_id: format!("user-{}", random_alnum(24)),
             counters: Counters::default(),
-            recorded: Mutex::new(Vec::new()),
+            recorded: Mutex::new(VecDeque::new()),
             tokens: Mutex::new(tokens::Registry::default()),
             oauth: Mutex::new(oauth::Registry::default()),
             device_interval: cfg.device_poll_interval_secs,
@@ -333,7 +359,9 @@ where
         let shared = shared.clone();
         async move { Ok::<_, std::convert::Infallible>(routes::handle(req, shared).await) }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Like a real edge, many streams per h2 connection (the harness holds 10,000).
+    builder.http2().max_concurrent_streams(100_000);
     let conn = builder.serve_connection(io, service);
     tokio::select! {
         _ = conn => {}

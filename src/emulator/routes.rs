@@ -164,7 +164,13 @@ async fn responses(req: Request<Incoming>, shared: &Shared) -> Resp {
         body: parsed.unwrap_or(Value::Null),
         zstd,
     });
-    lock(&shared.recorded).push(recorded.clone());
+    {
+        let mut recorded_all = lock(&shared.recorded);
+        if recorded_all.len() >= super::MAX_RECORDED {
+            recorded_all.pop_front();
+        }
+        recorded_all.push_back(recorded.clone());
+    }
 
     if !shared.authorized(&parts.headers) {
         return unauthorized();

@@ -39,6 +39,12 @@ struct Directives<'a> {
     slow: Option<u64>,
     stall: Option<u64>,
     flaky: Option<u64>,
+    /// `EMU:pace:<ms>`: a pause after every delta.
+    pace: Option<u64>,
+    /// `EMU:stamp`: every delta carries its send time ([`super::STAMP_PLACEHOLDER`]).
+    stamp: bool,
+    /// `EMU:coalesce` / `EMU:perevent`: this answer's chunking.
+    chunking: Option<super::Chunking>,
 }
 
 fn parse_directives(text: &str) -> Directives<'_> {
@@ -55,6 +61,10 @@ fn parse_directives(text: &str) -> Directives<'_> {
             "slow" => d.slow = arg.parse().ok(),
             "stall" => d.stall = arg.parse().ok(),
             "flaky" => d.flaky = arg.parse().ok(),
+            "pace" => d.pace = arg.parse().ok(),
+            "stamp" => d.stamp = true,
+            "coalesce" => d.chunking = Some(super::Chunking::Coalesced),
+            "perevent" => d.chunking = Some(super::Chunking::PerEvent),
             _ if d.main.is_none() => d.main = Some((name, arg, line)),
             _ => {}
         }
@@ -245,6 +255,7 @@ struct Turn<'a> {
     created_at: i64,
     output: Vec<Value>,
     stall: Option<Duration>,
+    pace: Option<Duration>,
     out_bytes: usize,
     reasoning_tokens: u64,
 }
@@ -260,6 +271,7 @@ impl<'a> Turn<'a> {
             created_at: now_secs(),
             output: Vec::new(),
             stall,
+            pace: None,
             out_bytes: 0,
             reasoning_tokens: 0,
         }
@@ -303,7 +315,7 @@ impl<'a> Turn<'a> {
 
     /// After the first delta of the response, honour `EMU:stall`.
     fn after_delta(&mut self) {
-        if let Some(d) = self.stall.take() {
+        if let Some(d) = self.stall.take().or(self.pace) {
             self.sse.pause(d);
         }
     }
@@ -417,6 +429,22 @@ impl<'a> Turn<'a> {
     }
 
     fn function_call(&mut self, name: &str, ns: Option<&str>, args: &str, deltas: bool) -> String {
+        let pieces = if deltas {
+            split_in(args, 3)
+        } else {
+            Vec::new()
+        };
+        self.function_call_in(name, ns, args, &pieces)
+    }
+
+    /// A function call whose arguments stream as `pieces` (which concatenate to `args`).
+    fn function_call_in(
+        &mut self,
+        name: &str,
+        ns: Option<&str>,
+        args: &str,
+        pieces: &[&str],
+    ) -> String {
         let id = format!("fc_{}", random_hex(32));
         let call_id = format!("call_{}", random_alnum(24));
         let idx = self.output.len();
@@ -425,14 +453,12 @@ impl<'a> Turn<'a> {
             obj.insert("namespace".to_owned(), json!(ns));
         }
         self.item_added(&item);
-        if deltas {
-            for d in split_in(args, 3) {
-                self.sse.event(
-                    "response.function_call_arguments.delta",
-                    &json!({"item_id": id, "output_index": idx, "delta": d}),
-                );
-                self.after_delta();
-            }
+        for d in pieces {
+            self.sse.delta_event(
+                "response.function_call_arguments.delta",
+                &json!({"item_id": id, "output_index": idx, "delta": d}),
+            );
+            self.after_delta();
         }
         self.sse.event(
             "response.function_call_arguments.done",
@@ -493,7 +519,7 @@ impl<'a> Turn<'a> {
             return 0;
         };
         let mut cache = lock(&self.shared.cache);
-        let prev = cache.insert(key.to_owned(), input);
+        let prev = super::bounded_insert(&mut cache, key.to_owned(), input);
         match prev {
             Some(prev) if self.req.session_id == Some(key) => (prev / 128 * 128).min(input),
             _ => 0,
@@ -532,7 +558,7 @@ impl<'a> Turn<'a> {
     fn link(&self, rs: &str, followers: &[&str]) {
         let mut map = lock(&self.shared.followers);
         for f in followers {
-            map.insert((*f).to_owned(), rs.to_owned());
+            super::bounded_insert(&mut map, (*f).to_owned(), rs.to_owned());
         }
     }
 }
@@ -607,15 +633,23 @@ pub(super) fn respond(shared: &Shared, req: &Request<'_>) -> Reply {
 
     if let Some(n) = d.flaky {
         let mut counts = lock(&shared.flaky);
-        let seen = counts.entry(user_text.clone()).or_insert(0);
-        *seen += 1;
-        if *seen <= n {
+        let seen = counts.get(&user_text).copied().unwrap_or(0) + 1;
+        super::bounded_insert(&mut counts, user_text.clone(), seen);
+        if seen <= n {
             return status(503, overloaded(), Some(1));
         }
     }
 
     let delay = d.slow.map(Duration::from_millis);
     let mut t = Turn::new(shared, req, d.stall.map(Duration::from_millis));
+    t.pace = d.pace.map(Duration::from_millis);
+    t.sse.chunking = d.chunking;
+    // With `EMU:stamp`, each generated delta starts with a send-time stamp.
+    let stamp = if d.stamp {
+        super::STAMP_PLACEHOLDER
+    } else {
+        ""
+    };
     let echo = || with_images(format!("You said: {user_text}"), images);
     let (name, arg, line) = d.main.unwrap_or(("", "", ""));
     match name {
@@ -743,7 +777,13 @@ pub(super) fn respond(shared: &Shared, req: &Request<'_>) -> Reply {
                 "lorem ", "ipsum ", "dolor ", "sit ", "amet ", "consectetur ", "adipiscing ",
                 "elit ",
             ];
-            let deltas: Vec<&str> = WORDS.iter().copied().cycle().take(n).collect();
+            let owned: Vec<String> = WORDS
+                .iter()
+                .cycle()
+                .take(n)
+                .map(|w| format!("{stamp}{w}"))
+                .collect();
+            let deltas: Vec<&str> = owned.iter().map(String::as_str).collect();
             let text: String = deltas.concat();
             let id = t.message_open("final_answer", &deltas);
             let idx = t.output.len();
@@ -757,6 +797,36 @@ pub(super) fn respond(shared: &Shared, req: &Request<'_>) -> Reply {
                 &json!({"item_id": id, "output_index": idx, "content_index": 0, "part": part}),
             );
             t.item_done(json!({"id": id, "type": "message", "status": "completed", "content": [part], "phase": "final_answer", "role": "assistant"}));
+            t.finish("completed", None);
+        }
+        "argdeltas" => {
+            // One call of the first offered tool whose arguments stream as `n` deltas:
+            // `{"command":"` … words … `"}`.
+            let n: usize = arg.parse().unwrap_or(10).max(2);
+            let tools = function_tools(req.body);
+            match tools.first() {
+                None => {
+                    t.message(
+                        "EMU: the request offers no function tool to call.",
+                        "final_answer",
+                        None,
+                    );
+                }
+                Some(&(tool, _, ns)) => {
+                    let mut owned: Vec<String> = (0..n)
+                        .map(|i| format!("{stamp}w{i} "))
+                        .collect();
+                    if let Some(first) = owned.first_mut() {
+                        first.insert_str(0, "{\"command\":\"");
+                    }
+                    if let Some(last) = owned.last_mut() {
+                        last.push_str("\"}");
+                    }
+                    let args: String = owned.concat();
+                    let pieces: Vec<&str> = owned.iter().map(String::as_str).collect();
+                    t.function_call_in(tool, ns, &args, &pieces);
+                }
+            }
             t.finish("completed", None);
         }
         "websearch" => {
@@ -811,6 +881,11 @@ mod tests {
         let d = parse_directives("EMU:flaky:2");
         assert_eq!(d.flaky, Some(2));
         assert!(d.main.is_none());
+        let d = parse_directives("EMU:deltas:200 EMU:stamp EMU:pace:50 EMU:coalesce");
+        assert_eq!(d.main.map(|(n, a, _)| (n, a)), Some(("deltas", "200")));
+        assert!(d.stamp);
+        assert_eq!(d.pace, Some(50));
+        assert_eq!(d.chunking, Some(crate::emulator::Chunking::Coalesced));
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! the steps out without a task or channel: one frame per event (yielding between
 //! frames so each is flushed as its own chunk) or one frame per burst, with pauses and
 //! an abrupt cut.
+//!
+//! Send-time stamps (`EMU:stamp`, for the load harness): a delta whose text carries
+//! [`STAMP_PLACEHOLDER`] is kept as a [`Step::Stamped`]; when the body hands that step to
+//! hyper, the sixteen zeros are overwritten with [`super::clock_ns`], so a client in the
+//! same process measures receive − send per chunk on one monotonic clock.
 
 use std::collections::VecDeque;
 use std::io;
@@ -16,9 +21,14 @@ use serde_json::Value;
 
 use super::Chunking;
 
+/// Marker + sixteen digits of a send-time stamp; the digits are written at send time.
+pub const STAMP_PLACEHOLDER: &str = "T@0000000000000000";
+
 /// One step of a scripted body.
 pub(super) enum Step {
     Data(Bytes),
+    /// Event bytes with stamp digits at these offsets, filled in when the step is sent.
+    Stamped(Vec<u8>, Vec<usize>),
     Pause(Duration),
     /// End the body with an error: hyper drops the connection without a terminal chunk.
     Cut,
@@ -29,6 +39,8 @@ pub(super) struct Sse {
     seq: u64,
     steps: Vec<Step>,
     buf: Vec<u8>,
+    /// Per-request chunking (`EMU:coalesce`, `EMU:perevent`); `None`: the emulator's.
+    pub(super) chunking: Option<Chunking>,
 }
 
 impl Sse {
@@ -37,6 +49,30 @@ impl Sse {
             seq: 0,
             steps: Vec::with_capacity(32),
             buf: Vec::with_capacity(256),
+            chunking: None,
+        }
+    }
+
+    /// Like [`Sse::event`], for a delta event: stamp placeholders in it are filled at send time.
+    pub(super) fn delta_event(&mut self, ty: &str, fields: &Value) {
+        self.event(ty, fields);
+        self.stamp_last();
+    }
+
+    /// Turns the last data step into a stamped step if it carries stamp placeholders.
+    fn stamp_last(&mut self) {
+        let Some(Step::Data(b)) = self.steps.last() else {
+            return;
+        };
+        let at: Vec<usize> = memchr::memmem::find_iter(b, STAMP_PLACEHOLDER.as_bytes())
+            .map(|i| i + 2)
+            .collect();
+        if at.is_empty() {
+            return;
+        }
+        let bytes = b.to_vec();
+        if let Some(last) = self.steps.last_mut() {
+            *last = Step::Stamped(bytes, at);
         }
     }
 
@@ -71,6 +107,7 @@ impl Sse {
         let _ = serde_json::to_writer(&mut self.buf, delta);
         self.buf.extend_from_slice(b",\"logprobs\":[]}\n\n");
         self.push_buf();
+        self.stamp_last();
     }
 
     fn head(&mut self, ty: &str) {
@@ -98,7 +135,7 @@ impl Sse {
     }
 
     pub(super) fn into_body(self, chunking: Chunking) -> ScriptBody {
-        ScriptBody::new(self.steps, chunking)
+        ScriptBody::new(self.steps, self.chunking.unwrap_or(chunking))
     }
 }
 
@@ -118,20 +155,33 @@ impl ScriptBody {
         } else {
             let mut merged = VecDeque::with_capacity(4);
             let mut burst: Vec<u8> = Vec::new();
+            let mut stamps: Vec<usize> = Vec::new();
+            let flush = |merged: &mut VecDeque<Step>,
+                         burst: &mut Vec<u8>,
+                         stamps: &mut Vec<usize>| {
+                if stamps.is_empty() {
+                    if !burst.is_empty() {
+                        merged.push_back(Step::Data(Bytes::from(std::mem::take(burst))));
+                    }
+                } else {
+                    merged.push_back(Step::Stamped(std::mem::take(burst), std::mem::take(stamps)));
+                }
+            };
             for step in steps {
                 match step {
                     Step::Data(b) => burst.extend_from_slice(&b),
+                    Step::Stamped(b, at) => {
+                        let base = burst.len();
+                        stamps.extend(at.into_iter().map(|i| i + base));
+                        burst.extend_from_slice(&b);
+                    }
                     other => {
-                        if !burst.is_empty() {
-                            merged.push_back(Step::Data(Bytes::from(std::mem::take(&mut burst))));
-                        }
+                        flush(&mut merged, &mut burst, &mut stamps);
                         merged.push_back(other);
                     }
                 }
             }
-            if !burst.is_empty() {
-                merged.push_back(Step::Data(Bytes::from(burst)));
-            }
+            flush(&mut merged, &mut burst, &mut stamps);
             merged
         };
         ScriptBody {
@@ -172,6 +222,16 @@ impl Body for ScriptBody {
                     this.yield_next = this.per_event && !this.steps.is_empty();
                     return Poll::Ready(Some(Ok(Frame::data(b))));
                 }
+                Some(Step::Stamped(mut b, at)) => {
+                    let digits = stamp_digits(super::clock_ns());
+                    for i in at {
+                        if let Some(slot) = b.get_mut(i..i + digits.len()) {
+                            slot.copy_from_slice(&digits);
+                        }
+                    }
+                    this.yield_next = this.per_event && !this.steps.is_empty();
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(b)))));
+                }
                 Some(Step::Pause(d)) => this.sleep = Some(Box::pin(tokio::time::sleep(d))),
                 Some(Step::Cut) => {
                     return Poll::Ready(Some(Err(io::Error::new(
@@ -186,6 +246,16 @@ impl Body for ScriptBody {
     fn is_end_stream(&self) -> bool {
         self.steps.is_empty() && self.sleep.is_none()
     }
+}
+
+/// `ns` as sixteen zero-padded decimal digits.
+fn stamp_digits(mut ns: u64) -> [u8; 16] {
+    let mut d = [b'0'; 16];
+    for slot in d.iter_mut().rev() {
+        *slot = b'0' + (ns % 10) as u8;
+        ns /= 10;
+    }
+    d
 }
 
 /// Every body the emulator sends.
@@ -257,5 +327,37 @@ mod tests {
             serde_json::from_str(data(&s, 2).split("data: ").nth(1).unwrap().trim()).unwrap();
         assert_eq!(d["delta"], "h\"i");
         assert_eq!(d["sequence_number"], 2);
+    }
+
+    fn stamps_in(b: &[u8]) -> Vec<u64> {
+        memchr::memmem::find_iter(b, b"T@")
+            .map(|i| {
+                std::str::from_utf8(&b[i + 2..i + 18])
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn stamps_are_written_at_send_time_per_event_and_coalesced() {
+        use http_body_util::BodyExt;
+        for chunking in [Chunking::PerEvent, Chunking::Coalesced] {
+            let mut s = Sse::new();
+            s.event("response.created", &json!({}));
+            s.text_delta("msg_1", 0, &format!("{STAMP_PLACEHOLDER}a "));
+            s.text_delta("msg_1", 0, &format!("{STAMP_PLACEHOLDER}b "));
+            s.text_delta("msg_1", 0, "unstamped");
+            let before = crate::emulator::clock_ns();
+            let bytes = s.into_body(chunking).collect().await.unwrap().to_bytes();
+            let stamps = stamps_in(&bytes);
+            assert_eq!(stamps.len(), 2, "{chunking:?}");
+            assert!(
+                stamps
+                    .iter()
+                    .all(|&t| t >= before && t <= crate::emulator::clock_ns())
+            );
+        }
     }
 }

@@ -340,6 +340,7 @@ impl std::fmt::Display for DecodeError {
 pub struct Decoder {
     scratch: Vec<u8>,
     buffers: Option<simd_json::Buffers>,
+    tape: Option<simd_json::tape::Tape<'static>>,
     slots: Vec<Slot>,
     /// `output_index` of the current message for `Text` when the upstream omits it.
     response_id: String,
@@ -379,14 +380,30 @@ impl Decoder {
             .buffers
             .take()
             .unwrap_or_else(|| simd_json::Buffers::new(256));
-        let parsed: Result<RawEvent<'_>, _> =
-            simd_json::serde::from_slice_with_buffers(&mut scratch, &mut buffers);
-        let result = match parsed {
-            Ok(ev) => {
-                self.dispatch(ev, &mut emit);
-                Ok(())
+        // The tape is reused across events (`Tape::reset` re-lifetimes the empty Vec), so a
+        // steady-state event allocates nothing.
+        let mut tape = self
+            .tape
+            .take()
+            .unwrap_or_else(|| simd_json::tape::Tape(Vec::new()))
+            .reset();
+        let result = match simd_json::fill_tape(&mut scratch, &mut buffers, &mut tape) {
+            Ok(()) => {
+                let mut de = simd_json::Deserializer::from_tape(tape);
+                let result = match RawEvent::deserialize(&mut de) {
+                    Ok(ev) => {
+                        self.dispatch(ev, &mut emit);
+                        Ok(())
+                    }
+                    Err(_) => Err(DecodeError::InvalidJson),
+                };
+                self.tape = Some(de.into_tape().reset());
+                result
             }
-            Err(_) => Err(DecodeError::InvalidJson),
+            Err(_) => {
+                self.tape = Some(tape.reset());
+                Err(DecodeError::InvalidJson)
+            }
         };
         self.buffers = Some(buffers);
         self.scratch = scratch;

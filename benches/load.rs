@@ -1,0 +1,684 @@
+//! Load harness: many concurrent keep-alive streaming clients, "direct to the emulator"
+//! against "through codex-as-api", in one run, printed as ratios.
+//!
+//! `cargo bench --bench load` runs the full matrix; `cargo test --benches` (no `--bench`
+//! argument) runs a seconds-long smoke version of the same code.
+//!
+//! * The emulator runs in this process; the proxy is the real `codex-as-api` binary in a
+//!   child process (its RSS and CPU are its own), pointed at the emulator.
+//! * Every response streams 200 deltas (`EMU:deltas:200` text or `EMU:argdeltas:200` tool
+//!   arguments), each stamped with its send time on this process's monotonic clock
+//!   (`EMU:stamp`, `emulator::clock_ns`); a client computes receive − stamp per delta.
+//!   `EMU:perevent` sends each SSE event as its own HTTP chunk, `EMU:coalesce` one per burst.
+//! * Reported per scenario: requests/s, p50 time to the first content byte (request sent
+//!   → first stamped delta), p50/p99 per-delta latency (receive − stamp), proxy CPU per
+//!   request; then ratios and overheads (proxy − direct).
+//! * Also: process start → first served `/health` (5 runs), idle RSS, peak RSS, and N slow
+//!   streams (one delta every 50 ms) held at once over an h2 (TLS) upstream, with RSS per
+//!   stream and the error count.
+//!
+//! Knobs (env): `LOAD_STREAMS` (default `16,256`), `LOAD_REQUESTS` (per scenario, default
+//! 640), `LOAD_SLOW` (slow streams, default 10000; 0 skips), `LOAD_SLOW_DELTAS` (default 100).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use codex_as_api::emulator::{Emulator, EmulatorConfig, TestCredentials, clock_ns};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const DELTAS: usize = 200;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Dialect {
+    Chat,
+    Messages,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Text,
+    Tool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Chunks {
+    PerEvent,
+    Coalesce,
+}
+
+/// Where requests go and what they look like.
+#[derive(Clone)]
+struct Target {
+    addr: SocketAddr,
+    path: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: Bytes,
+    deltas: usize,
+}
+
+fn directives(kind: Kind, chunks: Chunks, deltas: usize, pace: Option<u64>) -> String {
+    let main = match kind {
+        Kind::Text => format!("EMU:deltas:{deltas}"),
+        Kind::Tool => format!("EMU:argdeltas:{deltas}"),
+    };
+    let chunking = match chunks {
+        Chunks::PerEvent => "EMU:perevent",
+        Chunks::Coalesce => "EMU:coalesce",
+    };
+    let pace = pace.map(|ms| format!(" EMU:pace:{ms}")).unwrap_or_default();
+    format!("{main} EMU:stamp {chunking}{pace}")
+}
+
+fn bash_schema() -> Value {
+    json!({"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]})
+}
+
+fn direct_target(emu_addr: SocketAddr, creds: &TestCredentials, text: &str) -> Target {
+    let body = json!({
+        "model": "gpt-5.5", "instructions": "You are a helpful assistant.",
+        "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}],
+        "tools": [{"type": "function", "name": "Bash", "description": "run", "parameters": bash_schema()}],
+        "tool_choice": "auto", "parallel_tool_calls": false, "store": false, "stream": true,
+    });
+    Target {
+        addr: emu_addr,
+        path: "/backend-api/codex/responses",
+        headers: vec![
+            ("authorization", format!("Bearer {}", creds.access_token)),
+            ("chatgpt-account-id", creds.account_id.clone()),
+            ("accept", "text/event-stream".to_owned()),
+        ],
+        body: Bytes::from(body.to_string()),
+        deltas: DELTAS,
+    }
+}
+
+fn proxy_target(proxy: SocketAddr, dialect: Dialect, text: &str, deltas: usize) -> Target {
+    let (path, body) = match dialect {
+        Dialect::Chat => (
+            "/v1/chat/completions",
+            json!({"model": "gpt-5.5", "stream": true,
+                "messages": [{"role": "user", "content": text}],
+                "tools": [{"type": "function", "function": {"name": "Bash", "description": "run", "parameters": bash_schema()}}]}),
+        ),
+        Dialect::Messages => (
+            "/v1/messages",
+            json!({"model": "claude-opus-5-5", "stream": true, "max_tokens": 4096,
+                "messages": [{"role": "user", "content": text}],
+                "tools": [{"name": "Bash", "description": "run", "input_schema": bash_schema()}]}),
+        ),
+    };
+    Target {
+        addr: proxy,
+        path,
+        headers: vec![("anthropic-version", "2023-06-01".to_owned())],
+        body: Bytes::from(body.to_string()),
+        deltas,
+    }
+}
+
+/// What one client saw.
+#[derive(Default)]
+struct Seen {
+    requests: u64,
+    errors: u64,
+    ttfb_ns: Vec<u64>,
+    latency_ns: Vec<u64>,
+}
+
+/// Finds complete stamps (`T@` + 16 digits) in `carry` + `data`; keeps an incomplete tail.
+fn scan(carry: &mut Vec<u8>, data: &[u8], now: u64, latencies: &mut Vec<u64>) -> usize {
+    carry.extend_from_slice(data);
+    let mut found = 0;
+    let mut last_end = 0;
+    for i in memchr::memmem::find_iter(carry, b"T@") {
+        let Some(digits) = carry.get(i + 2..i + 18) else {
+            break;
+        };
+        let Some(stamp) = std::str::from_utf8(digits)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        last_end = i + 18;
+        if stamp != 0 {
+            latencies.push(now.saturating_sub(stamp));
+            found += 1;
+        }
+    }
+    let keep_from = carry.len().saturating_sub(17).max(last_end);
+    carry.drain(..keep_from);
+    found
+}
+
+/// One keep-alive client: `requests` streaming requests, one after another, on one connection.
+async fn client(target: Arc<Target>, requests: usize, live: Arc<AtomicUsize>) -> Seen {
+    let mut seen = Seen::default();
+    let Ok(stream) = TcpStream::connect(target.addr).await else {
+        seen.errors += requests as u64;
+        return seen;
+    };
+    let _ = stream.set_nodelay(true);
+    let Ok((mut send, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    else {
+        seen.errors += requests as u64;
+        return seen;
+    };
+    tokio::spawn(conn);
+    let host = target.addr.to_string();
+    let mut carry = Vec::with_capacity(64);
+    for _ in 0..requests {
+        if send.ready().await.is_err() {
+            seen.errors += 1;
+            continue;
+        }
+        let mut req = Request::post(target.path)
+            .header("host", &host)
+            .header("content-type", "application/json");
+        for (k, v) in &target.headers {
+            req = req.header(*k, v);
+        }
+        let req = req.body(Full::new(target.body.clone())).unwrap();
+        let t0 = clock_ns();
+        let resp = match send.send_request(req).await {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) => {
+                seen.errors += 1;
+                if seen.errors == 1 {
+                    let status = r.status();
+                    let b = r.into_body().collect().await.map(|c| c.to_bytes());
+                    eprintln!("load: {} answered {status}: {b:?}", target.path);
+                }
+                continue;
+            }
+            Err(e) => {
+                seen.errors += 1;
+                eprintln!("load: request failed: {e}");
+                continue;
+            }
+        };
+        live.fetch_add(1, Ordering::Relaxed);
+        let mut body = resp.into_body();
+        let mut first: Option<u64> = None;
+        let mut stamps = 0;
+        carry.clear();
+        let mut failed = false;
+        while let Some(frame) = body.frame().await {
+            let now = clock_ns();
+            match frame {
+                Ok(f) => {
+                    if let Ok(data) = f.into_data() {
+                        let n = scan(&mut carry, &data, now, &mut seen.latency_ns);
+                        if n > 0 && first.is_none() {
+                            first = Some(now);
+                        }
+                        stamps += n;
+                    }
+                }
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        live.fetch_sub(1, Ordering::Relaxed);
+        if failed || stamps != target.deltas {
+            seen.errors += 1;
+            if seen.errors == 1 {
+                eprintln!(
+                    "load: {}: {stamps} stamped deltas, expected {}",
+                    target.path, target.deltas
+                );
+            }
+            continue;
+        }
+        seen.requests += 1;
+        if let Some(f) = first {
+            seen.ttfb_ns.push(f - t0);
+        }
+    }
+    seen
+}
+
+/// Runs `streams` concurrent clients sharing `total` requests; returns the merged view and
+/// the wall time.
+async fn run(target: &Target, streams: usize, total: usize) -> (Seen, Duration) {
+    let per = total.div_ceil(streams).max(1);
+    let target = Arc::new(target.clone());
+    let live = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..streams)
+        .map(|_| tokio::spawn(client(Arc::clone(&target), per, Arc::clone(&live))))
+        .collect();
+    let mut all = Seen::default();
+    for t in tasks {
+        let s = t.await.unwrap();
+        all.requests += s.requests;
+        all.errors += s.errors;
+        all.ttfb_ns.extend(s.ttfb_ns);
+        all.latency_ns.extend(s.latency_ns);
+    }
+    (all, start.elapsed())
+}
+
+fn pct(v: &mut [u64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)] as f64
+}
+
+/// A `/proc/<pid>/status` field in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of a process, in seconds.
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // Fields 14 and 15 of stat(5), counted from the state field (3).
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+    /// Spawn → first 200 from `/health`.
+    startup: Duration,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn health_ok(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let req = format!("GET /health HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf).await, Ok(n) if n >= 12 && &buf[9..12] == b"200")
+}
+
+async fn start_proxy(emu: &Emulator, dir: &Path, ca: Option<&Path>) -> Proxy {
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_codex-as-api"));
+    cmd.arg("serve")
+        .args(["--port", &port.to_string()])
+        .args(["--upstream-url", &emu.base_url()])
+        .args(["--token-url", &emu.token_url()])
+        .arg("--auth-path")
+        .arg(dir.join("auth.json"))
+        .arg("--codex-home")
+        .arg(dir)
+        .args(["--max-concurrent-streams", "20000"])
+        .args(["--log-level", "error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(ca) = ca {
+        cmd.arg("--ca-file").arg(ca);
+    }
+    let t0 = Instant::now();
+    let child = cmd.spawn().expect("spawn codex-as-api");
+    loop {
+        if health_ok(addr).await {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "proxy did not start"
+        );
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    Proxy {
+        child,
+        addr,
+        startup: t0.elapsed(),
+    }
+}
+
+struct Row {
+    rps: f64,
+    ttfb_p50_ms: f64,
+    lat_p50_us: f64,
+    lat_p99_us: f64,
+    cpu_us_per_req: f64,
+    errors: u64,
+}
+
+async fn measure(target: &Target, streams: usize, total: usize, pid: &str) -> Row {
+    let cpu0 = cpu_secs(pid);
+    let (mut seen, wall) = run(target, streams, total).await;
+    let cpu = cpu_secs(pid) - cpu0;
+    Row {
+        rps: seen.requests as f64 / wall.as_secs_f64(),
+        ttfb_p50_ms: pct(&mut seen.ttfb_ns, 0.5) / 1e6,
+        lat_p50_us: pct(&mut seen.latency_ns, 0.5) / 1e3,
+        lat_p99_us: pct(&mut seen.latency_ns, 0.99) / 1e3,
+        cpu_us_per_req: cpu * 1e6 / seen.requests.max(1) as f64,
+        errors: seen.errors,
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async_main(full));
+}
+
+async fn async_main(full: bool) {
+    let streams_list: Vec<usize> = if full {
+        std::env::var("LOAD_STREAMS")
+            .unwrap_or_else(|_| "16,256".into())
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect()
+    } else {
+        vec![4]
+    };
+    let total = if full {
+        env_usize("LOAD_REQUESTS", 640)
+    } else {
+        8
+    };
+    let slow = if full {
+        env_usize("LOAD_SLOW", 10_000)
+    } else {
+        20
+    };
+    let slow_deltas = if full {
+        env_usize("LOAD_SLOW_DELTAS", 100)
+    } else {
+        5
+    };
+    let self_pid = std::process::id().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let creds = emu.issue_credentials(24 * 3600);
+    creds
+        .write_auth_json(&dir.path().join("auth.json"))
+        .unwrap();
+
+    // Start-up: five cold starts of the binary, to the first served request.
+    let mut startups = Vec::new();
+    for _ in 0..if full { 5 } else { 1 } {
+        let p = start_proxy(&emu, dir.path(), None).await;
+        startups.push(p.startup.as_secs_f64() * 1e3);
+    }
+    startups.sort_by(f64::total_cmp);
+    let proxy = start_proxy(&emu, dir.path(), None).await;
+    let pid = proxy.child.id();
+    let proxy_pid = pid.to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = status_kib(pid, "VmRSS:");
+    println!(
+        "startup (spawn → first /health 200): median {:.1} ms, max {:.1} ms over {} runs",
+        startups[startups.len() / 2],
+        startups[startups.len() - 1],
+        startups.len()
+    );
+    println!("idle RSS after start: {:.1} MB", idle_rss as f64 / 1024.0);
+
+    // Warm-up: connections, pool, page cache.
+    let warm = proxy_target(
+        proxy.addr,
+        Dialect::Chat,
+        &directives(Kind::Text, Chunks::PerEvent, DELTAS, None),
+        DELTAS,
+    );
+    let _ = run(&warm, 4, 16).await;
+
+    println!();
+    println!(
+        "{:<9} {:<5} {:<9} {:>7} | {:>8} {:>8} {:>9} {:>9} {:>9} {:>6} | {:>6} {:>9} {:>9} {:>9}",
+        "dialect",
+        "kind",
+        "chunks",
+        "streams",
+        "path",
+        "req/s",
+        "ttfb p50",
+        "lat p50",
+        "lat p99",
+        "errors",
+        "ratio",
+        "+ttfb p50",
+        "+lat p50",
+        "+lat p99"
+    );
+    let mut worst_ratio = f64::MAX;
+    let mut worst_p99 = f64::MIN;
+    let mut worst_ttfb = f64::MIN;
+    let mut errors = 0;
+    let mut cpu_rows = Vec::new();
+    for &streams in &streams_list {
+        for chunks in [Chunks::PerEvent, Chunks::Coalesce] {
+            for kind in [Kind::Text, Kind::Tool] {
+                let text = directives(kind, chunks, DELTAS, None);
+                let direct = direct_target(emu.addr(), &creds, &text);
+                let d = measure(&direct, streams, total, &self_pid).await;
+                errors += d.errors;
+                for dialect in [Dialect::Chat, Dialect::Messages] {
+                    let target = proxy_target(proxy.addr, dialect, &text, DELTAS);
+                    let p = measure(&target, streams, total, &proxy_pid).await;
+                    errors += p.errors;
+                    let ratio = p.rps / d.rps;
+                    let add_ttfb = p.ttfb_p50_ms - d.ttfb_p50_ms;
+                    let add_p50 = (p.lat_p50_us - d.lat_p50_us) / 1e3;
+                    let add_p99 = (p.lat_p99_us - d.lat_p99_us) / 1e3;
+                    if chunks == Chunks::PerEvent {
+                        worst_ratio = worst_ratio.min(ratio);
+                        worst_p99 = worst_p99.max(add_p99);
+                        worst_ttfb = worst_ttfb.max(add_ttfb);
+                    }
+                    for (label, r) in [("direct", &d), ("proxy", &p)] {
+                        print!(
+                            "{:<9} {:<5} {:<9} {:>7} | {:>8} {:>8.0} {:>6.2} ms {:>6.0} us {:>6.0} us {:>6}",
+                            format!("{dialect:?}").to_lowercase(),
+                            format!("{kind:?}").to_lowercase(),
+                            format!("{chunks:?}").to_lowercase(),
+                            streams,
+                            label,
+                            r.rps,
+                            r.ttfb_p50_ms,
+                            r.lat_p50_us,
+                            r.lat_p99_us,
+                            r.errors
+                        );
+                        if label == "proxy" {
+                            println!(
+                                " | {:>5.2}x {:>6.2} ms {:>6.2} ms {:>6.2} ms",
+                                ratio, add_ttfb, add_p50, add_p99
+                            );
+                        } else {
+                            println!(" |");
+                        }
+                    }
+                    cpu_rows.push((
+                        dialect,
+                        kind,
+                        chunks,
+                        streams,
+                        p.cpu_us_per_req,
+                        d.cpu_us_per_req,
+                    ));
+                }
+            }
+        }
+    }
+    println!();
+    println!("CPU per request (proxy process; harness process = emulator + clients, direct run):");
+    for (dialect, kind, chunks, streams, proxy_cpu, direct_cpu) in &cpu_rows {
+        println!(
+            "  {:<9} {:<5} {:<9} {:>4} streams: proxy {:>6.0} us/req   (direct harness {:>6.0} us/req)",
+            format!("{dialect:?}").to_lowercase(),
+            format!("{kind:?}").to_lowercase(),
+            format!("{chunks:?}").to_lowercase(),
+            streams,
+            proxy_cpu,
+            direct_cpu
+        );
+    }
+    let peak_rss = status_kib(pid, "VmHWM:");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_after = status_kib(pid, "VmRSS:");
+    println!(
+        "proxy peak RSS (load matrix): {:.1} MB; idle RSS after load: {:.1} MB",
+        peak_rss as f64 / 1024.0,
+        idle_after as f64 / 1024.0
+    );
+    drop(proxy);
+
+    if slow > 0 {
+        slow_streams(slow, slow_deltas, dir.path()).await;
+    }
+
+    println!();
+    println!("summary (one chunk per event; worst over dialects, kinds and stream counts):");
+    println!(
+        "  throughput ratio proxy/direct: {worst_ratio:.2}x (target ≥ 0.70x)\n  p99 added per-chunk latency: {worst_p99:.3} ms (target ≤ 0.5 ms)\n  p50 TTFB overhead: {worst_ttfb:.3} ms (target ≤ 0.3 ms)\n  start → first served request: {:.1} ms median (target ≤ 50 ms)\n  idle RSS: {:.1} MB (target ≤ 12 MB)\n  errors: {errors}",
+        startups[startups.len() / 2],
+        idle_rss as f64 / 1024.0
+    );
+    assert_eq!(errors, 0, "requests failed during the load run");
+}
+
+/// `n` concurrent streams, one delta every 50 ms, through the proxy over an h2 (TLS)
+/// upstream (HTTP/1.1 would need two descriptors per stream in the proxy; the hard limit
+/// here is 20,000).
+async fn slow_streams(n: usize, deltas: usize, dir: &Path) {
+    let emu = Emulator::start(EmulatorConfig {
+        tls: true,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, emu.ca_pem().unwrap()).unwrap();
+    let sub = dir.join("slow");
+    std::fs::create_dir_all(&sub).unwrap();
+    emu.issue_credentials(24 * 3600)
+        .write_auth_json(&sub.join("auth.json"))
+        .unwrap();
+    let proxy = start_proxy(&emu, &sub, Some(&ca)).await;
+    let pid = proxy.child.id();
+    let text = directives(Kind::Text, Chunks::PerEvent, deltas, Some(50));
+    let target = Arc::new(proxy_target(proxy.addr, Dialect::Chat, &text, deltas));
+    // One request first, so the pooled h2 connection exists before the ramp.
+    let warm = proxy_target(
+        proxy.addr,
+        Dialect::Chat,
+        &directives(Kind::Text, Chunks::PerEvent, 5, None),
+        5,
+    );
+    let _ = run(&warm, 1, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = status_kib(pid, "VmRSS:");
+    let live = Arc::new(AtomicUsize::new(0));
+    let max_live = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        tasks.push(tokio::spawn(client(
+            Arc::clone(&target),
+            1,
+            Arc::clone(&live),
+        )));
+        if i % 250 == 249 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let sampler = {
+        let live = Arc::clone(&live);
+        let max_live = Arc::clone(&max_live);
+        tokio::spawn(async move {
+            let mut peak = 0;
+            loop {
+                let l = live.load(Ordering::Relaxed) as u64;
+                max_live.fetch_max(l, Ordering::Relaxed);
+                peak = peak.max(status_kib(pid, "VmRSS:"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if l == 0 && max_live.load(Ordering::Relaxed) > 0 {
+                    return peak;
+                }
+            }
+        })
+    };
+    let mut seen = Seen::default();
+    for t in tasks {
+        let s = t.await.unwrap();
+        seen.requests += s.requests;
+        seen.errors += s.errors;
+        seen.latency_ns.extend(s.latency_ns);
+    }
+    let wall = start.elapsed();
+    let peak = sampler.await.unwrap().max(status_kib(pid, "VmHWM:"));
+    let per_stream = (peak.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+    println!();
+    println!(
+        "slow streams: {n} × {deltas} deltas at 50 ms, h2 upstream: {} ok, {} errors, {} live at once, {:.1} s; proxy RSS {:.1} MB idle → {:.1} MB peak: {:.1} KB per stream (target ≤ 16 KB); delta latency p50 {:.2} ms p99 {:.2} ms",
+        seen.requests,
+        seen.errors,
+        max_live.load(Ordering::Relaxed),
+        wall.as_secs_f64(),
+        before as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        per_stream / 1024.0,
+        pct(&mut seen.latency_ns, 0.5) / 1e6,
+        pct(&mut seen.latency_ns, 0.99) / 1e6,
+    );
+    assert_eq!(seen.errors, 0, "slow streams failed");
+}
