@@ -10,7 +10,7 @@
 //!   user where to enter it, poll every `interval` seconds (403/404 = pending), then
 //!   exchange the returned code with the returned verifier.
 //!
-//! Both end in [`save`]: `auth_mode: "chatgpt"`, the three tokens, `account_id` from the id
+//! Both end in `save`: `auth_mode: "chatgpt"`, the three tokens, `account_id` from the id
 //! token, `last_refresh` = now, written atomically with mode 0600 under the Codex lock
 //! file, keeping every other key an existing file has. Tokens are never printed.
 
