@@ -860,3 +860,70 @@ async fn claude_launches_the_real_claude_code_against_the_server() {
         "{bodies:?}"
     );
 }
+
+/// Start `login` on a fixed callback port and read up to its authorize URL.
+async fn start_browser_login(
+    home: &Path,
+    emu: &Emulator,
+    port: u16,
+) -> (Child, Lines<BufReader<ChildStdout>>, String) {
+    let mut child = bin(home)
+        .args([
+            "login",
+            "--no-browser",
+            "--callback-port",
+            &port.to_string(),
+        ])
+        .args(["--auth-base-url", &emu.auth_base_url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let prefix = format!("{}/oauth/authorize?", emu.auth_base_url());
+    let url = loop {
+        let line = next_line(&mut out).await;
+        if line.trim().starts_with(&prefix) {
+            break line.trim().to_owned();
+        }
+    };
+    (child, out, url)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_takes_the_callback_port_over_and_ignores_forged_callbacks() {
+    let emu = emulator().await;
+    let home = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (first, _out1, _) = start_browser_login(home.path(), &emu, port).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // Another page cannot end the sign-in with a made-up error.
+    let forged = http
+        .get(format!(
+            "http://127.0.0.1:{port}/auth/callback?error=access_denied&state=guess"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    // A second login asks the first to stop (its /cancel page) and takes the port.
+    let (second, _out2, url) = start_browser_login(home.path(), &emu, port).await;
+    let first = tokio::time::timeout(Duration::from_secs(20), first.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!first.status.success());
+    assert!(String::from_utf8_lossy(&first.stderr).contains("cancelled"));
+    let to_callback = http.get(&url).send().await.unwrap();
+    let callback = to_callback.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(callback.starts_with(&format!("http://127.0.0.1:{port}/auth/callback?")));
+    assert_eq!(http.get(&callback).send().await.unwrap().status(), 302);
+    assert!(finish(second).await.success());
+    assert_codex_auth_json(&home.path().join(".codex/auth.json"));
+}
