@@ -36,7 +36,10 @@
 //! - [`body`]: `Translate<E>`, the streaming body: drains every upstream frame already
 //!   available and emits the translated bytes as one frame; keepalives and idle timeout.
 //! - [`tokens`]: o200k token counting (count_tokens, usage estimates).
-//! - [`server`]: accept loop, routing, guards, the request pipeline, rate-limit snapshot.
+//! - [`server`]: accept loop, routing, guards, the request pipeline, rate-limit snapshot,
+//!   the one log line per request (`server::reqlog`).
+//! - [`cli`]: the user commands besides `serve`: `login` (browser PKCE and device code,
+//!   writing the Codex CLI's auth.json), `usage` (rate-limit bars), `claude` and `env`.
 //! - [`emulator`]: a faithful Codex backend on a loopback port for tests, benches and `--demo`.
 //! - `fuzzing`: entry points shared by the fuzz targets and the corpus replay test.
 #![forbid(unsafe_code)]

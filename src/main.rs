@@ -32,14 +32,10 @@ struct Cli {
 
 #[derive(clap::Args, Debug, Clone)]
 struct LogArgs {
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(
-        long,
-        env = "CODEX_AS_API_LOG_LEVEL",
-        default_value = "info",
-        global = true
-    )]
-    log_level: String,
+    /// Log level (error, warn, info, debug, trace; default: info for the server, error for
+    /// the other commands); RUST_LOG overrides it.
+    #[arg(long, env = "CODEX_AS_API_LOG_LEVEL", global = true)]
+    log_level: Option<String>,
     /// Log format.
     #[arg(long, env = "CODEX_AS_API_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
@@ -178,21 +174,28 @@ fn log_argv(log: &LogArgs) -> Vec<OsString> {
         LogFormat::Text => "text",
         LogFormat::Json => "json",
     };
-    vec![
-        "--log-level".into(),
-        log.log_level.clone().into(),
-        "--log-format".into(),
-        format.into(),
-    ]
+    let mut argv: Vec<OsString> = vec!["--log-format".into(), format.into()];
+    if let Some(level) = &log.log_level {
+        argv.push("--log-level".into());
+        argv.push(level.into());
+    }
+    argv
 }
 
-fn init_logging(log: &LogArgs) {
+/// `default_level` applies when neither RUST_LOG nor --log-level says otherwise: the
+/// server logs at info, the one-shot commands only their errors (which they also print).
+fn init_logging(log: &LogArgs, default_level: &str) {
     use tracing_subscriber::EnvFilter;
+    let level = log.log_level.as_deref().unwrap_or(default_level);
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.log_level))
+        .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or journald gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match log.log_format {
         LogFormat::Json => builder.json().init(),
@@ -202,7 +205,11 @@ fn init_logging(log: &LogArgs) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    let default_level = match cli.command {
+        None | Some(Command::Serve(_)) | Some(Command::Emulator { .. }) => "info",
+        Some(_) => "error",
+    };
+    init_logging(&cli.log, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

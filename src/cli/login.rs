@@ -10,7 +10,7 @@
 //!   user where to enter it, poll every `interval` seconds (403/404 = pending), then
 //!   exchange the returned code with the returned verifier.
 //!
-//! Both end in [`save`]: `auth_mode: "chatgpt"`, the three tokens, `account_id` from the id
+//! Both end in `save`: `auth_mode: "chatgpt"`, the three tokens, `account_id` from the id
 //! token, `last_refresh` = now, written atomically with mode 0600 under the Codex lock
 //! file, keeping every other key an existing file has. Tokens are never printed.
 
@@ -328,11 +328,7 @@ async fn callback(flow: Arc<Flow>, req: Request<Incoming>) -> Response<Full<Byte
     let q: HashMap<String, String> = parse_query(req.uri().query().unwrap_or(""));
     match req.uri().path() {
         "/auth/callback" => {
-            if let Some(err) = q.get("error") {
-                let why = q.get("error_description").unwrap_or(err);
-                flow.finish(Err(format!("the sign-in was refused: {why}")));
-                return page(StatusCode::BAD_REQUEST, "Sign-in failed", &html_escape(why));
-            }
+            // Checked first, so no other page can end (or answer) this sign-in.
             if q.get("state").map(String::as_str) != Some(flow.state.as_str()) {
                 // Not our request (or a forged one): refuse it and keep waiting.
                 return page(
@@ -340,6 +336,11 @@ async fn callback(flow: Arc<Flow>, req: Request<Incoming>) -> Response<Full<Byte
                     "Sign-in failed",
                     "The state parameter does not match this sign-in. Start again from the terminal.",
                 );
+            }
+            if let Some(err) = q.get("error") {
+                let why = q.get("error_description").unwrap_or(err);
+                flow.finish(Err(format!("the sign-in was refused: {why}")));
+                return page(StatusCode::BAD_REQUEST, "Sign-in failed", &html_escape(why));
             }
             let Some(code) = q.get("code").filter(|c| !c.is_empty()) else {
                 return page(
@@ -392,19 +393,42 @@ async fn callback(flow: Arc<Flow>, req: Request<Incoming>) -> Response<Full<Byte
     }
 }
 
+/// Bind the callback port. When an earlier sign-in (ours or the Codex CLI's) still holds
+/// it, ask that one to stop through its `/cancel` page, as the Codex CLI does, and retry.
+async fn bind_callback(client: &HttpClient, port: u16) -> Result<TcpListener, String> {
+    let mut cancelled = false;
+    let mut attempts = 0;
+    loop {
+        match TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempts < 10 => {
+                if !cancelled {
+                    cancelled = true;
+                    if let Ok(req) = Request::builder()
+                        .uri(format!("http://127.0.0.1:{port}/cancel"))
+                        .body(Full::new(Bytes::new()))
+                    {
+                        let _ = fetch(client, req, Duration::from_secs(2)).await;
+                    }
+                }
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot listen on 127.0.0.1:{port} for the sign-in callback ({e}); use --callback-port, or --device on machines without a browser."
+                ));
+            }
+        }
+    }
+}
+
 async fn browser_flow(
     client: &HttpClient,
     base: &str,
     opts: &LoginOptions,
 ) -> Result<Issued, String> {
-    let listener = TcpListener::bind(("127.0.0.1", opts.callback_port))
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot listen on 127.0.0.1:{} for the sign-in callback ({e}); is another login running? Use --device on machines without a browser.",
-                opts.callback_port
-            )
-        })?;
+    let listener = bind_callback(client, opts.callback_port).await?;
     let port = listener
         .local_addr()
         .map_err(|e| format!("callback server: {e}"))?

@@ -134,13 +134,24 @@ pub(crate) fn human_duration(secs: i64) -> String {
     if secs <= 0 {
         return "now".to_owned();
     }
-    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, (secs % 3600 + 59) / 60);
+    // Round up to whole minutes first, so 3599 s reads `1h 00m`, never `60m`.
+    let minutes = (secs + 59) / 60;
+    let (d, h, m) = (minutes / 1440, minutes % 1440 / 60, minutes % 60);
     if d > 0 {
         format!("{d}d {h}h")
     } else if h > 0 {
         format!("{h}h {m:02}m")
     } else {
         format!("{m}m")
+    }
+}
+
+/// Credential errors name `codex login`; from this tool, its own command does the same.
+pub(crate) fn login_hint(message: String) -> String {
+    if message.contains("codex login") {
+        format!("{message} (`codex-as-api login` signs in too.)")
+    } else {
+        message
     }
 }
 
@@ -166,6 +177,9 @@ mod tests {
         assert_eq!(human_duration(0), "now");
         assert_eq!(human_duration(59), "1m");
         assert_eq!(human_duration(3600), "1h 00m");
+        assert_eq!(human_duration(3599), "1h 00m");
+        assert_eq!(human_duration(7199), "2h 00m");
+        assert_eq!(human_duration(259_199), "3d 0h");
         assert_eq!(human_duration(3 * 86_400 + 4 * 3600 + 5), "3d 4h");
         assert_eq!(utc_minutes(0), "1970-01-01 00:00 UTC");
     }

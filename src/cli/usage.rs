@@ -42,19 +42,26 @@ pub async fn fetch_usage(config: &Config, client: &HttpClient) -> Result<Value, 
         config.token_url.clone(),
         client.clone(),
     );
-    let mut auth = store.headers().await.map_err(|e| e.message)?;
+    let mut auth = store
+        .headers()
+        .await
+        .map_err(|e| super::login_hint(e.message))?;
     let mut recovered = false;
     loop {
         let (status, _, body) =
             fetch(client, request(config, &auth)?, Duration::from_secs(30)).await?;
         if status == StatusCode::UNAUTHORIZED && !recovered {
             recovered = true;
-            auth = match store.reload(&auth).await.map_err(|e| e.message)? {
+            auth = match store
+                .reload(&auth)
+                .await
+                .map_err(|e| super::login_hint(e.message))?
+            {
                 Some(fresh) => fresh,
                 None => store
                     .refresh_after_unauthorized(&auth)
                     .await
-                    .map_err(|e| e.message)?,
+                    .map_err(|e| super::login_hint(e.message))?,
             };
             continue;
         }
