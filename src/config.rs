@@ -95,6 +95,12 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_allow_origin: Vec<String>,
+    /// Exchanges kept in memory for `previous_response_id` (oldest evicted first).
+    #[arg(long, env = "CODEX_AS_API_HISTORY_MAX_ENTRIES")]
+    pub history_max_entries: Option<usize>,
+    /// Bytes those kept exchanges may hold in all (oldest evicted first).
+    #[arg(long, env = "CODEX_AS_API_HISTORY_MAX_BYTES")]
+    pub history_max_bytes: Option<usize>,
 }
 
 /// Resolved settings.
@@ -325,13 +331,13 @@ impl Config {
             auto_compact_token_limit: t.root_int("model_auto_compact_token_limit"),
             codex_home,
             client_version: CODEX_CLIENT_VERSION.to_owned(),
-            history_max_entries: t
-                .int("history_max_entries")
-                .map(|v| v as usize)
+            history_max_entries: args
+                .history_max_entries
+                .or_else(|| t.int("history_max_entries").map(|v| v as usize))
                 .unwrap_or(1024),
-            history_max_bytes: t
-                .int("history_max_bytes")
-                .map(|v| v as usize)
+            history_max_bytes: args
+                .history_max_bytes
+                .or_else(|| t.int("history_max_bytes").map(|v| v as usize))
                 .unwrap_or(64 * 1024 * 1024),
         })
     }
@@ -476,6 +482,33 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.cors_origins, ["*"]);
+    }
+
+    #[test]
+    fn history_caps_come_from_the_flag_then_config_toml_then_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = ServeArgs {
+            codex_home: Some(dir.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(
+            (c.history_max_entries, c.history_max_bytes),
+            (1024, 64 << 20)
+        );
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "[codex_as_api]\nhistory_max_entries = 7\nhistory_max_bytes = 4096\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!((c.history_max_entries, c.history_max_bytes), (7, 4096));
+        let c = Config::resolve(&ServeArgs {
+            history_max_entries: Some(3),
+            ..args
+        })
+        .unwrap();
+        assert_eq!((c.history_max_entries, c.history_max_bytes), (3, 4096));
     }
 
     #[test]

@@ -221,6 +221,8 @@ pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Option<String>) {
         drain_secs,
         header_timeout_secs,
         cors_allow_origin,
+        history_max_entries,
+        history_max_bytes,
     } = args;
     let mut argv: Vec<OsString> = vec!["serve".into()];
     let mut flag = |name: &str, value: Option<OsString>| {
@@ -253,6 +255,8 @@ pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Option<String>) {
     flag("reasoning-field", s(reasoning_field));
     flag("drain-secs", n(drain_secs));
     flag("header-timeout-secs", n(header_timeout_secs));
+    flag("history-max-entries", n(history_max_entries));
+    flag("history-max-bytes", n(history_max_bytes));
     for origin in cors_allow_origin {
         flag("cors-allow-origin", Some(origin.into()));
     }
