@@ -20,12 +20,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::dialect::Encoder;
 use crate::error::{Error, ErrorKind, Protocol};
 use crate::sse::parse::SseParser;
+use crate::upstream::conn::Upstream;
 use crate::upstream::events::{Decoder, Delta};
 use crate::upstream::failure::{self, PromptSize};
 
@@ -94,7 +94,7 @@ enum Phase {
 
 /// The translating body. `E` writes the client's protocol.
 pub struct Translate<E: Encoder> {
-    upstream: Option<Incoming>,
+    upstream: Option<Upstream>,
     parser: SseParser,
     decoder: Decoder,
     encoder: E,
@@ -115,7 +115,7 @@ pub struct Translate<E: Encoder> {
 
 impl<E: Encoder> Translate<E> {
     pub fn new(
-        upstream: Incoming,
+        upstream: Upstream,
         mut encoder: E,
         protocol: Protocol,
         prompt: PromptSize,
@@ -199,6 +199,12 @@ impl<E: Encoder> Translate<E> {
             if terminal {
                 return true;
             }
+            if !committed && *output_started {
+                // End of the head hold: the rest of this read is translated after the
+                // commit (`poll_frame` drains the parser first), so a failure that follows
+                // output in the same read is an in-stream error, as if it came later.
+                return false;
+            }
         }
     }
 
@@ -231,7 +237,7 @@ impl<E: Encoder> Translate<E> {
     /// at all happened; `Ready(())` when bytes were processed or the stream finished.
     fn pump(&mut self, cx: &mut Context<'_>, committed: bool) -> Poll<()> {
         let mut progressed = false;
-        while self.phase == Phase::Streaming {
+        while self.phase == Phase::Streaming && (committed || !self.output_started) {
             let Some(upstream) = self.upstream.as_mut() else {
                 break;
             };
@@ -332,6 +338,10 @@ impl<E: Encoder> Body for Translate<E> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if this.phase == Phase::Streaming && this.process(true) {
+            this.phase = Phase::Finished;
+            this.release_upstream();
+        }
         loop {
             if this.phase == Phase::Streaming {
                 let _ = this.pump(cx, true);

@@ -29,11 +29,14 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::upstream::catalog::Catalog;
 use crate::upstream::client::{self, HttpClient};
+use crate::upstream::conn::Pool;
 
 /// Everything a request handler needs; shared by all connections.
 pub struct State {
     pub config: Config,
     pub client: HttpClient,
+    /// Driven HTTP/1.1 connections for the streaming `/responses` calls.
+    pub pool: Arc<Pool>,
     pub tokens: Arc<TokenStore>,
     pub catalog: Catalog,
     pub streams: Arc<StreamCounter>,
@@ -44,6 +47,7 @@ pub struct State {
 impl State {
     pub fn new(config: Config) -> Result<State, Error> {
         let client = client::build(config.ca_file.as_deref())?;
+        let pool = Pool::new(config.ca_file.as_deref())?;
         let tokens = TokenStore::new(
             config.auth_path.clone(),
             config.token_url.clone(),
@@ -52,6 +56,7 @@ impl State {
         Ok(State {
             config,
             client,
+            pool,
             tokens,
             catalog: Catalog::builtin(),
             streams: Arc::new(StreamCounter::default()),
