@@ -47,7 +47,7 @@ pub struct State {
 impl State {
     pub fn new(config: Config) -> Result<State, Error> {
         let client = client::build(config.ca_file.as_deref())?;
-        let pool = Pool::new(config.ca_file.as_deref())?;
+        let pool = Pool::new(config.ca_file.as_deref(), client.clone())?;
         let tokens = TokenStore::new(
             config.auth_path.clone(),
             config.token_url.clone(),
