@@ -611,7 +611,7 @@ async fn failure_after_streaming_began_ends_with_one_error_chunk_then_done() {
     let h = Harness::with(|c| c.upstream_retries = 0).await;
     for prompt in ["EMU:error_event", "EMU:cut"] {
         let (status, body) = stream_text(&h, &json!({"model": "gpt-5.5", "stream": true, "messages": [{"role": "user", "content": prompt}]})).await;
-        assert_eq!(status, 200);
+        assert_eq!(status, 200, "{prompt}: {body}");
         let cs = chunks(&body);
         let errors: Vec<&Value> = cs.iter().filter(|c| c.get("error").is_some()).collect();
         assert_eq!(errors.len(), 1, "{body}");

@@ -31,6 +31,7 @@ async fn a_thousand_sequential_requests_open_at_most_four_upstream_connections()
         assert!(text.contains("lorem"), "request {i}: {text}");
     }
     let opened = h.emu.stats().connections_accepted - before;
+    eprintln!("1,000 sequential requests opened {opened} upstream connection(s)");
     assert!(
         opened <= 4,
         "1,000 sequential requests opened {opened} upstream connections"

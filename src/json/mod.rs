@@ -31,35 +31,57 @@ pub fn write_str<B: BufMut>(out: &mut B, s: &str) {
     out.put_u8(b'"');
 }
 
+/// Whether any byte of the little-endian word `w` needs escaping (`< 0x20`, `"`, `\\`).
+/// The "has less / has zero byte" tests of Bit Twiddling Hacks: no false negatives.
+#[inline]
+fn word_needs_escape(w: u64) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(LO) & !v & HI;
+    let control = w.wrapping_sub(LO * 0x20) & !w & HI;
+    (control | has_zero(w ^ (LO * u64::from(b'"'))) | has_zero(w ^ (LO * u64::from(b'\\')))) != 0
+}
+
 /// Write the escaped contents of `s` without the surrounding quotes.
+///
+/// Clean runs are skipped eight bytes at a time and copied in one `put_slice` (large tool
+/// results in a 2 MB request are mostly clean text).
 pub fn write_str_body<B: BufMut>(out: &mut B, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if !ESCAPE[b as usize] {
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(Ok(word)) = bytes.get(i..i + 8).map(<[u8; 8]>::try_from)
+            && !word_needs_escape(u64::from_le_bytes(word))
+        {
+            i += 8;
             continue;
         }
-        if start < i {
-            out.put_slice(&bytes[start..i]);
-        }
-        match b {
-            b'"' => out.put_slice(b"\\\""),
-            b'\\' => out.put_slice(b"\\\\"),
-            b'\n' => out.put_slice(b"\\n"),
-            b'\r' => out.put_slice(b"\\r"),
-            b'\t' => out.put_slice(b"\\t"),
-            0x08 => out.put_slice(b"\\b"),
-            0x0c => out.put_slice(b"\\f"),
-            _ => {
-                out.put_slice(b"\\u00");
-                out.put_u8(HEX[(b >> 4) as usize]);
-                out.put_u8(HEX[(b & 0xf) as usize]);
+        let b = bytes.get(i).copied().unwrap_or(0);
+        if ESCAPE[b as usize] {
+            if let Some(clean) = bytes.get(start..i) {
+                out.put_slice(clean);
             }
+            match b {
+                b'"' => out.put_slice(b"\\\""),
+                b'\\' => out.put_slice(b"\\\\"),
+                b'\n' => out.put_slice(b"\\n"),
+                b'\r' => out.put_slice(b"\\r"),
+                b'\t' => out.put_slice(b"\\t"),
+                0x08 => out.put_slice(b"\\b"),
+                0x0c => out.put_slice(b"\\f"),
+                _ => {
+                    out.put_slice(b"\\u00");
+                    out.put_u8(HEX[(b >> 4) as usize]);
+                    out.put_u8(HEX[(b & 0xf) as usize]);
+                }
+            }
+            start = i + 1;
         }
-        start = i + 1;
+        i += 1;
     }
-    if start < bytes.len() {
-        out.put_slice(&bytes[start..]);
+    if let Some(clean) = bytes.get(start..) {
+        out.put_slice(clean);
     }
 }
 
@@ -120,6 +142,24 @@ mod tests {
             write_str(&mut out, s);
             let back: String = serde_json::from_slice(&out).unwrap();
             assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn the_word_at_a_time_escaper_equals_serde_json_at_every_offset() {
+        // Every special byte at every position of a 16+ byte run, plus multi-byte UTF-8.
+        let specials = [
+            '"', '\\', '\n', '\u{0}', '\u{1f}', ' ', 'é', '😀', '\u{7f}', '~',
+        ];
+        for &c in &specials {
+            for at in 0..20 {
+                let mut s: String = "abcdefghijklmnopqrstuvw".chars().take(at).collect();
+                s.push(c);
+                s.push_str("0123456789abcdef");
+                let mut out = Vec::new();
+                write_str(&mut out, &s);
+                assert_eq!(out, serde_json::to_vec(&s).unwrap(), "{s:?}");
+            }
         }
     }
 

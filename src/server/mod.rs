@@ -38,11 +38,14 @@ use crate::body::StreamCounter;
 use crate::config::Config;
 use crate::error::Error;
 use crate::upstream::client::{self, HttpClient};
+use crate::upstream::conn::Pool;
 
 /// Everything a request handler needs; shared by all connections.
 pub struct State {
     pub config: Config,
     pub client: HttpClient,
+    /// Driven HTTP/1.1 connections for the streaming `/responses` calls.
+    pub pool: Arc<Pool>,
     pub tokens: Arc<TokenStore>,
     /// The live model catalog (built-in until the backend's is fetched).
     pub catalog: backend::LiveCatalog,
@@ -56,6 +59,7 @@ pub struct State {
 impl State {
     pub fn new(config: Config) -> Result<State, Error> {
         let client = client::build(config.ca_file.as_deref())?;
+        let pool = Pool::new(config.ca_file.as_deref(), client.clone())?;
         let tokens = TokenStore::new(
             config.auth_path.clone(),
             config.token_url.clone(),
@@ -63,6 +67,7 @@ impl State {
         );
         Ok(State {
             client,
+            pool,
             tokens,
             catalog: backend::LiveCatalog::default(),
             streams: Arc::new(StreamCounter::default()),

@@ -23,6 +23,7 @@ use crate::server::State;
 use crate::server::reqlog::Meter;
 use crate::server::route::{RespBody, full, json_response};
 use crate::upstream::collect::{Collected, Finish};
+use crate::upstream::conn::Upstream;
 use crate::upstream::events::Decoder;
 use crate::upstream::failure::{self, PromptSize};
 
@@ -137,7 +138,7 @@ fn build_request(
         .map_err(|e| Error::internal(format!("building the upstream request: {e}")))
 }
 
-async fn read_error_body(body: hyper::body::Incoming) -> Vec<u8> {
+async fn read_error_body(body: Upstream) -> Vec<u8> {
     let limited = http_body_util::Limited::new(body, MAX_ERROR_BODY);
     match tokio::time::timeout(Duration::from_secs(30), limited.collect()).await {
         Ok(Ok(c)) => c.to_bytes().to_vec(),
@@ -186,16 +187,10 @@ async fn run_inner<P: Plan>(
     };
     loop {
         let req = build_request(state, &url, &auth, upstream, wire_body.clone(), compressed)?;
-        let sent =
-            tokio::time::timeout(state.config.stream_idle_timeout, state.client.request(req));
+        let sent = tokio::time::timeout(state.config.stream_idle_timeout, state.pool.request(req));
         let resp = match sent.await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                let err = Error::new(
-                    ErrorKind::BadGateway,
-                    format!("cannot reach the upstream at {url}: {}", error_chain(&e)),
-                )
-                .with_code("upstream_unreachable");
+            Ok(Err(err)) => {
                 if let Some(wait) = retry_wait(state, &err, &mut attempt) {
                     tokio::time::sleep(wait).await;
                     continue;
@@ -407,7 +402,7 @@ fn stream_response<E: crate::dialect::Encoder>(
 }
 
 /// Read a whole upstream stream into a `Collected`.
-async fn collect(body: hyper::body::Incoming, idle: Duration) -> Result<Collected, Error> {
+async fn collect(body: Upstream, idle: Duration) -> Result<Collected, Error> {
     let mut body = body;
     let mut parser = crate::sse::parse::SseParser::new(crate::body::MAX_EVENT_BYTES);
     let mut decoder = Decoder::new();

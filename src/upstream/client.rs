@@ -2,7 +2,8 @@
 //!
 //! Owns: building the hyper-util client with hyper-rustls once at start-up (webpki roots plus
 //! the PEM roots of `CODEX_AS_API_CA_FILE`, HTTP/1.1 and h2 by ALPN, plain http for loopback
-//! test backends). Every caller clones the handle; nothing rebuilds it per request.
+//! test backends). Every caller clones the handle; nothing rebuilds it per request. The
+//! streaming `/responses` calls use the driven connections of `conn` instead.
 
 use std::path::Path;
 use std::time::Duration;
@@ -23,6 +24,26 @@ pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBod
 
 /// Build the pooled client. `ca_file` adds PEM roots (the emulator's test CA, a corporate CA).
 pub fn build(ca_file: Option<&Path>) -> Result<HttpClient, Error> {
+    let tls = tls_config(ca_file)?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(15)));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(https))
+}
+
+/// The TLS client settings: webpki roots plus the PEM roots of `ca_file`.
+pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Error> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -52,24 +73,9 @@ pub fn build(ca_file: Option<&Path>) -> Result<HttpClient, Error> {
         }
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::internal(format!("TLS setup: {e}")))?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(15)));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(https))
+        .with_no_client_auth())
 }

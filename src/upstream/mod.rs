@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod client;
 pub mod collect;
+pub mod conn;
 pub mod events;
 pub mod failure;
 pub mod request;

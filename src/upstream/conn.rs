@@ -1,0 +1,346 @@
+//! The streaming hot path's upstream connections: HTTP/1.1 connections kept in our own
+//! pool and driven by the body that reads them, in the same task.
+//!
+//! Owns: connecting (the hyper-rustls connector, ALPN `http/1.1`), the idle pool (LIFO,
+//! capped, with an idle timeout), sending one request on a pooled or new connection
+//! (retrying once on a fresh connection when a reused one turns out to be closed), and
+//! [`Upstream`], the response body that polls its own connection.
+//!
+//! Which path: a plain `http://` upstream (the emulator, a local backend) gets driven
+//! HTTP/1.1 connections, one per stream; an `https://` upstream (chatgpt.com) goes through
+//! the shared client, which negotiates h2 by ALPN and multiplexes every stream over a few
+//! connections. Over TLS a connection per stream costs ~90 KB of RSS (TLS and HTTP buffers,
+//! measured with 10,000 slow streams) and two descriptors per stream; h2 holds a slow stream
+//! in a few KB, and upstream events at model speed never pile up in one read anyway.
+//!
+//! Why: with hyper-util's pooled client, the connection runs in its own task and hands
+//! every HTTP chunk to the response body through a channel that holds one chunk — a task
+//! wake-up and switch per upstream event, and the body can never see more than one event
+//! per poll, so the client gets a frame and a write per event (the measured ~0.5x of direct
+//! throughput). Here [`Upstream::poll_frame`] polls the connection itself: one socket read
+//! that delivered many events is decoded and drained in one pass of `body::Translate`,
+//! which then writes them to the client as one frame. Nothing waits for more bytes.
+//!
+//! Does not own: other upstream calls (token refresh, models), which use the shared
+//! `client::HttpClient` (h2 by ALPN where the server offers it).
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tower_service::Service;
+
+use super::client::ReqBody;
+use crate::error::{Error, ErrorKind};
+
+type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+type Conn = http1::Connection<Io, ReqBody>;
+type Sender = http1::SendRequest<ReqBody>;
+
+/// Idle connections kept at most.
+const MAX_IDLE: usize = 256;
+/// An idle connection older than this is closed rather than reused (servers close theirs
+/// after about a minute; reusing one they are closing costs a retry).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// How long a checked-out idle connection may take to report ready.
+const READY_WAIT: Duration = Duration::from_millis(200);
+
+/// One connection: the request handle and the connection state machine, driven by
+/// whoever holds it.
+struct Driven {
+    send: Sender,
+    /// `None` once the connection future finished (closed or failed).
+    conn: Option<Conn>,
+}
+
+impl Driven {
+    /// Polls the connection; returns false once it is finished.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        match Pin::new(conn).poll(cx) {
+            Poll::Pending => true,
+            Poll::Ready(_) => {
+                self.conn = None;
+                false
+            }
+        }
+    }
+}
+
+struct Idle {
+    driven: Driven,
+    since: Instant,
+}
+
+/// The pool of driven upstream connections (one upstream origin in practice).
+pub struct Pool {
+    connector: Mutex<HttpsConnector<HttpConnector>>,
+    idle: Mutex<Vec<Idle>>,
+    /// For `https://` upstreams (h2 by ALPN).
+    shared: super::client::HttpClient,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pool {
+    /// A pool whose TLS trusts webpki roots plus the PEM roots of `ca_file`.
+    pub fn new(
+        ca_file: Option<&Path>,
+        shared: super::client::HttpClient,
+    ) -> Result<Arc<Pool>, Error> {
+        let tls = super::client::tls_config(ca_file)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(15)));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Ok(Arc::new(Pool {
+            connector: Mutex::new(https),
+            idle: Mutex::new(Vec::new()),
+            shared,
+        }))
+    }
+
+    /// Idle connections now (for tests and stats).
+    pub fn idle(&self) -> usize {
+        lock(&self.idle).len()
+    }
+
+    /// Sends `req` and returns the response head; its body drives the connection.
+    pub async fn request(
+        self: &Arc<Self>,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Upstream>, Error> {
+        if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+            let resp = self.shared.request(req).await.map_err(|e| {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(inner) = src {
+                    msg.push_str(": ");
+                    msg.push_str(&inner.to_string());
+                    src = inner.source();
+                }
+                Error::new(
+                    ErrorKind::BadGateway,
+                    format!("cannot reach the upstream: {msg}"),
+                )
+                .with_code("upstream_unreachable")
+            })?;
+            let (parts, body) = resp.into_parts();
+            return Ok(Response::from_parts(
+                parts,
+                Upstream {
+                    body,
+                    driven: None,
+                    pool: Arc::clone(self),
+                },
+            ));
+        }
+        if let Some(driven) = self.checkout().await {
+            let copy = copy_request(&req);
+            match self.send(driven, req).await {
+                Ok(resp) => return Ok(resp),
+                // A reused connection the server had closed: the request never reached a
+                // handler, so one more try on a fresh connection is safe.
+                Err(e) if e.is_canceled() || e.is_closed() || e.is_incomplete_message() => {
+                    tracing::debug!(error = %e, "pooled upstream connection was closed; reconnecting");
+                    let fresh = self.connect(copy.uri()).await?;
+                    return self.send(fresh, copy).await.map_err(transport);
+                }
+                Err(e) => return Err(transport(e)),
+            }
+        }
+        let fresh = self.connect(req.uri()).await?;
+        self.send(fresh, req).await.map_err(transport)
+    }
+
+    async fn send(
+        self: &Arc<Self>,
+        mut driven: Driven,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Upstream>, hyper::Error> {
+        let mut head = std::pin::pin!(driven.send.send_request(req));
+        let resp = std::future::poll_fn(|cx| {
+            driven.drive(cx);
+            head.as_mut().poll(cx)
+        })
+        .await?;
+        let (parts, body) = resp.into_parts();
+        Ok(Response::from_parts(
+            parts,
+            Upstream {
+                body,
+                driven: Some(driven),
+                pool: Arc::clone(self),
+            },
+        ))
+    }
+
+    async fn connect(&self, uri: &Uri) -> Result<Driven, Error> {
+        let connecting = {
+            let mut c = lock(&self.connector);
+            c.call(uri.clone())
+        };
+        let io = connecting.await.map_err(|e| {
+            Error::new(
+                ErrorKind::BadGateway,
+                format!("cannot reach the upstream at {uri}: {e}"),
+            )
+            .with_code("upstream_unreachable")
+        })?;
+        let (send, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(transport)?;
+        Ok(Driven {
+            send,
+            conn: Some(conn),
+        })
+    }
+
+    /// The most recently used idle connection that is still open and ready.
+    async fn checkout(&self) -> Option<Driven> {
+        loop {
+            let Idle { mut driven, since } = lock(&self.idle).pop()?;
+            if since.elapsed() > IDLE_TIMEOUT {
+                continue;
+            }
+            let ready = tokio::time::timeout(
+                READY_WAIT,
+                std::future::poll_fn(|cx| {
+                    if !driven.drive(cx) {
+                        return Poll::Ready(false);
+                    }
+                    driven.send.poll_ready(cx).map(|r| r.is_ok())
+                }),
+            )
+            .await;
+            if ready == Ok(true) {
+                return Some(driven);
+            }
+        }
+    }
+
+    fn put(&self, driven: Driven) {
+        if driven.conn.is_none() || driven.send.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        if idle.len() >= MAX_IDLE {
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            driven,
+            since: Instant::now(),
+        });
+    }
+}
+
+fn transport(e: hyper::Error) -> Error {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(inner) = src {
+        msg.push_str(": ");
+        msg.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    Error::new(
+        ErrorKind::BadGateway,
+        format!("upstream connection failed: {msg}"),
+    )
+    .with_code("upstream_unreachable")
+}
+
+fn copy_request(req: &Request<ReqBody>) -> Request<ReqBody> {
+    let mut copy = Request::new(req.body().clone());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// An upstream response body that drives its own connection (plain HTTP) or reads a stream
+/// of the shared h2 client (TLS). At the end of a driven body the connection goes back to
+/// the pool; dropped early, the connection is closed.
+pub struct Upstream {
+    body: Incoming,
+    driven: Option<Driven>,
+    pool: Arc<Pool>,
+}
+
+impl Upstream {
+    fn finish(&mut self, cx: &mut Context<'_>) {
+        if let Some(mut driven) = self.driven.take() {
+            // Let the connection see the end of the message and turn idle.
+            driven.drive(cx);
+            self.pool.put(driven);
+        }
+    }
+}
+
+impl Body for Upstream {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        // Body, then the connection (which reads the socket and queues the next chunk),
+        // then the body again: a chunk already read never waits for another wake-up.
+        for attempt in 0..2 {
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(None) => {
+                    this.finish(cx);
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.driven = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
+                Poll::Pending => {}
+            }
+            if attempt == 0 {
+                match this.driven.as_mut() {
+                    Some(d) => {
+                        d.drive(cx);
+                    }
+                    None => return Poll::Pending,
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
