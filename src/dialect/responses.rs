@@ -970,18 +970,9 @@ fn write_item(out: &mut Vec<u8>, item: &Item, names: &ToolNames) {
         } => {
             out.extend_from_slice(b"{\"id\":");
             write_str(out, id);
-            out.extend_from_slice(b",\"type\":\"reasoning\",\"summary\":[");
-            let mut first = true;
-            for s in summary.iter().filter(|s| !s.is_empty()) {
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                out.extend_from_slice(b"{\"type\":\"summary_text\",\"text\":");
-                write_str(out, s);
-                out.push(b'}');
-            }
-            out.extend_from_slice(b"],\"encrypted_content\":");
+            out.extend_from_slice(b",\"type\":\"reasoning\",\"summary\":");
+            write_summary(out, summary);
+            out.extend_from_slice(b",\"encrypted_content\":");
             write_opt_str(out, encrypted_content.as_deref());
             out.push(b'}');
         }
@@ -991,20 +982,7 @@ fn write_item(out: &mut Vec<u8>, item: &Item, names: &ToolNames) {
             arguments,
             custom,
         } => {
-            out.extend_from_slice(if *custom {
-                b"{\"type\":\"custom_tool_call\",\"call_id\":".as_slice()
-            } else {
-                b"{\"type\":\"function_call\",\"call_id\":".as_slice()
-            });
-            write_str(out, call_id);
-            out.extend_from_slice(b",\"name\":");
-            write_str(out, names.restore(name));
-            out.extend_from_slice(if *custom {
-                b",\"input\":".as_slice()
-            } else {
-                b",\"arguments\":".as_slice()
-            });
-            write_str(out, arguments);
+            write_tool_call(out, call_id, names.restore(name), arguments, *custom);
             out.extend_from_slice(b",\"status\":\"completed\"}");
         }
         Item::WebSearch { id, query, sources } => {
@@ -1043,6 +1021,45 @@ fn write_item(out: &mut Vec<u8>, item: &Item, names: &ToolNames) {
             out.push(b'}');
         }
     }
+}
+
+/// A reasoning item's `summary` array: one `summary_text` part per non-empty part.
+pub(crate) fn write_summary(out: &mut Vec<u8>, summary: &[String]) {
+    out.push(b'[');
+    for (i, s) in summary.iter().filter(|s| !s.is_empty()).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"type\":\"summary_text\",\"text\":");
+        write_str(out, s);
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+/// A tool call item up to its `arguments` (function) or `input` (custom), without the
+/// closing brace: `{"type":"function_call","call_id":…,"name":…,"arguments":…`.
+pub(crate) fn write_tool_call(
+    out: &mut Vec<u8>,
+    call_id: &str,
+    name: &str,
+    arguments: &str,
+    custom: bool,
+) {
+    out.extend_from_slice(if custom {
+        b"{\"type\":\"custom_tool_call\",\"call_id\":".as_slice()
+    } else {
+        b"{\"type\":\"function_call\",\"call_id\":".as_slice()
+    });
+    write_str(out, call_id);
+    out.extend_from_slice(b",\"name\":");
+    write_str(out, name);
+    out.extend_from_slice(if custom {
+        b",\"input\":".as_slice()
+    } else {
+        b",\"arguments\":".as_slice()
+    });
+    write_str(out, arguments);
 }
 
 // ---------------------------------------------------------------------------------------
