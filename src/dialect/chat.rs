@@ -29,11 +29,11 @@ use simd_json::BorrowedValue as Value;
 use simd_json::prelude::*;
 
 use super::{
-    Ctx, Encoder, Plan, bad, field, opt_bool, opt_str, parse_body, type_name, unix_now, want_array,
-    want_str,
+    Ctx, Encoder, Plan, bad, field, is_base64, opt_bool, opt_str, parse_object, req_model,
+    type_name, unix_now, want_array, want_str,
 };
 use crate::error::{Error, Protocol};
-use crate::json::{write_str, write_str_body, write_u64, write_value};
+use crate::json::{join_array, write_str, write_str_body, write_u64, write_value};
 use crate::upstream::catalog::ModelInfo;
 use crate::upstream::collect::{Collected, Finish, Item};
 use crate::upstream::events::{Delta, Usage};
@@ -69,17 +69,8 @@ pub struct ChatPlan {
 
 /// Translate a Chat Completions request body (parsed in place).
 pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ChatPlan, Error> {
-    let root = parse_body(body, ctx.config.max_json_depth)?;
-    if !root.is_object() {
-        return Err(Error::bad_request("the request body must be a JSON object"));
-    }
-    let model = match field(&root, "model") {
-        Some(v) => want_str(v, "model")?,
-        None => return Err(bad("model", "`model` is required")),
-    };
-    if model.is_empty() {
-        return Err(bad("model", "`model` must not be empty"));
-    }
+    let root = parse_object(body, ctx)?;
+    let model = req_model(&root)?;
     let backend = ctx.backend_model(model);
     let info = ctx.catalog.find(&backend);
 
@@ -119,16 +110,7 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ChatPlan, Error> {
         .collect();
     let conv = translate_messages(messages, &mut names, &custom_names, info)?;
 
-    let mut tools_json =
-        Vec::with_capacity(tools.iter().map(|t| t.json.len() + 1).sum::<usize>() + 2);
-    tools_json.push(b'[');
-    for (i, t) in tools.iter().enumerate() {
-        if i > 0 {
-            tools_json.push(b',');
-        }
-        tools_json.extend_from_slice(&t.json);
-    }
-    tools_json.push(b']');
+    let tools_json = join_array(tools.as_slice().iter().map(|t| t.json.as_slice()));
 
     let effort = reasoning_effort(&root, info)?;
     let text = text_options(&root, info)?;
@@ -978,23 +960,6 @@ fn data_url_error(param: &str) -> Error {
     )
 }
 
-/// Standard base64 with optional padding (no whitespace), checked without decoding.
-fn is_base64(data: &[u8]) -> bool {
-    let body_len = data.iter().rposition(|&b| b != b'=').map_or(0, |p| p + 1);
-    let pad = data.len() - body_len;
-    let body = data.get(..body_len).unwrap_or_default();
-    !body.is_empty()
-        && pad <= 2
-        && body
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
-        && if pad > 0 {
-            data.len().is_multiple_of(4)
-        } else {
-            body.len() % 4 != 1
-        }
-}
-
 /// A tool result: a string (text parts joined with newlines), or a part list when it
 /// carries images.
 fn tool_output(
@@ -1681,32 +1646,15 @@ impl Encoder for ChatEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::upstream::catalog::Catalog;
     use crate::upstream::events::Decoder;
     use http::HeaderMap;
     use serde_json::{Value as J, json};
 
-    fn config() -> Config {
-        Config::for_tests(
-            "http://127.0.0.1:1",
-            std::path::PathBuf::from("/nonexistent"),
-        )
-    }
-
     fn plan_with(body: J, headers: &HeaderMap) -> Result<ChatPlan, Error> {
-        let config = config();
-        let catalog = Catalog::builtin();
-        let ctx = Ctx {
-            config: &config,
-            catalog: &catalog,
-            headers,
-        };
-        let mut bytes = serde_json::to_vec(&body).unwrap();
-        translate(&mut bytes, &ctx)
+        crate::dialect::translate_json(translate, &body, headers)
     }
 
-    fn plan(body: J) -> ChatPlan {
+    pub(super) fn plan(body: J) -> ChatPlan {
         plan_with(body, &HeaderMap::new()).unwrap()
     }
 

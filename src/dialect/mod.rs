@@ -5,8 +5,8 @@
 //! client's JSON into a `Plan` (the `UpstreamRequest` plus everything needed to answer), and
 //! a plan makes an `Encoder` (streaming: `Delta` → wire bytes) or renders a `Collected`
 //! response (non-streaming). The pipeline owns transport, retries, keepalive timing and
-//! errors before the head; dialects own bytes. This module also holds the field helpers and
-//! the conversation-id rule the dialects share.
+//! errors before the head; dialects own bytes. This module also holds what the dialects
+//! share: the field helpers (body, `model`, base64 checks) and the conversation-id rule.
 
 pub mod chat;
 pub mod compact;
@@ -228,6 +228,41 @@ pub(crate) fn want_object(v: &Value<'_>, param: &str) -> Result<(), Error> {
     }
 }
 
+/// Standard base64 with optional padding (no whitespace), checked without decoding.
+pub(crate) fn is_base64(data: &[u8]) -> bool {
+    let body_len = data.iter().rposition(|&b| b != b'=').map_or(0, |p| p + 1);
+    let pad = data.len() - body_len;
+    let body = data.get(..body_len).unwrap_or_default();
+    !body.is_empty()
+        && pad <= 2
+        && body
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        && if pad > 0 {
+            data.len().is_multiple_of(4)
+        } else {
+            body.len() % 4 != 1
+        }
+}
+
+/// Parse a request body that must be a JSON object (the OpenAI dialects).
+pub(crate) fn parse_object<'a>(body: &'a mut [u8], ctx: &Ctx<'_>) -> Result<Value<'a>, Error> {
+    let root = parse_body(body, ctx.config.max_json_depth)?;
+    if !root.is_object() {
+        return Err(Error::bad_request("the request body must be a JSON object"));
+    }
+    Ok(root)
+}
+
+/// The request's `model`: required, a non-empty string.
+pub(crate) fn req_model<'v>(root: &'v Value<'_>) -> Result<&'v str, Error> {
+    let model = req_str(root, "model", "model")?;
+    if model.is_empty() {
+        return Err(bad("model", "`model` must not be empty"));
+    }
+    Ok(model)
+}
+
 /// Seconds since the epoch (0 if the clock is before it).
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
@@ -269,6 +304,28 @@ pub(crate) fn conversation_id(
     all.extend_from_slice(parts);
     all.push(auth);
     Ok(stable_id(&all))
+}
+
+/// Test support: run a dialect's `translate` on `body` with the test config, the built-in
+/// catalog and `headers`.
+#[cfg(test)]
+pub(crate) fn translate_json<P>(
+    translate: fn(&mut [u8], &Ctx<'_>) -> Result<P, Error>,
+    body: &serde_json::Value,
+    headers: &HeaderMap,
+) -> Result<P, Error> {
+    let config = Config::for_tests(
+        "http://127.0.0.1:1",
+        std::path::PathBuf::from("/nonexistent"),
+    );
+    let catalog = Catalog::builtin();
+    let ctx = Ctx {
+        config: &config,
+        catalog: &catalog,
+        headers,
+    };
+    let mut bytes = serde_json::to_vec(body).unwrap();
+    translate(&mut bytes, &ctx)
 }
 
 /// Parse a JSON request body with simd-json, enforcing the nesting limit first (so deep
@@ -328,6 +385,19 @@ mod tests {
         assert!(check_depth(b"[[[[]]]]", 3).is_err());
         assert!(check_depth(br#"{"a":"[[[[[[[["}"#, 1).is_ok());
         assert!(check_depth(br#"{"a":"\"[[[["}"#, 1).is_ok());
+    }
+
+    #[test]
+    fn base64_check_allows_missing_padding_but_not_bad_lengths() {
+        assert!(is_base64(b"abc"), "unpadded");
+        assert!(!is_base64(b"abcde"));
+        assert!(is_base64(b"abcd"));
+        assert!(is_base64(b"ab=="));
+        assert!(!is_base64(b"a==="));
+        assert!(!is_base64(b"abc=="));
+        assert!(!is_base64(b"ab c"));
+        assert!(!is_base64(b""));
+        assert!(!is_base64(b"=="));
     }
 
     #[test]

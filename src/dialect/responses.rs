@@ -37,11 +37,11 @@ use simd_json::BorrowedValue as Value;
 use simd_json::prelude::*;
 
 use super::{
-    Ctx, Encoder, Plan, bad, field, opt_bool, opt_str, parse_body, req_str, type_name, unix_now,
-    want_array, want_object, want_str,
+    Ctx, Encoder, Plan, bad, field, opt_bool, opt_str, parse_object, req_model, req_str, type_name,
+    unix_now, want_array, want_object, want_str,
 };
 use crate::error::{Error, ErrorKind, Protocol};
-use crate::json::{write_opt_str, write_str, write_u64, write_value};
+use crate::json::{join_array, write_opt_str, write_str, write_u64, write_value};
 use crate::upstream::catalog::ModelInfo;
 use crate::upstream::collect::{Collected, Finish, Item};
 use crate::upstream::events::{Delta, Usage};
@@ -123,18 +123,9 @@ fn write_object(
 
 /// Translate a Responses request body (parsed in place).
 pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ResponsesPlan, Error> {
-    let root = parse_body(body, ctx.config.max_json_depth)?;
-    if !root.is_object() {
-        return Err(Error::bad_request("the request body must be a JSON object"));
-    }
+    let root = parse_object(body, ctx)?;
     reject_stateful(&root)?;
-    let model = match field(&root, "model") {
-        Some(v) => want_str(v, "model")?,
-        None => return Err(bad("model", "`model` is required")),
-    };
-    if model.is_empty() {
-        return Err(bad("model", "`model` must not be empty"));
-    }
+    let model = req_model(&root)?;
     let backend = ctx.backend_model(model);
     let info = ctx.catalog.find(&backend);
 
@@ -154,16 +145,7 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ResponsesPlan, Error>
     let parallel = opt_bool(&root, "parallel_tool_calls")?.unwrap_or(true);
     let (input, first_item) = translate_input(&root, &mut names, info)?;
 
-    let mut tools_json =
-        Vec::with_capacity(tools.iter().map(|t| t.json.len() + 1).sum::<usize>() + 2);
-    tools_json.push(b'[');
-    for (i, t) in tools.iter().enumerate() {
-        if i > 0 {
-            tools_json.push(b',');
-        }
-        tools_json.extend_from_slice(&t.json);
-    }
-    tools_json.push(b']');
+    let tools_json = join_array(tools.as_slice().iter().map(|t| t.json.as_slice()));
 
     let (effort, summary) = reasoning(&root, info)?;
     let text = text_options(&root, info)?;
@@ -1458,27 +1440,14 @@ mod span {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use crate::sse::parse::SseParser;
-    use crate::upstream::catalog::Catalog;
     use crate::upstream::collect::OwnedCitation;
     use crate::upstream::events::Decoder;
     use http::HeaderMap;
     use serde_json::{Value as J, json};
 
     fn plan_with(body: J, headers: &HeaderMap) -> Result<ResponsesPlan, Error> {
-        let config = Config::for_tests(
-            "http://127.0.0.1:1",
-            std::path::PathBuf::from("/nonexistent"),
-        );
-        let catalog = Catalog::builtin();
-        let ctx = Ctx {
-            config: &config,
-            catalog: &catalog,
-            headers,
-        };
-        let mut bytes = serde_json::to_vec(&body).unwrap();
-        translate(&mut bytes, &ctx)
+        crate::dialect::translate_json(translate, &body, headers)
     }
 
     fn plan(body: J) -> ResponsesPlan {
