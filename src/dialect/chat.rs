@@ -249,18 +249,33 @@ fn parse_tools(root: &Value<'_>, names: &mut ToolNames) -> Result<Vec<ToolDef>, 
     Ok(out)
 }
 
-fn function_tool(f: &Value<'_>, param: &str, names: &mut ToolNames) -> Result<ToolDef, Error> {
-    let name = match field(f, "name") {
+/// Writes the opening `{"type":…,"name":…[,"description":…]` of a function or custom tool
+/// (`kind`) and returns the client's name.
+fn tool_head<'v>(
+    json: &mut Vec<u8>,
+    kind: &str,
+    t: &'v Value<'_>,
+    param: &str,
+    names: &mut ToolNames,
+) -> Result<&'v str, Error> {
+    let name = match field(t, "name") {
         Some(v) => want_str(v, &format!("{param}.name"))?,
         None => return Err(bad(param, format!("`{param}.name` is required"))),
     };
-    let mut json = Vec::with_capacity(128);
-    json.extend_from_slice(b"{\"type\":\"function\",\"name\":");
-    write_str(&mut json, &names.add(name));
-    if let Some(d) = opt_str(f, "description", &format!("{param}.description"))? {
+    json.extend_from_slice(b"{\"type\":");
+    write_str(json, kind);
+    json.extend_from_slice(b",\"name\":");
+    write_str(json, &names.add(name));
+    if let Some(d) = opt_str(t, "description", &format!("{param}.description"))? {
         json.extend_from_slice(b",\"description\":");
-        write_str(&mut json, d);
+        write_str(json, d);
     }
+    Ok(name)
+}
+
+fn function_tool(f: &Value<'_>, param: &str, names: &mut ToolNames) -> Result<ToolDef, Error> {
+    let mut json = Vec::with_capacity(128);
+    let name = tool_head(&mut json, "function", f, param, names)?;
     json.extend_from_slice(b",\"parameters\":");
     match field(f, "parameters") {
         Some(p) if p.is_object() => write_value(&mut json, p),
@@ -292,17 +307,8 @@ fn function_tool(f: &Value<'_>, param: &str, names: &mut ToolNames) -> Result<To
 }
 
 fn custom_tool(c: &Value<'_>, param: &str, names: &mut ToolNames) -> Result<ToolDef, Error> {
-    let name = match field(c, "name") {
-        Some(v) => want_str(v, &format!("{param}.name"))?,
-        None => return Err(bad(param, format!("`{param}.name` is required"))),
-    };
     let mut json = Vec::with_capacity(128);
-    json.extend_from_slice(b"{\"type\":\"custom\",\"name\":");
-    write_str(&mut json, &names.add(name));
-    if let Some(d) = opt_str(c, "description", &format!("{param}.description"))? {
-        json.extend_from_slice(b",\"description\":");
-        write_str(&mut json, d);
-    }
+    let name = tool_head(&mut json, "custom", c, param, names)?;
     if let Some(format) = field(c, "format") {
         json.extend_from_slice(b",\"format\":");
         let kind = field(format, "type").and_then(|v| v.as_str());
@@ -761,6 +767,19 @@ fn input_text(out: &mut Vec<u8>, first: &mut bool, text: &str) {
     out.push(b'}');
 }
 
+/// The parts of a content that is not a string.
+fn content_parts<'v, 'a>(c: &'v Value<'a>, param: &str) -> Result<&'v [Value<'a>], Error> {
+    c.as_array().map(Vec::as_slice).ok_or_else(|| {
+        bad(
+            param,
+            format!(
+                "`{param}` must be a string or an array of parts, not {}",
+                type_name(c)
+            ),
+        )
+    })
+}
+
 /// Text of a system/developer content: a string or `text` parts.
 fn text_parts<'v>(content: Option<&'v Value<'_>>, param: &str) -> Result<Vec<&'v str>, Error> {
     let Some(c) = content else {
@@ -769,15 +788,7 @@ fn text_parts<'v>(content: Option<&'v Value<'_>>, param: &str) -> Result<Vec<&'v
     if let Some(s) = c.as_str() {
         return Ok(vec![s]);
     }
-    let parts = c.as_array().ok_or_else(|| {
-        bad(
-            param,
-            format!(
-                "`{param}` must be a string or an array of parts, not {}",
-                type_name(c)
-            ),
-        )
-    })?;
+    let parts = content_parts(c, param)?;
     let mut out = Vec::with_capacity(parts.len());
     for (j, part) in parts.iter().enumerate() {
         let pp = format!("{param}[{j}]");
@@ -816,15 +827,7 @@ fn user_content(
         input_text(out, &mut first, s);
         return Ok(s.to_owned());
     }
-    let parts = c.as_array().ok_or_else(|| {
-        bad(
-            param,
-            format!(
-                "`{param}` must be a string or an array of parts, not {}",
-                type_name(c)
-            ),
-        )
-    })?;
+    let parts = content_parts(c, param)?;
     let mut text = String::new();
     for (j, part) in parts.iter().enumerate() {
         let pp = format!("{param}[{j}]");
@@ -842,12 +845,9 @@ fn user_content(
                 text.push_str(t);
             }
             "image_url" => {
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
                 input_image(
                     out,
+                    &mut first,
                     field(part, "image_url"),
                     &format!("{pp}.image_url"),
                     info,
@@ -890,13 +890,19 @@ fn user_content(
     Ok(text)
 }
 
-/// `{"type":"input_image","image_url":…,"detail":…}` from `{url, detail}` or a bare string.
+/// `{"type":"input_image","image_url":…,"detail":…}` from `{url, detail}` or a bare string
+/// (after a comma unless it is the `first` part).
 fn input_image(
     out: &mut Vec<u8>,
+    first: &mut bool,
     v: Option<&Value<'_>>,
     param: &str,
     info: Option<&ModelInfo>,
 ) -> Result<(), Error> {
+    if !*first {
+        out.push(b',');
+    }
+    *first = false;
     let Some(v) = v else {
         return Err(bad(param, format!("`{param}` is required")));
     };
@@ -976,15 +982,7 @@ fn tool_output(
         write_str(out, s);
         return Ok(());
     }
-    let parts = c.as_array().ok_or_else(|| {
-        bad(
-            param,
-            format!(
-                "`{param}` must be a string or an array of parts, not {}",
-                type_name(c)
-            ),
-        )
-    })?;
+    let parts = content_parts(c, param)?;
     let has_image = parts
         .iter()
         .any(|p| field(p, "type").and_then(|t| t.as_str()) == Some("image_url"));
@@ -995,12 +993,9 @@ fn tool_output(
             let pp = format!("{param}[{j}]");
             match field(part, "type").and_then(|t| t.as_str()) {
                 Some("image_url") => {
-                    if !first {
-                        out.push(b',');
-                    }
-                    first = false;
                     input_image(
                         out,
+                        &mut first,
                         field(part, "image_url"),
                         &format!("{pp}.image_url"),
                         info,
