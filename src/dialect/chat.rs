@@ -2117,6 +2117,15 @@ mod tests {
             .collect()
     }
 
+    /// The `delta` of every chunk (`[DONE]` left out).
+    pub(super) fn deltas(out: &[u8]) -> Vec<J> {
+        chunks(out)
+            .iter()
+            .filter(|c| c.is_object())
+            .map(|c| c["choices"][0]["delta"].clone())
+            .collect()
+    }
+
     fn stream_plan(extra: J) -> ChatPlan {
         let mut body = json!({"model": "my-client-model", "messages": [user("x")], "stream": true});
         for (k, v) in extra.as_object().unwrap() {
@@ -2188,11 +2197,7 @@ mod tests {
             ],
         );
         let c = chunks(&out);
-        let deltas: Vec<J> = c
-            .iter()
-            .filter(|c| c.is_object())
-            .map(|c| c["choices"][0]["delta"].clone())
-            .collect();
+        let deltas = deltas(&out);
         assert_eq!(
             deltas,
             vec![
@@ -2235,11 +2240,7 @@ mod tests {
                 r#"{"type":"response.completed","response":{}}"#,
             ],
         );
-        let deltas: Vec<J> = chunks(&out)
-            .iter()
-            .filter(|c| c.is_object())
-            .map(|c| c["choices"][0]["delta"].clone())
-            .collect();
+        let deltas = deltas(&out);
         assert_eq!(
             deltas,
             vec![
@@ -2418,35 +2419,9 @@ mod tests {
 
 #[cfg(test)]
 mod more_tests {
+    use super::tests::{deltas, plan};
     use super::*;
-    use crate::config::Config;
-    use crate::upstream::catalog::Catalog;
-    use http::HeaderMap;
     use serde_json::{Value as J, json};
-
-    fn plan(body: J) -> ChatPlan {
-        let config = Config::for_tests("http://127.0.0.1:1", std::path::PathBuf::new());
-        let catalog = Catalog::builtin();
-        let headers = HeaderMap::new();
-        let ctx = Ctx {
-            config: &config,
-            catalog: &catalog,
-            headers: &headers,
-        };
-        let mut bytes = serde_json::to_vec(&body).unwrap();
-        translate(&mut bytes, &ctx).unwrap()
-    }
-
-    fn deltas(out: &[u8]) -> Vec<J> {
-        std::str::from_utf8(out)
-            .unwrap()
-            .split("\n\n")
-            .filter_map(|f| f.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str::<J>(d).unwrap())
-            .map(|c| c["choices"][0]["delta"].clone())
-            .collect()
-    }
 
     #[test]
     fn custom_tool_calls_stream_in_the_function_shape_and_round_trip_as_custom() {
