@@ -33,12 +33,8 @@ async fn models_come_from_the_backend_catalog_and_are_cached() {
     assert_eq!(h.emu.stats().models_requests, 1);
     // Anthropic's shape on the same path.
     let a: Value = h
-        .http
-        .get(h.url("/v1/models"))
-        .header("anthropic-version", "2023-06-01")
-        .send()
+        .get_with("/v1/models", &[("anthropic-version", "2023-06-01")])
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -272,12 +272,7 @@ async fn deleting_a_kept_response_ends_its_chain_and_get_is_a_clear_404() {
             .unwrap()
             .contains("previous_response_id")
     );
-    let r = h
-        .http
-        .delete(h.url(&format!("/v1/responses/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = h.delete(&format!("/v1/responses/{id}")).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["deleted"], true);
@@ -289,11 +284,6 @@ async fn deleting_a_kept_response_ends_its_chain_and_get_is_a_clear_404() {
         )
         .await;
     assert_eq!(r.status(), 400);
-    let r = h
-        .http
-        .delete(h.url(&format!("/v1/responses/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = h.delete(&format!("/v1/responses/{id}")).await;
     assert_eq!(r.status(), 404);
 }
