@@ -636,14 +636,19 @@ async fn keepalive_comments_flow_while_the_upstream_is_silent() {
     assert_eq!(frames(&body).last().unwrap().data, "[DONE]");
 }
 
+/// A fresh server against the harness's emulator that reads the (changed) auth.json again.
+async fn server_on_same_auth(h: &Harness) -> codex_as_api::server::Server {
+    let mut config = codex_as_api::config::Config::for_tests(&h.emu.base_url(), h.auth_path());
+    config.token_url = h.emu.token_url();
+    codex_as_api::server::Server::start(config).await.unwrap()
+}
+
 #[tokio::test]
 async fn missing_credentials_give_401_that_says_codex_login() {
     let h = Harness::start().await;
     std::fs::remove_file(h.auth_path()).unwrap();
     // A fresh server on the same (now empty) auth path.
-    let mut config = codex_as_api::config::Config::for_tests(&h.emu.base_url(), h.auth_path());
-    config.token_url = h.emu.token_url();
-    let server = codex_as_api::server::Server::start(config).await.unwrap();
+    let server = server_on_same_auth(&h).await;
     let base = format!("http://{}", server.addr());
     let health: Value = reqwest::get(format!("{base}/health"))
         .await
@@ -680,9 +685,7 @@ async fn permanently_failed_refresh_is_401_with_the_relogin_message() {
     auth["tokens"]["access_token"] = json!(expired.access_token);
     auth["tokens"]["refresh_token"] = json!("rt_unknown");
     std::fs::write(h.auth_path(), serde_json::to_vec_pretty(&auth).unwrap()).unwrap();
-    let mut config = codex_as_api::config::Config::for_tests(&h.emu.base_url(), h.auth_path());
-    config.token_url = h.emu.token_url();
-    let server = codex_as_api::server::Server::start(config).await.unwrap();
+    let server = server_on_same_auth(&h).await;
     let r = h
         .http
         .post(format!("http://{}/v1/chat/completions", server.addr()))
