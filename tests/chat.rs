@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Harness, frames};
+use common::{Harness, error_message, frames};
 use serde_json::{Value, json};
 
 fn user(text: &str) -> Value {
@@ -545,7 +545,7 @@ async fn usage_limit_is_429_with_retry_after_and_reset_time() {
     assert!((3500..=3600).contains(&ra), "{ra}");
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["type"], "insufficient_quota");
-    assert!(e["error"]["message"].as_str().unwrap().contains("plus"));
+    assert!(error_message(&e).contains("plus"));
     assert_eq!(
         h.emu.stats().responses_requests,
         1,
@@ -666,13 +666,7 @@ async fn missing_credentials_give_401_that_says_codex_login() {
         .unwrap();
     assert_eq!(r.status(), 401);
     let e: Value = r.json().await.unwrap();
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("codex login"),
-        "{e}"
-    );
+    assert!(error_message(&e).contains("codex login"), "{e}");
 }
 
 #[tokio::test]
@@ -696,13 +690,7 @@ async fn permanently_failed_refresh_is_401_with_the_relogin_message() {
     assert_eq!(r.status(), 401);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "invalid_api_key");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("sign in again"),
-        "{e}"
-    );
+    assert!(error_message(&e).contains("sign in again"), "{e}");
     assert_eq!(h.emu.stats().responses_requests, 0);
 }
 
@@ -737,10 +725,5 @@ async fn bad_requests_are_400_in_openai_shape() {
     let r = h.get("/v1/nothing-here").await;
     assert_eq!(r.status(), 404);
     let e: Value = r.json().await.unwrap();
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("/v1/nothing-here")
-    );
+    assert!(error_message(&e).contains("/v1/nothing-here"));
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, frames};
+use common::{Harness, error_message, frames};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -361,10 +361,5 @@ async fn usage_without_wham_or_rate_limit_headers_is_a_clear_502() {
     let r = dead.get("/usage").await;
     assert_eq!(r.status(), 502);
     let e: Value = r.json().await.unwrap();
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("usage is unavailable")
-    );
+    assert!(error_message(&e).contains("usage is unavailable"));
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use codex_as_api::emulator::EmulatorConfig;
-use common::Harness;
+use common::{Harness, error_message};
 use serde_json::{Value, json};
 
 fn user(text: &str) -> Value {
@@ -172,10 +172,7 @@ async fn upstream_tls_works_through_rustls_with_the_ca_file() {
     assert_eq!(r.status(), 502);
     let e: Value = r.json().await.unwrap();
     assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("cannot reach the upstream"),
+        error_message(&e).contains("cannot reach the upstream"),
         "{e}"
     );
 }

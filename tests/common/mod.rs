@@ -117,6 +117,13 @@ impl Harness {
     }
 }
 
+/// `error.message` of an OpenAI- or Anthropic-shaped error body.
+pub fn error_message(v: &Value) -> &str {
+    v["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error.message in {v}"))
+}
+
 /// One SSE frame: optional `event:` name and the `data:` payload.
 #[derive(Debug, Clone)]
 pub struct Frame {
