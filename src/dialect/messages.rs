@@ -2099,6 +2099,15 @@ mod tests {
             .collect()
     }
 
+    /// The text of every `text_delta`, joined.
+    fn streamed_text(frames: &[J]) -> String {
+        frames
+            .iter()
+            .filter(|x| x["delta"]["type"] == "text_delta")
+            .map(|x| x["delta"]["text"].as_str().unwrap())
+            .collect()
+    }
+
     fn assert_balanced(frames: &[J]) {
         let mut open: Option<u64> = None;
         let mut next = 0u64;
@@ -3262,11 +3271,7 @@ mod tests {
                 },
             ],
         );
-        let text: String = f
-            .iter()
-            .filter(|x| x["delta"]["type"] == "text_delta")
-            .map(|x| x["delta"]["text"].as_str().unwrap())
-            .collect();
+        let text = streamed_text(&f);
         assert_eq!(text, "Hello STAR and ");
         let last = &f[f.len() - 2];
         assert_eq!(
@@ -3285,11 +3290,7 @@ mod tests {
                 },
             ],
         );
-        let text: String = f
-            .iter()
-            .filter(|x| x["delta"]["type"] == "text_delta")
-            .map(|x| x["delta"]["text"].as_str().unwrap())
-            .collect();
+        let text = streamed_text(&f);
         assert_eq!(text, "abc\n\nHum");
         assert_eq!(f[f.len() - 2]["delta"]["stop_reason"], "end_turn");
     }
@@ -3468,11 +3469,7 @@ mod tests {
             usage: Usage::default(),
         });
         let f = run_deltas(&p, &pieces);
-        let got: String = f
-            .iter()
-            .filter(|x| x["delta"]["type"] == "text_delta")
-            .map(|x| x["delta"]["text"].as_str().unwrap())
-            .collect();
+        let got = streamed_text(&f);
         assert_eq!(got, text);
     }
 
