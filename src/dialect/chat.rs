@@ -28,6 +28,7 @@ use bytes::BytesMut;
 use simd_json::BorrowedValue as Value;
 use simd_json::prelude::*;
 
+use super::responses::write_tool_call_head;
 use super::{
     Ctx, Encoder, Plan, bad, field, is_base64, opt_bool, opt_str, parse_object, req_model,
     type_name, unix_now, want_array, want_str,
@@ -1107,19 +1108,7 @@ fn assistant_message(
             };
             let custom = kind == "custom" || custom_names.contains(&name);
             let out = items.item();
-            out.extend_from_slice(if custom {
-                br#"{"type":"custom_tool_call","call_id":"#
-            } else {
-                br#"{"type":"function_call","call_id":"#
-            });
-            write_str(out, id);
-            out.extend_from_slice(b",\"name\":");
-            write_str(out, &names.add(name));
-            out.extend_from_slice(if custom {
-                b",\"input\":"
-            } else {
-                b",\"arguments\":"
-            });
+            write_tool_call_head(out, id, &names.add(name), custom);
             write_payload(out, field(inner, payload_key), custom);
             out.push(b'}');
             calls.push(Call {
@@ -1139,11 +1128,7 @@ fn assistant_message(
         // the cached prefix) is byte-stable across requests.
         let id = format!("call_fn_{}", items.count);
         let out = items.item();
-        out.extend_from_slice(br#"{"type":"function_call","call_id":"#);
-        write_str(out, &id);
-        out.extend_from_slice(b",\"name\":");
-        write_str(out, &names.add(name));
-        out.extend_from_slice(b",\"arguments\":");
+        write_tool_call_head(out, &id, &names.add(name), false);
         write_payload(out, field(fc, "arguments"), false);
         out.push(b'}');
         calls.push(Call {

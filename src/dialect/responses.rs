@@ -1028,6 +1028,13 @@ pub(crate) fn write_tool_call(
     arguments: &str,
     custom: bool,
 ) {
+    write_tool_call_head(out, call_id, name, custom);
+    write_str(out, arguments);
+}
+
+/// A tool call item up to the key of its payload:
+/// `{"type":"function_call","call_id":…,"name":…,"arguments":` (`"input":` when custom).
+pub(crate) fn write_tool_call_head(out: &mut Vec<u8>, call_id: &str, name: &str, custom: bool) {
     out.extend_from_slice(if custom {
         b"{\"type\":\"custom_tool_call\",\"call_id\":".as_slice()
     } else {
@@ -1041,7 +1048,6 @@ pub(crate) fn write_tool_call(
     } else {
         b",\"arguments\":".as_slice()
     });
-    write_str(out, arguments);
 }
 
 // ---------------------------------------------------------------------------------------
