@@ -1940,6 +1940,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use crate::dialect::STREAM_B_ITEMS;
     use crate::upstream::catalog::Catalog;
     use crate::upstream::events::Decoder;
 
@@ -2215,29 +2216,14 @@ mod tests {
         json!({"role": "assistant", "content": blocks})
     }
 
-    const STREAM_B: [&str; 21] = [
-        r#"{"type":"response.created","sequence_number":0,"response":{"id":"resp_7c","object":"response","status":"in_progress","model":"gpt-5.5","output":[],"usage":null}}"#,
-        r#"{"type":"response.in_progress","sequence_number":1,"response":{"id":"resp_7c","object":"response","status":"in_progress","model":"gpt-5.5","output":[]}}"#,
-        r#"{"type":"response.output_item.added","sequence_number":2,"output_index":0,"item":{"id":"rs_1","type":"reasoning","encrypted_content":"gAAAAA…","summary":[]}}"#,
-        r#"{"type":"response.reasoning_summary_part.added","sequence_number":3,"item_id":"rs_1","output_index":0,"summary_index":0,"part":{"type":"summary_text","text":""}}"#,
-        r#"{"type":"response.reasoning_summary_text.delta","sequence_number":4,"item_id":"rs_1","output_index":0,"summary_index":0,"delta":"**Running a command**\n\nI'll run "}"#,
-        r#"{"type":"response.reasoning_summary_text.delta","sequence_number":5,"item_id":"rs_1","output_index":0,"summary_index":0,"delta":"echo."}"#,
-        r#"{"type":"response.reasoning_summary_text.done","sequence_number":6,"item_id":"rs_1","output_index":0,"summary_index":0,"text":"**Running a command**\n\nI'll run echo."}"#,
-        r#"{"type":"response.reasoning_summary_part.done","sequence_number":7,"item_id":"rs_1","output_index":0,"summary_index":0,"part":{"type":"summary_text","text":"**Running a command**\n\nI'll run echo."}}"#,
-        r#"{"type":"response.output_item.done","sequence_number":8,"output_index":0,"item":{"id":"rs_1","type":"reasoning","encrypted_content":"gAAAAA…","summary":[{"type":"summary_text","text":"**Running a command**\n\nI'll run echo."}]}}"#,
-        r#"{"type":"response.output_item.added","sequence_number":9,"output_index":1,"item":{"id":"msg_2","type":"message","status":"in_progress","content":[],"phase":"commentary","role":"assistant"}}"#,
-        r#"{"type":"response.content_part.added","sequence_number":10,"item_id":"msg_2","output_index":1,"content_index":0,"part":{"type":"output_text","annotations":[],"logprobs":[],"text":""}}"#,
-        r#"{"type":"response.output_text.delta","sequence_number":11,"item_id":"msg_2","output_index":1,"content_index":0,"delta":"Running it now.","logprobs":[]}"#,
-        r#"{"type":"response.output_text.done","sequence_number":12,"item_id":"msg_2","output_index":1,"content_index":0,"text":"Running it now.","logprobs":[]}"#,
-        r#"{"type":"response.content_part.done","sequence_number":13,"item_id":"msg_2","output_index":1,"content_index":0,"part":{"type":"output_text","annotations":[],"logprobs":[],"text":"Running it now."}}"#,
-        r#"{"type":"response.output_item.done","sequence_number":14,"output_index":1,"item":{"id":"msg_2","type":"message","status":"completed","content":[{"type":"output_text","annotations":[],"logprobs":[],"text":"Running it now."}],"phase":"commentary","role":"assistant"}}"#,
-        r#"{"type":"response.output_item.added","sequence_number":15,"output_index":2,"item":{"id":"fc_3","type":"function_call","status":"in_progress","arguments":"","call_id":"call_abc","name":"Bash"}}"#,
-        r#"{"type":"response.function_call_arguments.delta","sequence_number":16,"item_id":"fc_3","output_index":2,"delta":"{\"command\":\"echo "}"#,
-        r#"{"type":"response.function_call_arguments.delta","sequence_number":17,"item_id":"fc_3","output_index":2,"delta":"hi\"}"}"#,
-        r#"{"type":"response.function_call_arguments.done","sequence_number":18,"item_id":"fc_3","output_index":2,"arguments":"{\"command\":\"echo hi\"}"}"#,
-        r#"{"type":"response.output_item.done","sequence_number":19,"output_index":2,"item":{"id":"fc_3","type":"function_call","status":"completed","arguments":"{\"command\":\"echo hi\"}","call_id":"call_abc","name":"Bash"}}"#,
-        r#"{"type":"response.completed","sequence_number":20,"response":{"id":"resp_7c","object":"response","status":"completed","model":"gpt-5.5","output":[],"usage":{"input_tokens":1234,"input_tokens_details":{"cached_tokens":1000},"output_tokens":40,"output_tokens_details":{"reasoning_tokens":8},"total_tokens":1274}}}"#,
-    ];
+    /// `STREAM_B_ITEMS` and its `response.completed` with an empty `output`.
+    fn stream_b() -> Vec<&'static str> {
+        let mut lines = STREAM_B_ITEMS.to_vec();
+        lines.push(
+            r#"{"type":"response.completed","sequence_number":20,"response":{"id":"resp_7c","object":"response","status":"completed","model":"gpt-5.5","output":[],"usage":{"input_tokens":1234,"input_tokens_details":{"cached_tokens":1000},"output_tokens":40,"output_tokens_details":{"reasoning_tokens":8},"total_tokens":1274}}}"#,
+        );
+        lines
+    }
 
     fn text_stream(id: &str, text: &str) -> Vec<String> {
         vec![
@@ -2562,7 +2548,7 @@ mod tests {
         // Turn 1: the user asks; the answer is §9.3's reasoning + commentary + call.
         let mut msgs = first_turn();
         let plan = env.plan(&cc_body(msgs.clone()));
-        let f1 = run_lines(&plan, &STREAM_B);
+        let f1 = run_lines(&plan, &stream_b());
         let a1 = assistant_from_frames(&f1);
         assert_eq!(a1["content"][0]["type"], "thinking");
         assert_eq!(a1["content"][0]["thinking"], "");
@@ -3103,7 +3089,7 @@ mod tests {
         let mut b = cc_body(first_turn());
         b["thinking"] = json!({"type":"adaptive","display":"updates"});
         let p = env.plan(&b);
-        let f = run_lines(&p, &STREAM_B);
+        let f = run_lines(&p, &stream_b());
         assert_eq!(
             describe(&f),
             [
@@ -3483,7 +3469,7 @@ mod tests {
         b["thinking"] = json!({"type":"adaptive","display":"summarized"});
         let p = env.plan(&b);
         assert!(!p.stream());
-        let c = collect(&STREAM_B);
+        let c = collect(&stream_b());
         let r: J = serde_json::from_slice(&p.render(&c)).unwrap();
         assert!(r["id"].as_str().unwrap().starts_with("msg_"));
         assert_eq!(r["type"], "message");
