@@ -291,20 +291,26 @@ fn function_tool(f: &Value<'_>, param: &str, names: &mut ToolNames) -> Result<To
         }
         None => json.extend_from_slice(br#"{"type":"object","properties":{}}"#),
     }
-    let strict = field(f, "strict")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    json.extend_from_slice(if strict {
-        b",\"strict\":true}"
-    } else {
-        b",\"strict\":false}"
-    });
+    write_strict(&mut json, f);
+    json.push(b'}');
     Ok(ToolDef {
         client_name: name.to_owned(),
         custom: false,
         hosted: false,
         json,
     })
+}
+
+/// `,"strict":true` or `,"strict":false` from the client's `strict` (absent: false).
+fn write_strict(out: &mut Vec<u8>, v: &Value<'_>) {
+    let strict = field(v, "strict")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    out.extend_from_slice(if strict {
+        b",\"strict\":true"
+    } else {
+        b",\"strict\":false"
+    });
 }
 
 fn custom_tool(c: &Value<'_>, param: &str, names: &mut ToolNames) -> Result<ToolDef, Error> {
@@ -513,14 +519,7 @@ fn text_options(root: &Value<'_>, info: Option<&ModelInfo>) -> Result<Option<Vec
                     }
                     None => format.extend_from_slice(br#"{"type":"object"}"#),
                 }
-                let strict = field(js, "strict")
-                    .and_then(|v| v.as_bool())
-                    .unwrap_or(false);
-                format.extend_from_slice(if strict {
-                    b",\"strict\":true"
-                } else {
-                    b",\"strict\":false"
-                });
+                write_strict(&mut format, js);
                 if let Some(d) =
                     opt_str(js, "description", "response_format.json_schema.description")?
                 {
