@@ -798,10 +798,7 @@ pub fn count_tokens(body: &mut [u8], ctx: &Ctx<'_>) -> Result<Vec<u8>, Error> {
     let plan = build(body, ctx, true)?;
     let n = crate::tokens::count_upstream_body(&plan.upstream.body()).max(1);
     let window = ctx.context_window(&plan.upstream.model);
-    let limit = ctx
-        .config
-        .auto_compact_token_limit
-        .unwrap_or(window * 9 / 10);
+    let limit = ctx.config.auto_compact_limit(window);
     let mut out = Vec::with_capacity(96);
     out.extend_from_slice(br#"{"input_tokens":"#);
     write_u64(&mut out, n);

@@ -52,12 +52,8 @@ impl Ctx<'_> {
     /// The context window of a backend model: config.toml's `model_context_window` if set,
     /// else the catalog's.
     pub fn context_window(&self, backend_model: &str) -> u64 {
-        self.config.context_window.unwrap_or_else(|| {
-            self.catalog
-                .find(backend_model)
-                .map(|m| m.context_window)
-                .unwrap_or(272_000)
-        })
+        self.config
+            .context_window_or(|| self.catalog.find(backend_model).map(|m| m.context_window))
     }
 }
 

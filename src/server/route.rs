@@ -421,15 +421,14 @@ async fn dispatch(
 fn health(state: &State) -> Vec<u8> {
     use crate::json::{write_str, write_u64};
     let c = &state.config;
-    let window = c.context_window.unwrap_or_else(|| {
+    let window = c.context_window_or(|| {
         state
             .catalog
             .current()
             .find(&c.model)
             .map(|m| m.context_window)
-            .unwrap_or(272_000)
     });
-    let compact = c.auto_compact_token_limit.unwrap_or(window * 9 / 10);
+    let compact = c.auto_compact_limit(window);
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"{\"status\":\"ok\",\"version\":");
     write_str(&mut out, env!("CARGO_PKG_VERSION"));
