@@ -4,7 +4,8 @@
 //! Owns: every tunable and limit of the server, the `serve` flags (`ServeArgs`, with their env
 //! var names), and reading the Codex CLI's `config.toml` (root keys `model`,
 //! `model_context_window`, `model_auto_compact_token_limit`, plus our own optional
-//! `[codex_as_api]` table whose keys are the flag names with `_`).
+//! `[codex_as_api]` table whose keys are the flag names with `_`), and the fallbacks for the
+//! context window and auto-compaction limit derived from those keys.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -340,6 +341,20 @@ impl Config {
                 .or_else(|| t.int("history_max_bytes").map(|v| v as usize))
                 .unwrap_or(64 * 1024 * 1024),
         })
+    }
+
+    /// A model's context window: `model_context_window` if set, else what the catalog says
+    /// (`catalog_window`, only asked then), else 272k.
+    pub fn context_window_or(&self, catalog_window: impl FnOnce() -> Option<u64>) -> u64 {
+        self.context_window
+            .or_else(catalog_window)
+            .unwrap_or(272_000)
+    }
+
+    /// The token count at which clients should compact: `model_auto_compact_token_limit` if
+    /// set, else 90% of `window`.
+    pub fn auto_compact_limit(&self, window: u64) -> u64 {
+        self.auto_compact_token_limit.unwrap_or(window * 9 / 10)
     }
 
     /// Defaults only (tests, benches): nothing read from the environment or disk.

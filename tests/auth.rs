@@ -86,6 +86,12 @@ fn write_json(path: &Path, doc: &Value) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// `auth.json` for `ACCOUNT` with an access token (`tag`, expiring at `exp`) and
+/// `refresh`, written the way another process would.
+fn write_tokens(path: &Path, tag: &str, exp: i64, refresh: &str) {
+    write_json(path, &auth_doc(&access_token(tag, exp, ACCOUNT), refresh));
+}
+
 fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -437,10 +443,7 @@ async fn reload_adopts_token_written_by_another_process() {
 async fn reload_refuses_credentials_of_another_account() {
     let mock = Mock::start().await;
     let home = home();
-    write_json(
-        &home.path,
-        &auth_doc(&access_token("a", now() + 3600, ACCOUNT), "rt_a"),
-    );
+    write_tokens(&home.path, "a", now() + 3600, "rt_a");
     let store = mock.store(&home.path);
     let failed = store.headers().await.unwrap();
     let mut other = auth_doc(&access_token("o", now() + 3600, "acc-other"), "rt_o");
@@ -465,10 +468,7 @@ async fn refresh_after_unauthorized_sends_unauthorized_recovery() {
     mock.accept("rt_a");
     let home = home();
     // Far from expiry: only the 401 path refreshes it.
-    write_json(
-        &home.path,
-        &auth_doc(&access_token("a", now() + 3600, ACCOUNT), "rt_a"),
-    );
+    write_tokens(&home.path, "a", now() + 3600, "rt_a");
     let store = mock.store(&home.path);
     let failed = store.headers().await.unwrap();
     assert_eq!(mock.calls(), 0);
@@ -492,10 +492,7 @@ async fn reused_refresh_token_is_permanent_with_exact_message_and_no_retry() {
     let mock = Mock::start().await;
     mock.mark_used("rt_spent");
     let home = home();
-    write_json(
-        &home.path,
-        &auth_doc(&access_token("old", now() - 10, ACCOUNT), "rt_spent"),
-    );
+    write_tokens(&home.path, "old", now() - 10, "rt_spent");
     let before = std::fs::read(&home.path).unwrap();
     let store = mock.store(&home.path);
 
@@ -538,10 +535,7 @@ async fn reused_refresh_token_adopts_tokens_another_process_saved() {
     let mock = Mock::start().await;
     mock.mark_used("rt_raced");
     let home = home();
-    write_json(
-        &home.path,
-        &auth_doc(&access_token("old", now() - 10, ACCOUNT), "rt_raced"),
-    );
+    write_tokens(&home.path, "old", now() - 10, "rt_raced");
     let store = mock.store(&home.path);
 
     // Another process (not honouring the lock) redeemed the token and saved the result
@@ -604,10 +598,7 @@ async fn second_store_on_same_file_adopts_refresh_without_second_call() {
     *mock.state.delay.lock().unwrap() = Duration::from_millis(300);
     mock.accept("rt_shared");
     let home = home();
-    write_json(
-        &home.path,
-        &auth_doc(&access_token("old", now() - 10, ACCOUNT), "rt_shared"),
-    );
+    write_tokens(&home.path, "old", now() - 10, "rt_shared");
     // Two processes sharing one auth.json.
     let first = mock.store(&home.path);
     let second = mock.store(&home.path);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Harness, frames};
+use common::{Harness, error_message, frames};
 use serde_json::{Value, json};
 
 fn user(text: &str) -> Value {
@@ -545,7 +545,7 @@ async fn usage_limit_is_429_with_retry_after_and_reset_time() {
     assert!((3500..=3600).contains(&ra), "{ra}");
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["type"], "insufficient_quota");
-    assert!(e["error"]["message"].as_str().unwrap().contains("plus"));
+    assert!(error_message(&e).contains("plus"));
     assert_eq!(
         h.emu.stats().responses_requests,
         1,
@@ -636,14 +636,19 @@ async fn keepalive_comments_flow_while_the_upstream_is_silent() {
     assert_eq!(frames(&body).last().unwrap().data, "[DONE]");
 }
 
+/// A fresh server against the harness's emulator that reads the (changed) auth.json again.
+async fn server_on_same_auth(h: &Harness) -> codex_as_api::server::Server {
+    let mut config = codex_as_api::config::Config::for_tests(&h.emu.base_url(), h.auth_path());
+    config.token_url = h.emu.token_url();
+    codex_as_api::server::Server::start(config).await.unwrap()
+}
+
 #[tokio::test]
 async fn missing_credentials_give_401_that_says_codex_login() {
     let h = Harness::start().await;
     std::fs::remove_file(h.auth_path()).unwrap();
     // A fresh server on the same (now empty) auth path.
-    let mut config = codex_as_api::config::Config::for_tests(&h.emu.base_url(), h.auth_path());
-    config.token_url = h.emu.token_url();
-    let server = codex_as_api::server::Server::start(config).await.unwrap();
+    let server = server_on_same_auth(&h).await;
     let base = format!("http://{}", server.addr());
     let health: Value = reqwest::get(format!("{base}/health"))
         .await
@@ -661,13 +666,7 @@ async fn missing_credentials_give_401_that_says_codex_login() {
         .unwrap();
     assert_eq!(r.status(), 401);
     let e: Value = r.json().await.unwrap();
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("codex login"),
-        "{e}"
-    );
+    assert!(error_message(&e).contains("codex login"), "{e}");
 }
 
 #[tokio::test]
@@ -680,9 +679,7 @@ async fn permanently_failed_refresh_is_401_with_the_relogin_message() {
     auth["tokens"]["access_token"] = json!(expired.access_token);
     auth["tokens"]["refresh_token"] = json!("rt_unknown");
     std::fs::write(h.auth_path(), serde_json::to_vec_pretty(&auth).unwrap()).unwrap();
-    let mut config = codex_as_api::config::Config::for_tests(&h.emu.base_url(), h.auth_path());
-    config.token_url = h.emu.token_url();
-    let server = codex_as_api::server::Server::start(config).await.unwrap();
+    let server = server_on_same_auth(&h).await;
     let r = h
         .http
         .post(format!("http://{}/v1/chat/completions", server.addr()))
@@ -693,13 +690,7 @@ async fn permanently_failed_refresh_is_401_with_the_relogin_message() {
     assert_eq!(r.status(), 401);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "invalid_api_key");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("sign in again"),
-        "{e}"
-    );
+    assert!(error_message(&e).contains("sign in again"), "{e}");
     assert_eq!(h.emu.stats().responses_requests, 0);
 }
 
@@ -734,10 +725,5 @@ async fn bad_requests_are_400_in_openai_shape() {
     let r = h.get("/v1/nothing-here").await;
     assert_eq!(r.status(), 404);
     let e: Value = r.json().await.unwrap();
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("/v1/nothing-here")
-    );
+    assert!(error_message(&e).contains("/v1/nothing-here"));
 }

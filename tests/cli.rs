@@ -617,6 +617,17 @@ fn version_and_completions() {
     }
 }
 
+/// A streamed Chat Completions request with the log test's API key.
+async fn stream_chat(http: &reqwest::Client, base: &str, content: &str) -> reqwest::Response {
+    http.post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("sk-local-log-test")
+        .json(&serde_json::json!({"model": "gpt-5.5", "stream": true,
+            "messages": [{"role": "user", "content": content}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The next JSON log line on the server's stderr that `pick` accepts.
 async fn log_line(
     lines: &mut Lines<BufReader<ChildStderr>>,
@@ -675,14 +686,7 @@ async fn json_logs_have_a_banner_and_one_line_per_request() {
 
     let http = reqwest::Client::new();
     // A streamed Chat Completions request.
-    let resp = http
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth("sk-local-log-test")
-        .json(&serde_json::json!({"model": "gpt-5.5", "stream": true,
-            "messages": [{"role": "user", "content": "hello"}]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = stream_chat(&http, &base, "hello").await;
     assert_eq!(resp.status(), 200);
     let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
     resp.text().await.unwrap();
@@ -723,14 +727,7 @@ async fn json_logs_have_a_banner_and_one_line_per_request() {
     assert!(f["input_tokens"].as_u64().unwrap() > 0);
 
     // A stream that fails after it started: 200, but the line says how it ended.
-    let resp = http
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth("sk-local-log-test")
-        .json(&serde_json::json!({"model": "gpt-5.5", "stream": true,
-            "messages": [{"role": "user", "content": "EMU:error_event"}]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = stream_chat(&http, &base, "EMU:error_event").await;
     assert_eq!(resp.status(), 200);
     resp.text().await.unwrap();
     let f = log_line(&mut err, is_request).await["fields"].clone();
@@ -738,14 +735,7 @@ async fn json_logs_have_a_banner_and_one_line_per_request() {
     assert!(f["outcome"].as_str().unwrap().starts_with("error:"), "{f}");
 
     // A client that goes away mid-stream.
-    let mut resp = http
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth("sk-local-log-test")
-        .json(&serde_json::json!({"model": "gpt-5.5", "stream": true,
-            "messages": [{"role": "user", "content": "EMU:stall:3000 hello"}]}))
-        .send()
-        .await
-        .unwrap();
+    let mut resp = stream_chat(&http, &base, "EMU:stall:3000 hello").await;
     assert_eq!(resp.status(), 200);
     assert!(resp.chunk().await.unwrap().is_some());
     drop(resp);

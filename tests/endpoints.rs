@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, frames};
+use common::{Harness, error_message, frames};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -33,12 +33,8 @@ async fn models_come_from_the_backend_catalog_and_are_cached() {
     assert_eq!(h.emu.stats().models_requests, 1);
     // Anthropic's shape on the same path.
     let a: Value = h
-        .http
-        .get(h.url("/v1/models"))
-        .header("anthropic-version", "2023-06-01")
-        .send()
+        .get_with("/v1/models", &[("anthropic-version", "2023-06-01")])
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -365,10 +361,5 @@ async fn usage_without_wham_or_rate_limit_headers_is_a_clear_502() {
     let r = dead.get("/usage").await;
     assert_eq!(r.status(), 502);
     let e: Value = r.json().await.unwrap();
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("usage is unavailable")
-    );
+    assert!(error_message(&e).contains("usage is unavailable"));
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Frame, Harness, frames};
+use common::{Frame, Harness, error_message, frames};
 use serde_json::{Value, json};
 
 const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
@@ -564,7 +564,7 @@ async fn errors_have_anthropic_shapes_and_statuses() {
     assert_eq!(status, 400);
     assert_eq!(e["type"], "error");
     assert_eq!(e["error"]["type"], "invalid_request_error");
-    let text = e["error"]["message"].as_str().unwrap();
+    let text = error_message(&e);
     let re_ok = text.starts_with("prompt is too long: ")
         && text.ends_with(" maximum")
         && text.contains(" tokens > ");
@@ -586,12 +586,7 @@ async fn errors_have_anthropic_shapes_and_statuses() {
     assert_eq!(e["error"]["type"], "invalid_request_error");
     let (status, e) = create(&h, &json!({"model": "claude-x", "max_tokens": 5, "tools": [{"type": "bash_20250124", "name": "bash"}], "messages": [{"role": "user", "content": "hi"}]})).await;
     assert_eq!(status, 400);
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("bash_20250124")
-    );
+    assert!(error_message(&e).contains("bash_20250124"));
     let r = h.post("/v1/messages/compact", &msg("hi")).await;
     assert!(r.status() == 501 || r.status() == 200);
     let e: Value = r.json().await.unwrap();

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use codex_as_api::emulator::EmulatorConfig;
-use common::{Harness, frames};
+use common::{Harness, error_message, frames};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -47,7 +47,7 @@ async fn openai_error(r: reqwest::Response, status: u16) -> String {
     let e: Value = r.json().await.unwrap();
     assert!(e["error"]["type"].is_string(), "{e}");
     assert!(e["error"].get("code").is_some(), "{e}");
-    let m = e["error"]["message"].as_str().unwrap().to_owned();
+    let m = error_message(&e).to_owned();
     assert!(m.len() > 10, "a clear message: {m}");
     m
 }
@@ -57,7 +57,7 @@ async fn anthropic_error(r: reqwest::Response, status: u16) -> (String, String) 
     assert_eq!(r.status(), status);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["type"], "error", "{e}");
-    let m = e["error"]["message"].as_str().unwrap().to_owned();
+    let m = error_message(&e).to_owned();
     assert!(m.len() > 10, "a clear message: {m}");
     (e["error"]["type"].as_str().unwrap().to_owned(), m)
 }
@@ -439,13 +439,7 @@ async fn slow_client_that_never_finishes_its_headers_gets_408_after_the_header_t
     assert_eq!(status, 408, "{body}");
     let e: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(e["type"], "error");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("did not arrive"),
-        "{e}"
-    );
+    assert!(error_message(&e).contains("did not arrive"), "{e}");
     let (status, body) = read_response(&mut slow_openai).await;
     assert_eq!(status, 408, "{body}");
     let e: Value = serde_json::from_str(&body).unwrap();

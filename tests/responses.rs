@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Harness, frames};
+use common::{Harness, error_message, frames};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -96,12 +96,7 @@ async fn unsupported_tool_is_a_400_in_openai_shape() {
     assert_eq!(resp.status(), 400);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("file_search")
-    );
+    assert!(error_message(&v).contains("file_search"));
     assert_eq!(h.emu.stats().responses_requests, 0);
 }
 
@@ -167,12 +162,7 @@ async fn unknown_unkept_or_evicted_previous_response_ids_are_400() {
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "previous_response_not_found");
     assert_eq!(e["error"]["param"], "previous_response_id");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("resp_nope")
-    );
+    assert!(error_message(&e).contains("resp_nope"));
     // store:false is not kept.
     let unkept = response_id(
         &h,
@@ -266,18 +256,8 @@ async fn deleting_a_kept_response_ends_its_chain_and_get_is_a_clear_404() {
     let r = h.get(&format!("/v1/responses/{id}")).await;
     assert_eq!(r.status(), 404);
     let e: Value = r.json().await.unwrap();
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("previous_response_id")
-    );
-    let r = h
-        .http
-        .delete(h.url(&format!("/v1/responses/{id}")))
-        .send()
-        .await
-        .unwrap();
+    assert!(error_message(&e).contains("previous_response_id"));
+    let r = h.delete(&format!("/v1/responses/{id}")).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["deleted"], true);
@@ -289,11 +269,6 @@ async fn deleting_a_kept_response_ends_its_chain_and_get_is_a_clear_404() {
         )
         .await;
     assert_eq!(r.status(), 400);
-    let r = h
-        .http
-        .delete(h.url(&format!("/v1/responses/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = h.delete(&format!("/v1/responses/{id}")).await;
     assert_eq!(r.status(), 404);
 }

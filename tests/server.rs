@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use codex_as_api::emulator::EmulatorConfig;
-use common::Harness;
+use common::{Harness, error_message};
 use serde_json::{Value, json};
 
 fn user(text: &str) -> Value {
@@ -66,20 +66,12 @@ async fn api_key_is_required_everywhere_but_health() {
 async fn foreign_host_headers_are_refused_on_loopback() {
     let h = Harness::start().await;
     let r = h
-        .http
-        .get(h.url("/v1/models"))
-        .header("host", "evil.example:18080")
-        .send()
-        .await
-        .unwrap();
+        .get_with("/v1/models", &[("host", "evil.example:18080")])
+        .await;
     assert_eq!(r.status(), 403);
     let r = h
-        .http
-        .get(h.url("/v1/models"))
-        .header("host", "localhost:18080")
-        .send()
-        .await
-        .unwrap();
+        .get_with("/v1/models", &[("host", "localhost:18080")])
+        .await;
     assert_eq!(r.status(), 200);
 }
 
@@ -128,12 +120,8 @@ async fn models_list_in_both_shapes() {
             .any(|m| m["id"] == "gpt-5.5")
     );
     let v: Value = h
-        .http
-        .get(h.url("/v1/models"))
-        .header("anthropic-version", "2023-06-01")
-        .send()
+        .get_with("/v1/models", &[("anthropic-version", "2023-06-01")])
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -184,10 +172,7 @@ async fn upstream_tls_works_through_rustls_with_the_ca_file() {
     assert_eq!(r.status(), 502);
     let e: Value = r.json().await.unwrap();
     assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("cannot reach the upstream"),
+        error_message(&e).contains("cannot reach the upstream"),
         "{e}"
     );
 }

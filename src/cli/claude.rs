@@ -54,11 +54,10 @@ pub struct Target {
 impl Target {
     /// From the local settings (no server asked).
     pub fn from_config(config: &Config) -> Target {
-        let window = config.context_window.unwrap_or_else(|| {
+        let window = config.context_window_or(|| {
             Catalog::builtin()
                 .find(&config.model)
                 .map(|m| m.context_window)
-                .unwrap_or(272_000)
         });
         Target {
             base_url: base_url(config),

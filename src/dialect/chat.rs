@@ -28,12 +28,13 @@ use bytes::BytesMut;
 use simd_json::BorrowedValue as Value;
 use simd_json::prelude::*;
 
+use super::responses::write_tool_call_head;
 use super::{
-    Ctx, Encoder, Plan, bad, field, opt_bool, opt_str, parse_body, type_name, unix_now, want_array,
-    want_str,
+    Ctx, Encoder, Plan, bad, field, is_base64, opt_bool, opt_str, parse_object, req_model,
+    type_name, unix_now, want_array, want_str,
 };
 use crate::error::{Error, Protocol};
-use crate::json::{write_str, write_str_body, write_u64, write_value};
+use crate::json::{join_array, write_str, write_str_body, write_u64, write_value};
 use crate::upstream::catalog::ModelInfo;
 use crate::upstream::collect::{Collected, Finish, Item};
 use crate::upstream::events::{Delta, Usage};
@@ -69,17 +70,8 @@ pub struct ChatPlan {
 
 /// Translate a Chat Completions request body (parsed in place).
 pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ChatPlan, Error> {
-    let root = parse_body(body, ctx.config.max_json_depth)?;
-    if !root.is_object() {
-        return Err(Error::bad_request("the request body must be a JSON object"));
-    }
-    let model = match field(&root, "model") {
-        Some(v) => want_str(v, "model")?,
-        None => return Err(bad("model", "`model` is required")),
-    };
-    if model.is_empty() {
-        return Err(bad("model", "`model` must not be empty"));
-    }
+    let root = parse_object(body, ctx)?;
+    let model = req_model(&root)?;
     let backend = ctx.backend_model(model);
     let info = ctx.catalog.find(&backend);
 
@@ -119,16 +111,7 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ChatPlan, Error> {
         .collect();
     let conv = translate_messages(messages, &mut names, &custom_names, info)?;
 
-    let mut tools_json =
-        Vec::with_capacity(tools.iter().map(|t| t.json.len() + 1).sum::<usize>() + 2);
-    tools_json.push(b'[');
-    for (i, t) in tools.iter().enumerate() {
-        if i > 0 {
-            tools_json.push(b',');
-        }
-        tools_json.extend_from_slice(&t.json);
-    }
-    tools_json.push(b']');
+    let tools_json = join_array(tools.as_slice().iter().map(|t| t.json.as_slice()));
 
     let effort = reasoning_effort(&root, info)?;
     let text = text_options(&root, info)?;
@@ -267,18 +250,33 @@ fn parse_tools(root: &Value<'_>, names: &mut ToolNames) -> Result<Vec<ToolDef>, 
     Ok(out)
 }
 
-fn function_tool(f: &Value<'_>, param: &str, names: &mut ToolNames) -> Result<ToolDef, Error> {
-    let name = match field(f, "name") {
+/// Writes the opening `{"type":…,"name":…[,"description":…]` of a function or custom tool
+/// (`kind`) and returns the client's name.
+fn tool_head<'v>(
+    json: &mut Vec<u8>,
+    kind: &str,
+    t: &'v Value<'_>,
+    param: &str,
+    names: &mut ToolNames,
+) -> Result<&'v str, Error> {
+    let name = match field(t, "name") {
         Some(v) => want_str(v, &format!("{param}.name"))?,
         None => return Err(bad(param, format!("`{param}.name` is required"))),
     };
-    let mut json = Vec::with_capacity(128);
-    json.extend_from_slice(b"{\"type\":\"function\",\"name\":");
-    write_str(&mut json, &names.add(name));
-    if let Some(d) = opt_str(f, "description", &format!("{param}.description"))? {
+    json.extend_from_slice(b"{\"type\":");
+    write_str(json, kind);
+    json.extend_from_slice(b",\"name\":");
+    write_str(json, &names.add(name));
+    if let Some(d) = opt_str(t, "description", &format!("{param}.description"))? {
         json.extend_from_slice(b",\"description\":");
-        write_str(&mut json, d);
+        write_str(json, d);
     }
+    Ok(name)
+}
+
+fn function_tool(f: &Value<'_>, param: &str, names: &mut ToolNames) -> Result<ToolDef, Error> {
+    let mut json = Vec::with_capacity(128);
+    let name = tool_head(&mut json, "function", f, param, names)?;
     json.extend_from_slice(b",\"parameters\":");
     match field(f, "parameters") {
         Some(p) if p.is_object() => write_value(&mut json, p),
@@ -293,14 +291,8 @@ fn function_tool(f: &Value<'_>, param: &str, names: &mut ToolNames) -> Result<To
         }
         None => json.extend_from_slice(br#"{"type":"object","properties":{}}"#),
     }
-    let strict = field(f, "strict")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    json.extend_from_slice(if strict {
-        b",\"strict\":true}"
-    } else {
-        b",\"strict\":false}"
-    });
+    write_strict(&mut json, f);
+    json.push(b'}');
     Ok(ToolDef {
         client_name: name.to_owned(),
         custom: false,
@@ -309,18 +301,21 @@ fn function_tool(f: &Value<'_>, param: &str, names: &mut ToolNames) -> Result<To
     })
 }
 
+/// `,"strict":true` or `,"strict":false` from the client's `strict` (absent: false).
+fn write_strict(out: &mut Vec<u8>, v: &Value<'_>) {
+    let strict = field(v, "strict")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    out.extend_from_slice(if strict {
+        b",\"strict\":true"
+    } else {
+        b",\"strict\":false"
+    });
+}
+
 fn custom_tool(c: &Value<'_>, param: &str, names: &mut ToolNames) -> Result<ToolDef, Error> {
-    let name = match field(c, "name") {
-        Some(v) => want_str(v, &format!("{param}.name"))?,
-        None => return Err(bad(param, format!("`{param}.name` is required"))),
-    };
     let mut json = Vec::with_capacity(128);
-    json.extend_from_slice(b"{\"type\":\"custom\",\"name\":");
-    write_str(&mut json, &names.add(name));
-    if let Some(d) = opt_str(c, "description", &format!("{param}.description"))? {
-        json.extend_from_slice(b",\"description\":");
-        write_str(&mut json, d);
-    }
+    let name = tool_head(&mut json, "custom", c, param, names)?;
     if let Some(format) = field(c, "format") {
         json.extend_from_slice(b",\"format\":");
         let kind = field(format, "type").and_then(|v| v.as_str());
@@ -524,14 +519,7 @@ fn text_options(root: &Value<'_>, info: Option<&ModelInfo>) -> Result<Option<Vec
                     }
                     None => format.extend_from_slice(br#"{"type":"object"}"#),
                 }
-                let strict = field(js, "strict")
-                    .and_then(|v| v.as_bool())
-                    .unwrap_or(false);
-                format.extend_from_slice(if strict {
-                    b",\"strict\":true"
-                } else {
-                    b",\"strict\":false"
-                });
+                write_strict(&mut format, js);
                 if let Some(d) =
                     opt_str(js, "description", "response_format.json_schema.description")?
                 {
@@ -779,6 +767,19 @@ fn input_text(out: &mut Vec<u8>, first: &mut bool, text: &str) {
     out.push(b'}');
 }
 
+/// The parts of a content that is not a string.
+fn content_parts<'v, 'a>(c: &'v Value<'a>, param: &str) -> Result<&'v [Value<'a>], Error> {
+    c.as_array().map(Vec::as_slice).ok_or_else(|| {
+        bad(
+            param,
+            format!(
+                "`{param}` must be a string or an array of parts, not {}",
+                type_name(c)
+            ),
+        )
+    })
+}
+
 /// Text of a system/developer content: a string or `text` parts.
 fn text_parts<'v>(content: Option<&'v Value<'_>>, param: &str) -> Result<Vec<&'v str>, Error> {
     let Some(c) = content else {
@@ -787,15 +788,7 @@ fn text_parts<'v>(content: Option<&'v Value<'_>>, param: &str) -> Result<Vec<&'v
     if let Some(s) = c.as_str() {
         return Ok(vec![s]);
     }
-    let parts = c.as_array().ok_or_else(|| {
-        bad(
-            param,
-            format!(
-                "`{param}` must be a string or an array of parts, not {}",
-                type_name(c)
-            ),
-        )
-    })?;
+    let parts = content_parts(c, param)?;
     let mut out = Vec::with_capacity(parts.len());
     for (j, part) in parts.iter().enumerate() {
         let pp = format!("{param}[{j}]");
@@ -834,15 +827,7 @@ fn user_content(
         input_text(out, &mut first, s);
         return Ok(s.to_owned());
     }
-    let parts = c.as_array().ok_or_else(|| {
-        bad(
-            param,
-            format!(
-                "`{param}` must be a string or an array of parts, not {}",
-                type_name(c)
-            ),
-        )
-    })?;
+    let parts = content_parts(c, param)?;
     let mut text = String::new();
     for (j, part) in parts.iter().enumerate() {
         let pp = format!("{param}[{j}]");
@@ -860,12 +845,9 @@ fn user_content(
                 text.push_str(t);
             }
             "image_url" => {
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
                 input_image(
                     out,
+                    &mut first,
                     field(part, "image_url"),
                     &format!("{pp}.image_url"),
                     info,
@@ -908,13 +890,19 @@ fn user_content(
     Ok(text)
 }
 
-/// `{"type":"input_image","image_url":…,"detail":…}` from `{url, detail}` or a bare string.
+/// `{"type":"input_image","image_url":…,"detail":…}` from `{url, detail}` or a bare string
+/// (after a comma unless it is the `first` part).
 fn input_image(
     out: &mut Vec<u8>,
+    first: &mut bool,
     v: Option<&Value<'_>>,
     param: &str,
     info: Option<&ModelInfo>,
 ) -> Result<(), Error> {
+    if !*first {
+        out.push(b',');
+    }
+    *first = false;
     let Some(v) = v else {
         return Err(bad(param, format!("`{param}` is required")));
     };
@@ -978,23 +966,6 @@ fn data_url_error(param: &str) -> Error {
     )
 }
 
-/// Standard base64 with optional padding (no whitespace), checked without decoding.
-fn is_base64(data: &[u8]) -> bool {
-    let body_len = data.iter().rposition(|&b| b != b'=').map_or(0, |p| p + 1);
-    let pad = data.len() - body_len;
-    let body = data.get(..body_len).unwrap_or_default();
-    !body.is_empty()
-        && pad <= 2
-        && body
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
-        && if pad > 0 {
-            data.len().is_multiple_of(4)
-        } else {
-            body.len() % 4 != 1
-        }
-}
-
 /// A tool result: a string (text parts joined with newlines), or a part list when it
 /// carries images.
 fn tool_output(
@@ -1011,15 +982,7 @@ fn tool_output(
         write_str(out, s);
         return Ok(());
     }
-    let parts = c.as_array().ok_or_else(|| {
-        bad(
-            param,
-            format!(
-                "`{param}` must be a string or an array of parts, not {}",
-                type_name(c)
-            ),
-        )
-    })?;
+    let parts = content_parts(c, param)?;
     let has_image = parts
         .iter()
         .any(|p| field(p, "type").and_then(|t| t.as_str()) == Some("image_url"));
@@ -1030,12 +993,9 @@ fn tool_output(
             let pp = format!("{param}[{j}]");
             match field(part, "type").and_then(|t| t.as_str()) {
                 Some("image_url") => {
-                    if !first {
-                        out.push(b',');
-                    }
-                    first = false;
                     input_image(
                         out,
+                        &mut first,
                         field(part, "image_url"),
                         &format!("{pp}.image_url"),
                         info,
@@ -1147,19 +1107,7 @@ fn assistant_message(
             };
             let custom = kind == "custom" || custom_names.contains(&name);
             let out = items.item();
-            out.extend_from_slice(if custom {
-                br#"{"type":"custom_tool_call","call_id":"#
-            } else {
-                br#"{"type":"function_call","call_id":"#
-            });
-            write_str(out, id);
-            out.extend_from_slice(b",\"name\":");
-            write_str(out, &names.add(name));
-            out.extend_from_slice(if custom {
-                b",\"input\":"
-            } else {
-                b",\"arguments\":"
-            });
+            write_tool_call_head(out, id, &names.add(name), custom);
             write_payload(out, field(inner, payload_key), custom);
             out.push(b'}');
             calls.push(Call {
@@ -1179,11 +1127,7 @@ fn assistant_message(
         // the cached prefix) is byte-stable across requests.
         let id = format!("call_fn_{}", items.count);
         let out = items.item();
-        out.extend_from_slice(br#"{"type":"function_call","call_id":"#);
-        write_str(out, &id);
-        out.extend_from_slice(b",\"name\":");
-        write_str(out, &names.add(name));
-        out.extend_from_slice(b",\"arguments\":");
+        write_tool_call_head(out, &id, &names.add(name), false);
         write_payload(out, field(fc, "arguments"), false);
         out.push(b'}');
         calls.push(Call {
@@ -1681,32 +1625,15 @@ impl Encoder for ChatEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::upstream::catalog::Catalog;
     use crate::upstream::events::Decoder;
     use http::HeaderMap;
     use serde_json::{Value as J, json};
 
-    fn config() -> Config {
-        Config::for_tests(
-            "http://127.0.0.1:1",
-            std::path::PathBuf::from("/nonexistent"),
-        )
-    }
-
     fn plan_with(body: J, headers: &HeaderMap) -> Result<ChatPlan, Error> {
-        let config = config();
-        let catalog = Catalog::builtin();
-        let ctx = Ctx {
-            config: &config,
-            catalog: &catalog,
-            headers,
-        };
-        let mut bytes = serde_json::to_vec(&body).unwrap();
-        translate(&mut bytes, &ctx)
+        crate::dialect::translate_json(translate, &body, headers)
     }
 
-    fn plan(body: J) -> ChatPlan {
+    pub(super) fn plan(body: J) -> ChatPlan {
         plan_with(body, &HeaderMap::new()).unwrap()
     }
 
@@ -2174,6 +2101,15 @@ mod tests {
             .collect()
     }
 
+    /// The `delta` of every chunk (`[DONE]` left out).
+    pub(super) fn deltas(out: &[u8]) -> Vec<J> {
+        chunks(out)
+            .iter()
+            .filter(|c| c.is_object())
+            .map(|c| c["choices"][0]["delta"].clone())
+            .collect()
+    }
+
     fn stream_plan(extra: J) -> ChatPlan {
         let mut body = json!({"model": "my-client-model", "messages": [user("x")], "stream": true});
         for (k, v) in extra.as_object().unwrap() {
@@ -2245,11 +2181,7 @@ mod tests {
             ],
         );
         let c = chunks(&out);
-        let deltas: Vec<J> = c
-            .iter()
-            .filter(|c| c.is_object())
-            .map(|c| c["choices"][0]["delta"].clone())
-            .collect();
+        let deltas = deltas(&out);
         assert_eq!(
             deltas,
             vec![
@@ -2292,11 +2224,7 @@ mod tests {
                 r#"{"type":"response.completed","response":{}}"#,
             ],
         );
-        let deltas: Vec<J> = chunks(&out)
-            .iter()
-            .filter(|c| c.is_object())
-            .map(|c| c["choices"][0]["delta"].clone())
-            .collect();
+        let deltas = deltas(&out);
         assert_eq!(
             deltas,
             vec![
@@ -2475,35 +2403,9 @@ mod tests {
 
 #[cfg(test)]
 mod more_tests {
+    use super::tests::{deltas, plan};
     use super::*;
-    use crate::config::Config;
-    use crate::upstream::catalog::Catalog;
-    use http::HeaderMap;
     use serde_json::{Value as J, json};
-
-    fn plan(body: J) -> ChatPlan {
-        let config = Config::for_tests("http://127.0.0.1:1", std::path::PathBuf::new());
-        let catalog = Catalog::builtin();
-        let headers = HeaderMap::new();
-        let ctx = Ctx {
-            config: &config,
-            catalog: &catalog,
-            headers: &headers,
-        };
-        let mut bytes = serde_json::to_vec(&body).unwrap();
-        translate(&mut bytes, &ctx).unwrap()
-    }
-
-    fn deltas(out: &[u8]) -> Vec<J> {
-        std::str::from_utf8(out)
-            .unwrap()
-            .split("\n\n")
-            .filter_map(|f| f.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str::<J>(d).unwrap())
-            .map(|c| c["choices"][0]["delta"].clone())
-            .collect()
-    }
 
     #[test]
     fn custom_tool_calls_stream_in_the_function_shape_and_round_trip_as_custom() {

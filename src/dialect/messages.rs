@@ -31,7 +31,7 @@ use bytes::{BufMut, BytesMut};
 use simd_json::BorrowedValue as Value;
 use simd_json::prelude::*;
 
-use super::{Ctx, Encoder, Plan, parse_body};
+use super::{Ctx, Encoder, Plan, is_base64, parse_body};
 use crate::error::{Error, Protocol};
 use crate::json::{write_str, write_u64};
 use crate::upstream::collect::{Collected, Finish, Item, OwnedCitation};
@@ -161,21 +161,6 @@ fn write_json(out: &mut Vec<u8>, v: &Value<'_>) {
             out.push(b'}');
         }
     }
-}
-
-/// Standard base64 (padding optional, no whitespace), checked without decoding.
-fn valid_base64(s: &str) -> bool {
-    let b = s.as_bytes();
-    let body = b
-        .strip_suffix(b"==")
-        .or_else(|| b.strip_suffix(b"="))
-        .unwrap_or(b);
-    let padded = body.len() != b.len();
-    if body.is_empty() || (padded && !b.len().is_multiple_of(4)) || body.len() % 4 == 1 {
-        return false;
-    }
-    body.iter()
-        .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
 fn push_sep(buf: &mut Vec<u8>, count: &mut usize) {
@@ -569,7 +554,7 @@ impl Translator {
         });
         if is_pdf {
             let data = src.and_then(|s| str_field(s, "data")).unwrap_or("");
-            if !valid_base64(data) {
+            if !is_base64(data.as_bytes()) {
                 if self.lenient {
                     return Ok(());
                 }
@@ -739,7 +724,7 @@ fn write_image(
                 ));
             }
             let data = str_field(src, "data").unwrap_or("");
-            if !valid_base64(data) {
+            if !is_base64(data.as_bytes()) {
                 return fail(format!(
                     "{}.source.data: image data is not valid base64",
                     path()
@@ -813,10 +798,7 @@ pub fn count_tokens(body: &mut [u8], ctx: &Ctx<'_>) -> Result<Vec<u8>, Error> {
     let plan = build(body, ctx, true)?;
     let n = crate::tokens::count_upstream_body(&plan.upstream.body()).max(1);
     let window = ctx.context_window(&plan.upstream.model);
-    let limit = ctx
-        .config
-        .auto_compact_token_limit
-        .unwrap_or(window * 9 / 10);
+    let limit = ctx.config.auto_compact_limit(window);
     let mut out = Vec::with_capacity(96);
     out.extend_from_slice(br#"{"input_tokens":"#);
     write_u64(&mut out, n);
@@ -1955,6 +1937,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use crate::dialect::STREAM_B_ITEMS;
     use crate::upstream::catalog::Catalog;
     use crate::upstream::events::Decoder;
 
@@ -2114,6 +2097,15 @@ mod tests {
             .collect()
     }
 
+    /// The text of every `text_delta`, joined.
+    fn streamed_text(frames: &[J]) -> String {
+        frames
+            .iter()
+            .filter(|x| x["delta"]["type"] == "text_delta")
+            .map(|x| x["delta"]["text"].as_str().unwrap())
+            .collect()
+    }
+
     fn assert_balanced(frames: &[J]) {
         let mut open: Option<u64> = None;
         let mut next = 0u64;
@@ -2221,29 +2213,14 @@ mod tests {
         json!({"role": "assistant", "content": blocks})
     }
 
-    const STREAM_B: [&str; 21] = [
-        r#"{"type":"response.created","sequence_number":0,"response":{"id":"resp_7c","object":"response","status":"in_progress","model":"gpt-5.5","output":[],"usage":null}}"#,
-        r#"{"type":"response.in_progress","sequence_number":1,"response":{"id":"resp_7c","object":"response","status":"in_progress","model":"gpt-5.5","output":[]}}"#,
-        r#"{"type":"response.output_item.added","sequence_number":2,"output_index":0,"item":{"id":"rs_1","type":"reasoning","encrypted_content":"gAAAAA…","summary":[]}}"#,
-        r#"{"type":"response.reasoning_summary_part.added","sequence_number":3,"item_id":"rs_1","output_index":0,"summary_index":0,"part":{"type":"summary_text","text":""}}"#,
-        r#"{"type":"response.reasoning_summary_text.delta","sequence_number":4,"item_id":"rs_1","output_index":0,"summary_index":0,"delta":"**Running a command**\n\nI'll run "}"#,
-        r#"{"type":"response.reasoning_summary_text.delta","sequence_number":5,"item_id":"rs_1","output_index":0,"summary_index":0,"delta":"echo."}"#,
-        r#"{"type":"response.reasoning_summary_text.done","sequence_number":6,"item_id":"rs_1","output_index":0,"summary_index":0,"text":"**Running a command**\n\nI'll run echo."}"#,
-        r#"{"type":"response.reasoning_summary_part.done","sequence_number":7,"item_id":"rs_1","output_index":0,"summary_index":0,"part":{"type":"summary_text","text":"**Running a command**\n\nI'll run echo."}}"#,
-        r#"{"type":"response.output_item.done","sequence_number":8,"output_index":0,"item":{"id":"rs_1","type":"reasoning","encrypted_content":"gAAAAA…","summary":[{"type":"summary_text","text":"**Running a command**\n\nI'll run echo."}]}}"#,
-        r#"{"type":"response.output_item.added","sequence_number":9,"output_index":1,"item":{"id":"msg_2","type":"message","status":"in_progress","content":[],"phase":"commentary","role":"assistant"}}"#,
-        r#"{"type":"response.content_part.added","sequence_number":10,"item_id":"msg_2","output_index":1,"content_index":0,"part":{"type":"output_text","annotations":[],"logprobs":[],"text":""}}"#,
-        r#"{"type":"response.output_text.delta","sequence_number":11,"item_id":"msg_2","output_index":1,"content_index":0,"delta":"Running it now.","logprobs":[]}"#,
-        r#"{"type":"response.output_text.done","sequence_number":12,"item_id":"msg_2","output_index":1,"content_index":0,"text":"Running it now.","logprobs":[]}"#,
-        r#"{"type":"response.content_part.done","sequence_number":13,"item_id":"msg_2","output_index":1,"content_index":0,"part":{"type":"output_text","annotations":[],"logprobs":[],"text":"Running it now."}}"#,
-        r#"{"type":"response.output_item.done","sequence_number":14,"output_index":1,"item":{"id":"msg_2","type":"message","status":"completed","content":[{"type":"output_text","annotations":[],"logprobs":[],"text":"Running it now."}],"phase":"commentary","role":"assistant"}}"#,
-        r#"{"type":"response.output_item.added","sequence_number":15,"output_index":2,"item":{"id":"fc_3","type":"function_call","status":"in_progress","arguments":"","call_id":"call_abc","name":"Bash"}}"#,
-        r#"{"type":"response.function_call_arguments.delta","sequence_number":16,"item_id":"fc_3","output_index":2,"delta":"{\"command\":\"echo "}"#,
-        r#"{"type":"response.function_call_arguments.delta","sequence_number":17,"item_id":"fc_3","output_index":2,"delta":"hi\"}"}"#,
-        r#"{"type":"response.function_call_arguments.done","sequence_number":18,"item_id":"fc_3","output_index":2,"arguments":"{\"command\":\"echo hi\"}"}"#,
-        r#"{"type":"response.output_item.done","sequence_number":19,"output_index":2,"item":{"id":"fc_3","type":"function_call","status":"completed","arguments":"{\"command\":\"echo hi\"}","call_id":"call_abc","name":"Bash"}}"#,
-        r#"{"type":"response.completed","sequence_number":20,"response":{"id":"resp_7c","object":"response","status":"completed","model":"gpt-5.5","output":[],"usage":{"input_tokens":1234,"input_tokens_details":{"cached_tokens":1000},"output_tokens":40,"output_tokens_details":{"reasoning_tokens":8},"total_tokens":1274}}}"#,
-    ];
+    /// `STREAM_B_ITEMS` and its `response.completed` with an empty `output`.
+    fn stream_b() -> Vec<&'static str> {
+        let mut lines = STREAM_B_ITEMS.to_vec();
+        lines.push(
+            r#"{"type":"response.completed","sequence_number":20,"response":{"id":"resp_7c","object":"response","status":"completed","model":"gpt-5.5","output":[],"usage":{"input_tokens":1234,"input_tokens_details":{"cached_tokens":1000},"output_tokens":40,"output_tokens_details":{"reasoning_tokens":8},"total_tokens":1274}}}"#,
+        );
+        lines
+    }
 
     fn text_stream(id: &str, text: &str) -> Vec<String> {
         vec![
@@ -2395,12 +2372,6 @@ mod tests {
             {"type":"image","source":{"type":"base64","media_type":"image/bmp","data":png()}}]}])),
         );
         assert!(m.contains("image/bmp"), "{m}");
-        assert!(valid_base64("abc"), "unpadded");
-        assert!(!valid_base64("abcde"));
-        assert!(valid_base64("abcd"));
-        assert!(valid_base64("ab=="));
-        assert!(!valid_base64("a==="));
-        assert!(!valid_base64(""));
     }
 
     #[test]
@@ -2574,7 +2545,7 @@ mod tests {
         // Turn 1: the user asks; the answer is §9.3's reasoning + commentary + call.
         let mut msgs = first_turn();
         let plan = env.plan(&cc_body(msgs.clone()));
-        let f1 = run_lines(&plan, &STREAM_B);
+        let f1 = run_lines(&plan, &stream_b());
         let a1 = assistant_from_frames(&f1);
         assert_eq!(a1["content"][0]["type"], "thinking");
         assert_eq!(a1["content"][0]["thinking"], "");
@@ -3115,7 +3086,7 @@ mod tests {
         let mut b = cc_body(first_turn());
         b["thinking"] = json!({"type":"adaptive","display":"updates"});
         let p = env.plan(&b);
-        let f = run_lines(&p, &STREAM_B);
+        let f = run_lines(&p, &stream_b());
         assert_eq!(
             describe(&f),
             [
@@ -3283,11 +3254,7 @@ mod tests {
                 },
             ],
         );
-        let text: String = f
-            .iter()
-            .filter(|x| x["delta"]["type"] == "text_delta")
-            .map(|x| x["delta"]["text"].as_str().unwrap())
-            .collect();
+        let text = streamed_text(&f);
         assert_eq!(text, "Hello STAR and ");
         let last = &f[f.len() - 2];
         assert_eq!(
@@ -3306,11 +3273,7 @@ mod tests {
                 },
             ],
         );
-        let text: String = f
-            .iter()
-            .filter(|x| x["delta"]["type"] == "text_delta")
-            .map(|x| x["delta"]["text"].as_str().unwrap())
-            .collect();
+        let text = streamed_text(&f);
         assert_eq!(text, "abc\n\nHum");
         assert_eq!(f[f.len() - 2]["delta"]["stop_reason"], "end_turn");
     }
@@ -3489,11 +3452,7 @@ mod tests {
             usage: Usage::default(),
         });
         let f = run_deltas(&p, &pieces);
-        let got: String = f
-            .iter()
-            .filter(|x| x["delta"]["type"] == "text_delta")
-            .map(|x| x["delta"]["text"].as_str().unwrap())
-            .collect();
+        let got = streamed_text(&f);
         assert_eq!(got, text);
     }
 
@@ -3507,7 +3466,7 @@ mod tests {
         b["thinking"] = json!({"type":"adaptive","display":"summarized"});
         let p = env.plan(&b);
         assert!(!p.stream());
-        let c = collect(&STREAM_B);
+        let c = collect(&stream_b());
         let r: J = serde_json::from_slice(&p.render(&c)).unwrap();
         assert!(r["id"].as_str().unwrap().starts_with("msg_"));
         assert_eq!(r["type"], "message");

@@ -5,8 +5,8 @@
 //! client's JSON into a `Plan` (the `UpstreamRequest` plus everything needed to answer), and
 //! a plan makes an `Encoder` (streaming: `Delta` → wire bytes) or renders a `Collected`
 //! response (non-streaming). The pipeline owns transport, retries, keepalive timing and
-//! errors before the head; dialects own bytes. This module also holds the field helpers and
-//! the conversation-id rule the dialects share.
+//! errors before the head; dialects own bytes. This module also holds what the dialects
+//! share: the field helpers (body, `model`, base64 checks) and the conversation-id rule.
 
 pub mod chat;
 pub mod compact;
@@ -52,12 +52,8 @@ impl Ctx<'_> {
     /// The context window of a backend model: config.toml's `model_context_window` if set,
     /// else the catalog's.
     pub fn context_window(&self, backend_model: &str) -> u64 {
-        self.config.context_window.unwrap_or_else(|| {
-            self.catalog
-                .find(backend_model)
-                .map(|m| m.context_window)
-                .unwrap_or(272_000)
-        })
+        self.config
+            .context_window_or(|| self.catalog.find(backend_model).map(|m| m.context_window))
     }
 }
 
@@ -228,6 +224,41 @@ pub(crate) fn want_object(v: &Value<'_>, param: &str) -> Result<(), Error> {
     }
 }
 
+/// Standard base64 with optional padding (no whitespace), checked without decoding.
+pub(crate) fn is_base64(data: &[u8]) -> bool {
+    let body_len = data.iter().rposition(|&b| b != b'=').map_or(0, |p| p + 1);
+    let pad = data.len() - body_len;
+    let body = data.get(..body_len).unwrap_or_default();
+    !body.is_empty()
+        && pad <= 2
+        && body
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        && if pad > 0 {
+            data.len().is_multiple_of(4)
+        } else {
+            body.len() % 4 != 1
+        }
+}
+
+/// Parse a request body that must be a JSON object (the OpenAI dialects).
+pub(crate) fn parse_object<'a>(body: &'a mut [u8], ctx: &Ctx<'_>) -> Result<Value<'a>, Error> {
+    let root = parse_body(body, ctx.config.max_json_depth)?;
+    if !root.is_object() {
+        return Err(Error::bad_request("the request body must be a JSON object"));
+    }
+    Ok(root)
+}
+
+/// The request's `model`: required, a non-empty string.
+pub(crate) fn req_model<'v>(root: &'v Value<'_>) -> Result<&'v str, Error> {
+    let model = req_str(root, "model", "model")?;
+    if model.is_empty() {
+        return Err(bad("model", "`model` must not be empty"));
+    }
+    Ok(model)
+}
+
 /// Seconds since the epoch (0 if the clock is before it).
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
@@ -269,6 +300,28 @@ pub(crate) fn conversation_id(
     all.extend_from_slice(parts);
     all.push(auth);
     Ok(stable_id(&all))
+}
+
+/// Test support: run a dialect's `translate` on `body` with the test config, the built-in
+/// catalog and `headers`.
+#[cfg(test)]
+pub(crate) fn translate_json<P>(
+    translate: fn(&mut [u8], &Ctx<'_>) -> Result<P, Error>,
+    body: &serde_json::Value,
+    headers: &HeaderMap,
+) -> Result<P, Error> {
+    let config = Config::for_tests(
+        "http://127.0.0.1:1",
+        std::path::PathBuf::from("/nonexistent"),
+    );
+    let catalog = Catalog::builtin();
+    let ctx = Ctx {
+        config: &config,
+        catalog: &catalog,
+        headers,
+    };
+    let mut bytes = serde_json::to_vec(body).unwrap();
+    translate(&mut bytes, &ctx)
 }
 
 /// Parse a JSON request body with simd-json, enforcing the nesting limit first (so deep
@@ -322,6 +375,32 @@ pub fn check_depth(body: &[u8], max_depth: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// Test fixture: the events of a realistic backend stream (reasoning, a commentary message
+/// and a Bash call) up to its terminal event, which each dialect's tests add.
+#[cfg(test)]
+pub(crate) const STREAM_B_ITEMS: [&str; 20] = [
+    r#"{"type":"response.created","sequence_number":0,"response":{"id":"resp_7c","object":"response","status":"in_progress","model":"gpt-5.5","output":[],"usage":null}}"#,
+    r#"{"type":"response.in_progress","sequence_number":1,"response":{"id":"resp_7c","object":"response","status":"in_progress","model":"gpt-5.5","output":[]}}"#,
+    r#"{"type":"response.output_item.added","sequence_number":2,"output_index":0,"item":{"id":"rs_1","type":"reasoning","encrypted_content":"gAAAAA…","summary":[]}}"#,
+    r#"{"type":"response.reasoning_summary_part.added","sequence_number":3,"item_id":"rs_1","output_index":0,"summary_index":0,"part":{"type":"summary_text","text":""}}"#,
+    r#"{"type":"response.reasoning_summary_text.delta","sequence_number":4,"item_id":"rs_1","output_index":0,"summary_index":0,"delta":"**Running a command**\n\nI'll run "}"#,
+    r#"{"type":"response.reasoning_summary_text.delta","sequence_number":5,"item_id":"rs_1","output_index":0,"summary_index":0,"delta":"echo."}"#,
+    r#"{"type":"response.reasoning_summary_text.done","sequence_number":6,"item_id":"rs_1","output_index":0,"summary_index":0,"text":"**Running a command**\n\nI'll run echo."}"#,
+    r#"{"type":"response.reasoning_summary_part.done","sequence_number":7,"item_id":"rs_1","output_index":0,"summary_index":0,"part":{"type":"summary_text","text":"**Running a command**\n\nI'll run echo."}}"#,
+    r#"{"type":"response.output_item.done","sequence_number":8,"output_index":0,"item":{"id":"rs_1","type":"reasoning","encrypted_content":"gAAAAA…","summary":[{"type":"summary_text","text":"**Running a command**\n\nI'll run echo."}]}}"#,
+    r#"{"type":"response.output_item.added","sequence_number":9,"output_index":1,"item":{"id":"msg_2","type":"message","status":"in_progress","content":[],"phase":"commentary","role":"assistant"}}"#,
+    r#"{"type":"response.content_part.added","sequence_number":10,"item_id":"msg_2","output_index":1,"content_index":0,"part":{"type":"output_text","annotations":[],"logprobs":[],"text":""}}"#,
+    r#"{"type":"response.output_text.delta","sequence_number":11,"item_id":"msg_2","output_index":1,"content_index":0,"delta":"Running it now.","logprobs":[]}"#,
+    r#"{"type":"response.output_text.done","sequence_number":12,"item_id":"msg_2","output_index":1,"content_index":0,"text":"Running it now.","logprobs":[]}"#,
+    r#"{"type":"response.content_part.done","sequence_number":13,"item_id":"msg_2","output_index":1,"content_index":0,"part":{"type":"output_text","annotations":[],"logprobs":[],"text":"Running it now."}}"#,
+    r#"{"type":"response.output_item.done","sequence_number":14,"output_index":1,"item":{"id":"msg_2","type":"message","status":"completed","content":[{"type":"output_text","annotations":[],"logprobs":[],"text":"Running it now."}],"phase":"commentary","role":"assistant"}}"#,
+    r#"{"type":"response.output_item.added","sequence_number":15,"output_index":2,"item":{"id":"fc_3","type":"function_call","status":"in_progress","arguments":"","call_id":"call_abc","name":"Bash"}}"#,
+    r#"{"type":"response.function_call_arguments.delta","sequence_number":16,"item_id":"fc_3","output_index":2,"delta":"{\"command\":\"echo "}"#,
+    r#"{"type":"response.function_call_arguments.delta","sequence_number":17,"item_id":"fc_3","output_index":2,"delta":"hi\"}"}"#,
+    r#"{"type":"response.function_call_arguments.done","sequence_number":18,"item_id":"fc_3","output_index":2,"arguments":"{\"command\":\"echo hi\"}"}"#,
+    r#"{"type":"response.output_item.done","sequence_number":19,"output_index":2,"item":{"id":"fc_3","type":"function_call","status":"completed","arguments":"{\"command\":\"echo hi\"}","call_id":"call_abc","name":"Bash"}}"#,
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +415,19 @@ mod tests {
         assert!(check_depth(br#"{"a":"\\","b":[[1]]}"#, 2).is_err());
         assert!(check_depth(br#"{"a":"x\\\"[[","b":[1]}"#, 2).is_ok());
         assert!(check_depth(br#"["unterminated [[[["#, 1).is_ok());
+    }
+
+    #[test]
+    fn base64_check_allows_missing_padding_but_not_bad_lengths() {
+        assert!(is_base64(b"abc"), "unpadded");
+        assert!(!is_base64(b"abcde"));
+        assert!(is_base64(b"abcd"));
+        assert!(is_base64(b"ab=="));
+        assert!(!is_base64(b"a==="));
+        assert!(!is_base64(b"abc=="));
+        assert!(!is_base64(b"ab c"));
+        assert!(!is_base64(b""));
+        assert!(!is_base64(b"=="));
     }
 
     #[test]

@@ -37,11 +37,11 @@ use simd_json::BorrowedValue as Value;
 use simd_json::prelude::*;
 
 use super::{
-    Ctx, Encoder, Plan, bad, field, opt_bool, opt_str, parse_body, req_str, type_name, unix_now,
-    want_array, want_object, want_str,
+    Ctx, Encoder, Plan, bad, field, opt_bool, opt_str, parse_object, req_model, req_str, type_name,
+    unix_now, want_array, want_object, want_str,
 };
 use crate::error::{Error, ErrorKind, Protocol};
-use crate::json::{write_opt_str, write_str, write_u64, write_value};
+use crate::json::{join_array, write_opt_str, write_str, write_u64, write_value};
 use crate::upstream::catalog::ModelInfo;
 use crate::upstream::collect::{Collected, Finish, Item};
 use crate::upstream::events::{Delta, Usage};
@@ -123,18 +123,9 @@ fn write_object(
 
 /// Translate a Responses request body (parsed in place).
 pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ResponsesPlan, Error> {
-    let root = parse_body(body, ctx.config.max_json_depth)?;
-    if !root.is_object() {
-        return Err(Error::bad_request("the request body must be a JSON object"));
-    }
+    let root = parse_object(body, ctx)?;
     reject_stateful(&root)?;
-    let model = match field(&root, "model") {
-        Some(v) => want_str(v, "model")?,
-        None => return Err(bad("model", "`model` is required")),
-    };
-    if model.is_empty() {
-        return Err(bad("model", "`model` must not be empty"));
-    }
+    let model = req_model(&root)?;
     let backend = ctx.backend_model(model);
     let info = ctx.catalog.find(&backend);
 
@@ -154,16 +145,7 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ResponsesPlan, Error>
     let parallel = opt_bool(&root, "parallel_tool_calls")?.unwrap_or(true);
     let (input, first_item) = translate_input(&root, &mut names, info)?;
 
-    let mut tools_json =
-        Vec::with_capacity(tools.iter().map(|t| t.json.len() + 1).sum::<usize>() + 2);
-    tools_json.push(b'[');
-    for (i, t) in tools.iter().enumerate() {
-        if i > 0 {
-            tools_json.push(b',');
-        }
-        tools_json.extend_from_slice(&t.json);
-    }
-    tools_json.push(b']');
+    let tools_json = join_array(tools.as_slice().iter().map(|t| t.json.as_slice()));
 
     let (effort, summary) = reasoning(&root, info)?;
     let text = text_options(&root, info)?;
@@ -970,18 +952,9 @@ fn write_item(out: &mut Vec<u8>, item: &Item, names: &ToolNames) {
         } => {
             out.extend_from_slice(b"{\"id\":");
             write_str(out, id);
-            out.extend_from_slice(b",\"type\":\"reasoning\",\"summary\":[");
-            let mut first = true;
-            for s in summary.iter().filter(|s| !s.is_empty()) {
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                out.extend_from_slice(b"{\"type\":\"summary_text\",\"text\":");
-                write_str(out, s);
-                out.push(b'}');
-            }
-            out.extend_from_slice(b"],\"encrypted_content\":");
+            out.extend_from_slice(b",\"type\":\"reasoning\",\"summary\":");
+            write_summary(out, summary);
+            out.extend_from_slice(b",\"encrypted_content\":");
             write_opt_str(out, encrypted_content.as_deref());
             out.push(b'}');
         }
@@ -991,20 +964,7 @@ fn write_item(out: &mut Vec<u8>, item: &Item, names: &ToolNames) {
             arguments,
             custom,
         } => {
-            out.extend_from_slice(if *custom {
-                b"{\"type\":\"custom_tool_call\",\"call_id\":".as_slice()
-            } else {
-                b"{\"type\":\"function_call\",\"call_id\":".as_slice()
-            });
-            write_str(out, call_id);
-            out.extend_from_slice(b",\"name\":");
-            write_str(out, names.restore(name));
-            out.extend_from_slice(if *custom {
-                b",\"input\":".as_slice()
-            } else {
-                b",\"arguments\":".as_slice()
-            });
-            write_str(out, arguments);
+            write_tool_call(out, call_id, names.restore(name), arguments, *custom);
             out.extend_from_slice(b",\"status\":\"completed\"}");
         }
         Item::WebSearch { id, query, sources } => {
@@ -1043,6 +1003,51 @@ fn write_item(out: &mut Vec<u8>, item: &Item, names: &ToolNames) {
             out.push(b'}');
         }
     }
+}
+
+/// A reasoning item's `summary` array: one `summary_text` part per non-empty part.
+pub(crate) fn write_summary(out: &mut Vec<u8>, summary: &[String]) {
+    out.push(b'[');
+    for (i, s) in summary.iter().filter(|s| !s.is_empty()).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"type\":\"summary_text\",\"text\":");
+        write_str(out, s);
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+/// A tool call item up to its `arguments` (function) or `input` (custom), without the
+/// closing brace: `{"type":"function_call","call_id":…,"name":…,"arguments":…`.
+pub(crate) fn write_tool_call(
+    out: &mut Vec<u8>,
+    call_id: &str,
+    name: &str,
+    arguments: &str,
+    custom: bool,
+) {
+    write_tool_call_head(out, call_id, name, custom);
+    write_str(out, arguments);
+}
+
+/// A tool call item up to the key of its payload:
+/// `{"type":"function_call","call_id":…,"name":…,"arguments":` (`"input":` when custom).
+pub(crate) fn write_tool_call_head(out: &mut Vec<u8>, call_id: &str, name: &str, custom: bool) {
+    out.extend_from_slice(if custom {
+        b"{\"type\":\"custom_tool_call\",\"call_id\":".as_slice()
+    } else {
+        b"{\"type\":\"function_call\",\"call_id\":".as_slice()
+    });
+    write_str(out, call_id);
+    out.extend_from_slice(b",\"name\":");
+    write_str(out, name);
+    out.extend_from_slice(if custom {
+        b",\"input\":".as_slice()
+    } else {
+        b",\"arguments\":".as_slice()
+    });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1441,27 +1446,15 @@ mod span {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::dialect::STREAM_B_ITEMS;
     use crate::sse::parse::SseParser;
-    use crate::upstream::catalog::Catalog;
     use crate::upstream::collect::OwnedCitation;
     use crate::upstream::events::Decoder;
     use http::HeaderMap;
     use serde_json::{Value as J, json};
 
     fn plan_with(body: J, headers: &HeaderMap) -> Result<ResponsesPlan, Error> {
-        let config = Config::for_tests(
-            "http://127.0.0.1:1",
-            std::path::PathBuf::from("/nonexistent"),
-        );
-        let catalog = Catalog::builtin();
-        let ctx = Ctx {
-            config: &config,
-            catalog: &catalog,
-            headers,
-        };
-        let mut bytes = serde_json::to_vec(&body).unwrap();
-        translate(&mut bytes, &ctx)
+        crate::dialect::translate_json(translate, &body, headers)
     }
 
     fn plan(body: J) -> ResponsesPlan {
@@ -1857,29 +1850,6 @@ mod tests {
         r#"{"type":"response.completed","sequence_number":9,"response":{"id":"resp_0a1b","object":"response","status":"completed","model":"gpt-5.5","output":[{"id":"msg_9f","type":"message","status":"completed","content":[{"type":"output_text","annotations":[],"logprobs":[],"text":"Hi!"}],"phase":"final_answer","role":"assistant"}],"usage":{"input_tokens":1234,"input_tokens_details":{"cached_tokens":1024},"output_tokens":12,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":1246}}}"#,
     ];
 
-    const STREAM_B_ITEMS: &[&str] = &[
-        r#"{"type":"response.created","sequence_number":0,"response":{"id":"resp_7c","object":"response","status":"in_progress","model":"gpt-5.5","output":[],"usage":null}}"#,
-        r#"{"type":"response.in_progress","sequence_number":1,"response":{"id":"resp_7c","object":"response","status":"in_progress","model":"gpt-5.5","output":[]}}"#,
-        r#"{"type":"response.output_item.added","sequence_number":2,"output_index":0,"item":{"id":"rs_1","type":"reasoning","encrypted_content":"gAAAAA…","summary":[]}}"#,
-        r#"{"type":"response.reasoning_summary_part.added","sequence_number":3,"item_id":"rs_1","output_index":0,"summary_index":0,"part":{"type":"summary_text","text":""}}"#,
-        r#"{"type":"response.reasoning_summary_text.delta","sequence_number":4,"item_id":"rs_1","output_index":0,"summary_index":0,"delta":"**Running a command**\n\nI'll run "}"#,
-        r#"{"type":"response.reasoning_summary_text.delta","sequence_number":5,"item_id":"rs_1","output_index":0,"summary_index":0,"delta":"echo."}"#,
-        r#"{"type":"response.reasoning_summary_text.done","sequence_number":6,"item_id":"rs_1","output_index":0,"summary_index":0,"text":"**Running a command**\n\nI'll run echo."}"#,
-        r#"{"type":"response.reasoning_summary_part.done","sequence_number":7,"item_id":"rs_1","output_index":0,"summary_index":0,"part":{"type":"summary_text","text":"**Running a command**\n\nI'll run echo."}}"#,
-        r#"{"type":"response.output_item.done","sequence_number":8,"output_index":0,"item":{"id":"rs_1","type":"reasoning","encrypted_content":"gAAAAA…","summary":[{"type":"summary_text","text":"**Running a command**\n\nI'll run echo."}]}}"#,
-        r#"{"type":"response.output_item.added","sequence_number":9,"output_index":1,"item":{"id":"msg_2","type":"message","status":"in_progress","content":[],"phase":"commentary","role":"assistant"}}"#,
-        r#"{"type":"response.content_part.added","sequence_number":10,"item_id":"msg_2","output_index":1,"content_index":0,"part":{"type":"output_text","annotations":[],"logprobs":[],"text":""}}"#,
-        r#"{"type":"response.output_text.delta","sequence_number":11,"item_id":"msg_2","output_index":1,"content_index":0,"delta":"Running it now.","logprobs":[]}"#,
-        r#"{"type":"response.output_text.done","sequence_number":12,"item_id":"msg_2","output_index":1,"content_index":0,"text":"Running it now.","logprobs":[]}"#,
-        r#"{"type":"response.content_part.done","sequence_number":13,"item_id":"msg_2","output_index":1,"content_index":0,"part":{"type":"output_text","annotations":[],"logprobs":[],"text":"Running it now."}}"#,
-        r#"{"type":"response.output_item.done","sequence_number":14,"output_index":1,"item":{"id":"msg_2","type":"message","status":"completed","content":[{"type":"output_text","annotations":[],"logprobs":[],"text":"Running it now."}],"phase":"commentary","role":"assistant"}}"#,
-        r#"{"type":"response.output_item.added","sequence_number":15,"output_index":2,"item":{"id":"fc_3","type":"function_call","status":"in_progress","arguments":"","call_id":"call_abc","name":"Bash"}}"#,
-        r#"{"type":"response.function_call_arguments.delta","sequence_number":16,"item_id":"fc_3","output_index":2,"delta":"{\"command\":\"echo "}"#,
-        r#"{"type":"response.function_call_arguments.delta","sequence_number":17,"item_id":"fc_3","output_index":2,"delta":"hi\"}"}"#,
-        r#"{"type":"response.function_call_arguments.done","sequence_number":18,"item_id":"fc_3","output_index":2,"arguments":"{\"command\":\"echo hi\"}"}"#,
-        r#"{"type":"response.output_item.done","sequence_number":19,"output_index":2,"item":{"id":"fc_3","type":"function_call","status":"completed","arguments":"{\"command\":\"echo hi\"}","call_id":"call_abc","name":"Bash"}}"#,
-    ];
-
     const STREAM_B_COMPLETED: &str = r#"{"type":"response.completed","sequence_number":20,"response":{"id":"resp_7c","object":"response","status":"completed","model":"gpt-5.5","output":[{"id":"rs_1","type":"reasoning","encrypted_content":"gAAAAA…","summary":[{"type":"summary_text","text":"**Running a command**\n\nI'll run echo."}]},{"id":"msg_2","type":"message","status":"completed","content":[{"type":"output_text","annotations":[],"logprobs":[],"text":"Running it now."}],"phase":"commentary","role":"assistant"},{"id":"fc_3","type":"function_call","status":"completed","arguments":"{\"command\":\"echo hi\"}","call_id":"call_abc","name":"Bash"}],"usage":{"input_tokens":1234,"input_tokens_details":{"cached_tokens":0},"output_tokens":40,"output_tokens_details":{"reasoning_tokens":8},"total_tokens":1274}}}"#;
 
     fn encoder(body: J) -> ResponsesEncoder {
@@ -1935,7 +1905,7 @@ mod tests {
         assert_eq!(last["response"]["usage"]["total_tokens"], 1274);
         assert_eq!(last["sequence_number"], 20);
         // Every other event is untouched.
-        let prefix = wire(STREAM_B_ITEMS);
+        let prefix = wire(&STREAM_B_ITEMS);
         assert_eq!(out.get(..prefix.len()).unwrap(), prefix.as_slice());
     }
 

@@ -1,7 +1,7 @@
 //! JSON output helpers for the hot path and the request translators.
 //!
-//! Owns: writing JSON strings (escaped) and scalars straight into byte buffers, and writing a
-//! parsed `simd_json` value back out. Everything the proxy emits is written by hand with these
+//! Owns: writing JSON strings (escaped) and scalars straight into byte buffers, joining
+//! already-written values into an array, and writing a parsed `simd_json` value back out. Everything the proxy emits is written by hand with these
 //! helpers, so no intermediate tree is built per event.
 //!
 //! Does not own: parsing (callers use `simd_json` directly).
@@ -112,6 +112,20 @@ fn itoa_buf(mut n: u64) -> ([u8; 20], usize) {
         }
     }
     (buf, 20 - i)
+}
+
+/// `[a,b,…]` from values that are already JSON.
+pub fn join_array<'a>(items: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
+    let mut out = Vec::with_capacity(items.clone().map(|j| j.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.push(b']');
+    out
 }
 
 /// Write a parsed value back out as compact JSON.

@@ -7,14 +7,16 @@
 //! request's `input`. Each entry holds the whole conversation up to and including its answer
 //! (already expanded), so a chain never depends on an older, possibly evicted, entry.
 //!
-//! Does not own: deciding which exchanges are kept (`Plan::keep_as`) or the wording of the
-//! not-found error (`dialect::responses::previous_response_not_found`).
+//! Does not own: deciding which exchanges are kept (`Plan::keep_as`), the wording of the
+//! not-found error (`dialect::responses::previous_response_not_found`) or the reasoning
+//! summary and tool-call item writers it shares with the Responses answer
+//! (`dialect::responses`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use crate::dialect::Plan;
-use crate::dialect::responses::previous_response_not_found;
+use crate::dialect::responses::{previous_response_not_found, write_summary, write_tool_call};
 use crate::error::Error;
 use crate::json::write_str;
 use crate::upstream::collect::{Collected, Item};
@@ -204,16 +206,9 @@ fn write_input_item(out: &mut Vec<u8>, item: &Item) -> bool {
         } => {
             out.extend_from_slice(b"{\"type\":\"reasoning\",\"id\":");
             write_str(out, id);
-            out.extend_from_slice(b",\"summary\":[");
-            for (i, s) in summary.iter().filter(|s| !s.is_empty()).enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(b"{\"type\":\"summary_text\",\"text\":");
-                write_str(out, s);
-                out.push(b'}');
-            }
-            out.extend_from_slice(b"],\"encrypted_content\":");
+            out.extend_from_slice(b",\"summary\":");
+            write_summary(out, summary);
+            out.extend_from_slice(b",\"encrypted_content\":");
             write_str(out, enc);
             out.push(b'}');
             true
@@ -225,20 +220,7 @@ fn write_input_item(out: &mut Vec<u8>, item: &Item) -> bool {
             arguments,
             custom,
         } => {
-            out.extend_from_slice(if *custom {
-                b"{\"type\":\"custom_tool_call\",\"call_id\":".as_slice()
-            } else {
-                b"{\"type\":\"function_call\",\"call_id\":".as_slice()
-            });
-            write_str(out, call_id);
-            out.extend_from_slice(b",\"name\":");
-            write_str(out, name);
-            out.extend_from_slice(if *custom {
-                b",\"input\":".as_slice()
-            } else {
-                b",\"arguments\":".as_slice()
-            });
-            write_str(out, arguments);
+            write_tool_call(out, call_id, name, arguments, *custom);
             out.push(b'}');
             true
         }

@@ -247,6 +247,23 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(HeaderMap, V
     }
 }
 
+/// Read the body and run a dialect's `translate` over it with a `Ctx` (the config, the
+/// current model catalog and the request's headers).
+async fn read_translated<T>(
+    req: Request<Incoming>,
+    state: &State,
+    translate: fn(&mut [u8], &Ctx<'_>) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
+    let catalog = state.catalog.current();
+    let ctx = Ctx {
+        config: &state.config,
+        catalog: &catalog,
+        headers: &headers,
+    };
+    translate(&mut body, &ctx)
+}
+
 /// Handle one request.
 pub async fn handle(
     state: Arc<State>,
@@ -350,26 +367,12 @@ async fn dispatch(
             endpoints::compact(state, &headers, &mut body, Protocol::Anthropic, request_id).await
         }
         (&Method::POST, "/v1/chat/completions") | (&Method::POST, "/chat/completions") => {
-            let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
-            let catalog = state.catalog.current();
-            let ctx = Ctx {
-                config: &state.config,
-                catalog: &catalog,
-                headers: &headers,
-            };
-            let mut plan = chat::translate(&mut body, &ctx)?;
+            let mut plan = read_translated(req, state, chat::translate).await?;
             state.history.chain(&mut plan)?;
             Ok(pipeline::run(state, plan, request_id).await)
         }
         (&Method::POST, "/v1/responses") | (&Method::POST, "/responses") => {
-            let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
-            let catalog = state.catalog.current();
-            let ctx = Ctx {
-                config: &state.config,
-                catalog: &catalog,
-                headers: &headers,
-            };
-            let mut plan = responses::translate(&mut body, &ctx)?;
+            let mut plan = read_translated(req, state, responses::translate).await?;
             state.history.chain(&mut plan)?;
             Ok(pipeline::run(state, plan, request_id).await)
         }
@@ -400,26 +403,12 @@ async fn dispatch(
             }
         }
         (&Method::POST, "/v1/messages") | (&Method::POST, "/messages") => {
-            let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
-            let catalog = state.catalog.current();
-            let ctx = Ctx {
-                config: &state.config,
-                catalog: &catalog,
-                headers: &headers,
-            };
-            let plan = messages::translate(&mut body, &ctx)?;
+            let plan = read_translated(req, state, messages::translate).await?;
             Ok(pipeline::run(state, plan, request_id).await)
         }
         (&Method::POST, "/v1/messages/count_tokens")
         | (&Method::POST, "/messages/count_tokens") => {
-            let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
-            let catalog = state.catalog.current();
-            let ctx = Ctx {
-                config: &state.config,
-                catalog: &catalog,
-                headers: &headers,
-            };
-            let out = messages::count_tokens(&mut body, &ctx)?;
+            let out = read_translated(req, state, messages::count_tokens).await?;
             Ok(json_response(StatusCode::OK, out, request_id))
         }
         (_, p) => Err(Error::new(
@@ -432,15 +421,14 @@ async fn dispatch(
 fn health(state: &State) -> Vec<u8> {
     use crate::json::{write_str, write_u64};
     let c = &state.config;
-    let window = c.context_window.unwrap_or_else(|| {
+    let window = c.context_window_or(|| {
         state
             .catalog
             .current()
             .find(&c.model)
             .map(|m| m.context_window)
-            .unwrap_or(272_000)
     });
-    let compact = c.auto_compact_token_limit.unwrap_or(window * 9 / 10);
+    let compact = c.auto_compact_limit(window);
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"{\"status\":\"ok\",\"version\":");
     write_str(&mut out, env!("CARGO_PKG_VERSION"));

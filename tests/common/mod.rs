@@ -85,8 +85,20 @@ impl Harness {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.get_with(path, &[]).await
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut rb = self.http.get(self.url(path));
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        rb.send().await.expect("request sent")
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
         self.http
-            .get(self.url(path))
+            .delete(self.url(path))
             .send()
             .await
             .expect("request sent")
@@ -103,6 +115,13 @@ impl Harness {
             .pop()
             .expect("an upstream request was made")
     }
+}
+
+/// `error.message` of an OpenAI- or Anthropic-shaped error body.
+pub fn error_message(v: &Value) -> &str {
+    v["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error.message in {v}"))
 }
 
 /// One SSE frame: optional `event:` name and the `data:` payload.
