@@ -178,6 +178,7 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ChatPlan, Error> {
         subagent,
         memgen,
         compaction: false,
+        lite: info.is_some_and(|m| m.responses_lite),
     };
     Ok(ChatPlan {
         upstream,
@@ -614,6 +615,9 @@ struct Conversation {
 struct Items {
     buf: Vec<u8>,
     count: usize,
+    /// Lite model (§7.1): replayed function calls carry `"namespace":"functions"`, as the
+    /// backend sent them.
+    lite: bool,
 }
 
 impl Items {
@@ -642,6 +646,7 @@ fn translate_messages(
     let mut items = Items {
         buf: Vec::with_capacity(1024),
         count: 0,
+        lite: info.is_some_and(|m| m.responses_lite),
     };
     items.buf.push(b'[');
     let mut first_user: Option<String> = None;
@@ -1146,6 +1151,7 @@ fn assistant_message(
                 "arguments"
             };
             let custom = kind == "custom" || custom_names.contains(&name);
+            let lite = items.lite;
             let out = items.item();
             out.extend_from_slice(if custom {
                 br#"{"type":"custom_tool_call","call_id":"#
@@ -1153,6 +1159,9 @@ fn assistant_message(
                 br#"{"type":"function_call","call_id":"#
             });
             write_str(out, id);
+            if lite && !custom {
+                out.extend_from_slice(br#","namespace":"functions""#);
+            }
             out.extend_from_slice(b",\"name\":");
             write_str(out, &names.add(name));
             out.extend_from_slice(if custom {
@@ -1178,9 +1187,13 @@ fn assistant_message(
         // Legacy calls have no id; derive one from the position so the history (and so
         // the cached prefix) is byte-stable across requests.
         let id = format!("call_fn_{}", items.count);
+        let lite = items.lite;
         let out = items.item();
         out.extend_from_slice(br#"{"type":"function_call","call_id":"#);
         write_str(out, &id);
+        if lite {
+            out.extend_from_slice(br#","namespace":"functions""#);
+        }
         out.extend_from_slice(b",\"name\":");
         write_str(out, &names.add(name));
         out.extend_from_slice(b",\"arguments\":");

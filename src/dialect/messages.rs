@@ -261,6 +261,9 @@ struct Translator {
     scratch: Vec<u8>,
     /// `output_config.effort` of the last `role:"system"` entry.
     system_effort: Option<String>,
+    /// Lite model (§7.1): replayed function calls carry `"namespace":"functions"`, as the
+    /// backend sent them.
+    lite: bool,
 }
 
 impl Translator {
@@ -280,6 +283,7 @@ impl Translator {
             user_count: 0,
             scratch: Vec::new(),
             system_effort: None,
+            lite: false,
         }
     }
 
@@ -405,6 +409,9 @@ impl Translator {
                 self.input
                     .extend_from_slice(br#"{"type":"function_call","call_id":"#);
                 write_str(&mut self.input, id);
+                if self.lite {
+                    self.input.extend_from_slice(br#","namespace":"functions""#);
+                }
                 self.input.extend_from_slice(br#","name":"#);
                 write_str(&mut self.input, &up);
                 self.input.extend_from_slice(br#","arguments":"#);
@@ -882,6 +889,7 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
     }
 
     let mut t = Translator::new(lenient);
+    t.lite = ctx.catalog.find(&backend).is_some_and(|m| m.responses_lite);
 
     // Tools first, so the history's tool names map the same way.
     let mut tools = Vec::with_capacity(1024);
@@ -1088,6 +1096,7 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
         subagent: None,
         memgen: false,
         compaction: false,
+        lite: info.is_some_and(|m| m.responses_lite),
     };
     Ok(MessagesPlan {
         upstream,

@@ -210,6 +210,7 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ResponsesPlan, Error>
         subagent,
         memgen,
         compaction: false,
+        lite: info.is_some_and(|m| m.responses_lite),
     };
     Ok(ResponsesPlan {
         upstream,

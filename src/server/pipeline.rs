@@ -133,6 +133,9 @@ fn build_request(
     if upstream.compaction {
         b = b.header("x-codex-beta-features", "remote_compaction_v2");
     }
+    if upstream.lite {
+        b = b.header(crate::upstream::request::LITE_HEADER, "true");
+    }
     b.body(Full::new(body))
         .map_err(|e| Error::internal(format!("building the upstream request: {e}")))
 }
