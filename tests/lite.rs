@@ -198,3 +198,47 @@ async fn classic_model_keeps_the_classic_layout() {
     assert_eq!(up.body["input"][0]["role"], "user");
     assert!(up.body["reasoning"].get("context").is_none());
 }
+
+#[tokio::test]
+async fn emulator_serves_lite_bodies_without_instructions_only_for_lite_models() {
+    let h = Harness::start().await;
+    let post = |body: Value| {
+        h.http
+            .post(format!("{}/codex/responses", h.emu.base_url()))
+            .header("authorization", format!("Bearer {}", h.creds.access_token))
+            .header("chatgpt-account-id", &h.creds.account_id)
+            .header("x-openai-internal-codex-responses-lite", "true")
+            .json(&body)
+            .send()
+    };
+    let lite = |model: &str| {
+        json!({
+            "model": model,
+            "input": [
+                {"type": "additional_tools", "id": "at_1", "role": "developer", "tools": [
+                    {"type": "namespace", "name": "functions", "description": "", "tools": [
+                        {"type": "function", "name": "lookup", "strict": false,
+                         "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}]}]},
+                {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "S"}]},
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "EMU:tool"}]}
+            ],
+            "tool_choice": "auto", "parallel_tool_calls": false,
+            "reasoning": {"effort": "low", "context": "all_turns"},
+            "store": false, "stream": true, "include": ["reasoning.encrypted_content"]
+        })
+    };
+    let r = post(lite("gpt-6.1-sol")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let call = frames(&text)
+        .iter()
+        .map(|f| f.json())
+        .find(|e| e["type"] == "response.output_item.done" && e["item"]["type"] == "function_call")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(call["item"]["name"], "lookup");
+    assert_eq!(call["item"]["namespace"], "functions");
+    let r = post(lite("gpt-5.5")).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v, json!({"detail": "Instructions are required"}));
+}
