@@ -161,6 +161,7 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ChatPlan, Error> {
         subagent,
         memgen,
         compaction: false,
+        lite: info.is_some_and(|m| m.responses_lite),
     };
     Ok(ChatPlan {
         upstream,
@@ -602,6 +603,9 @@ struct Conversation {
 struct Items {
     buf: Vec<u8>,
     count: usize,
+    /// Lite model (§7.1): replayed function calls carry `"namespace":"functions"`, as the
+    /// backend sent them.
+    lite: bool,
 }
 
 impl Items {
@@ -630,6 +634,7 @@ fn translate_messages(
     let mut items = Items {
         buf: Vec::with_capacity(1024),
         count: 0,
+        lite: info.is_some_and(|m| m.responses_lite),
     };
     items.buf.push(b'[');
     let mut first_user: Option<String> = None;
@@ -1106,8 +1111,9 @@ fn assistant_message(
                 "arguments"
             };
             let custom = kind == "custom" || custom_names.contains(&name);
+            let lite = items.lite;
             let out = items.item();
-            write_tool_call_head(out, id, &names.add(name), custom);
+            write_tool_call_head(out, id, &names.add(name), custom, lite);
             write_payload(out, field(inner, payload_key), custom);
             out.push(b'}');
             calls.push(Call {
@@ -1126,8 +1132,9 @@ fn assistant_message(
         // Legacy calls have no id; derive one from the position so the history (and so
         // the cached prefix) is byte-stable across requests.
         let id = format!("call_fn_{}", items.count);
+        let lite = items.lite;
         let out = items.item();
-        write_tool_call_head(out, &id, &names.add(name), false);
+        write_tool_call_head(out, &id, &names.add(name), false, lite);
         write_payload(out, field(fc, "arguments"), false);
         out.push(b'}');
         calls.push(Call {

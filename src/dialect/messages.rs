@@ -31,6 +31,7 @@ use bytes::{BufMut, BytesMut};
 use simd_json::BorrowedValue as Value;
 use simd_json::prelude::*;
 
+use super::responses::write_tool_call_head;
 use super::{Ctx, Encoder, Plan, is_base64, parse_body};
 use crate::error::{Error, Protocol};
 use crate::json::{write_str, write_u64};
@@ -246,6 +247,9 @@ struct Translator {
     scratch: Vec<u8>,
     /// `output_config.effort` of the last `role:"system"` entry.
     system_effort: Option<String>,
+    /// Lite model (§7.1): replayed function calls carry `"namespace":"functions"`, as the
+    /// backend sent them.
+    lite: bool,
 }
 
 impl Translator {
@@ -265,6 +269,7 @@ impl Translator {
             user_count: 0,
             scratch: Vec::new(),
             system_effort: None,
+            lite: false,
         }
     }
 
@@ -387,12 +392,7 @@ impl Translator {
                 }
                 let up = self.names.add(name).into_owned();
                 self.begin_item();
-                self.input
-                    .extend_from_slice(br#"{"type":"function_call","call_id":"#);
-                write_str(&mut self.input, id);
-                self.input.extend_from_slice(br#","name":"#);
-                write_str(&mut self.input, &up);
-                self.input.extend_from_slice(br#","arguments":"#);
+                write_tool_call_head(&mut self.input, id, &up, false, self.lite);
                 // The scratch buffer holds JSON we wrote, so it is UTF-8.
                 let args = String::from_utf8_lossy(&self.scratch);
                 write_str(&mut self.input, &args);
@@ -864,6 +864,7 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
     }
 
     let mut t = Translator::new(lenient);
+    t.lite = ctx.catalog.find(&backend).is_some_and(|m| m.responses_lite);
 
     // Tools first, so the history's tool names map the same way.
     let mut tools = Vec::with_capacity(1024);
@@ -1070,6 +1071,7 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
         subagent: None,
         memgen: false,
         compaction: false,
+        lite: info.is_some_and(|m| m.responses_lite),
     };
     Ok(MessagesPlan {
         upstream,

@@ -192,6 +192,7 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ResponsesPlan, Error>
         subagent,
         memgen,
         compaction: false,
+        lite: info.is_some_and(|m| m.responses_lite),
     };
     Ok(ResponsesPlan {
         upstream,
@@ -1028,19 +1029,29 @@ pub(crate) fn write_tool_call(
     arguments: &str,
     custom: bool,
 ) {
-    write_tool_call_head(out, call_id, name, custom);
+    write_tool_call_head(out, call_id, name, custom, false);
     write_str(out, arguments);
 }
 
 /// A tool call item up to the key of its payload:
 /// `{"type":"function_call","call_id":…,"name":…,"arguments":` (`"input":` when custom).
-pub(crate) fn write_tool_call_head(out: &mut Vec<u8>, call_id: &str, name: &str, custom: bool) {
+/// For a lite model (§7.1) a function call carries `"namespace":"functions"`.
+pub(crate) fn write_tool_call_head(
+    out: &mut Vec<u8>,
+    call_id: &str,
+    name: &str,
+    custom: bool,
+    lite: bool,
+) {
     out.extend_from_slice(if custom {
         b"{\"type\":\"custom_tool_call\",\"call_id\":".as_slice()
     } else {
         b"{\"type\":\"function_call\",\"call_id\":".as_slice()
     });
     write_str(out, call_id);
+    if lite && !custom {
+        out.extend_from_slice(br#","namespace":"functions""#);
+    }
     out.extend_from_slice(b",\"name\":");
     write_str(out, name);
     out.extend_from_slice(if custom {

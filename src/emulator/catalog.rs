@@ -10,6 +10,8 @@ pub(super) struct Model {
     pub(super) slug: &'static str,
     pub(super) efforts: &'static [&'static str],
     pub(super) service_tiers: &'static [&'static str],
+    /// `use_responses_lite`: the official client sends no `instructions` (§7.1).
+    pub(super) lite: bool,
 }
 
 /// The catalog, serialized once.
@@ -198,6 +200,7 @@ impl Catalog {
                 slug: s.slug,
                 efforts: s.efforts,
                 service_tiers: &["priority"],
+                lite: s.lite,
             })
             .collect();
         Catalog { models, body, etag }

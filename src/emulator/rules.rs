@@ -1,5 +1,5 @@
 //! The request rules of `POST /codex/responses` (§5.3, §6): a strict top-level allow-list,
-//! `store`/`stream`/`instructions`, catalog checks, tool names, and the item-consistency
+//! `store`/`stream`/`instructions` (optional for lite models, §7.1), catalog checks, tool names, and the item-consistency
 //! rules (call/output pairing, reasoning items and their `encrypted_content`, replayed
 //! item ids, image data). Every rejection carries the exact body the real backend sends.
 //!
@@ -268,15 +268,18 @@ pub(super) fn check(shared: &Shared, body: &Value) -> Result<(), Reject> {
     if obj.get("stream") != Some(&Value::Bool(true)) {
         return Err(detail("Stream must be set to true"));
     }
+    let slug = obj.get("model").and_then(Value::as_str).unwrap_or("");
+    let model = shared.catalog.find(slug);
     match obj.get("instructions") {
         Some(Value::String(s)) if !s.trim().is_empty() => {}
+        // Lite models (§7.1) get the base prompt as a `developer` message instead.
+        None if model.is_some_and(|m| m.lite) => {}
         Some(Value::String(_)) | Some(Value::Null) | None => {
             return Err(detail("Instructions are required"));
         }
         Some(_) => return Err(detail("Instructions are not valid")),
     }
-    let slug = obj.get("model").and_then(Value::as_str).unwrap_or("");
-    let Some(model) = shared.catalog.find(slug) else {
+    let Some(model) = model else {
         return Err(detail(format!(
             "The '{slug}' model is not supported when using Codex with a ChatGPT account."
         )));

@@ -116,10 +116,9 @@ fn collect_tools<'a>(tools: &'a [Value], ns: Option<&'a str>, out: &mut Vec<Tool
                 }
             }
             Some("namespace") => {
-                let inner_ns = t
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .filter(|n| *n != "functions");
+                // Calls to a namespaced tool carry the namespace, `functions` included
+                // (§6.3, §7.1).
+                let inner_ns = t.get("name").and_then(Value::as_str);
                 if let Some(inner) = t.get("tools").and_then(Value::as_array) {
                     collect_tools(inner, inner_ns, out);
                 }

@@ -72,20 +72,9 @@ pub(crate) fn user_agent(config: &crate::config::Config) -> String {
 
 /// The prompt size for a context-window error: the exact o200k count of what was sent.
 fn prompt_size(state: &State, body: &[u8], model: &str) -> PromptSize {
-    let window = state
-        .config
-        .context_window
-        .or_else(|| {
-            state
-                .catalog
-                .current()
-                .find(model)
-                .map(|m| m.context_window)
-        })
-        .unwrap_or(272_000);
     PromptSize {
         tokens: crate::tokens::count_upstream_body(body),
-        window,
+        window: prompt_size_window(state, model),
     }
 }
 
@@ -133,6 +122,9 @@ fn build_request(
     }
     if upstream.compaction {
         b = b.header("x-codex-beta-features", "remote_compaction_v2");
+    }
+    if upstream.lite {
+        b = b.header(crate::upstream::request::LITE_HEADER, "true");
     }
     b.body(Full::new(body))
         .map_err(|e| Error::internal(format!("building the upstream request: {e}")))
@@ -340,17 +332,13 @@ fn recorder<P: Plan>(state: &Arc<State>, plan: &P) -> Option<crate::body::Record
 }
 
 fn prompt_size_window(state: &State, model: &str) -> u64 {
-    state
-        .config
-        .context_window
-        .or_else(|| {
-            state
-                .catalog
-                .current()
-                .find(model)
-                .map(|m| m.context_window)
-        })
-        .unwrap_or(272_000)
+    state.config.context_window_or(|| {
+        state
+            .catalog
+            .current()
+            .find(model)
+            .map(|m| m.context_window)
+    })
 }
 
 /// Replace the estimate in a context-window error by the exact count.

@@ -1,4 +1,5 @@
-//! The model catalog: which backend models exist, their windows and reasoning levels.
+//! The model catalog: which backend models exist, their windows, reasoning levels and
+//! request layout.
 //!
 //! Owns: the built-in fallback catalog, parsing the backend's `/codex/models` reply
 //! (codex-backend.md §15) into the same shape, model lookup, and clamping a requested
@@ -29,10 +30,19 @@ pub struct ModelInfo {
     pub image_detail_original: bool,
     pub priority: i64,
     pub visible: bool,
+    /// `use_responses_lite`: requests use the "Responses lite" layout (§7.1).
+    pub responses_lite: bool,
 }
 
 impl ModelInfo {
-    fn builtin(slug: &str, name: &str, window: u64, efforts: &[&str], priority: i64) -> Self {
+    fn builtin(
+        slug: &str,
+        name: &str,
+        window: u64,
+        efforts: &[&str],
+        priority: i64,
+        responses_lite: bool,
+    ) -> Self {
         ModelInfo {
             slug: slug.to_owned(),
             display_name: name.to_owned(),
@@ -45,6 +55,7 @@ impl ModelInfo {
             image_detail_original: true,
             priority,
             visible: true,
+            responses_lite,
         }
     }
 
@@ -103,6 +114,7 @@ impl ModelInfo {
                 .and_then(|v| v.as_i64())
                 .unwrap_or(i64::MAX),
             visible: m.get("visibility").and_then(|v| v.as_str()) != Some("hide"),
+            responses_lite: flag("use_responses_lite"),
             slug,
         })
     }
@@ -144,18 +156,19 @@ pub struct Catalog {
 impl Catalog {
     /// The built-in list used until (or when) the live catalog cannot be fetched.
     pub fn builtin() -> Self {
+        // gpt-6.x and gpt-5.6-* use the "Responses lite" layout; gpt-5.5 the classic one.
         let classic = ["low", "medium", "high", "xhigh"];
         let wide = ["low", "medium", "high", "xhigh", "max"];
         Catalog {
             models: vec![
-                ModelInfo::builtin("gpt-5.5", "GPT-5.5", 272_000, &classic, 13),
-                ModelInfo::builtin("gpt-6.1-sol", "GPT-6.1 Sol", 272_000, &wide, 1),
-                ModelInfo::builtin("gpt-6-sol", "GPT-6 Sol", 272_000, &wide, 2),
-                ModelInfo::builtin("gpt-6-luna", "GPT-6 Luna", 272_000, &wide, 4),
-                ModelInfo::builtin("gpt-6.1-terra", "GPT-6.1 Terra", 500_000, &wide, 3),
-                ModelInfo::builtin("gpt-5.6-sol", "GPT-5.6 Sol", 272_000, &classic, 8),
-                ModelInfo::builtin("gpt-5.6-terra", "GPT-5.6 Terra", 272_000, &classic, 9),
-                ModelInfo::builtin("gpt-5.6-luna", "GPT-5.6 Luna", 272_000, &classic, 10),
+                ModelInfo::builtin("gpt-5.5", "GPT-5.5", 272_000, &classic, 13, false),
+                ModelInfo::builtin("gpt-6.1-sol", "GPT-6.1 Sol", 272_000, &wide, 1, true),
+                ModelInfo::builtin("gpt-6-sol", "GPT-6 Sol", 272_000, &wide, 2, true),
+                ModelInfo::builtin("gpt-6-luna", "GPT-6 Luna", 272_000, &wide, 4, true),
+                ModelInfo::builtin("gpt-6.1-terra", "GPT-6.1 Terra", 500_000, &wide, 3, true),
+                ModelInfo::builtin("gpt-5.6-sol", "GPT-5.6 Sol", 272_000, &classic, 8, true),
+                ModelInfo::builtin("gpt-5.6-terra", "GPT-5.6 Terra", 272_000, &classic, 9, true),
+                ModelInfo::builtin("gpt-5.6-luna", "GPT-5.6 Luna", 272_000, &classic, 10, true),
             ],
         }
     }
@@ -196,6 +209,9 @@ mod tests {
         assert_eq!(m.clamp_effort("max"), "xhigh");
         assert_eq!(m.clamp_effort("bogus"), "medium");
         assert_eq!(m.usable_window(), 258_400);
+        assert!(!m.responses_lite);
+        assert!(c.find("gpt-6.1-sol").unwrap().responses_lite);
+        assert!(c.find("gpt-5.6-luna").unwrap().responses_lite);
     }
 
     #[test]
@@ -206,15 +222,18 @@ mod tests {
              "default_reasoning_level":"low","visibility":"list","priority":2,
              "service_tiers":[{"id":"priority"}],"support_verbosity":true},
             {"slug":"hidden","visibility":"hide"},
+            {"slug":"lite","use_responses_lite":true},
             {"display_name":"no slug"}]}"#;
         let c = Catalog::from_backend(body).unwrap();
-        assert_eq!(c.models.len(), 2);
+        assert_eq!(c.models.len(), 3);
+        assert!(c.find("lite").unwrap().responses_lite);
         let big = c.find("big").unwrap();
         assert_eq!(big.context_window, 500_000);
         assert_eq!(big.efforts, ["low", "high"]);
         assert_eq!(big.service_tiers, ["priority"]);
         assert!(big.visible && big.supports_verbosity);
         assert!(!c.find("hidden").unwrap().visible);
+        assert!(!big.responses_lite && !c.find("hidden").unwrap().responses_lite);
         assert!(Catalog::from_backend(b"{\"models\":[]}").is_none());
         assert!(Catalog::from_backend(b"<html>").is_none());
     }

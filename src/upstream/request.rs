@@ -2,8 +2,11 @@
 //!
 //! Owns: `UpstreamRequest` (what every dialect produces), writing it as the backend's JSON
 //! body (only allow-listed fields, in the official client's order, `store:false`,
-//! `stream:true`, non-empty `instructions`), the reversible tool-name map for names the
-//! backend would reject, stable conversation ids, and the header set of §3.3.
+//! `stream:true`, non-empty `instructions`), the "Responses lite" layout of §7.1 for
+//! catalog models with `use_responses_lite` (tools as a leading `additional_tools` input
+//! item, the instructions as a `developer` message, `reasoning.context:"all_turns"`), the
+//! reversible tool-name map for names the backend would reject, stable conversation ids,
+//! and the header set of §3.3.
 
 use std::borrow::Cow;
 
@@ -50,39 +53,61 @@ pub struct UpstreamRequest {
     pub memgen: bool,
     /// A remote compaction v2 request (§17.2): `x-codex-beta-features: remote_compaction_v2`.
     pub compaction: bool,
+    /// The model's catalog entry has `use_responses_lite`: write the lite layout (§7.1) and
+    /// send `x-openai-internal-codex-responses-lite: true`.
+    pub lite: bool,
 }
+
+/// The header that marks a lite-layout body (§3.2).
+pub const LITE_HEADER: &str = "x-openai-internal-codex-responses-lite";
+
+/// The namespace that holds a lite request's function and custom tools; the backend names
+/// it on the calls it returns (`"namespace":"functions"`).
+pub const LITE_NAMESPACE: &str = "functions";
 
 /// Used when the client gave no system prompt: the backend requires `instructions`.
 pub const DEFAULT_INSTRUCTIONS: &str = "You are a helpful assistant.";
 
 impl UpstreamRequest {
+    /// The instructions as sent: an empty string becomes the one-line default.
+    fn instructions(&self) -> &str {
+        if self.instructions.trim().is_empty() {
+            DEFAULT_INSTRUCTIONS
+        } else {
+            &self.instructions
+        }
+    }
+
     /// Write the JSON body (uncompressed).
     pub fn write_body(&self, out: &mut Vec<u8>) {
         use crate::json::write_str;
         out.reserve(self.input.len() + self.tools.len() + self.instructions.len() + 512);
         out.extend_from_slice(b"{\"model\":");
         write_str(out, &self.model);
-        out.extend_from_slice(b",\"instructions\":");
-        let instructions = if self.instructions.trim().is_empty() {
-            DEFAULT_INSTRUCTIONS
+        if self.lite {
+            out.extend_from_slice(b",\"input\":");
+            self.write_lite_input(out);
         } else {
-            &self.instructions
-        };
-        write_str(out, instructions);
-        out.extend_from_slice(b",\"input\":");
-        if self.input.is_empty() {
-            out.extend_from_slice(b"[]");
-        } else {
-            out.extend_from_slice(&self.input);
-        }
-        out.extend_from_slice(b",\"tools\":");
-        if self.tools.is_empty() {
-            out.extend_from_slice(b"[]");
-        } else {
-            out.extend_from_slice(&self.tools);
+            out.extend_from_slice(b",\"instructions\":");
+            write_str(out, self.instructions());
+            out.extend_from_slice(b",\"input\":");
+            if self.input.is_empty() {
+                out.extend_from_slice(b"[]");
+            } else {
+                out.extend_from_slice(&self.input);
+            }
+            out.extend_from_slice(b",\"tools\":");
+            if self.tools.is_empty() {
+                out.extend_from_slice(b"[]");
+            } else {
+                out.extend_from_slice(&self.tools);
+            }
         }
         out.extend_from_slice(b",\"tool_choice\":");
         match &self.tool_choice {
+            // Lite: `none` is emulated by sending no tools (the official client only sends
+            // `auto`; the other values are passed on, unverified).
+            ToolChoice::None if self.lite => out.extend_from_slice(b"\"auto\""),
             ToolChoice::Auto => out.extend_from_slice(b"\"auto\""),
             ToolChoice::None => out.extend_from_slice(b"\"none\""),
             ToolChoice::Required => out.extend_from_slice(b"\"required\""),
@@ -93,12 +118,13 @@ impl UpstreamRequest {
             }
         }
         out.extend_from_slice(b",\"parallel_tool_calls\":");
-        out.extend_from_slice(if self.parallel_tool_calls {
+        // Lite: the official client always sends `false` (§5.2).
+        out.extend_from_slice(if self.parallel_tool_calls && !self.lite {
             b"true"
         } else {
             b"false"
         });
-        if self.effort.is_some() || self.summary.is_some() {
+        if self.effort.is_some() || self.summary.is_some() || self.lite {
             out.extend_from_slice(b",\"reasoning\":{");
             let mut first = true;
             if let Some(e) = &self.effort {
@@ -112,6 +138,13 @@ impl UpstreamRequest {
                 }
                 out.extend_from_slice(b"\"summary\":");
                 write_str(out, s);
+                first = false;
+            }
+            if self.lite {
+                if !first {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"\"context\":\"all_turns\"");
             }
             out.push(b'}');
         }
@@ -134,12 +167,76 @@ impl UpstreamRequest {
         out.push(b'}');
     }
 
+    /// The lite `input`: the `additional_tools` item (absent when there are no tools or
+    /// `tool_choice` is `none`), the instructions as a `developer` message, then the items.
+    fn write_lite_input(&self, out: &mut Vec<u8>) {
+        out.push(b'[');
+        if self.tool_choice != ToolChoice::None
+            && let Some(tools) = lite_tools(&self.tools)
+        {
+            // The id is derived from the tool list, so the prefix stays byte-stable
+            // across turns (prompt cache, §6.6).
+            let digest = Sha256::digest(&tools);
+            out.extend_from_slice(b"{\"type\":\"additional_tools\",\"id\":\"at_");
+            for b in &digest[..16] {
+                out.extend_from_slice(format!("{b:02x}").as_bytes());
+            }
+            out.extend_from_slice(b"\",\"role\":\"developer\",\"tools\":");
+            out.extend_from_slice(&tools);
+            out.extend_from_slice(b"},");
+        }
+        out.extend_from_slice(
+            b"{\"type\":\"message\",\"role\":\"developer\",\"content\":[{\"type\":\"input_text\",\"text\":",
+        );
+        crate::json::write_str(out, self.instructions());
+        out.extend_from_slice(b"}]}");
+        let items = self.input.trim_ascii();
+        if let Some(inner) = items
+            .strip_prefix(b"[")
+            .and_then(|i| i.strip_suffix(b"]"))
+            .map(<[u8]>::trim_ascii)
+            .filter(|i| !i.is_empty())
+        {
+            out.push(b',');
+            out.extend_from_slice(inner);
+        }
+        out.push(b']');
+    }
+
     /// The body as bytes.
     pub fn body(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.write_body(&mut out);
         out
     }
+}
+
+/// The `additional_tools` list for a classic `tools` array: function and custom tools go
+/// into the `functions` namespace (first), every other tool (namespaces, hosted tools)
+/// follows as is. `None` when there is no tool.
+fn lite_tools(tools: &[u8]) -> Option<Vec<u8>> {
+    use serde_json::Value;
+    let list: Vec<Value> = serde_json::from_slice(tools).ok()?;
+    if list.is_empty() {
+        return None;
+    }
+    let (own, other): (Vec<Value>, Vec<Value>) = list.into_iter().partition(|t| {
+        matches!(
+            t.get("type").and_then(Value::as_str),
+            Some("function" | "custom")
+        )
+    });
+    let mut out: Vec<Value> = Vec::with_capacity(other.len() + 1);
+    if !own.is_empty() {
+        out.push(serde_json::json!({
+            "type": "namespace",
+            "name": LITE_NAMESPACE,
+            "description": "",
+            "tools": own,
+        }));
+    }
+    out.extend(other);
+    serde_json::to_vec(&out).ok()
 }
 
 /// Whether the backend accepts `name` as a tool name (`^[a-zA-Z0-9_-]{1,64}$`).
@@ -266,6 +363,7 @@ mod tests {
             subagent: None,
             memgen: false,
             compaction: false,
+            lite: false,
         };
         let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
         assert_eq!(v["instructions"], DEFAULT_INSTRUCTIONS);
@@ -298,6 +396,100 @@ mod tests {
                 "{k}"
             );
         }
+    }
+
+    fn lite(tools: &str, tool_choice: ToolChoice) -> UpstreamRequest {
+        UpstreamRequest {
+            model: "gpt-6.1-sol".into(),
+            instructions: "Be terse.".into(),
+            input: br#"[{"type":"message","role":"user","content":[{"type":"input_text","text":"hi"}]}]"#.to_vec(),
+            tools: tools.as_bytes().to_vec(),
+            tool_choice,
+            parallel_tool_calls: true,
+            effort: Some("low".into()),
+            summary: None,
+            text: None,
+            service_tier: None,
+            conversation_id: "conv".into(),
+            include_sources: false,
+            subagent: None,
+            memgen: false,
+            compaction: false,
+            lite: true,
+        }
+    }
+
+    #[test]
+    fn lite_body_puts_tools_in_a_leading_additional_tools_item() {
+        let tools = r#"[{"type":"function","name":"f","parameters":{"type":"object"},"strict":false},{"type":"web_search"},{"type":"custom","name":"apply_patch"}]"#;
+        let body = String::from_utf8(lite(tools, ToolChoice::Auto).body()).unwrap();
+        let inner = r#"[{"type":"namespace","name":"functions","description":"","tools":[{"type":"function","name":"f","parameters":{"type":"object"},"strict":false},{"type":"custom","name":"apply_patch"}]},{"type":"web_search"}]"#;
+        let digest = Sha256::digest(inner.as_bytes());
+        let id: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let expected = format!(
+            concat!(
+                r#"{{"model":"gpt-6.1-sol","input":["#,
+                r#"{{"type":"additional_tools","id":"at_{id}","role":"developer","tools":{inner}}},"#,
+                r#"{{"type":"message","role":"developer","content":[{{"type":"input_text","text":"Be terse."}}]}},"#,
+                r#"{{"type":"message","role":"user","content":[{{"type":"input_text","text":"hi"}}]}}],"#,
+                r#""tool_choice":"auto","parallel_tool_calls":false,"#,
+                r#""reasoning":{{"effort":"low","context":"all_turns"}},"#,
+                r#""store":false,"stream":true,"include":["reasoning.encrypted_content"],"prompt_cache_key":"conv"}}"#
+            ),
+            id = id,
+            inner = inner
+        );
+        assert_eq!(body, expected);
+        // Same tools → same item id, so the prefix is byte-stable across turns.
+        let mut next = lite(tools, ToolChoice::Auto);
+        next.input = br#"[{"type":"message","role":"user","content":[]},{"type":"message","role":"assistant","content":[]}]"#.to_vec();
+        let next = String::from_utf8(next.body()).unwrap();
+        let prefix = body.find(r#"{"type":"message","role":"user""#).unwrap();
+        assert_eq!(next[..prefix], body[..prefix]);
+    }
+
+    #[test]
+    fn lite_body_without_tools_or_with_tool_choice_none_sends_no_tools() {
+        for (tools, choice) in [
+            ("", ToolChoice::Auto),
+            ("[]", ToolChoice::Auto),
+            (r#"[{"type":"function","name":"f"}]"#, ToolChoice::None),
+        ] {
+            let mut r = lite(tools, choice);
+            r.instructions = String::new();
+            r.input = Vec::new();
+            r.effort = None;
+            let body = String::from_utf8(r.body()).unwrap();
+            assert_eq!(
+                body,
+                concat!(
+                    r#"{"model":"gpt-6.1-sol","input":[{"type":"message","role":"developer","content":[{"type":"input_text","text":"You are a helpful assistant."}]}],"#,
+                    r#""tool_choice":"auto","parallel_tool_calls":false,"reasoning":{"context":"all_turns"},"#,
+                    r#""store":false,"stream":true,"include":["reasoning.encrypted_content"],"prompt_cache_key":"conv"}"#
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn lite_body_keeps_namespaces_and_forced_choices() {
+        let tools = r#"[{"type":"namespace","name":"image_gen","description":"d","tools":[{"type":"function","name":"imagegen"}]}]"#;
+        let mut r = lite(tools, ToolChoice::Function("f".into()));
+        r.summary = Some("auto");
+        let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+        assert_eq!(
+            v["input"][0]["tools"],
+            serde_json::from_str::<serde_json::Value>(tools).unwrap()
+        );
+        assert_eq!(
+            v["tool_choice"],
+            serde_json::json!({"type": "function", "name": "f"})
+        );
+        assert_eq!(
+            v["reasoning"],
+            serde_json::json!({"effort": "low", "summary": "auto", "context": "all_turns"})
+        );
+        assert!(v.get("tools").is_none() && v.get("instructions").is_none());
     }
 
     #[test]
