@@ -7,7 +7,9 @@
 //!         (OpenAI / Anthropic JSON, parsed once)        │ builds ONE upstream body
 //!                                                       ▼
 //!                  auth::TokenStore (ArcSwap) ──▶ upstream::request (headers + body, zstd)
-//!                                                       │ pooled hyper-rustls client
+//!                                                       │ upstream::conn (pooled HTTP/1.1,
+//!                                                       │ plain http) or the shared
+//!                                                       │ hyper-rustls h2 client (https)
 //!                                                       ▼
 //!                          chatgpt.com /backend-api/codex/responses (SSE)
 //!                                                       │ response body (Incoming)
@@ -26,18 +28,23 @@
 //! - [`error`]: the one `Error` type (kind, side, retryability) and its rendering per protocol.
 //! - [`auth`]: `TokenStore` (ArcSwap of credentials + prebuilt header values), auth.json
 //!   read / atomic write under a lock file, single-flight refresh, JWT claims.
-//! - [`upstream`]: the one pooled client, upstream request building (strict body
-//!   allow-list), event decoding into `Delta`, stream collection, failure mapping, the
-//!   model catalog.
+//! - [`upstream`]: the upstream connections (`client`: the shared hyper-rustls client;
+//!   `conn`: the driven HTTP/1.1 pool the streaming body polls itself), upstream request
+//!   building (strict body allow-list, Responses-lite layout), event decoding into
+//!   `Delta`, stream collection, failure mapping, the model catalog.
 //! - [`sse`]: the incremental zero-copy SSE parser and the frame writer.
 //! - [`json`]: string escaping and raw-slice helpers shared by the encoders.
 //! - [`dialect`]: Chat Completions, Anthropic Messages and Responses: request
-//!   translation, `Delta` → wire bytes, non-stream rendering.
+//!   translation, `Delta` → wire bytes, non-stream rendering; `dialect::compact`, the
+//!   compaction endpoints (v2 with the v1 fallback).
 //! - [`body`]: `Translate<E>`, the streaming body: drains every upstream frame already
 //!   available and emits the translated bytes as one frame; keepalives and idle timeout.
 //! - [`tokens`]: o200k token counting (count_tokens, usage estimates).
-//! - [`server`]: accept loop, routing, guards, the request pipeline, rate-limit snapshot,
-//!   the one log line per request (`server::reqlog`).
+//! - [`server`]: accept loop and head limits (`head`: 408/431), routing and guards
+//!   (`route`), the request pipeline with retries (`pipeline`), the unary endpoints
+//!   (`endpoints`: models, images, inspect, compaction, usage), unary backend calls and
+//!   the live catalog (`backend`), the `previous_response_id` store (`history`), the rate-limit
+//!   snapshot, and the one log line per request (`reqlog`).
 //! - [`cli`]: the user commands besides `serve`: `login` (browser PKCE and device code,
 //!   writing the Codex CLI's auth.json), `usage` (rate-limit bars), `claude` and `env`.
 //! - [`emulator`]: a faithful Codex backend on a loopback port for tests, benches and `--demo`.
