@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use codex_as_api::cli::claude::Shell;
-use codex_as_api::cli::{claude, login, usage};
+use codex_as_api::cli::{claude, login, print_out, usage};
 use codex_as_api::config::{Config, ServeArgs};
 use codex_as_api::emulator::{Chunking, Emulator, EmulatorConfig};
 use codex_as_api::server::{self, Server};
@@ -252,8 +252,7 @@ fn main() -> ExitCode {
             Some(Command::Env(a)) => {
                 let config = Config::resolve(&a.serve)?;
                 let text = claude::env_command(&client(&config)?, &config, a.shell).await?;
-                print!("{text}");
-                Ok(())
+                print_out(text.as_bytes())
             }
             Some(Command::Claude(a)) => {
                 let config = Config::resolve(&a.serve)?;
@@ -268,8 +267,9 @@ fn main() -> ExitCode {
             }
             Some(Command::Completions { shell }) => {
                 let mut cmd = Cli::command();
-                clap_complete::generate(shell, &mut cmd, "codex-as-api", &mut std::io::stdout());
-                Ok(())
+                let mut text = Vec::new();
+                clap_complete::generate(shell, &mut cmd, "codex-as-api", &mut text);
+                print_out(&text)
             }
         }
     });

@@ -617,6 +617,30 @@ fn version_and_completions() {
     }
 }
 
+/// `codex-as-api completions bash | head -1`: the reader closes the pipe early; the command
+/// exits cleanly instead of panicking on the broken pipe.
+#[test]
+fn output_into_a_closed_pipe_exits_cleanly() {
+    use std::process::Stdio;
+    let home = tempfile::tempdir().unwrap();
+    let mut child = std_bin(home.path())
+        .args(["completions", "bash"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the child writes its (tens of KB of) output.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "status {:?}, stderr: {stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// A streamed Chat Completions request with the log test's API key.
 async fn stream_chat(http: &reqwest::Client, base: &str, content: &str) -> reqwest::Response {
     http.post(format!("{base}/v1/chat/completions"))

@@ -62,6 +62,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Writes a command's output to stdout. A closed pipe (`codex-as-api usage | head -1`) is
+/// not an error: the reader has what it wanted.
+pub fn print_out(text: &[u8]) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("cannot write to stdout: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `application/x-www-form-urlencoded` / query escaping of one value.
 pub(crate) fn form_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 8);

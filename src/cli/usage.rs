@@ -221,13 +221,12 @@ pub fn render(doc: &Value, now: i64, color: bool) -> String {
 pub async fn run(config: &Config, client: &HttpClient, json: bool) -> Result<(), String> {
     let doc = fetch_usage(config, client).await?;
     if json {
-        let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
-        println!("{text}");
-        return Ok(());
+        let mut text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+        text.push('\n');
+        return super::print_out(text.as_bytes());
     }
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    print!("{}", render(&doc, now_secs(), color));
-    Ok(())
+    super::print_out(render(&doc, now_secs(), color).as_bytes())
 }
 
 #[cfg(test)]
