@@ -242,3 +242,48 @@ async fn emulator_serves_lite_bodies_without_instructions_only_for_lite_models()
     let v: Value = r.json().await.unwrap();
     assert_eq!(v, json!({"detail": "Instructions are required"}));
 }
+
+#[tokio::test]
+async fn non_stream_responses_keep_the_call_namespace_and_history_replays_it() {
+    let h = Harness::start().await;
+    let tools = json!([{"type": "function", "name": "lookup",
+                        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}]);
+    let r = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "gpt-6.1-sol", "instructions": "S", "input": "EMU:tool", "tools": tools}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let first: Value = r.json().await.unwrap();
+    let call = first["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"] == "function_call")
+        .unwrap_or_else(|| panic!("{first}"))
+        .clone();
+    assert_eq!(call["name"], "lookup");
+    assert_eq!(call["namespace"], "functions", "{call}");
+
+    // Chained: the kept call goes back to the backend with its namespace.
+    let r = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "gpt-6.1-sol", "instructions": "S", "tools": tools,
+                    "previous_response_id": first["id"],
+                    "input": [{"type": "function_call_output", "call_id": call["call_id"], "output": "42"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let up = h.last_upstream();
+    let replayed = up.body["input"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"] == "function_call")
+        .unwrap_or_else(|| panic!("{}", up.body))
+        .clone();
+    assert_eq!(replayed["namespace"], "functions", "{replayed}");
+    assert_eq!(replayed["call_id"], call["call_id"]);
+}

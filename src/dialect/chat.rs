@@ -28,7 +28,7 @@ use bytes::BytesMut;
 use simd_json::BorrowedValue as Value;
 use simd_json::prelude::*;
 
-use super::responses::write_tool_call_head;
+use super::responses::{lite_namespace, write_tool_call_head};
 use super::{
     Ctx, Encoder, Plan, bad, field, is_base64, opt_bool, opt_str, parse_object, req_model,
     type_name, unix_now, want_array, want_str,
@@ -1113,7 +1113,13 @@ fn assistant_message(
             let custom = kind == "custom" || custom_names.contains(&name);
             let lite = items.lite;
             let out = items.item();
-            write_tool_call_head(out, id, &names.add(name), custom, lite);
+            write_tool_call_head(
+                out,
+                id,
+                &names.add(name),
+                custom,
+                lite_namespace(lite && !custom),
+            );
             write_payload(out, field(inner, payload_key), custom);
             out.push(b'}');
             calls.push(Call {
@@ -1134,7 +1140,7 @@ fn assistant_message(
         let id = format!("call_fn_{}", items.count);
         let lite = items.lite;
         let out = items.item();
-        write_tool_call_head(out, &id, &names.add(name), false, lite);
+        write_tool_call_head(out, &id, &names.add(name), false, lite_namespace(lite));
         write_payload(out, field(fc, "arguments"), false);
         out.push(b'}');
         calls.push(Call {
@@ -1349,6 +1355,7 @@ fn render(plan: &ChatPlan, c: &Collected, id: &str, created: u64) -> Vec<u8> {
                 name,
                 arguments,
                 custom,
+                ..
             } = call
             else {
                 continue;
@@ -2000,6 +2007,7 @@ mod tests {
             index: 0,
             call_id: "call_1",
             name: &short,
+            namespace: None,
             arguments: "{}",
             custom: false,
         });

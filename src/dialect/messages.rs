@@ -31,7 +31,7 @@ use bytes::{BufMut, BytesMut};
 use simd_json::BorrowedValue as Value;
 use simd_json::prelude::*;
 
-use super::responses::write_tool_call_head;
+use super::responses::{lite_namespace, write_tool_call_head};
 use super::{Ctx, Encoder, Plan, is_base64, parse_body};
 use crate::error::{Error, Protocol};
 use crate::json::{write_str, write_u64};
@@ -392,7 +392,7 @@ impl Translator {
                 }
                 let up = self.names.add(name).into_owned();
                 self.begin_item();
-                write_tool_call_head(&mut self.input, id, &up, false, self.lite);
+                write_tool_call_head(&mut self.input, id, &up, false, lite_namespace(self.lite));
                 // The scratch buffer holds JSON we wrote, so it is UTF-8.
                 let args = String::from_utf8_lossy(&self.scratch);
                 write_str(&mut self.input, &args);
@@ -1674,6 +1674,7 @@ impl Encoder for MessagesEncoder {
                 name,
                 arguments,
                 custom,
+                ..
             } => {
                 if self.stopped.is_some() {
                     return;
@@ -2940,6 +2941,7 @@ mod tests {
                     index: 0,
                     call_id: "call_9",
                     name: &up,
+                    namespace: None,
                     arguments: "{}",
                     custom: false,
                 },
@@ -2953,6 +2955,7 @@ mod tests {
         c.items.push(Item::ToolCall {
             call_id: "call_9".into(),
             name: up.clone(),
+            namespace: None,
             arguments: "{}".into(),
             custom: false,
         });
@@ -3248,6 +3251,7 @@ mod tests {
                     index: 1,
                     call_id: "c",
                     name: "Bash",
+                    namespace: None,
                     arguments: "{}",
                     custom: false,
                 },
@@ -3503,12 +3507,14 @@ mod tests {
         c.items.push(Item::ToolCall {
             call_id: "c1".into(),
             name: "Bash".into(),
+            namespace: None,
             arguments: "{not json".into(),
             custom: false,
         });
         c.items.push(Item::ToolCall {
             call_id: "c2".into(),
             name: "Bash".into(),
+            namespace: None,
             arguments: "".into(),
             custom: false,
         });

@@ -962,10 +962,18 @@ fn write_item(out: &mut Vec<u8>, item: &Item, names: &ToolNames) {
         Item::ToolCall {
             call_id,
             name,
+            namespace,
             arguments,
             custom,
         } => {
-            write_tool_call(out, call_id, names.restore(name), arguments, *custom);
+            write_tool_call(
+                out,
+                call_id,
+                names.restore(name),
+                namespace.as_deref(),
+                arguments,
+                *custom,
+            );
             out.extend_from_slice(b",\"status\":\"completed\"}");
         }
         Item::WebSearch { id, query, sources } => {
@@ -1026,22 +1034,29 @@ pub(crate) fn write_tool_call(
     out: &mut Vec<u8>,
     call_id: &str,
     name: &str,
+    namespace: Option<&str>,
     arguments: &str,
     custom: bool,
 ) {
-    write_tool_call_head(out, call_id, name, custom, false);
+    write_tool_call_head(out, call_id, name, custom, namespace);
     write_str(out, arguments);
+}
+
+/// The namespace a replayed function call carries: `functions` for a lite model (§7.1).
+pub(crate) fn lite_namespace(lite: bool) -> Option<&'static str> {
+    lite.then_some("functions")
 }
 
 /// A tool call item up to the key of its payload:
 /// `{"type":"function_call","call_id":…,"name":…,"arguments":` (`"input":` when custom).
-/// For a lite model (§7.1) a function call carries `"namespace":"functions"`.
+/// A call to a tool declared inside a namespace carries it (`"namespace":"functions"` for
+/// a lite model's function tools, §7.1).
 pub(crate) fn write_tool_call_head(
     out: &mut Vec<u8>,
     call_id: &str,
     name: &str,
     custom: bool,
-    lite: bool,
+    namespace: Option<&str>,
 ) {
     out.extend_from_slice(if custom {
         b"{\"type\":\"custom_tool_call\",\"call_id\":".as_slice()
@@ -1049,8 +1064,9 @@ pub(crate) fn write_tool_call_head(
         b"{\"type\":\"function_call\",\"call_id\":".as_slice()
     });
     write_str(out, call_id);
-    if lite && !custom {
-        out.extend_from_slice(br#","namespace":"functions""#);
+    if let Some(ns) = namespace {
+        out.extend_from_slice(b",\"namespace\":");
+        write_str(out, ns);
     }
     out.extend_from_slice(b",\"name\":");
     write_str(out, name);

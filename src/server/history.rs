@@ -217,10 +217,11 @@ fn write_input_item(out: &mut Vec<u8>, item: &Item) -> bool {
         Item::ToolCall {
             call_id,
             name,
+            namespace,
             arguments,
             custom,
         } => {
-            write_tool_call(out, call_id, name, arguments, *custom);
+            write_tool_call(out, call_id, name, namespace.as_deref(), arguments, *custom);
             out.push(b'}');
             true
         }

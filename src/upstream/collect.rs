@@ -32,6 +32,9 @@ pub enum Item {
     ToolCall {
         call_id: String,
         name: String,
+        /// The namespace the tool was declared in, echoed back to Responses clients and
+        /// replayed in kept history.
+        namespace: Option<String>,
         arguments: String,
         custom: bool,
     },
@@ -195,6 +198,7 @@ impl Collected {
                 self.at(*index, || Item::ToolCall {
                     call_id: (*call_id).to_owned(),
                     name: (*name).to_owned(),
+                    namespace: None,
                     arguments: String::new(),
                     custom: *custom,
                 });
@@ -204,24 +208,28 @@ impl Collected {
                 index,
                 call_id,
                 name,
+                namespace,
                 arguments,
                 custom,
             } => {
                 let make = || Item::ToolCall {
                     call_id: String::new(),
                     name: String::new(),
+                    namespace: None,
                     arguments: String::new(),
                     custom: *custom,
                 };
                 if let Some(Item::ToolCall {
                     call_id: c,
                     name: n,
+                    namespace: ns,
                     arguments: a,
                     ..
                 }) = self.at(*index, make)
                 {
                     *c = (*call_id).to_owned();
                     *n = (*name).to_owned();
+                    *ns = namespace.map(str::to_owned);
                     *a = (*arguments).to_owned();
                 }
             }

@@ -80,11 +80,13 @@ pub enum Delta<'a> {
     },
     /// A fragment of the call's arguments (JSON text; raw input for custom tools).
     ToolCallArgs { index: u32, fragment: &'a str },
-    /// The call is complete; `arguments` is the whole argument string.
+    /// The call is complete; `arguments` is the whole argument string. `namespace` is the
+    /// tool's namespace when it was declared inside one (`image_gen`, lite `functions`).
     ToolCallDone {
         index: u32,
         call_id: &'a str,
         name: &'a str,
+        namespace: Option<&'a str>,
         arguments: &'a str,
         custom: bool,
     },
@@ -170,6 +172,8 @@ struct RawItem<'a> {
     call_id: Option<&'a str>,
     #[serde(default, borrow)]
     name: Option<&'a str>,
+    #[serde(default, borrow)]
+    namespace: Option<&'a str>,
     #[serde(default, borrow)]
     arguments: Option<&'a str>,
     #[serde(default, borrow)]
@@ -666,6 +670,7 @@ impl Decoder {
                     index,
                     call_id,
                     name,
+                    namespace: item.namespace,
                     arguments,
                     custom,
                 });
@@ -758,7 +763,7 @@ mod tests {
             vec![
                 r#"ToolCallStart { index: 0, call_id: "call_1", name: "f", custom: false }"#,
                 r#"ToolCallArgs { index: 0, fragment: "{\"a\":1}" }"#,
-                r#"ToolCallDone { index: 0, call_id: "call_1", name: "f", arguments: "{\"a\":1}", custom: false }"#,
+                r#"ToolCallDone { index: 0, call_id: "call_1", name: "f", namespace: None, arguments: "{\"a\":1}", custom: false }"#,
                 r#"MessageStart { index: 1, phase: None }"#,
                 r#"Text { index: 1, text: "ok" }"#,
                 r#"MessageDone { index: 1 }"#,
