@@ -46,6 +46,25 @@ fn escape_mask(w: u64) -> u64 {
 /// The index of the first byte at or after `from` that needs escaping.
 #[inline]
 fn next_escape(bytes: &[u8], mut from: usize) -> Option<usize> {
+    // Two words per step: one branch per 16 clean bytes.
+    while let Some(Ok(pair)) = bytes.get(from..from + 16).map(<[u8; 16]>::try_from) {
+        let (a, b) = pair.split_at(8);
+        let lo = a
+            .try_into()
+            .map_or(0, |w| escape_mask(u64::from_le_bytes(w)));
+        let hi = b
+            .try_into()
+            .map_or(0, |w| escape_mask(u64::from_le_bytes(w)));
+        if lo | hi != 0 {
+            let off = if lo != 0 {
+                lo.trailing_zeros() / 8
+            } else {
+                8 + hi.trailing_zeros() / 8
+            };
+            return Some(from + off as usize);
+        }
+        from += 16;
+    }
     while let Some(Ok(word)) = bytes.get(from..from + 8).map(<[u8; 8]>::try_from) {
         let mask = escape_mask(u64::from_le_bytes(word));
         if mask != 0 {
