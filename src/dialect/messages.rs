@@ -34,7 +34,7 @@ use simd_json::prelude::*;
 use super::responses::{lite_namespace, write_tool_call_head};
 use super::{Ctx, Encoder, Plan, is_base64, parse_body};
 use crate::error::{Error, Protocol};
-use crate::json::{write_str, write_u64};
+use crate::json::{write_str, write_str_body, write_u64};
 use crate::upstream::collect::{Collected, Finish, Item, OwnedCitation};
 use crate::upstream::events::{Citation, Delta, Source, Usage};
 use crate::upstream::request::{ToolChoice, ToolNames, UpstreamRequest, random_id, stable_id};
@@ -253,8 +253,10 @@ struct Translator {
 }
 
 impl Translator {
-    fn new(lenient: bool) -> Self {
-        let mut input = Vec::with_capacity(4096);
+    /// `capacity`: the request body's size; the input items are about as long (mostly
+    /// the same strings), so reserving it up front saves the growth copies.
+    fn new(lenient: bool, capacity: usize) -> Self {
+        let mut input = Vec::with_capacity(capacity.max(4096));
         input.push(b'[');
         Translator {
             lenient,
@@ -607,67 +609,79 @@ impl Translator {
             _ => &[],
         };
         let has_image = blocks.iter().any(|b| str_field(b, "type") == Some("image"));
+        if !has_image {
+            // The common case (a large part of a long conversation): the output text is
+            // written straight into `input`, one piece at a time.
+            self.begin_item();
+            let out = &mut self.input;
+            out.extend_from_slice(br#"{"type":"function_call_output","call_id":"#);
+            write_str(out, id);
+            out.extend_from_slice(br#","output":""#);
+            if is_error {
+                out.extend_from_slice(b"Error");
+            }
+            // Pieces are joined with newlines; `Error: ` comes before the first non-empty one.
+            let mut any = false;
+            let mut piece = |out: &mut Vec<u8>, t: &str| {
+                if any {
+                    out.extend_from_slice(b"\\n");
+                } else if t.is_empty() {
+                    return;
+                } else if is_error {
+                    out.extend_from_slice(b": ");
+                }
+                any = true;
+                write_str_body(out, t);
+            };
+            match field(block, "content") {
+                Some(Value::String(s)) => piece(out, s),
+                _ => {
+                    for t in blocks.iter().filter_map(block_text) {
+                        piece(out, &t);
+                    }
+                }
+            }
+            out.extend_from_slice(b"\"}");
+            return Ok(());
+        }
         let mut out = Vec::new();
         out.extend_from_slice(br#"{"type":"function_call_output","call_id":"#);
         write_str(&mut out, id);
         out.extend_from_slice(br#","output":"#);
-        if has_image {
-            let mut parts = Vec::new();
-            let mut count = 0usize;
-            let mut prefixed = !is_error;
-            for (k, b) in blocks.iter().enumerate() {
-                let text = match str_field(b, "type") {
-                    Some("image") => {
-                        let p = || format!("{}.content.{k}", path());
-                        write_image(&mut parts, &mut count, b, &p, self.lenient)?;
-                        continue;
-                    }
-                    _ => block_text(b),
-                };
-                let Some(text) = text else { continue };
-                if !prefixed {
-                    prefixed = true;
-                    push_text_part(&mut parts, &mut count, &format!("Error: {text}"));
-                } else {
-                    push_text_part(&mut parts, &mut count, &text);
+        let mut parts = Vec::new();
+        let mut count = 0usize;
+        let mut prefixed = !is_error;
+        for (k, b) in blocks.iter().enumerate() {
+            let text = match str_field(b, "type") {
+                Some("image") => {
+                    let p = || format!("{}.content.{k}", path());
+                    write_image(&mut parts, &mut count, b, &p, self.lenient)?;
+                    continue;
                 }
-            }
+                _ => block_text(b),
+            };
+            let Some(text) = text else { continue };
             if !prefixed {
-                // An error result with only images: say so before them.
-                let mut with = Vec::new();
-                let mut c = 0;
-                push_text_part(&mut with, &mut c, "Error");
-                if count > 0 {
-                    with.push(b',');
-                }
-                with.extend_from_slice(&parts);
-                parts = with;
+                prefixed = true;
+                push_text_part(&mut parts, &mut count, &format!("Error: {text}"));
+            } else {
+                push_text_part(&mut parts, &mut count, &text);
             }
-            out.push(b'[');
-            out.extend_from_slice(&parts);
-            out.push(b']');
-        } else {
-            let mut text = String::new();
-            match field(block, "content") {
-                Some(Value::String(s)) => text.push_str(s),
-                _ => {
-                    for t in blocks.iter().filter_map(block_text) {
-                        if !text.is_empty() {
-                            text.push('\n');
-                        }
-                        text.push_str(&t);
-                    }
-                }
-            }
-            if is_error {
-                text = if text.is_empty() {
-                    "Error".to_owned()
-                } else {
-                    format!("Error: {text}")
-                };
-            }
-            write_str(&mut out, &text);
         }
+        if !prefixed {
+            // An error result with only images: say so before them.
+            let mut with = Vec::new();
+            let mut c = 0;
+            push_text_part(&mut with, &mut c, "Error");
+            if count > 0 {
+                with.push(b',');
+            }
+            with.extend_from_slice(&parts);
+            parts = with;
+        }
+        out.push(b'[');
+        out.extend_from_slice(&parts);
+        out.push(b']');
         out.push(b'}');
         self.begin_item();
         self.input.extend_from_slice(&out);
@@ -682,15 +696,18 @@ impl Translator {
 }
 
 /// The text a tool-result content block contributes (images are handled separately).
-fn block_text(b: &Value<'_>) -> Option<String> {
+fn block_text<'v>(b: &'v Value<'_>) -> Option<std::borrow::Cow<'v, str>> {
+    use std::borrow::Cow;
     match str_field(b, "type") {
-        Some("text") => str_field(b, "text").map(str::to_owned),
-        Some("search_result") => Some(search_result_text(b)),
+        Some("text") => str_field(b, "text").map(Cow::Borrowed),
+        Some("search_result") => Some(Cow::Owned(search_result_text(b))),
         Some("document") => {
             let t = document_texts(b).join("\n");
-            (!t.is_empty()).then_some(t)
+            (!t.is_empty()).then_some(Cow::Owned(t))
         }
-        Some("tool_reference") => str_field(b, "tool_name").map(|n| format!("Tool loaded: {n}")),
+        Some("tool_reference") => {
+            str_field(b, "tool_name").map(|n| Cow::Owned(format!("Tool loaded: {n}")))
+        }
         _ => None,
     }
 }
@@ -811,6 +828,7 @@ pub fn count_tokens(body: &mut [u8], ctx: &Ctx<'_>) -> Result<Vec<u8>, Error> {
 }
 
 fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, Error> {
+    let body_len = body.len();
     let root = parse_body(body, ctx.config.max_json_depth)?;
     if !matches!(root, Value::Object(_)) {
         return Err(Error::bad_request("request body must be a JSON object"));
@@ -863,7 +881,7 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
         }
     }
 
-    let mut t = Translator::new(lenient);
+    let mut t = Translator::new(lenient, body_len);
     t.lite = ctx.catalog.find(&backend).is_some_and(|m| m.responses_lite);
 
     // Tools first, so the history's tool names map the same way.

@@ -324,55 +324,49 @@ pub(crate) fn translate_json<P>(
     translate(&mut bytes, &ctx)
 }
 
-/// Parse a JSON request body with simd-json, enforcing the nesting limit first (so deep
-/// input gets a clear 400 instead of a stack overflow).
+/// Requests up to this size parse with the thread's reused simd-json buffers; larger ones
+/// get fresh buffers that are freed afterwards, so no thread keeps more than a few times
+/// this size alive between requests.
+const REUSE_BUFFERS_UP_TO: usize = 4 << 20;
+
+thread_local! {
+    /// simd-json's scratch buffers (a padded copy of the input, the unescaped strings, the
+    /// structural indexes, the stage-2 stack), kept per thread: a large request otherwise
+    /// pays for fresh, page-faulting allocations of about twice its size on every parse.
+    static PARSE_BUFFERS: std::cell::RefCell<Option<(usize, simd_json::Buffers)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Parse a JSON request body with simd-json in place (strings are unescaped inside `body`),
+/// enforcing the nesting limit while parsing (stage 2 is iterative, so deep input gets a
+/// clear 400 before the recursive tree building could overflow the stack). UTF-8 is
+/// validated by simd-json's first stage.
 pub fn parse_body<'a>(
     body: &'a mut [u8],
     max_depth: usize,
 ) -> Result<simd_json::BorrowedValue<'a>, Error> {
-    check_depth(body, max_depth)?;
-    if std::str::from_utf8(body).is_err() {
-        return Err(Error::bad_request("request body is not valid UTF-8"));
-    }
-    simd_json::to_borrowed_value(body)
-        .map_err(|e| Error::bad_request(format!("request body is not valid JSON: {e}")))
-}
-
-/// Reject JSON nested deeper than `max_depth` (counts `[`/`{` outside strings). String
-/// contents, most of a large request, are skipped with `memchr2` for `"` and `\\`.
-pub fn check_depth(body: &[u8], max_depth: usize) -> Result<(), Error> {
-    let mut depth = 0usize;
-    let mut i = 0;
-    while let Some(&b) = body.get(i) {
-        i += 1;
-        match b {
-            b'"' => loop {
-                let rest = body.get(i..).unwrap_or_default();
-                match memchr::memchr2(b'"', b'\\', rest) {
-                    // Unterminated: the parser reports it.
-                    None => return Ok(()),
-                    Some(k) => {
-                        let escape = rest.get(k) == Some(&b'\\');
-                        i += k + if escape { 2 } else { 1 };
-                        if !escape {
-                            break;
-                        }
-                    }
-                }
-            },
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max_depth {
-                    return Err(Error::bad_request(format!(
-                        "request JSON is nested deeper than the limit of {max_depth} levels"
-                    )));
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    Ok(())
+    use simd_json::value::borrowed::to_value_with_buffers as parse;
+    let len = body.len();
+    let fresh = || simd_json::Buffers::with_max_depth(len, max_depth);
+    let result = if len <= REUSE_BUFFERS_UP_TO {
+        let reused = PARSE_BUFFERS.with(|cell| cell.borrow_mut().take());
+        let mut buffers = match reused {
+            Some((depth, b)) if depth == max_depth => b,
+            _ => fresh(),
+        };
+        let result = parse(body, &mut buffers);
+        PARSE_BUFFERS.with(|cell| *cell.borrow_mut() = Some((max_depth, buffers)));
+        result
+    } else {
+        parse(body, &mut fresh())
+    };
+    result.map_err(|e| match e.error() {
+        simd_json::ErrorType::DepthLimitExceeded => Error::bad_request(format!(
+            "request JSON is nested deeper than the limit of {max_depth} levels"
+        )),
+        simd_json::ErrorType::InvalidUtf8 => Error::bad_request("request body is not valid UTF-8"),
+        _ => Error::bad_request(format!("request body is not valid JSON: {e}")),
+    })
 }
 
 /// Test fixture: the events of a realistic backend stream (reasoning, a commentary message
@@ -407,14 +401,29 @@ mod tests {
 
     #[test]
     fn depth_limit_counts_only_structure_outside_strings() {
-        assert!(check_depth(b"[[[]]]", 3).is_ok());
-        assert!(check_depth(b"[[[[]]]]", 3).is_err());
-        assert!(check_depth(br#"{"a":"[[[[[[[["}"#, 1).is_ok());
-        assert!(check_depth(br#"{"a":"\"[[[["}"#, 1).is_ok());
-        assert!(check_depth(br#"{"a":"\\"}"#, 1).is_ok());
-        assert!(check_depth(br#"{"a":"\\","b":[[1]]}"#, 2).is_err());
-        assert!(check_depth(br#"{"a":"x\\\"[[","b":[1]}"#, 2).is_ok());
-        assert!(check_depth(br#"["unterminated [[[["#, 1).is_ok());
+        let ok = |s: &[u8], depth| parse_body(&mut s.to_vec(), depth).is_ok();
+        let nested = |s: &[u8], depth| {
+            parse_body(&mut s.to_vec(), depth)
+                .unwrap_err()
+                .message
+                .contains("nested deeper")
+        };
+        assert!(ok(b"[[[]]]", 3));
+        assert!(nested(b"[[[[]]]]", 3));
+        assert!(ok(br#"{"a":"[[[[[[[["}"#, 1));
+        assert!(ok(br#"{"a":"\"[[[["}"#, 1));
+        assert!(ok(br#"{"a":"\\"}"#, 1));
+        assert!(nested(br#"{"a":"\\","b":[[1]]}"#, 2));
+        assert!(ok(br#"{"a":"x\\\"[[","b":[1]}"#, 2));
+        // The thread's reused buffers do not carry one limit over to another.
+        assert!(ok(b"[[[[]]]]", 4));
+        assert!(nested(b"[[[[]]]]", 3));
+    }
+
+    #[test]
+    fn parse_body_reports_invalid_utf8() {
+        let e = parse_body(&mut b"{\"a\":\"\xff\"}".to_vec(), 8).unwrap_err();
+        assert!(e.message.contains("UTF-8"), "{}", e.message);
     }
 
     #[test]

@@ -31,54 +31,85 @@ pub fn write_str<B: BufMut>(out: &mut B, s: &str) {
     out.put_u8(b'"');
 }
 
-/// Whether any byte of the little-endian word `w` needs escaping (`< 0x20`, `"`, `\\`).
-/// The "has less / has zero byte" tests of Bit Twiddling Hacks: no false negatives.
+/// A mask with the high bit set in each byte of the little-endian word `w` that needs
+/// escaping (`< 0x20`, `"`, `\\`): the "has less / has zero byte" tests of Bit Twiddling
+/// Hacks. A borrow can only flag bytes above a flagged one, so the lowest set bit is exact.
 #[inline]
-fn word_needs_escape(w: u64) -> bool {
+fn escape_mask(w: u64) -> u64 {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     let has_zero = |v: u64| v.wrapping_sub(LO) & !v & HI;
     let control = w.wrapping_sub(LO * 0x20) & !w & HI;
-    (control | has_zero(w ^ (LO * u64::from(b'"'))) | has_zero(w ^ (LO * u64::from(b'\\')))) != 0
+    control | has_zero(w ^ (LO * u64::from(b'"'))) | has_zero(w ^ (LO * u64::from(b'\\')))
+}
+
+/// The index of the first byte at or after `from` that needs escaping.
+#[inline]
+fn next_escape(bytes: &[u8], mut from: usize) -> Option<usize> {
+    // Two words per step: one branch per 16 clean bytes.
+    while let Some(Ok(pair)) = bytes.get(from..from + 16).map(<[u8; 16]>::try_from) {
+        let (a, b) = pair.split_at(8);
+        let lo = a
+            .try_into()
+            .map_or(0, |w| escape_mask(u64::from_le_bytes(w)));
+        let hi = b
+            .try_into()
+            .map_or(0, |w| escape_mask(u64::from_le_bytes(w)));
+        if lo | hi != 0 {
+            let off = if lo != 0 {
+                lo.trailing_zeros() / 8
+            } else {
+                8 + hi.trailing_zeros() / 8
+            };
+            return Some(from + off as usize);
+        }
+        from += 16;
+    }
+    while let Some(Ok(word)) = bytes.get(from..from + 8).map(<[u8; 8]>::try_from) {
+        let mask = escape_mask(u64::from_le_bytes(word));
+        if mask != 0 {
+            return Some(from + (mask.trailing_zeros() / 8) as usize);
+        }
+        from += 8;
+    }
+    bytes
+        .get(from..)?
+        .iter()
+        .position(|&b| ESCAPE[b as usize])
+        .map(|k| from + k)
 }
 
 /// Write the escaped contents of `s` without the surrounding quotes.
 ///
-/// Clean runs are skipped eight bytes at a time and copied in one `put_slice` (large tool
-/// results in a 2 MB request are mostly clean text).
+/// Clean runs are found eight bytes at a time and copied in one `put_slice` (large tool
+/// results in a 2 MB request are mostly clean text); the escaper jumps straight to the next
+/// byte that needs escaping.
 pub fn write_str_body<B: BufMut>(out: &mut B, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        if let Some(Ok(word)) = bytes.get(i..i + 8).map(<[u8; 8]>::try_from)
-            && !word_needs_escape(u64::from_le_bytes(word))
-        {
-            i += 8;
-            continue;
+    while let Some(at) = next_escape(bytes, start) {
+        if let Some(clean) = bytes.get(start..at) {
+            out.put_slice(clean);
         }
-        let b = bytes.get(i).copied().unwrap_or(0);
-        if ESCAPE[b as usize] {
-            if let Some(clean) = bytes.get(start..i) {
-                out.put_slice(clean);
-            }
-            match b {
-                b'"' => out.put_slice(b"\\\""),
-                b'\\' => out.put_slice(b"\\\\"),
-                b'\n' => out.put_slice(b"\\n"),
-                b'\r' => out.put_slice(b"\\r"),
-                b'\t' => out.put_slice(b"\\t"),
-                0x08 => out.put_slice(b"\\b"),
-                0x0c => out.put_slice(b"\\f"),
-                _ => {
-                    out.put_slice(b"\\u00");
-                    out.put_u8(HEX[(b >> 4) as usize]);
-                    out.put_u8(HEX[(b & 0xf) as usize]);
-                }
-            }
-            start = i + 1;
+        let b = bytes.get(at).copied().unwrap_or(0);
+        match b {
+            b'"' => out.put_slice(b"\\\""),
+            b'\\' => out.put_slice(b"\\\\"),
+            b'\n' => out.put_slice(b"\\n"),
+            b'\r' => out.put_slice(b"\\r"),
+            b'\t' => out.put_slice(b"\\t"),
+            0x08 => out.put_slice(b"\\b"),
+            0x0c => out.put_slice(b"\\f"),
+            _ => out.put_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 0xf) as usize],
+            ]),
         }
-        i += 1;
+        start = at + 1;
     }
     if let Some(clean) = bytes.get(start..) {
         out.put_slice(clean);
