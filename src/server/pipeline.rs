@@ -35,9 +35,9 @@ thread_local! {
 
 /// zstd level 3 (the backend ignores the level; 3 is zstd's default) with the thread's
 /// reused context: a fresh context per request (`zstd::bulk::compress`) allocated and set
-/// up its tables on every request, the largest single cost on the request path for a small
-/// body in a profile of the load bench. The output is the same single frame, content size
-/// included.
+/// up its tables on every request (`ZSTD_createCCtx` alone was 1.4 % of the proxy's CPU in
+/// a profile of the load bench, all of it before the first byte). The output is the same
+/// single frame, content size included.
 fn compress(raw: &[u8]) -> std::io::Result<Vec<u8>> {
     COMPRESSOR.with(|slot| {
         let mut slot = slot
