@@ -18,7 +18,11 @@
 //!   stream and the error count.
 //!
 //! Knobs (env): `LOAD_STREAMS` (default `16,256`), `LOAD_REQUESTS` (per scenario, default
-//! 640), `LOAD_SLOW` (slow streams, default 10000; 0 skips), `LOAD_SLOW_DELTAS` (default 100).
+//! 640), `LOAD_SLOW` (slow streams, default 10000; 0 skips), `LOAD_SLOW_DELTAS` (default 100),
+//! `LOAD_PROXY_WORKERS` (the proxy child's tokio worker threads; default: one per core).
+//! * Paced rows start their streams spread evenly over one stream's length (pace × deltas),
+//!   so requests and deltas arrive at a steady rate; the closed-loop rows start them all at
+//!   once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -163,8 +167,17 @@ fn scan(carry: &mut Vec<u8>, data: &[u8], now: u64, latencies: &mut Vec<u64>) ->
     found
 }
 
-/// One keep-alive client: `requests` streaming requests, one after another, on one connection.
-async fn client(target: Arc<Target>, requests: usize, live: Arc<AtomicUsize>) -> Seen {
+/// One keep-alive client: `requests` streaming requests, one after another, on one
+/// connection, the first after `start_after`.
+async fn client(
+    target: Arc<Target>,
+    requests: usize,
+    live: Arc<AtomicUsize>,
+    start_after: Duration,
+) -> Seen {
+    if !start_after.is_zero() {
+        tokio::time::sleep(start_after).await;
+    }
     let mut seen = Seen::default();
     let Ok(stream) = TcpStream::connect(target.addr).await else {
         seen.errors += requests as u64;
@@ -253,14 +266,23 @@ async fn client(target: Arc<Target>, requests: usize, live: Arc<AtomicUsize>) ->
 }
 
 /// Runs `streams` concurrent clients sharing `total` requests; returns the merged view and
-/// the wall time.
-async fn run(target: &Target, streams: usize, total: usize) -> (Seen, Duration) {
+/// the wall time. Client `i` starts `i / streams` of `spread` after the first (zero: all at
+/// once).
+async fn run(target: &Target, streams: usize, total: usize, spread: Duration) -> (Seen, Duration) {
     let per = total.div_ceil(streams).max(1);
     let target = Arc::new(target.clone());
     let live = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let tasks: Vec<_> = (0..streams)
-        .map(|_| tokio::spawn(client(Arc::clone(&target), per, Arc::clone(&live))))
+        .map(|i| {
+            let start_after = spread.mul_f64(i as f64 / streams as f64);
+            tokio::spawn(client(
+                Arc::clone(&target),
+                per,
+                Arc::clone(&live),
+                start_after,
+            ))
+        })
         .collect();
     let mut all = Seen::default();
     for t in tasks {
@@ -361,6 +383,9 @@ async fn start_proxy(emu: &Emulator, dir: &Path, ca: Option<&Path>) -> Proxy {
     if let Some(ca) = ca {
         cmd.arg("--ca-file").arg(ca);
     }
+    if let Ok(n) = std::env::var("LOAD_PROXY_WORKERS") {
+        cmd.env("TOKIO_WORKER_THREADS", n);
+    }
     let t0 = Instant::now();
     let child = cmd.spawn().expect("spawn codex-as-api");
     loop {
@@ -389,9 +414,15 @@ struct Row {
     errors: u64,
 }
 
-async fn measure(target: &Target, streams: usize, total: usize, pid: &str) -> Row {
+async fn measure(
+    target: &Target,
+    streams: usize,
+    total: usize,
+    spread: Duration,
+    pid: &str,
+) -> Row {
     let cpu0 = cpu_secs(pid);
-    let (mut seen, wall) = run(target, streams, total).await;
+    let (mut seen, wall) = run(target, streams, total, spread).await;
     let cpu = cpu_secs(pid) - cpu0;
     Row {
         rps: seen.requests as f64 / wall.as_secs_f64(),
@@ -479,7 +510,7 @@ async fn async_main(full: bool) {
         &directives(Kind::Text, Chunks::PerEvent, DELTAS, None),
         DELTAS,
     );
-    let _ = run(&warm, 4, 16).await;
+    let _ = run(&warm, 4, 16, Duration::ZERO).await;
 
     println!();
     println!(
@@ -509,11 +540,11 @@ async fn async_main(full: bool) {
             for kind in [Kind::Text, Kind::Tool] {
                 let text = directives(kind, chunks, DELTAS, None);
                 let direct = direct_target(emu.addr(), &creds, &text);
-                let d = measure(&direct, streams, total, &self_pid).await;
+                let d = measure(&direct, streams, total, Duration::ZERO, &self_pid).await;
                 errors += d.errors;
                 for dialect in [Dialect::Chat, Dialect::Messages] {
                     let target = proxy_target(proxy.addr, dialect, &text, DELTAS);
-                    let p = measure(&target, streams, total, &proxy_pid).await;
+                    let p = measure(&target, streams, total, Duration::ZERO, &proxy_pid).await;
                     errors += p.errors;
                     let ratio = p.rps / d.rps;
                     let add_ttfb = p.ttfb_p50_ms - d.ttfb_p50_ms;
@@ -574,7 +605,8 @@ async fn async_main(full: bool) {
     }
     // Latency at a sustainable rate: the same streams, paced so that all of them together
     // send ~16,000 events/s (a delta every `streams / 16` ms per stream), at least 32
-    // requests in all (one or more per stream) so that p50 TTFB is not one sample.
+    // requests in all and two or more per stream (all `streams` are live from the end of
+    // the first round on), the streams' starts spread evenly over one stream's length.
     // In the closed-loop rows above the CPU is saturated and latency is mostly queueing.
     println!();
     println!("paced (one chunk per event, ~16k events/s in total), latency added by the proxy:");
@@ -582,15 +614,22 @@ async fn async_main(full: bool) {
     let mut paced_ttfb = f64::MIN;
     for &streams in &streams_list {
         let pace = (streams as u64 / 16).max(1);
+        // Requests arrive spread over one stream's length, as in the steady state of
+        // `streams` independent clients (each stream's next request follows its last):
+        // started in the same instant, every request, and then every stream's delta, would
+        // land in one burst, and the rows would measure the queue behind that burst (256
+        // requests at once, more than the emulator alone serves in the stream's first
+        // interval) instead of the latency added at this rate.
+        let spread = Duration::from_millis(pace * DELTAS as u64);
         for kind in [Kind::Text, Kind::Tool] {
             let text = directives(kind, Chunks::PerEvent, DELTAS, Some(pace));
             let direct = direct_target(emu.addr(), &creds, &text);
-            let paced_total = streams * (32 / streams).max(1);
-            let d = measure(&direct, streams, paced_total, &self_pid).await;
+            let paced_total = streams * (32 / streams).max(2);
+            let d = measure(&direct, streams, paced_total, spread, &self_pid).await;
             errors += d.errors;
             for dialect in [Dialect::Chat, Dialect::Messages] {
                 let target = proxy_target(proxy.addr, dialect, &text, DELTAS);
-                let p = measure(&target, streams, paced_total, &proxy_pid).await;
+                let p = measure(&target, streams, paced_total, spread, &proxy_pid).await;
                 errors += p.errors;
                 let add_ttfb = p.ttfb_p50_ms - d.ttfb_p50_ms;
                 let add_p50 = (p.lat_p50_us - d.lat_p50_us) / 1e3;
@@ -664,7 +703,7 @@ async fn slow_streams(n: usize, deltas: usize, dir: &Path) {
         &directives(Kind::Text, Chunks::PerEvent, 5, None),
         5,
     );
-    let _ = run(&warm, 1, 1).await;
+    let _ = run(&warm, 1, 1, Duration::ZERO).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = status_kib(pid, "VmRSS:");
     let live = Arc::new(AtomicUsize::new(0));
@@ -676,6 +715,7 @@ async fn slow_streams(n: usize, deltas: usize, dir: &Path) {
             Arc::clone(&target),
             1,
             Arc::clone(&live),
+            Duration::ZERO,
         )));
         if i % 250 == 249 {
             tokio::time::sleep(Duration::from_millis(20)).await;
