@@ -18,7 +18,8 @@
 //!   stream and the error count.
 //!
 //! Knobs (env): `LOAD_STREAMS` (default `16,256`), `LOAD_REQUESTS` (per scenario, default
-//! 640), `LOAD_SLOW` (slow streams, default 10000; 0 skips), `LOAD_SLOW_DELTAS` (default 100).
+//! 640), `LOAD_SLOW` (slow streams, default 10000; 0 skips), `LOAD_SLOW_DELTAS` (default 100),
+//! `LOAD_PROXY_WRAP` (a command the proxy runs under, e.g. `valgrind --tool=massif`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -345,7 +346,23 @@ async fn health_ok(addr: SocketAddr) -> bool {
 async fn start_proxy(emu: &Emulator, dir: &Path, ca: Option<&Path>) -> Proxy {
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_codex-as-api"));
+    let bin = env!("CARGO_BIN_EXE_codex-as-api");
+    // `LOAD_PROXY_WRAP="valgrind --tool=massif"` runs the proxy under a profiler.
+    let wrap = std::env::var("LOAD_PROXY_WRAP").unwrap_or_default();
+    let mut wrap = wrap.split_whitespace();
+    let mut cmd = match wrap.next() {
+        Some(tool) => {
+            let mut c = Command::new(tool);
+            c.args(wrap).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let start_limit = if cmd.get_program() == bin {
+        Duration::from_secs(20)
+    } else {
+        Duration::from_secs(120)
+    };
     cmd.arg("serve")
         .args(["--port", &port.to_string()])
         .args(["--upstream-url", &emu.base_url()])
@@ -367,10 +384,7 @@ async fn start_proxy(emu: &Emulator, dir: &Path, ca: Option<&Path>) -> Proxy {
         if health_ok(addr).await {
             break;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "proxy did not start"
-        );
+        assert!(t0.elapsed() < start_limit, "proxy did not start");
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
     Proxy {
