@@ -318,6 +318,17 @@ struct Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // SIGTERM first, so a profiler (`LOAD_PROXY_WRAP`) writes its output.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

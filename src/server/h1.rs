@@ -78,7 +78,9 @@ pub async fn serve(
             expect_continue: expect,
             continue_sent: 0,
         };
-        let mut handler = std::pin::pin!(route::handle(Arc::clone(&state), req, peer));
+        // Boxed: the router's future is large and lives only until the response head; held
+        // inline it would size this connection's task for as long as the connection lives.
+        let mut handler = Box::pin(route::handle(Arc::clone(&state), req, peer));
         let resp = std::future::poll_fn(|cx| {
             loop {
                 if let Poll::Ready(resp) = handler.as_mut().poll(cx) {
@@ -101,8 +103,12 @@ pub async fn serve(
         let body_done = feeder.finished();
         keep_alive &= body_done;
         buf = feeder.buf;
-        let written =
-            write_response(&mut stream, resp, head_only, version, keep_alive, &mut buf).await;
+        drop(feeder.shared);
+        if buf.is_empty() {
+            // Nothing read ahead: hold no buffer while the response streams.
+            buf = Vec::new();
+        }
+        let written = write_response(&mut stream, resp, head_only, version, keep_alive).await;
         if !written.unwrap_or(false) {
             return;
         }
@@ -477,7 +483,7 @@ fn parse_head(buf: &mut Vec<u8>) -> Result<(Request<()>, Framing, bool, bool), E
         _ => !has(&header::CONNECTION, "close"),
     };
     let expect = version == Version::HTTP_11 && has(&header::EXPECT, "100-continue");
-    let framing = if let Some(te) = map.get_all(header::TRANSFER_ENCODING).iter().last() {
+    let framing = if let Some(te) = map.get_all(header::TRANSFER_ENCODING).iter().next_back() {
         let chunked_last = te
             .to_str()
             .ok()
@@ -540,7 +546,6 @@ async fn write_response(
     head_only: bool,
     version: Version,
     keep_alive: bool,
-    scratch: &mut Vec<u8>,
 ) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
@@ -556,8 +561,7 @@ async fn write_response(
     // HTTP/1.0 has no chunked encoding: an unknown length ends with the connection.
     let chunked = known.is_none() && !bodiless && version == Version::HTTP_11;
     let keep_alive = keep_alive && (known.is_some() || chunked || bodiless);
-    let mut head = std::mem::take(scratch);
-    head.clear();
+    let mut head = Vec::with_capacity(512);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(status.as_str().as_bytes());
     head.push(b' ');
@@ -600,11 +604,8 @@ async fn write_response(
     }
     head.extend_from_slice(b"\r\n");
     let wrote = stream.write_all(&head).await;
-    head.clear();
-    if head.capacity() > 4096 {
-        head = Vec::new();
-    }
-    *scratch = head;
+    // The head buffer is not kept while the body streams.
+    drop(head);
     wrote?;
     if bodiless || known == Some(0) {
         // Dropped unpolled, as hyper does (the request log counts it as ended).
@@ -700,7 +701,8 @@ async fn write_parts(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> 
 async fn linger(stream: &mut TcpStream) {
     let _ = stream.shutdown().await;
     let drain = async {
-        let mut sink = [0u8; 4096];
+        // On the heap: an array here would size every connection's task.
+        let mut sink = vec![0u8; 4096];
         loop {
             match tokio::io::AsyncReadExt::read(stream, &mut sink).await {
                 Ok(0) | Err(_) => break,

@@ -133,7 +133,8 @@ pub(crate) async fn answer(stream: &mut TcpStream, err: &Error, protocol: Protoc
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
     let drain = async {
-        let mut sink = [0u8; 4096];
+        // On the heap: an array here would size every connection's task.
+        let mut sink = vec![0u8; 4096];
         while let Ok(1..) = stream.read(&mut sink).await {}
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;

@@ -208,7 +208,8 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
             });
             let io = TokioIo::new(head::Rewind::new(prefix, stream));
             let conn = builder.serve_connection_with_upgrades(io, service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            // Boxed so that the (rarer) h2 connection does not size every connection's task.
+            if let Err(e) = Box::pin(watcher.watch(conn.into_owned())).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
