@@ -612,13 +612,14 @@ async fn write_response(
         return Ok(true);
     }
     let mut body = Pin::new(&mut body);
+    let mut pipelined = false;
     loop {
         let frame = std::future::poll_fn(|cx| {
             if let Poll::Ready(frame) = body.as_mut().poll_frame(cx) {
                 return Poll::Ready(Some(frame));
             }
             // Nothing to send: watch the socket so a client that goes away is noticed now.
-            if client_gone(cx, stream) {
+            if client_gone(cx, stream, &mut pipelined) {
                 return Poll::Ready(None);
             }
             Poll::Pending
@@ -649,19 +650,22 @@ async fn write_response(
     if chunked {
         stream.write_all(b"0\r\n\r\n").await?;
     }
-    Ok(keep_alive)
+    Ok(keep_alive && !pipelined)
 }
 
 /// Poll the socket of a streaming response: true when the client closed or failed. Bytes
 /// a client sends meanwhile (a pipelined request) are not expected from the clients served
 /// here and are discarded with the connection, which is then not reused.
-fn client_gone(cx: &mut Context<'_>, stream: &mut TcpStream) -> bool {
+fn client_gone(cx: &mut Context<'_>, stream: &mut TcpStream, pipelined: &mut bool) -> bool {
     let mut probe = [0u8; 64];
-    let mut rb = ReadBuf::new(&mut probe);
-    match Pin::new(stream).poll_read(cx, &mut rb) {
-        Poll::Ready(Ok(())) => rb.filled().is_empty(),
-        Poll::Ready(Err(_)) => true,
-        Poll::Pending => false,
+    loop {
+        let mut rb = ReadBuf::new(&mut probe);
+        match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => return true,
+            Poll::Ready(Ok(())) => *pipelined = true,
+            Poll::Ready(Err(_)) => return true,
+            Poll::Pending => return false,
+        }
     }
 }
 
@@ -711,4 +715,102 @@ async fn linger(stream: &mut TcpStream) {
         }
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feeder(framing: Framing, bytes: &[u8]) -> Feeder {
+        Feeder {
+            framing,
+            buf: bytes.to_vec(),
+            shared: Arc::new(Mutex::new(Shared::default())),
+            expect_continue: false,
+            continue_sent: 0,
+        }
+    }
+
+    fn body_of(f: &Feeder) -> Vec<u8> {
+        let s = f.lock();
+        s.chunks.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    #[test]
+    fn a_head_is_parsed_and_removed_leaving_the_rest() {
+        let mut buf = b"POST /v1/messages?x=1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\nbodyGET".to_vec();
+        let (req, framing, keep_alive, expect) = parse_head(&mut buf).unwrap();
+        assert_eq!(req.method(), Method::POST);
+        assert_eq!(req.uri().path(), "/v1/messages");
+        assert_eq!(req.headers()["host"], "localhost");
+        assert_eq!(framing, Framing::Length(4));
+        assert!(keep_alive && expect);
+        assert_eq!(buf, b"bodyGET");
+    }
+
+    #[test]
+    fn connection_close_http_1_0_and_conflicting_lengths() {
+        let mut buf = b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec();
+        assert!(!parse_head(&mut buf).unwrap().2);
+        let mut buf = b"GET / HTTP/1.0\r\n\r\n".to_vec();
+        assert!(!parse_head(&mut buf).unwrap().2);
+        let mut buf = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".to_vec();
+        assert!(parse_head(&mut buf).unwrap().2);
+        let mut buf = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n".to_vec();
+        assert_eq!(
+            parse_head(&mut buf).unwrap_err().kind,
+            ErrorKind::BadRequest
+        );
+        let mut buf = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec();
+        assert!(parse_head(&mut buf).is_err());
+        // Chunked wins over a length, and the connection is not reused.
+        let mut buf =
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let (_, framing, keep_alive, _) = parse_head(&mut buf).unwrap();
+        assert_eq!(framing, Framing::Chunked(Chunk::Size));
+        assert!(!keep_alive);
+    }
+
+    #[test]
+    fn a_chunked_body_is_decoded_and_the_next_head_is_left() {
+        let mut f = feeder(
+            Framing::Chunked(Chunk::Size),
+            b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\nGET / HTTP/1.1",
+        );
+        assert_eq!(f.decode(), Ok(true));
+        assert!(f.finished());
+        assert_eq!(body_of(&f), b"hello world");
+        assert!(f.lock().ended);
+        assert_eq!(f.buf, b"GET / HTTP/1.1");
+    }
+
+    #[test]
+    fn a_chunked_body_split_anywhere_decodes_the_same() {
+        let wire = b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n";
+        for cut in 0..wire.len() {
+            let mut f = feeder(Framing::Chunked(Chunk::Size), &wire[..cut]);
+            f.decode().unwrap();
+            f.buf.extend_from_slice(&wire[cut..]);
+            f.decode().unwrap();
+            assert!(f.finished(), "cut at {cut}");
+            assert_eq!(body_of(&f), b"abc0123456789abcdef", "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn broken_chunks_fail() {
+        let mut f = feeder(Framing::Chunked(Chunk::Size), b"zz\r\n");
+        assert!(f.decode().is_err());
+        let mut f = feeder(Framing::Chunked(Chunk::Size), b"3\r\nabcX\r\n");
+        assert!(f.decode().is_err());
+    }
+
+    #[test]
+    fn a_length_body_stops_at_its_length() {
+        let mut f = feeder(Framing::Length(3), b"abcGET");
+        assert_eq!(f.decode(), Ok(true));
+        assert!(f.finished());
+        assert_eq!(body_of(&f), b"abc");
+        assert_eq!(f.buf, b"GET");
+    }
 }
