@@ -19,7 +19,8 @@
 //!
 //! Knobs (env): `LOAD_STREAMS` (default `16,256`), `LOAD_REQUESTS` (per scenario, default
 //! 640), `LOAD_SLOW` (slow streams, default 10000; 0 skips), `LOAD_SLOW_DELTAS` (default 100),
-//! `LOAD_PROXY_WORKERS` (the proxy child's tokio worker threads; default: one per core).
+//! `LOAD_PROXY_WORKERS` (the proxy child's tokio worker threads; default: one per core),
+//! `LOAD_PROXY_WRAP` (a command the proxy runs under, e.g. `valgrind --tool=massif`).
 //! * Paced rows start their streams spread evenly over one stream's length (pace × deltas),
 //!   so requests and deltas arrive at a steady rate; the closed-loop rows start them all at
 //!   once.
@@ -339,6 +340,17 @@ struct Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // SIGTERM first, so a profiler (`LOAD_PROXY_WRAP`) writes its output.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -367,7 +379,23 @@ async fn health_ok(addr: SocketAddr) -> bool {
 async fn start_proxy(emu: &Emulator, dir: &Path, ca: Option<&Path>) -> Proxy {
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_codex-as-api"));
+    let bin = env!("CARGO_BIN_EXE_codex-as-api");
+    // `LOAD_PROXY_WRAP="valgrind --tool=massif"` runs the proxy under a profiler.
+    let wrap = std::env::var("LOAD_PROXY_WRAP").unwrap_or_default();
+    let mut wrap = wrap.split_whitespace();
+    let mut cmd = match wrap.next() {
+        Some(tool) => {
+            let mut c = Command::new(tool);
+            c.args(wrap).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let start_limit = if cmd.get_program() == bin {
+        Duration::from_secs(20)
+    } else {
+        Duration::from_secs(120)
+    };
     cmd.arg("serve")
         .args(["--port", &port.to_string()])
         .args(["--upstream-url", &emu.base_url()])
@@ -392,10 +420,7 @@ async fn start_proxy(emu: &Emulator, dir: &Path, ca: Option<&Path>) -> Proxy {
         if health_ok(addr).await {
             break;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "proxy did not start"
-        );
+        assert!(t0.elapsed() < start_limit, "proxy did not start");
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
     Proxy {

@@ -288,3 +288,50 @@ async fn non_loopback_bind_without_key_refuses_to_start() {
     let s = codex_as_api::server::Server::start(config).await.unwrap();
     s.shutdown().await;
 }
+
+/// One raw HTTP/1.1 connection: `Expect: 100-continue` with a chunked body, then a
+/// pipelined HEAD and a GET with `Connection: close`, all answered in order.
+#[tokio::test]
+async fn keep_alive_chunked_bodies_continue_head_and_pipelining_on_one_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start().await;
+    let body = serde_json::to_vec(&user("hi")).unwrap();
+    let (a, b) = body.split_at(body.len() / 2);
+    let mut wire = b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\nexpect: 100-continue\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for part in [a, b] {
+        wire.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        wire.extend_from_slice(part);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    wire.extend_from_slice(b"HEAD /health HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    wire.extend_from_slice(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut sock = tokio::net::TcpStream::connect(h.server.addr())
+        .await
+        .unwrap();
+    sock.write_all(&wire).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut got))
+        .await
+        .expect("the server closed the connection after `Connection: close`")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("\"chat.completion\""), "{text}");
+    // HEAD (the router answers 404: only GET serves /health): a length, no body; the GET's
+    // body is the only health document.
+    let (_, head_resp) = text.split_once("HTTP/1.1 404 Not Found\r\n").expect(&text);
+    let (head_resp, get) = head_resp.split_once("HTTP/1.1 200 OK\r\n").expect(&text);
+    let head_resp = head_resp.to_ascii_lowercase();
+    assert!(head_resp.contains("content-length: "), "{text}");
+    assert!(head_resp.ends_with("\r\n\r\n"), "{text}");
+    assert!(
+        get.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert_eq!(text.matches("\"status\":\"ok\"").count(), 1, "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 4, "{text}");
+}

@@ -35,7 +35,16 @@ pub enum FirstHead {
 
 /// Read until the end of the first head, the size limit, or the timeout.
 pub async fn read_first(stream: &mut TcpStream, timeout: Duration, max: usize) -> FirstHead {
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    read_head(stream, Vec::with_capacity(4096), timeout, max).await
+}
+
+/// Like `read_first`, for any head of a connection: `buf` holds bytes already read.
+pub async fn read_head(
+    stream: &mut TcpStream,
+    mut buf: Vec<u8>,
+    timeout: Duration,
+    max: usize,
+) -> FirstHead {
     let deadline = tokio::time::Instant::now() + timeout;
     // Where the search for the blank line resumes (a head sent a byte at a time must not
     // cost a rescan of everything per byte).
@@ -83,7 +92,7 @@ fn head_complete(buf: &[u8]) -> bool {
         || memchr::memmem::find(buf, b"\n\n").is_some()
 }
 
-fn protocol_guess(head: &[u8]) -> Protocol {
+pub(crate) fn protocol_guess(head: &[u8]) -> Protocol {
     let line_end = memchr::memchr(b'\n', head).unwrap_or(head.len());
     let line = head.get(..line_end).unwrap_or(head);
     if memchr::memmem::find(line, b" /v1/messages").is_some()
@@ -101,13 +110,16 @@ fn protocol_guess(head: &[u8]) -> Protocol {
     }
 }
 
-async fn answer(stream: &mut TcpStream, err: &Error, protocol: Protocol) {
+/// Answer with `err` (a 4xx about the head) and close: the client may still be sending, so
+/// its bytes are read and discarded for a moment, lest the close reset the connection and
+/// destroy the answer before it is read.
+pub(crate) async fn answer(stream: &mut TcpStream, err: &Error, protocol: Protocol) {
     let body = err.body(protocol);
     let status = err.status(protocol);
-    let reason = match status {
-        408 => "Request Timeout",
-        _ => "Request Header Fields Too Large",
-    };
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
     let mut out = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
@@ -120,6 +132,12 @@ async fn answer(stream: &mut TcpStream, err: &Error, protocol: Protocol) {
         let _ = stream.shutdown().await;
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
+    let drain = async {
+        // On the heap: an array here would size every connection's task.
+        let mut sink = vec![0u8; 4096];
+        while let Ok(1..) = stream.read(&mut sink).await {}
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 /// A stream that first replays bytes already read from it.

@@ -2,11 +2,11 @@
 //!
 //! Owns: `State` (config, the pooled upstream client, the token store, the catalog, live
 //! stream count, the latest rate-limit snapshot, the exchange store), binding with the
-//! safety rule for non-loopback addresses, the accept loop (hyper-util auto builder: HTTP/1.1
-//! and h2, header read timeout, header size limit, back-off on accept errors; the first head
-//! of each connection goes through `head` so a slow or huge one gets a protocol-shaped
-//! 408/431) and graceful shutdown (stop accepting, drain in-flight streams for a bounded
-//! time).
+//! safety rule for non-loopback addresses, the accept loop (back-off on accept errors; the
+//! first head of each connection goes through `head` so a slow or huge one gets a
+//! protocol-shaped 408/431; then HTTP/1.x connections are served by `h1` and h2 ones by
+//! hyper with its header limit) and graceful shutdown (stop accepting, drain in-flight
+//! streams for a bounded time).
 //!
 //! Does not own: routing and guards (`route`), running one proxied request (`pipeline`),
 //! unary backend calls and the live catalog (`backend`), the non-protocol endpoints
@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod endpoints;
+pub mod h1;
 pub mod head;
 pub mod history;
 pub mod pipeline;
@@ -150,13 +151,9 @@ impl Server {
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every `h1` connection holds a sender; all dropped = all drained.
+    let (open, mut drained) = tokio::sync::mpsc::channel::<()>(1);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.config.header_timeout)
-        .max_buf_size(4 * head::MAX_HEAD_BYTES)
-        .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -185,6 +182,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         let st = Arc::clone(&state);
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
+        let open = open.clone();
         let mut stopping = stop.clone();
         tokio::spawn(async move {
             let mut stream = stream;
@@ -198,21 +196,33 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
                 head::FirstHead::Ready(prefix) => prefix,
                 head::FirstHead::Gone | head::FirstHead::Refused => return,
             };
+            if !prefix.starts_with(b"PRI * HTTP/2.0") {
+                drop(watcher);
+                h1::serve(stream, Vec::from(prefix), st, peer, stopping, open).await;
+                return;
+            }
+            drop(open);
             let service = hyper::service::service_fn(move |req| {
                 let st = Arc::clone(&st);
                 async move { Ok::<_, std::convert::Infallible>(route::handle(st, req, peer).await) }
             });
             let io = TokioIo::new(head::Rewind::new(prefix, stream));
             let conn = builder.serve_connection_with_upgrades(io, service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            // Boxed so that the (rarer) h2 connection does not size every connection's task.
+            if let Err(e) = Box::pin(watcher.watch(conn.into_owned())).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
+    drop(open);
     let drain = state.config.drain;
+    let all = async {
+        graceful.shutdown().await;
+        let _ = drained.recv().await;
+    };
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = all => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(drain) => tracing::warn!(secs = drain.as_secs(), "drain time over; closing remaining connections"),
     }
 }

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
-use hyper::body::Incoming;
 
 use crate::dialect::{Ctx, chat, messages, responses};
 use crate::error::{Error, ErrorKind, Protocol};
@@ -21,6 +20,12 @@ use crate::server::{State, endpoints, pipeline};
 
 /// The response body type of every route.
 pub type RespBody = UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+/// A request body the router can read: hyper's (h2 clients) or `h1`'s.
+pub trait ReqBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send {}
+impl<B> ReqBody for B where B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send {}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub fn full(bytes: impl Into<Bytes>) -> RespBody {
     UnsyncBoxBody::new(Full::new(bytes.into()))
@@ -150,7 +155,7 @@ fn preflight(origin: HeaderValue, headers: &HeaderMap) -> Response<RespBody> {
     resp
 }
 
-fn guard(state: &State, req: &Request<Incoming>, path: &str) -> Result<(), Error> {
+fn guard<B>(state: &State, req: &Request<B>, path: &str) -> Result<(), Error> {
     head_size_guard(req)?;
     host_guard(state, req)?;
     key_guard(state, req, path)
@@ -158,7 +163,7 @@ fn guard(state: &State, req: &Request<Incoming>, path: &str) -> Result<(), Error
 
 /// Headers over the limit on a keep-alive connection (the first request of a connection is
 /// checked in `server::head`; hyper's own buffer, a few times larger, is the last resort).
-fn head_size_guard(req: &Request<Incoming>) -> Result<(), Error> {
+fn head_size_guard<B>(req: &Request<B>) -> Result<(), Error> {
     let max = super::head::MAX_HEAD_BYTES;
     let size: usize = req
         .headers()
@@ -176,7 +181,7 @@ fn head_size_guard(req: &Request<Incoming>) -> Result<(), Error> {
 }
 
 /// On loopback binds, refuse requests addressed to a foreign name (DNS rebinding).
-fn host_guard(state: &State, req: &Request<Incoming>) -> Result<(), Error> {
+fn host_guard<B>(state: &State, req: &Request<B>) -> Result<(), Error> {
     if state.config.host.is_loopback() {
         let host = req
             .uri()
@@ -203,7 +208,7 @@ fn host_guard(state: &State, req: &Request<Incoming>) -> Result<(), Error> {
 }
 
 /// With a key configured, every endpoint but `/health` (and the bare liveness probe) needs it.
-fn key_guard(state: &State, req: &Request<Incoming>, path: &str) -> Result<(), Error> {
+fn key_guard<B>(state: &State, req: &Request<B>, path: &str) -> Result<(), Error> {
     if let Some(key) = &state.config.api_key
         && path != "/health"
         && path != "/api/hello"
@@ -221,7 +226,10 @@ fn key_guard(state: &State, req: &Request<Incoming>, path: &str) -> Result<(), E
     Ok(())
 }
 
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(HeaderMap, Vec<u8>), Error> {
+async fn read_body<B: ReqBody>(
+    req: Request<B>,
+    limit: usize,
+) -> Result<(HeaderMap, Vec<u8>), Error> {
     let too_large = || {
         Error::new(
             ErrorKind::PayloadTooLarge,
@@ -249,8 +257,8 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(HeaderMap, V
 
 /// Read the body and run a dialect's `translate` over it with a `Ctx` (the config, the
 /// current model catalog and the request's headers).
-async fn read_translated<T>(
-    req: Request<Incoming>,
+async fn read_translated<T, B: ReqBody>(
+    req: Request<B>,
     state: &State,
     translate: fn(&mut [u8], &Ctx<'_>) -> Result<T, Error>,
 ) -> Result<T, Error> {
@@ -265,9 +273,9 @@ async fn read_translated<T>(
 }
 
 /// Handle one request.
-pub async fn handle(
+pub async fn handle<B: ReqBody>(
     state: Arc<State>,
-    req: Request<Incoming>,
+    req: Request<B>,
     _peer: SocketAddr,
 ) -> Response<RespBody> {
     let request_id = crate::upstream::request::random_id("req_");
@@ -318,9 +326,9 @@ pub async fn handle(
     resp.map(|body| super::reqlog::wrap(body, log))
 }
 
-async fn dispatch(
+async fn dispatch<B: ReqBody>(
     state: &Arc<State>,
-    req: Request<Incoming>,
+    req: Request<B>,
     path: &str,
     method: &Method,
     protocol: Protocol,

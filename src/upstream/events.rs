@@ -339,15 +339,26 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
+/// The simd-json parse state reused by every `Decoder` on a thread.
+struct Scratch {
+    bytes: Vec<u8>,
+    buffers: simd_json::Buffers,
+    tape: simd_json::tape::Tape<'static>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Option<Scratch>> = const { std::cell::Cell::new(None) };
+}
+
+/// Largest event copy whose parse buffers stay cached on a thread.
+const MAX_KEPT_SCRATCH: usize = 1024 * 1024;
+
 /// Output items tracked per response (see `dispatch`).
 const MAX_OUTPUT_ITEMS: usize = 4096;
 
 /// Turns upstream events into `Delta`s. One per upstream response; reuse across events.
 #[derive(Default)]
 pub struct Decoder {
-    scratch: Vec<u8>,
-    buffers: Option<simd_json::Buffers>,
-    tape: Option<simd_json::tape::Tape<'static>>,
     slots: Vec<Slot>,
     /// Stand-in slot for indices at or above `MAX_OUTPUT_ITEMS`.
     overflow: Slot,
@@ -387,21 +398,23 @@ impl Decoder {
         if data == b"[DONE]" {
             return Ok(());
         }
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        scratch.extend_from_slice(data);
-        let mut buffers = self
-            .buffers
-            .take()
-            .unwrap_or_else(|| simd_json::Buffers::new(256));
+        // The parse buffers are per thread, not per stream: a decode never awaits, and
+        // 10,000 idle streams must not keep 10,000 sets of them.
+        let Scratch {
+            mut bytes,
+            mut buffers,
+            tape,
+        } = SCRATCH.take().unwrap_or_else(|| Scratch {
+            bytes: Vec::new(),
+            buffers: simd_json::Buffers::new(256),
+            tape: simd_json::tape::Tape(Vec::new()),
+        });
+        bytes.clear();
+        bytes.extend_from_slice(data);
         // The tape is reused across events (`Tape::reset` re-lifetimes the empty Vec), so a
         // steady-state event allocates nothing.
-        let mut tape = self
-            .tape
-            .take()
-            .unwrap_or_else(|| simd_json::tape::Tape(Vec::new()))
-            .reset();
-        let result = match simd_json::fill_tape(&mut scratch, &mut buffers, &mut tape) {
+        let mut tape = tape.reset();
+        let (result, tape) = match simd_json::fill_tape(&mut bytes, &mut buffers, &mut tape) {
             Ok(()) => {
                 let mut de = simd_json::Deserializer::from_tape(tape);
                 let result = match RawEvent::deserialize(&mut de) {
@@ -411,16 +424,19 @@ impl Decoder {
                     }
                     Err(_) => Err(DecodeError::InvalidJson),
                 };
-                self.tape = Some(de.into_tape().reset());
-                result
+                (result, de.into_tape().reset())
             }
-            Err(_) => {
-                self.tape = Some(tape.reset());
-                Err(DecodeError::InvalidJson)
-            }
+            Err(_) => (Err(DecodeError::InvalidJson), tape.reset()),
         };
-        self.buffers = Some(buffers);
-        self.scratch = scratch;
+        // A rare huge event (a compaction item) does not pin its buffers to the thread.
+        if bytes.capacity() <= MAX_KEPT_SCRATCH {
+            bytes.clear();
+            SCRATCH.set(Some(Scratch {
+                bytes,
+                buffers,
+                tape,
+            }));
+        }
         result
     }
 

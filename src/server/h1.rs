@@ -1,0 +1,816 @@
+//! The HTTP/1.1 server connection for clients (h2 clients go to hyper).
+//!
+//! Owns: one client connection from its first complete head to its close: parsing each head
+//! (`httparse`; the head's size limit and header timeout with protocol-shaped 431/408 through
+//! `head`, for every request of the connection, not only the first), request bodies
+//! (`Content-Length` and chunked, `Expect: 100-continue`, fed to the router while it runs),
+//! keep-alive and `Connection: close`, HTTP/1.0 clients, HEAD, writing the response head and
+//! body (`Content-Length` when the size is known, else chunked, each frame written straight
+//! from the body's bytes), noticing a client that goes away mid-stream (its response body
+//! is dropped at once), and graceful shutdown (an idle connection closes, a busy one after its
+//! response).
+//!
+//! Why not hyper here: hyper keeps an 8–16 KB read buffer, an 8 KB write buffer and its
+//! connection state for as long as a response streams; a slow stream here holds a stack
+//! buffer only while it polls the socket for a close.
+//!
+//! Does not own: routing (`route`), the first-head read of the connection (`head`), h2.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Version, header};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use super::State;
+use super::head::{self, FirstHead};
+use super::route::{self, RespBody};
+use crate::error::{Error, ErrorKind, Protocol};
+
+/// Most headers in one request head (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// Request body bytes read ahead of the router.
+const BODY_AHEAD: usize = 64 * 1024;
+/// Longest wait for a client to read an error answer before its connection is dropped.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Serve one HTTP/1.x connection whose first head (and maybe more) is in `buf`.
+/// `_open` is held until the connection ends (graceful shutdown waits for it).
+pub async fn serve(
+    mut stream: TcpStream,
+    mut buf: Vec<u8>,
+    state: Arc<State>,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+    _open: mpsc::Sender<()>,
+) {
+    loop {
+        let (req, framing, keep_alive, expect) = match parse_head(&mut buf) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                let protocol = protocol_of_head(&buf);
+                answer_and_close(&mut stream, &err, protocol, Version::HTTP_11).await;
+                return;
+            }
+        };
+        let head_only = req.method() == Method::HEAD;
+        let version = req.version();
+        let mut keep_alive = keep_alive && !*stop.borrow();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let body = Incoming {
+            shared: Arc::clone(&shared),
+            done: framing == Framing::None,
+        };
+        let req = req.map(|()| body);
+        let mut feeder = Feeder {
+            framing,
+            buf: std::mem::take(&mut buf),
+            shared,
+            expect_continue: expect,
+            continue_sent: 0,
+        };
+        // Boxed: the router's future is large and lives only until the response head; held
+        // inline it would size this connection's task for as long as the connection lives.
+        let mut handler = Box::pin(route::handle(Arc::clone(&state), req, peer));
+        let resp = std::future::poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(resp) = handler.as_mut().poll(cx) {
+                    return Poll::Ready(Some(resp));
+                }
+                match feeder.poll_feed(cx, &mut stream) {
+                    Poll::Ready(Ok(true)) => continue,
+                    Poll::Ready(Ok(false)) | Poll::Pending => return Poll::Pending,
+                    // The client is gone (or sent a broken body and will get nothing).
+                    Poll::Ready(Err(_)) => return Poll::Ready(None),
+                }
+            }
+        })
+        .await;
+        drop(handler);
+        let Some(resp) = resp else {
+            return;
+        };
+        // A body the router did not read to its end makes the connection unusable.
+        let body_done = feeder.finished();
+        keep_alive &= body_done;
+        buf = feeder.buf;
+        drop(feeder.shared);
+        if buf.is_empty() {
+            // Nothing read ahead: hold no buffer while the response streams.
+            buf = Vec::new();
+        }
+        let written = write_response(&mut stream, resp, head_only, version, keep_alive).await;
+        if !written.unwrap_or(false) {
+            return;
+        }
+        if !keep_alive {
+            if !body_done {
+                linger(&mut stream).await;
+            } else {
+                let _ = stream.shutdown().await;
+            }
+            return;
+        }
+        // Next head: what was read ahead, then the socket. Idle connections close on shutdown.
+        if buf.capacity() > 4096 && buf.len() <= 4096 {
+            buf.shrink_to(4096);
+        }
+        let next = tokio::select! {
+            next = head::read_head(&mut stream, buf, state.config.header_timeout, head::MAX_HEAD_BYTES) => next,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        buf = match next {
+            FirstHead::Ready(b) => Vec::from(b),
+            FirstHead::Gone | FirstHead::Refused => return,
+        };
+    }
+}
+
+/// How the request body is delimited.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Framing {
+    None,
+    Length(u64),
+    /// Chunked; the state of the chunk decoder.
+    Chunked(Chunk),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Chunk {
+    /// Reading a chunk-size line.
+    Size,
+    /// In a chunk's data, this many bytes left.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// Trailer lines after the last chunk, until the blank line.
+    Trailers,
+}
+
+/// The request body as the router sees it: chunks the connection read ahead.
+#[derive(Default)]
+struct Shared {
+    chunks: VecDeque<Bytes>,
+    queued: usize,
+    ended: bool,
+    failed: Option<String>,
+    /// The router asked for the body (time to send `100 Continue`).
+    polled: bool,
+    waker: Option<Waker>,
+}
+
+/// The request body handed to the router.
+pub struct Incoming {
+    shared: Arc<Mutex<Shared>>,
+    done: bool,
+}
+
+#[derive(Debug)]
+pub struct BodyError(String);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+impl Body for Incoming {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let mut s = match self.shared.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        s.polled = true;
+        if let Some(chunk) = s.chunks.pop_front() {
+            s.queued -= chunk.len();
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if let Some(e) = s.failed.take() {
+            drop(s);
+            self.done = true;
+            return Poll::Ready(Some(Err(BodyError(e))));
+        }
+        if s.ended {
+            drop(s);
+            self.done = true;
+            return Poll::Ready(None);
+        }
+        s.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// Reads the request body from the socket into `Shared` while the router runs.
+struct Feeder {
+    framing: Framing,
+    /// Bytes read from the socket and not yet consumed (body, then maybe the next head).
+    buf: Vec<u8>,
+    shared: Arc<Mutex<Shared>>,
+    expect_continue: bool,
+    /// Bytes of `100 Continue` written.
+    continue_sent: usize,
+}
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+impl Feeder {
+    fn finished(&self) -> bool {
+        self.framing == Framing::None
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        match self.shared.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Move body bytes from `buf` to the router. Ok(true): progress was made.
+    fn decode(&mut self) -> Result<bool, String> {
+        let mut progressed = false;
+        loop {
+            match self.framing {
+                Framing::None => return Ok(progressed),
+                Framing::Length(0) => {
+                    self.framing = Framing::None;
+                    self.end();
+                    return Ok(true);
+                }
+                Framing::Length(left) => {
+                    if self.buf.is_empty() {
+                        return Ok(progressed);
+                    }
+                    let n = (self.buf.len() as u64).min(left) as usize;
+                    self.push(n);
+                    self.framing = Framing::Length(left - n as u64);
+                    progressed = true;
+                }
+                Framing::Chunked(Chunk::Size) => {
+                    let Some(eol) = memchr::memchr(b'\n', &self.buf) else {
+                        if self.buf.len() > 1024 {
+                            return Err("a chunk-size line is too long".into());
+                        }
+                        return Ok(progressed);
+                    };
+                    let line = self.buf.get(..eol).unwrap_or_default();
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    let hex = line
+                        .split(|b| *b == b';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim_ascii();
+                    let size = std::str::from_utf8(hex)
+                        .ok()
+                        .filter(|h| !h.is_empty() && h.len() <= 16)
+                        .and_then(|h| u64::from_str_radix(h, 16).ok())
+                        .ok_or_else(|| "invalid chunk size".to_owned())?;
+                    self.buf.drain(..=eol);
+                    self.framing = Framing::Chunked(if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    });
+                    progressed = true;
+                }
+                Framing::Chunked(Chunk::Data(left)) => {
+                    if self.buf.is_empty() {
+                        return Ok(progressed);
+                    }
+                    let n = (self.buf.len() as u64).min(left) as usize;
+                    self.push(n);
+                    self.framing = Framing::Chunked(if left == n as u64 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left - n as u64)
+                    });
+                    progressed = true;
+                }
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if self.buf.starts_with(b"\r\n") {
+                        self.buf.drain(..2);
+                    } else if self.buf.starts_with(b"\n") {
+                        self.buf.drain(..1);
+                    } else if self.buf.len() < 2 && self.buf.first().is_none_or(|b| *b == b'\r') {
+                        return Ok(progressed);
+                    } else {
+                        return Err("a chunk does not end with CRLF".into());
+                    }
+                    self.framing = Framing::Chunked(Chunk::Size);
+                    progressed = true;
+                }
+                Framing::Chunked(Chunk::Trailers) => {
+                    let Some(eol) = memchr::memchr(b'\n', &self.buf) else {
+                        if self.buf.len() > head::MAX_HEAD_BYTES {
+                            return Err("the chunked trailers are too large".into());
+                        }
+                        return Ok(progressed);
+                    };
+                    let blank = eol == 0 || (eol == 1 && self.buf.first() == Some(&b'\r'));
+                    self.buf.drain(..=eol);
+                    if blank {
+                        self.framing = Framing::None;
+                        self.end();
+                    }
+                    progressed = true;
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, n: usize) {
+        let chunk = Bytes::copy_from_slice(self.buf.get(..n).unwrap_or_default());
+        self.buf.drain(..n);
+        let mut s = self.lock();
+        s.queued += chunk.len();
+        s.chunks.push_back(chunk);
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn end(&mut self) {
+        let mut s = self.lock();
+        s.ended = true;
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn fail(&mut self, message: String) {
+        let mut s = self.lock();
+        s.failed = Some(message);
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Feed the router: `Ready(Ok(true))` when something moved, `Ready(Ok(false))` when the
+    /// body is complete (nothing more to do here), `Pending` while waiting on the socket or
+    /// the router, `Ready(Err)` when the connection failed.
+    fn poll_feed(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut TcpStream,
+    ) -> Poll<io::Result<bool>> {
+        if self.framing == Framing::None {
+            return Poll::Ready(Ok(false));
+        }
+        let (polled, queued) = {
+            let s = self.lock();
+            (s.polled, s.queued)
+        };
+        if self.expect_continue {
+            // Like hyper: `100 Continue` once the router reads the body.
+            if !polled {
+                return Poll::Pending;
+            }
+            while self.continue_sent < CONTINUE.len() {
+                let rest = CONTINUE.get(self.continue_sent..).unwrap_or_default();
+                match Pin::new(&mut *stream).poll_write(cx, rest) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => self.continue_sent += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            self.expect_continue = false;
+        }
+        match self.decode() {
+            Ok(true) => return Poll::Ready(Ok(true)),
+            Ok(false) => {}
+            Err(message) => {
+                self.fail(message.clone());
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, message)));
+            }
+        }
+        if queued >= BODY_AHEAD {
+            // The router wakes this task when it takes a chunk.
+            return Poll::Pending;
+        }
+        let mut tmp = [0u8; 16 * 1024];
+        let mut rb = ReadBuf::new(&mut tmp);
+        match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let filled = rb.filled();
+                if filled.is_empty() {
+                    self.fail("the client closed the connection mid-body".into());
+                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                }
+                self.buf.extend_from_slice(filled);
+                Poll::Ready(Ok(true))
+            }
+            Poll::Ready(Err(e)) => {
+                self.fail(format!("reading the request body: {e}"));
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Parse the complete head at the start of `buf` and remove it from `buf`. Returns the
+/// request (body to be attached), its body framing, whether the connection may be kept
+/// alive after it, and whether the client waits for `100 Continue`.
+fn parse_head(buf: &mut Vec<u8>) -> Result<(Request<()>, Framing, bool, bool), Error> {
+    let bad = |m: &str| Error::bad_request(format!("malformed HTTP request: {m}"));
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Err(bad("incomplete head")),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Error::new(
+                ErrorKind::HeadersTooLarge,
+                format!("request headers are more than the limit of {MAX_HEADERS}"),
+            ));
+        }
+        Err(e) => return Err(bad(&e.to_string())),
+    };
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+        .map_err(|_| bad("invalid method"))?;
+    let uri: http::Uri = parsed
+        .path
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| bad("invalid request target"))?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name =
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("invalid header name"))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| bad("invalid header value"))?;
+        map.append(name, value);
+    }
+    let has = |name: &HeaderName, token: &str| {
+        map.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    let mut keep_alive = match version {
+        Version::HTTP_10 => has(&header::CONNECTION, "keep-alive"),
+        _ => !has(&header::CONNECTION, "close"),
+    };
+    let expect = version == Version::HTTP_11 && has(&header::EXPECT, "100-continue");
+    let framing = if let Some(te) = map.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+        let chunked_last = te
+            .to_str()
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+        if !chunked_last || version == Version::HTTP_10 {
+            return Err(bad("unsupported transfer-encoding"));
+        }
+        if map.contains_key(header::CONTENT_LENGTH) {
+            // Both: the length is ignored, and the connection is not reused (RFC 9112 §6.3).
+            keep_alive = false;
+        }
+        Framing::Chunked(Chunk::Size)
+    } else {
+        let mut length: Option<u64> = None;
+        for v in map.get_all(header::CONTENT_LENGTH) {
+            for part in v
+                .to_str()
+                .map_err(|_| bad("invalid content-length"))?
+                .split(',')
+            {
+                let n: u64 = part
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad("invalid content-length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(bad("conflicting content-length values"));
+                }
+                length = Some(n);
+            }
+        }
+        match length {
+            Some(n) if n > 0 => Framing::Length(n),
+            _ => Framing::None,
+        }
+    };
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = map;
+    buf.drain(..len);
+    Ok((req, framing, keep_alive, expect && framing != Framing::None))
+}
+
+/// The protocol a malformed head was meant for (for the shape of the error).
+fn protocol_of_head(buf: &[u8]) -> Protocol {
+    head::protocol_guess(buf)
+}
+
+/// Answer a head that cannot be served, then close.
+async fn answer_and_close(stream: &mut TcpStream, err: &Error, protocol: Protocol, _v: Version) {
+    head::answer(stream, err, protocol).await;
+}
+
+/// Write `resp`. Returns Ok(true) when the whole response was written.
+async fn write_response(
+    stream: &mut TcpStream,
+    resp: Response<RespBody>,
+    head_only: bool,
+    version: Version,
+    keep_alive: bool,
+) -> io::Result<bool> {
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    let bodiless = head_only
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED;
+    let known = if body.is_end_stream() {
+        Some(0)
+    } else {
+        body.size_hint().exact()
+    };
+    // HTTP/1.0 has no chunked encoding: an unknown length ends with the connection.
+    let chunked = known.is_none() && !bodiless && version == Version::HTTP_11;
+    let keep_alive = keep_alive && (known.is_some() || chunked || bodiless);
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    let mut has_length = false;
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        has_date |= name == header::DATE;
+        has_length |= name == header::CONTENT_LENGTH;
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if !has_date {
+        head.extend_from_slice(b"date: ");
+        head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if status != http::StatusCode::NO_CONTENT && !status.is_informational() {
+        if chunked {
+            head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        } else if let Some(n) = known
+            && !has_length
+            && status != http::StatusCode::NOT_MODIFIED
+        {
+            head.extend_from_slice(b"content-length: ");
+            head.extend_from_slice(n.to_string().as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+    }
+    if !keep_alive {
+        head.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        head.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    let wrote = stream.write_all(&head).await;
+    // The head buffer is not kept while the body streams.
+    drop(head);
+    wrote?;
+    if bodiless || known == Some(0) {
+        // Dropped unpolled, as hyper does (the request log counts it as ended).
+        return Ok(true);
+    }
+    let mut body = Pin::new(&mut body);
+    let mut pipelined = false;
+    loop {
+        let frame = std::future::poll_fn(|cx| {
+            if let Poll::Ready(frame) = body.as_mut().poll_frame(cx) {
+                return Poll::Ready(Some(frame));
+            }
+            // Nothing to send: watch the socket so a client that goes away is noticed now.
+            if client_gone(cx, stream, &mut pipelined) {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        let Some(frame) = frame else {
+            return Ok(false);
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                if chunked {
+                    let size = format!("{:x}\r\n", data.len());
+                    write_parts(stream, &[size.as_bytes(), &data, b"\r\n"]).await?;
+                } else {
+                    write_parts(stream, &[&data]).await?;
+                }
+            }
+            Some(Err(never)) => match never {},
+            None => break,
+        }
+    }
+    if chunked {
+        stream.write_all(b"0\r\n\r\n").await?;
+    }
+    Ok(keep_alive && !pipelined)
+}
+
+/// Poll the socket of a streaming response: true when the client closed or failed. Bytes
+/// a client sends meanwhile (a pipelined request) are not expected from the clients served
+/// here and are discarded with the connection, which is then not reused.
+fn client_gone(cx: &mut Context<'_>, stream: &mut TcpStream, pipelined: &mut bool) -> bool {
+    let mut probe = [0u8; 64];
+    loop {
+        let mut rb = ReadBuf::new(&mut probe);
+        match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => return true,
+            Poll::Ready(Ok(())) => *pipelined = true,
+            Poll::Ready(Err(_)) => return true,
+            Poll::Pending => return false,
+        }
+    }
+}
+
+/// Write all of `parts` with vectored writes (no copy into a buffer).
+async fn write_parts(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut written = 0;
+    while written < total {
+        let mut skip = written;
+        let mut slices: [io::IoSlice<'_>; 3] = [io::IoSlice::new(&[]); 3];
+        let mut k = 0;
+        for p in parts {
+            if skip >= p.len() {
+                skip -= p.len();
+                continue;
+            }
+            if let Some(slot) = slices.get_mut(k) {
+                *slot = io::IoSlice::new(p.get(skip..).unwrap_or_default());
+                k += 1;
+            }
+            skip = 0;
+        }
+        let n = stream
+            .write_vectored(slices.get(..k).unwrap_or_default())
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        written += n;
+    }
+    Ok(())
+}
+
+/// Close after an answer the client may still be sending a body for: stop writing, then
+/// read and discard for a while so the close does not reset the connection (which could
+/// destroy the answer before the client reads it).
+async fn linger(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        // On the heap: an array here would size every connection's task.
+        let mut sink = vec![0u8; 4096];
+        loop {
+            match tokio::io::AsyncReadExt::read(stream, &mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feeder(framing: Framing, bytes: &[u8]) -> Feeder {
+        Feeder {
+            framing,
+            buf: bytes.to_vec(),
+            shared: Arc::new(Mutex::new(Shared::default())),
+            expect_continue: false,
+            continue_sent: 0,
+        }
+    }
+
+    fn body_of(f: &Feeder) -> Vec<u8> {
+        let s = f.lock();
+        s.chunks.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    #[test]
+    fn a_head_is_parsed_and_removed_leaving_the_rest() {
+        let mut buf = b"POST /v1/messages?x=1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\nbodyGET".to_vec();
+        let (req, framing, keep_alive, expect) = parse_head(&mut buf).unwrap();
+        assert_eq!(req.method(), Method::POST);
+        assert_eq!(req.uri().path(), "/v1/messages");
+        assert_eq!(req.headers()["host"], "localhost");
+        assert_eq!(framing, Framing::Length(4));
+        assert!(keep_alive && expect);
+        assert_eq!(buf, b"bodyGET");
+    }
+
+    #[test]
+    fn connection_close_http_1_0_and_conflicting_lengths() {
+        let mut buf = b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec();
+        assert!(!parse_head(&mut buf).unwrap().2);
+        let mut buf = b"GET / HTTP/1.0\r\n\r\n".to_vec();
+        assert!(!parse_head(&mut buf).unwrap().2);
+        let mut buf = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".to_vec();
+        assert!(parse_head(&mut buf).unwrap().2);
+        let mut buf = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n".to_vec();
+        assert_eq!(
+            parse_head(&mut buf).unwrap_err().kind,
+            ErrorKind::BadRequest
+        );
+        let mut buf = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec();
+        assert!(parse_head(&mut buf).is_err());
+        // Chunked wins over a length, and the connection is not reused.
+        let mut buf =
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let (_, framing, keep_alive, _) = parse_head(&mut buf).unwrap();
+        assert_eq!(framing, Framing::Chunked(Chunk::Size));
+        assert!(!keep_alive);
+    }
+
+    #[test]
+    fn a_chunked_body_is_decoded_and_the_next_head_is_left() {
+        let mut f = feeder(
+            Framing::Chunked(Chunk::Size),
+            b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\nGET / HTTP/1.1",
+        );
+        assert_eq!(f.decode(), Ok(true));
+        assert!(f.finished());
+        assert_eq!(body_of(&f), b"hello world");
+        assert!(f.lock().ended);
+        assert_eq!(f.buf, b"GET / HTTP/1.1");
+    }
+
+    #[test]
+    fn a_chunked_body_split_anywhere_decodes_the_same() {
+        let wire = b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n";
+        for cut in 0..wire.len() {
+            let mut f = feeder(Framing::Chunked(Chunk::Size), &wire[..cut]);
+            f.decode().unwrap();
+            f.buf.extend_from_slice(&wire[cut..]);
+            f.decode().unwrap();
+            assert!(f.finished(), "cut at {cut}");
+            assert_eq!(body_of(&f), b"abc0123456789abcdef", "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn broken_chunks_fail() {
+        let mut f = feeder(Framing::Chunked(Chunk::Size), b"zz\r\n");
+        assert!(f.decode().is_err());
+        let mut f = feeder(Framing::Chunked(Chunk::Size), b"3\r\nabcX\r\n");
+        assert!(f.decode().is_err());
+    }
+
+    #[test]
+    fn a_length_body_stops_at_its_length() {
+        let mut f = feeder(Framing::Length(3), b"abcGET");
+        assert_eq!(f.decode(), Ok(true));
+        assert!(f.finished());
+        assert_eq!(body_of(&f), b"abc");
+        assert_eq!(f.buf, b"GET");
+    }
+}
