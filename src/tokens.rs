@@ -22,10 +22,20 @@ fn bpe() -> Option<&'static CoreBPE> {
     BPE.get_or_init(|| tiktoken_rs::o200k_base().ok()).as_ref()
 }
 
-/// Build the tokenizer now (about 0.1-0.3 s), e.g. at server start, so the first
-/// `count_tokens` request does not pay for it.
+/// Build the tokenizer now (about 0.1-0.3 s and ~45 MB), so a later `count_tokens` does
+/// not pay for it.
 pub fn warm() {
     let _ = bpe();
+}
+
+/// Build the tokenizer on a blocking thread, once per process. The server calls this on
+/// its first Anthropic request (Claude Code counts tokens; other clients never need the
+/// vocabulary), so an idle server or an OpenAI-only one stays small.
+pub fn warm_in_background() {
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !STARTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tokio::task::spawn_blocking(warm);
+    }
 }
 
 /// The exact o200k_base token count of `text` (special-token strings count as plain text).

@@ -122,8 +122,6 @@ impl Server {
             .local_addr()
             .map_err(|e| Error::internal(format!("listener address: {e}")))?;
         let state = Arc::new(State::new(config)?);
-        // Build the o200k tokenizer off the request path so the first count_tokens is fast.
-        tokio::task::spawn_blocking(crate::tokens::warm);
         let (shutdown, rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&state), rx));
         Ok(Server {

@@ -411,6 +411,7 @@ async fn dispatch<B: ReqBody>(
             }
         }
         (&Method::POST, "/v1/messages") | (&Method::POST, "/messages") => {
+            crate::tokens::warm_in_background();
             let plan = read_translated(req, state, messages::translate).await?;
             Ok(pipeline::run(state, plan, request_id).await)
         }
