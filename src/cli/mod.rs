@@ -33,10 +33,12 @@ pub(crate) async fn fetch(
 ) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
     let uri = req.uri().clone();
     let exchange = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| format!("cannot reach {uri}: {}", error_chain(&e)))?;
+        let resp = client.request(req).await.map_err(|e| {
+            format!(
+                "cannot reach {uri}: {}",
+                crate::upstream::client::error_chain(&e)
+            )
+        })?;
         let status = resp.status();
         let (parts, body) = resp.into_parts();
         let bytes = Limited::new(body, MAX_BODY)
@@ -49,17 +51,6 @@ pub(crate) async fn fetch(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| format!("{uri} did not answer within {} s", timeout.as_secs()))?
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 /// Writes a command's output to stdout. A closed pipe (`codex-as-api usage | head -1`) is

@@ -83,7 +83,7 @@ pub async fn send(
                     ErrorKind::BadGateway,
                     format!(
                         "cannot reach the upstream at {url}: {}",
-                        super::pipeline::error_chain(&e)
+                        crate::upstream::client::error_chain(&e)
                     ),
                 )
                 .with_code("upstream_unreachable"));

@@ -387,17 +387,6 @@ fn retry_wait(state: &State, err: &Error, attempt: &mut u32) -> Option<Duration>
     Some(wait)
 }
 
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
 fn stream_response<E: crate::dialect::Encoder>(
     t: Translate<E>,
     content_type: &'static str,
@@ -445,7 +434,10 @@ async fn collect(body: Upstream, idle: Duration) -> Result<Collected, Error> {
             Some(Err(e)) => {
                 return Err(Error::new(
                     ErrorKind::BadGateway,
-                    format!("upstream connection failed: {}", error_chain(&e)),
+                    format!(
+                        "upstream connection failed: {}",
+                        crate::upstream::client::error_chain(&e)
+                    ),
                 ));
             }
             None => {

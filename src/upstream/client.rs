@@ -24,22 +24,40 @@ pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBod
 
 /// Build the pooled client. `ca_file` adds PEM roots (the emulator's test CA, a corporate CA).
 pub fn build(ca_file: Option<&Path>) -> Result<HttpClient, Error> {
-    let tls = tls_config(ca_file)?;
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(ca_file)?)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(tcp_connector());
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(https))
+}
+
+/// The TCP side of every upstream connection: no Nagle, a 15 s connect timeout, TCP
+/// keepalive.
+pub(crate) fn tcp_connector() -> HttpConnector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(15)));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(https))
+    http
+}
+
+/// An error and its chain of sources, `: `-separated (hyper's own message is often just
+/// "client error (Connect)"; the cause is further down).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        msg.push_str(": ");
+        msg.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    msg
 }
 
 /// The TLS client settings: webpki roots plus the PEM roots of `ca_file`.

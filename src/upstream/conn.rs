@@ -42,7 +42,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use super::client::ReqBody;
+use super::client::{ReqBody, error_chain};
 use crate::error::{Error, ErrorKind};
 
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
@@ -104,17 +104,11 @@ impl Pool {
         ca_file: Option<&Path>,
         shared: super::client::HttpClient,
     ) -> Result<Arc<Pool>, Error> {
-        let tls = super::client::tls_config(ca_file)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(15)));
-        http.set_keepalive(Some(Duration::from_secs(60)));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config(super::client::tls_config(ca_file)?)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(super::client::tcp_connector());
         Ok(Arc::new(Pool {
             connector: Mutex::new(https),
             idle: Mutex::new(Vec::new()),
@@ -134,16 +128,9 @@ impl Pool {
     ) -> Result<Response<Upstream>, Error> {
         if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
             let resp = self.shared.request(req).await.map_err(|e| {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(inner) = src {
-                    msg.push_str(": ");
-                    msg.push_str(&inner.to_string());
-                    src = inner.source();
-                }
                 Error::new(
                     ErrorKind::BadGateway,
-                    format!("cannot reach the upstream: {msg}"),
+                    format!("cannot reach the upstream: {}", error_chain(&e)),
                 )
                 .with_code("upstream_unreachable")
             })?;
@@ -258,16 +245,9 @@ impl Pool {
 }
 
 fn transport(e: hyper::Error) -> Error {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(inner) = src {
-        msg.push_str(": ");
-        msg.push_str(&inner.to_string());
-        src = inner.source();
-    }
     Error::new(
         ErrorKind::BadGateway,
-        format!("upstream connection failed: {msg}"),
+        format!("upstream connection failed: {}", error_chain(&e)),
     )
     .with_code("upstream_unreachable")
 }
