@@ -229,12 +229,15 @@ async fn client(
         let mut stamps = 0;
         carry.clear();
         let mut failed = false;
+        // The last bytes received, so a short stream says how it ended.
+        let mut tail = Bytes::new();
         while let Some(frame) = body.frame().await {
             let now = clock_ns();
             match frame {
                 Ok(f) => {
                     if let Ok(data) = f.into_data() {
                         let n = scan(&mut carry, &data, now, &mut seen.latency_ns);
+                        tail = data;
                         if n > 0 && first.is_none() {
                             first = Some(now);
                         }
@@ -252,8 +255,10 @@ async fn client(
             seen.errors += 1;
             if seen.errors == 1 {
                 eprintln!(
-                    "load: {}: {stamps} stamped deltas, expected {}",
-                    target.path, target.deltas
+                    "load: {}: {stamps} stamped deltas, expected {}; failed: {failed}; last frame: {:?}",
+                    target.path,
+                    target.deltas,
+                    String::from_utf8_lossy(&tail[tail.len().saturating_sub(400)..])
                 );
             }
             continue;

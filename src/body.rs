@@ -316,7 +316,10 @@ impl<E: Encoder> Translate<E> {
                     self.upstream = None;
                     let err = Error::new(
                         ErrorKind::BadGateway,
-                        format!("upstream connection failed mid-stream: {e}"),
+                        format!(
+                            "upstream connection failed mid-stream: {}",
+                            crate::upstream::client::error_chain(&e)
+                        ),
                     );
                     self.fail(committed, err);
                 }

@@ -335,3 +335,96 @@ async fn keep_alive_chunked_bodies_continue_head_and_pipelining_on_one_connectio
     assert_eq!(text.matches("\"status\":\"ok\"").count(), 1, "{text}");
     assert_eq!(text.matches("HTTP/1.1 ").count(), 4, "{text}");
 }
+
+/// Clients that stop reading must not break or stall the other streams multiplexed on the
+/// shared h2 (TLS) upstream connection. Each stalled stream leaves thousands of small DATA
+/// frames buffered in the proxy; with hyper's default windows (5 MB for the connection) a
+/// few such streams used up the connection window (every stream stalled) or h2's budget for
+/// buffered small frames (GOAWAY `too_many_data_frames`: every stream on it failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_never_break_other_streams_on_the_shared_h2_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let emu = codex_as_api::emulator::Emulator::start(EmulatorConfig {
+        tls: true,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, emu.ca_pem().unwrap()).unwrap();
+    let auth = dir.path().join("auth.json");
+    emu.issue_credentials(3600).write_auth_json(&auth).unwrap();
+    let mut config = codex_as_api::config::Config::for_tests(&emu.base_url(), auth);
+    config.ca_file = Some(ca);
+    config.token_url = emu.token_url();
+    let server = codex_as_api::server::Server::start(config).await.unwrap();
+    let addr = server.addr();
+
+    // Stalled clients: a tiny receive buffer, a long stream of one HTTP chunk per event,
+    // and nothing read until the end.
+    const STALLED: usize = 6;
+    const DELTAS: usize = 30_000;
+    let body = json!({"model": "gpt-5.5", "stream": true,
+        "messages": [{"role": "user", "content": format!("EMU:deltas:{DELTAS} EMU:perevent")}]})
+    .to_string();
+    let mut stalled = Vec::new();
+    for _ in 0..STALLED {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut s = sock.connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body.as_bytes()).await.unwrap();
+        stalled.push(s);
+    }
+    // Let the upstream fill every stalled stream's buffers in the proxy.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Other streams on the same upstream connection still run to the end.
+    let http = reqwest::Client::new();
+    for i in 0..3 {
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            http.post(format!("http://{addr}/v1/chat/completions"))
+                .json(&json!({"model": "gpt-5.5", "stream": true,
+                    "messages": [{"role": "user", "content": "EMU:deltas:200 EMU:perevent"}]}))
+                .send(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("request {i} stalled behind the stalled clients"))
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = tokio::time::timeout(Duration::from_secs(20), r.text())
+            .await
+            .unwrap_or_else(|_| panic!("stream {i} stalled behind the stalled clients"))
+            .unwrap();
+        assert!(!text.contains("\"error\""), "stream {i}: {text}");
+        assert!(text.ends_with("data: [DONE]\n\n"), "stream {i}");
+    }
+
+    // The stalled streams lost nothing either: every delta, no error, a clean end.
+    for (i, mut s) in stalled.into_iter().enumerate() {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut out))
+            .await
+            .unwrap_or_else(|_| panic!("stalled stream {i} never finished"))
+            .unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            !text.contains("\"error\""),
+            "stalled stream {i} failed: {}",
+            &text[text.len().saturating_sub(600)..]
+        );
+        let deltas = text.matches("\"content\":\"").count();
+        // One role chunk with empty content, then one chunk per delta.
+        assert_eq!(deltas, DELTAS + 1, "stalled stream {i}");
+        // Raw HTTP/1.1: the last event, then the chunked body's terminator.
+        assert!(text.contains("data: [DONE]\n\n"), "stalled stream {i}");
+        assert!(text.ends_with("\r\n0\r\n\r\n"), "stalled stream {i}");
+    }
+}

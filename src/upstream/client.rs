@@ -2,8 +2,9 @@
 //!
 //! Owns: building the hyper-util client with hyper-rustls once at start-up (webpki roots plus
 //! the PEM roots of `CODEX_AS_API_CA_FILE`, HTTP/1.1 and h2 by ALPN, plain http for loopback
-//! test backends). Every caller clones the handle; nothing rebuilds it per request. The
-//! streaming `/responses` calls use the driven connections of `conn` instead.
+//! test backends; h2 windows sized so that clients that stop reading never stall or break
+//! the other streams of a shared connection). Every caller clones the handle; nothing
+//! rebuilds it per request. The streaming `/responses` calls use the driven connections of `conn` instead.
 
 use std::path::Path;
 use std::time::Duration;
@@ -33,8 +34,21 @@ pub fn build(ca_file: Option<&Path>) -> Result<HttpClient, Error> {
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
+        .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+        .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
         .build(https))
 }
+
+/// How far one h2 stream may run ahead of its client: what a client that stops reading
+/// leaves buffered in the proxy (hyper's default is 2 MiB).
+const H2_STREAM_WINDOW: u32 = 1 << 20;
+
+/// The h2 connection window, as large as the protocol allows, so that only stream windows
+/// limit buffering. With hyper's 5 MiB, a few clients that stop reading used up the
+/// connection's window and stalled every other stream on it; and h2's budget for buffered
+/// small DATA frames (half this window; Codex sends one small frame per SSE event) ran out,
+/// which closes the connection with `ENHANCE_YOUR_CALM` and fails all of its streams.
+const H2_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 
 /// The TCP side of every upstream connection: no Nagle, a 15 s connect timeout, TCP
 /// keepalive.
