@@ -577,6 +577,17 @@ async fn memgen_and_subagent_go_upstream_as_headers_from_headers_or_body_fields(
 }
 
 #[tokio::test]
+async fn no_compression_setting_sends_plain_json_bodies() {
+    let h = Harness::with(|c| c.compress = false).await;
+    let r = h.post("/v1/chat/completions", &user("plain body")).await;
+    assert_eq!(r.status(), 200);
+    let up = h.last_upstream();
+    assert!(!up.zstd, "no_compression turns zstd off");
+    assert!(up.headers.iter().all(|(k, _)| k != "content-encoding"));
+    assert_eq!(up.body["input"][0]["content"][0]["text"], "plain body");
+}
+
+#[tokio::test]
 async fn usage_limit_is_429_with_retry_after_and_reset_time() {
     let h = Harness::start().await;
     let r = h.post("/v1/chat/completions", &user("EMU:429")).await;
