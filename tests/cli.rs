@@ -597,6 +597,43 @@ fn every_flag_of_every_subcommand_names_its_env_var() {
 }
 
 #[test]
+fn readme_documents_every_flag_and_env_var_of_every_subcommand() {
+    let home = tempfile::tempdir().unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut missing = Vec::new();
+    for sub in ["", "login", "usage", "claude", "env", "emulator"] {
+        let mut c = std_bin(home.path());
+        if !sub.is_empty() {
+            c.arg(sub);
+        }
+        let help = String::from_utf8_lossy(&c.arg("--help").output().unwrap().stdout).into_owned();
+        for e in option_entries(&help) {
+            let flag = e
+                .split([' ', ','])
+                .find(|w| w.starts_with("--"))
+                .unwrap_or_default();
+            if flag == "--help" || flag == "--version" {
+                continue;
+            }
+            if !readme.contains(&format!("`{flag}")) && !readme.contains(&format!(" {flag}")) {
+                missing.push(format!("{sub} {flag}"));
+            }
+            if let Some(env) = e.split("[env: ").nth(1) {
+                let name: String = env
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !readme.contains(&name) {
+                    missing.push(format!("{sub} {flag}: {name}"));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not in README.md: {missing:?}");
+}
+
+#[test]
 fn version_and_completions() {
     let home = tempfile::tempdir().unwrap();
     let v = std_bin(home.path()).arg("--version").output().unwrap();
