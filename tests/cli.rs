@@ -534,6 +534,88 @@ async fn claude_reports_a_missing_claude_binary() {
     assert!(err.contains("CODEX_AS_API_CLAUDE_BIN"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_serves_every_endpoint_without_a_chatgpt_login() {
+    // A fresh machine: no auth.json, no config, no backend.
+    let home = tempfile::tempdir().unwrap();
+    let mut child = bin(home.path())
+        .args(["--demo", "--port", "0", "--log-format", "json"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let warning = log_line(&mut err, |v| v["level"] == "WARN").await;
+    assert!(warning.to_string().contains("DEMO MODE"), "{warning}");
+    let banner = log_line(&mut err, |v| v["fields"]["address"].is_string()).await;
+    assert_eq!(banner["fields"]["auth_available"], true, "{banner}");
+    let base = format!("http://{}", banner["fields"]["address"].as_str().unwrap());
+    let http = reqwest::Client::new();
+    let health: Value = http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["auth_available"], true, "{health}");
+    let chat =
+        serde_json::json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": "hi"}]});
+    let msg = serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let mut chat_stream = chat.clone();
+    chat_stream["stream"] = Value::Bool(true);
+    let mut msg_stream = msg.clone();
+    msg_stream["stream"] = Value::Bool(true);
+    for (path, body) in [
+        ("/v1/chat/completions", chat.clone()),
+        ("/v1/chat/completions", chat_stream),
+        ("/v1/messages", msg.clone()),
+        ("/v1/messages", msg_stream),
+        ("/v1/messages/count_tokens", msg.clone()),
+        ("/v1/messages/compact", msg),
+        (
+            "/v1/responses",
+            serde_json::json!({"model": "gpt-5.5", "input": "hi"}),
+        ),
+        (
+            "/v1/compact",
+            serde_json::json!({"model": "gpt-5.5", "input": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/images/generations",
+            serde_json::json!({"prompt": "a red square"}),
+        ),
+        (
+            "/v1/inspect",
+            serde_json::json!({"prompt": "what is this?"}),
+        ),
+    ] {
+        let r = http
+            .post(format!("{base}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 200, "{path} {body}: {text}");
+        assert!(
+            !text.contains("\"error\":{") && !text.contains("\"type\":\"error\""),
+            "{path} {body}: {text}"
+        );
+    }
+    for path in ["/v1/models", "/usage"] {
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    assert!(
+        !home.path().join(".codex/auth.json").exists(),
+        "the demo never writes the user's credentials"
+    );
+    child.kill().await.unwrap();
+}
+
 /// Option entries of a `--help` text: each starts at a line whose first token is a flag.
 fn option_entries(help: &str) -> Vec<String> {
     let mut entries: Vec<String> = Vec::new();
