@@ -174,6 +174,60 @@ async fn login_browser_flow_writes_codex_auth_json_that_usage_can_use() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn login_opens_the_sign_in_url_in_a_browser_when_there_is_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let emu = emulator().await;
+    let home = tempfile::tempdir().unwrap();
+    // A graphical session whose browser opener records the URL it was given.
+    let bin_dir = home.path().join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let opener = bin_dir.join("xdg-open");
+    let record = home.path().join("opened-url");
+    std::fs::write(
+        &opener,
+        format!("#!/bin/sh\nprintf '%s' \"$1\" > '{}'\n", record.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&opener, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = bin(home.path())
+        .args(["login", "--callback-port", "0"])
+        .args(["--auth-base-url", &emu.auth_base_url()])
+        .env("PATH", path)
+        .env("DISPLAY", ":99")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let prefix = format!("{}/oauth/authorize?", emu.auth_base_url());
+    let printed = loop {
+        let line = next_line(&mut out).await;
+        if line.trim().starts_with(&prefix) {
+            break line.trim().to_owned();
+        }
+    };
+    let mut opened = String::new();
+    for _ in 0..200 {
+        opened = std::fs::read_to_string(&record).unwrap_or_default();
+        if !opened.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(opened, printed, "the browser gets the printed sign-in URL");
+    // The browser's part: follow the issuer's redirects through the local callback.
+    let page = reqwest::get(&opened).await.unwrap();
+    assert_eq!(page.status(), 200);
+    while let Ok(Some(_)) = out.next_line().await {}
+    assert!(finish(child).await.success());
+    assert_codex_auth_json(&home.path().join(".codex/auth.json"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn login_device_flow_polls_until_approved_and_writes_auth_json() {
     let emu = emulator().await;
     let home = tempfile::tempdir().unwrap();
