@@ -613,6 +613,19 @@ async fn demo_serves_every_endpoint_without_a_chatgpt_login() {
         .await
         .unwrap();
     assert_eq!(health["auth_available"], true, "{health}");
+    assert_eq!(health["demo"], true, "{health}");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| `GET /health`"))
+        .unwrap();
+    for k in health.as_object().unwrap().keys() {
+        assert!(
+            row.contains(&format!("`{k}`")),
+            "README's /health row lacks `{k}`"
+        );
+    }
     let chat =
         serde_json::json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": "hi"}]});
     let msg = serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 64,
