@@ -838,6 +838,42 @@ async fn connect_failure_is_502_with_a_clear_message() {
 }
 
 #[tokio::test]
+async fn connect_errors_are_retried_with_backoff_until_the_upstream_comes_up() {
+    // A port nothing listens on yet; the upstream appears there ~300 ms after the request.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let h = Harness::with(|c| {
+        c.upstream_url = format!("http://127.0.0.1:{port}/backend-api");
+        c.upstream_retries = 3;
+    })
+    .await;
+    let emu = h.emu.addr();
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        loop {
+            let (mut down, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut up = tokio::net::TcpStream::connect(emu).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            });
+        }
+    });
+    let started = Instant::now();
+    let r = h.post(CHAT, &chat(json!("hello again"))).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "answered only once the upstream was up"
+    );
+    assert_eq!(h.emu.stats().responses_requests, 1);
+    late.abort();
+}
+
+#[tokio::test]
 async fn dns_failure_is_502_with_a_clear_message() {
     let h = Harness::with(|c| {
         c.upstream_url = "http://no-such-host.invalid/backend-api".into();
