@@ -329,6 +329,57 @@ async fn invalid_base64_or_unsupported_image_data_gets_400() {
 }
 
 #[tokio::test]
+async fn bad_input_on_the_responses_endpoint_gets_400_in_openai_shape() {
+    const RESPONSES: &str = "/v1/responses";
+    let h = Harness::start().await;
+    bad_input_while_serving(&h, || async {
+        let m = openai_error(
+            post_raw(&h, RESPONSES, b"{\"model\": \"gpt".to_vec()).await,
+            400,
+        )
+        .await;
+        assert!(m.contains("not valid JSON"), "{m}");
+        let m = openai_error(
+            post_raw(
+                &h,
+                RESPONSES,
+                b"{\"model\":\"gpt-5.5\",\"input\":\"\xff\"}".to_vec(),
+            )
+            .await,
+            400,
+        )
+        .await;
+        assert!(m.contains("UTF-8"), "{m}");
+        let deep = format!(
+            "{{\"model\":\"gpt-5.5\",\"input\":{}{}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let m = openai_error(post_raw(&h, RESPONSES, deep.into_bytes()).await, 400).await;
+        assert!(m.contains("nested deeper than the limit of 128"), "{m}");
+        for (body, field) in [
+            (json!({"model": 5, "input": "hi"}), "model"),
+            (json!({"model": "gpt-5.5", "input": 42}), "input"),
+            (
+                json!({"model": "gpt-5.5", "input": "hi", "stream": "yes"}),
+                "stream",
+            ),
+            (json!({"input": "hi"}), "model"),
+            (json!({"model": "gpt-5.5"}), "input"),
+            (
+                json!({"model": "gpt-5.5", "input": [{"role": "wizard", "content": "x"}]}),
+                "wizard",
+            ),
+        ] {
+            let m = openai_error(h.post(RESPONSES, &body).await, 400).await;
+            assert!(m.contains(field), "{body}: {m}");
+        }
+    })
+    .await;
+    assert_eq!(h.emu.stats().responses_requests, 3, "only the good ones");
+}
+
+#[tokio::test]
 async fn unknown_roles_get_400_naming_the_role() {
     let h = Harness::start().await;
     bad_input_while_serving(&h, || async {
