@@ -173,6 +173,8 @@ async fn login_browser_flow_writes_codex_auth_json_that_usage_can_use() {
     assert_eq!(doc["plan_type"], "plus");
 }
 
+// macOS always opens URLs with `open`; the fake opener is the Linux/BSD `xdg-open`.
+#[cfg(not(target_os = "macos"))]
 #[tokio::test(flavor = "multi_thread")]
 async fn login_opens_the_sign_in_url_in_a_browser_when_there_is_one() {
     use std::os::unix::fs::PermissionsExt;
