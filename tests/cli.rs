@@ -682,7 +682,33 @@ async fn demo_serves_every_endpoint_without_a_chatgpt_login() {
         !home.path().join(".codex/auth.json").exists(),
         "the demo never writes the user's credentials"
     );
-    child.kill().await.unwrap();
+    // On SIGTERM it exits cleanly and removes its throwaway credentials.
+    let pid = child.id().unwrap();
+    let demo_dirs = || {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("codex-as-api-demo-{pid}-"))
+            })
+            .count()
+    };
+    assert_eq!(
+        demo_dirs(),
+        1,
+        "the demo keeps its credentials in a temp dir"
+    );
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(finish(child).await.success());
+    assert_eq!(demo_dirs(), 0, "removed on exit");
 }
 
 /// Option entries of a `--help` text: each starts at a line whose first token is a flag.
