@@ -533,6 +533,61 @@ async fn cache_key_subagent_and_session_headers_go_upstream() {
 }
 
 #[tokio::test]
+async fn memgen_and_subagent_go_upstream_as_headers_from_headers_or_body_fields() {
+    let h = Harness::start().await;
+    let header = |up: &codex_as_api::emulator::RecordedRequest, n: &str| {
+        up.headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+    };
+    let r = h
+        .post_with(
+            "/v1/chat/completions",
+            &user("hi"),
+            &[("x-openai-memgen-request", "true")],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let up = h.last_upstream();
+    assert_eq!(
+        header(&up, "x-openai-memgen-request").as_deref(),
+        Some("true")
+    );
+    assert_eq!(header(&up, "x-openai-subagent"), None);
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gpt-5.5", "subagent": "compact", "memgen_request": true,
+                "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let up = h.last_upstream();
+    assert_eq!(header(&up, "x-openai-subagent").as_deref(), Some("compact"));
+    assert_eq!(
+        header(&up, "x-openai-memgen-request").as_deref(),
+        Some("true")
+    );
+    assert!(up.body.get("subagent").is_none() && up.body.get("memgen_request").is_none());
+    h.post("/v1/chat/completions", &user("hi")).await;
+    let up = h.last_upstream();
+    assert_eq!(header(&up, "x-openai-subagent"), None);
+    assert_eq!(header(&up, "x-openai-memgen-request"), None);
+}
+
+#[tokio::test]
+async fn no_compression_setting_sends_plain_json_bodies() {
+    let h = Harness::with(|c| c.compress = false).await;
+    let r = h.post("/v1/chat/completions", &user("plain body")).await;
+    assert_eq!(r.status(), 200);
+    let up = h.last_upstream();
+    assert!(!up.zstd, "no_compression turns zstd off");
+    assert!(up.headers.iter().all(|(k, _)| k != "content-encoding"));
+    assert_eq!(up.body["input"][0]["content"][0]["text"], "plain body");
+}
+
+#[tokio::test]
 async fn usage_limit_is_429_with_retry_after_and_reset_time() {
     let h = Harness::start().await;
     let r = h.post("/v1/chat/completions", &user("EMU:429")).await;

@@ -173,6 +173,62 @@ async fn login_browser_flow_writes_codex_auth_json_that_usage_can_use() {
     assert_eq!(doc["plan_type"], "plus");
 }
 
+// macOS always opens URLs with `open`; the fake opener is the Linux/BSD `xdg-open`.
+#[cfg(not(target_os = "macos"))]
+#[tokio::test(flavor = "multi_thread")]
+async fn login_opens_the_sign_in_url_in_a_browser_when_there_is_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let emu = emulator().await;
+    let home = tempfile::tempdir().unwrap();
+    // A graphical session whose browser opener records the URL it was given.
+    let bin_dir = home.path().join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let opener = bin_dir.join("xdg-open");
+    let record = home.path().join("opened-url");
+    std::fs::write(
+        &opener,
+        format!("#!/bin/sh\nprintf '%s' \"$1\" > '{}'\n", record.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&opener, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = bin(home.path())
+        .args(["login", "--callback-port", "0"])
+        .args(["--auth-base-url", &emu.auth_base_url()])
+        .env("PATH", path)
+        .env("DISPLAY", ":99")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let prefix = format!("{}/oauth/authorize?", emu.auth_base_url());
+    let printed = loop {
+        let line = next_line(&mut out).await;
+        if line.trim().starts_with(&prefix) {
+            break line.trim().to_owned();
+        }
+    };
+    let mut opened = String::new();
+    for _ in 0..200 {
+        opened = std::fs::read_to_string(&record).unwrap_or_default();
+        if !opened.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(opened, printed, "the browser gets the printed sign-in URL");
+    // The browser's part: follow the issuer's redirects through the local callback.
+    let page = reqwest::get(&opened).await.unwrap();
+    assert_eq!(page.status(), 200);
+    while let Ok(Some(_)) = out.next_line().await {}
+    assert!(finish(child).await.success());
+    assert_codex_auth_json(&home.path().join(".codex/auth.json"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn login_device_flow_polls_until_approved_and_writes_auth_json() {
     let emu = emulator().await;
@@ -534,6 +590,127 @@ async fn claude_reports_a_missing_claude_binary() {
     assert!(err.contains("CODEX_AS_API_CLAUDE_BIN"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_serves_every_endpoint_without_a_chatgpt_login() {
+    // A fresh machine: no auth.json, no config, no backend.
+    let home = tempfile::tempdir().unwrap();
+    let mut child = bin(home.path())
+        .args(["--demo", "--port", "0", "--log-format", "json"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let warning = log_line(&mut err, |v| v["level"] == "WARN").await;
+    assert!(warning.to_string().contains("DEMO MODE"), "{warning}");
+    let banner = log_line(&mut err, |v| v["fields"]["address"].is_string()).await;
+    assert_eq!(banner["fields"]["auth_available"], true, "{banner}");
+    let base = format!("http://{}", banner["fields"]["address"].as_str().unwrap());
+    let http = reqwest::Client::new();
+    let health: Value = http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["auth_available"], true, "{health}");
+    assert_eq!(health["demo"], true, "{health}");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| `GET /health`"))
+        .unwrap();
+    for k in health.as_object().unwrap().keys() {
+        assert!(
+            row.contains(&format!("`{k}`")),
+            "README's /health row lacks `{k}`"
+        );
+    }
+    let chat =
+        serde_json::json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": "hi"}]});
+    let msg = serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let mut chat_stream = chat.clone();
+    chat_stream["stream"] = Value::Bool(true);
+    let mut msg_stream = msg.clone();
+    msg_stream["stream"] = Value::Bool(true);
+    for (path, body) in [
+        ("/v1/chat/completions", chat.clone()),
+        ("/v1/chat/completions", chat_stream),
+        ("/v1/messages", msg.clone()),
+        ("/v1/messages", msg_stream),
+        ("/v1/messages/count_tokens", msg.clone()),
+        ("/v1/messages/compact", msg),
+        (
+            "/v1/responses",
+            serde_json::json!({"model": "gpt-5.5", "input": "hi"}),
+        ),
+        (
+            "/v1/compact",
+            serde_json::json!({"model": "gpt-5.5", "input": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/images/generations",
+            serde_json::json!({"prompt": "a red square"}),
+        ),
+        (
+            "/v1/inspect",
+            serde_json::json!({"prompt": "what is this?"}),
+        ),
+    ] {
+        let r = http
+            .post(format!("{base}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 200, "{path} {body}: {text}");
+        assert!(
+            !text.contains("\"error\":{") && !text.contains("\"type\":\"error\""),
+            "{path} {body}: {text}"
+        );
+    }
+    for path in ["/v1/models", "/usage"] {
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    assert!(
+        !home.path().join(".codex/auth.json").exists(),
+        "the demo never writes the user's credentials"
+    );
+    // On SIGTERM it exits cleanly and removes its throwaway credentials.
+    let pid = child.id().unwrap();
+    let demo_dirs = || {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("codex-as-api-demo-{pid}-"))
+            })
+            .count()
+    };
+    assert_eq!(
+        demo_dirs(),
+        1,
+        "the demo keeps its credentials in a temp dir"
+    );
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(finish(child).await.success());
+    assert_eq!(demo_dirs(), 0, "removed on exit");
+}
+
 /// Option entries of a `--help` text: each starts at a line whose first token is a flag.
 fn option_entries(help: &str) -> Vec<String> {
     let mut entries: Vec<String> = Vec::new();
@@ -594,6 +771,43 @@ fn every_flag_of_every_subcommand_names_its_env_var() {
     for sub in ["login", "usage", "claude", "env", "completions"] {
         assert!(top.contains(&format!("  {sub} ")), "{sub} listed in {top}");
     }
+}
+
+#[test]
+fn readme_documents_every_flag_and_env_var_of_every_subcommand() {
+    let home = tempfile::tempdir().unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut missing = Vec::new();
+    for sub in ["", "login", "usage", "claude", "env", "emulator"] {
+        let mut c = std_bin(home.path());
+        if !sub.is_empty() {
+            c.arg(sub);
+        }
+        let help = String::from_utf8_lossy(&c.arg("--help").output().unwrap().stdout).into_owned();
+        for e in option_entries(&help) {
+            let flag = e
+                .split([' ', ','])
+                .find(|w| w.starts_with("--"))
+                .unwrap_or_default();
+            if flag == "--help" || flag == "--version" {
+                continue;
+            }
+            if !readme.contains(&format!("`{flag}")) && !readme.contains(&format!(" {flag}")) {
+                missing.push(format!("{sub} {flag}"));
+            }
+            if let Some(env) = e.split("[env: ").nth(1) {
+                let name: String = env
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !readme.contains(&name) {
+                    missing.push(format!("{sub} {flag}: {name}"));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not in README.md: {missing:?}");
 }
 
 #[test]

@@ -994,6 +994,24 @@ async fn expired_revoked_and_foreign_tokens_get_401() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
+    // A valid token without the chatgpt-account-id header is refused too.
+    let resp = f
+        .http
+        .post(f.url("/codex/responses"))
+        .header("authorization", format!("Bearer {}", f.creds.access_token))
+        .body(body("hi").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = send(f.creds.access_token.clone(), f.creds.account_id.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "the same request with the header passes"
+    );
     assert_eq!(f.post(&body("hi")).await.status(), 200);
     f.emu.revoke_access_tokens();
     let resp = f.post(&body("hi")).await;

@@ -104,6 +104,22 @@ async fn images_generate_b64_and_data_urls() {
             .unwrap()
             .contains("a red square")
     );
+    // What reached the backend's image endpoint: the client's options, with the proxy's auth.
+    let (path, up) = h.emu.unary_requests().pop().unwrap();
+    assert_eq!(path, "/backend-api/codex/images/generations");
+    for (k, v) in [
+        ("prompt", json!("a red square")),
+        ("n", json!(2)),
+        ("size", json!("1024x1024")),
+        ("quality", json!("high")),
+        ("background", json!("opaque")),
+    ] {
+        assert_eq!(up.body[k], v, "{k} in {}", up.body);
+    }
+    assert!(up.body.get("response_format").is_none());
+    let header = |n: &str| up.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v);
+    assert!(header("authorization").unwrap().starts_with("Bearer "));
+    assert!(header("chatgpt-account-id").is_some());
     let r = h
         .post(
             "/v1/images/generations",

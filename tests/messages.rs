@@ -629,3 +629,98 @@ async fn count_tokens_answers_with_window_and_compact_limit() {
     assert!(v["auto_compact_token_limit"].as_u64().unwrap() > 0);
     assert_eq!(h.emu.stats().responses_requests, 0, "counting is local");
 }
+
+#[tokio::test]
+async fn count_tokens_is_within_5_percent_of_the_exact_o200k_count_of_the_translated_text() {
+    let h = Harness::start().await;
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 1024,
+    "system": [{"type": "text", "text": "You are a careful engineer. Answer briefly and name the files you read."}],
+    "tools": [bash()],
+    "messages": [
+        {"role": "user", "content": "Which files are in this repository, and what do they do? ".repeat(20)},
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "Let me look at the tree first."},
+            {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "ls -la && wc -l src/*.rs"}}
+        ]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+            "content": "Cargo.toml\nREADME.md\nsrc/main.rs   400 lines\nsrc/lib.rs  67 lines\n".repeat(30)}]},
+        {"role": "user", "content": "Summarise what you found, en détail: ünïcode, 数字 123456 and symbols {}[]()."}
+    ]});
+    let r = h.post("/v1/messages/count_tokens", &body).await;
+    assert_eq!(r.status(), 200);
+    let counted = r.json::<Value>().await.unwrap()["input_tokens"]
+        .as_u64()
+        .unwrap() as f64;
+    // The same request sent for real: the emulator recorded what was translated upstream.
+    let (status, m) = create(&h, &body).await;
+    assert_eq!(status, 200, "{m}");
+    let up = h.last_upstream().body;
+    let mut texts: Vec<String> = vec![up["instructions"].as_str().unwrap().to_owned()];
+    for item in up["input"].as_array().unwrap() {
+        for k in ["name", "arguments", "output"] {
+            if let Some(s) = item[k].as_str() {
+                texts.push(s.to_owned());
+            }
+        }
+        for part in item["content"].as_array().into_iter().flatten() {
+            if let Some(s) = part["text"].as_str() {
+                texts.push(s.to_owned());
+            }
+        }
+    }
+    texts.push(up["tools"].to_string());
+    let exact = codex_as_api::tokens::count(&texts.join("\n")) as f64;
+    assert!(exact > 500.0, "a sizeable request: {exact}");
+    assert!(
+        (counted - exact).abs() <= exact * 0.05,
+        "count_tokens said {counted}, the exact o200k count of the translated text is {exact}"
+    );
+}
+
+#[tokio::test]
+async fn documents_the_backend_cannot_take_are_a_clear_400_and_pdf_tool_results_are_files() {
+    let h = Harness::start().await;
+    for source in [
+        json!({"type": "file", "file_id": "file_011"}),
+        json!({"type": "base64", "media_type": "application/msword", "data": "SGVsbG8="}),
+    ] {
+        let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "read it"}, {"type": "document", "source": source}]}]});
+        let (status, e) = create(&h, &body).await;
+        assert_eq!(status, 400, "{source}: {e}");
+        assert_eq!(e["error"]["type"], "invalid_request_error");
+        let m = error_message(&e);
+        assert!(
+            m.contains("messages.0.content.1.source") && m.contains("base64 PDF"),
+            "{m}"
+        );
+        // Counting tokens stays lenient.
+        let r = h.post("/v1/messages/count_tokens", &body).await;
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(h.emu.stats().responses_requests, 0);
+    // A PDF read by a tool (Claude Code's Read) reaches the model as a file, not as nothing.
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 64, "tools": [bash()], "messages": [
+        {"role": "user", "content": "read the report"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "cat r.pdf"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+            {"type": "text", "text": "PDF file read"},
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}, "title": "r.pdf"}]}]}
+    ]});
+    let (status, m) = create(&h, &body).await;
+    assert_eq!(status, 200, "{m}");
+    let up = h.last_upstream().body;
+    let out = up["input"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"] == "function_call_output")
+        .unwrap();
+    assert_eq!(
+        out["output"],
+        json!([
+            {"type": "input_text", "text": "PDF file read"},
+            {"type": "input_file", "file_data": "data:application/pdf;base64,JVBERi0x", "filename": "r.pdf"}
+        ])
+    );
+}

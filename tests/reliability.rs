@@ -329,6 +329,57 @@ async fn invalid_base64_or_unsupported_image_data_gets_400() {
 }
 
 #[tokio::test]
+async fn bad_input_on_the_responses_endpoint_gets_400_in_openai_shape() {
+    const RESPONSES: &str = "/v1/responses";
+    let h = Harness::start().await;
+    bad_input_while_serving(&h, || async {
+        let m = openai_error(
+            post_raw(&h, RESPONSES, b"{\"model\": \"gpt".to_vec()).await,
+            400,
+        )
+        .await;
+        assert!(m.contains("not valid JSON"), "{m}");
+        let m = openai_error(
+            post_raw(
+                &h,
+                RESPONSES,
+                b"{\"model\":\"gpt-5.5\",\"input\":\"\xff\"}".to_vec(),
+            )
+            .await,
+            400,
+        )
+        .await;
+        assert!(m.contains("UTF-8"), "{m}");
+        let deep = format!(
+            "{{\"model\":\"gpt-5.5\",\"input\":{}{}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let m = openai_error(post_raw(&h, RESPONSES, deep.into_bytes()).await, 400).await;
+        assert!(m.contains("nested deeper than the limit of 128"), "{m}");
+        for (body, field) in [
+            (json!({"model": 5, "input": "hi"}), "model"),
+            (json!({"model": "gpt-5.5", "input": 42}), "input"),
+            (
+                json!({"model": "gpt-5.5", "input": "hi", "stream": "yes"}),
+                "stream",
+            ),
+            (json!({"input": "hi"}), "model"),
+            (json!({"model": "gpt-5.5"}), "input"),
+            (
+                json!({"model": "gpt-5.5", "input": [{"role": "wizard", "content": "x"}]}),
+                "wizard",
+            ),
+        ] {
+            let m = openai_error(h.post(RESPONSES, &body).await, 400).await;
+            assert!(m.contains(field), "{body}: {m}");
+        }
+    })
+    .await;
+    assert_eq!(h.emu.stats().responses_requests, 3, "only the good ones");
+}
+
+#[tokio::test]
 async fn unknown_roles_get_400_naming_the_role() {
     let h = Harness::start().await;
     bad_input_while_serving(&h, || async {
@@ -835,6 +886,42 @@ async fn connect_failure_is_502_with_a_clear_message() {
     let (t, m) = anthropic_error(h.post(MESSAGES, &msg(json!("hi"))).await, 502).await;
     assert_eq!(t, "api_error");
     assert!(m.contains("cannot reach the upstream"), "{m}");
+}
+
+#[tokio::test]
+async fn connect_errors_are_retried_with_backoff_until_the_upstream_comes_up() {
+    // A port nothing listens on yet; the upstream appears there ~300 ms after the request.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let h = Harness::with(|c| {
+        c.upstream_url = format!("http://127.0.0.1:{port}/backend-api");
+        c.upstream_retries = 3;
+    })
+    .await;
+    let emu = h.emu.addr();
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        loop {
+            let (mut down, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut up = tokio::net::TcpStream::connect(emu).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            });
+        }
+    });
+    let started = Instant::now();
+    let r = h.post(CHAT, &chat(json!("hello again"))).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "answered only once the upstream was up"
+    );
+    assert_eq!(h.emu.stats().responses_requests, 1);
+    late.abort();
 }
 
 #[tokio::test]

@@ -537,7 +537,7 @@ impl Translator {
                     self.lenient,
                 )?;
             }
-            Some("document") => self.document(block)?,
+            Some("document") => self.document(block, &path)?,
             Some("search_result") => {
                 let t = search_result_text(block);
                 push_text_part(&mut self.user_parts, &mut self.user_count, &t);
@@ -548,32 +548,28 @@ impl Translator {
         Ok(())
     }
 
-    fn document(&mut self, block: &Value<'_>) -> Result<(), Error> {
-        let src = field(block, "source");
-        let is_pdf = src.is_some_and(|s| {
-            str_field(s, "type") == Some("base64")
-                && str_field(s, "media_type") == Some("application/pdf")
-        });
-        if is_pdf {
-            let data = src.and_then(|s| str_field(s, "data")).unwrap_or("");
-            if !is_base64(data.as_bytes()) {
-                if self.lenient {
-                    return Ok(());
-                }
-                return Err(Error::bad_request(
-                    "document source data is not valid base64".to_owned(),
-                ));
-            }
-            let title = str_field(block, "title").unwrap_or("document.pdf");
-            push_sep(&mut self.user_parts, &mut self.user_count);
-            self.user_parts.extend_from_slice(
-                br#"{"type":"input_file","file_data":"data:application/pdf;base64,"#,
-            );
-            self.user_parts.extend_from_slice(data.as_bytes());
-            self.user_parts.extend_from_slice(br#"","filename":"#);
-            write_str(&mut self.user_parts, title);
-            self.user_parts.push(b'}');
+    fn document(&mut self, block: &Value<'_>, path: &dyn Fn() -> String) -> Result<(), Error> {
+        if write_pdf(
+            &mut self.user_parts,
+            &mut self.user_count,
+            block,
+            path,
+            self.lenient,
+        )? {
             return Ok(());
+        }
+        let src_type = field(block, "source").and_then(|s| str_field(s, "type"));
+        if !matches!(src_type, Some("text" | "content" | "url")) {
+            if self.lenient {
+                return Ok(());
+            }
+            // A Files API id or a base64 file other than a PDF: the backend cannot take it,
+            // and dropping it silently would hide the document from the model.
+            return Err(Error::bad_request(format!(
+                "{}.source: this document source cannot be sent to the backend (send a base64 PDF, or a text or content source)",
+                path()
+            ))
+            .with_param(format!("{}.source", path())));
         }
         for t in document_texts(block) {
             if !t.is_empty() {
@@ -608,8 +604,11 @@ impl Translator {
             Some(Value::Array(a)) => a.as_slice(),
             _ => &[],
         };
-        let has_image = blocks.iter().any(|b| str_field(b, "type") == Some("image"));
-        if !has_image {
+        // Images and PDFs need the list form of the output; text alone is one string.
+        let has_media = blocks
+            .iter()
+            .any(|b| str_field(b, "type") == Some("image") || is_pdf(b));
+        if !has_media {
             // The common case (a large part of a long conversation): the output text is
             // written straight into `input`, one piece at a time.
             self.begin_item();
@@ -658,6 +657,11 @@ impl Translator {
                     write_image(&mut parts, &mut count, b, &p, self.lenient)?;
                     continue;
                 }
+                Some("document") if is_pdf(b) => {
+                    let p = || format!("{}.content.{k}", path());
+                    write_pdf(&mut parts, &mut count, b, &p, self.lenient)?;
+                    continue;
+                }
                 _ => block_text(b),
             };
             let Some(text) = text else { continue };
@@ -669,7 +673,7 @@ impl Translator {
             }
         }
         if !prefixed {
-            // An error result with only images: say so before them.
+            // An error result with only images or files: say so before them.
             let mut with = Vec::new();
             let mut c = 0;
             push_text_part(&mut with, &mut c, "Error");
@@ -710,6 +714,48 @@ fn block_text<'v>(b: &'v Value<'_>) -> Option<std::borrow::Cow<'v, str>> {
         }
         _ => None,
     }
+}
+
+/// Whether `block` is a `document` with a base64 PDF source.
+fn is_pdf(block: &Value<'_>) -> bool {
+    field(block, "source").is_some_and(|s| {
+        str_field(s, "type") == Some("base64")
+            && str_field(s, "media_type") == Some("application/pdf")
+    })
+}
+
+/// Write a base64 PDF `document` as one `input_file` part. `Ok(false)` when the block is no
+/// PDF (or, in lenient mode, not valid base64).
+fn write_pdf(
+    buf: &mut Vec<u8>,
+    count: &mut usize,
+    block: &Value<'_>,
+    path: &dyn Fn() -> String,
+    lenient: bool,
+) -> Result<bool, Error> {
+    if !is_pdf(block) {
+        return Ok(false);
+    }
+    let data = field(block, "source")
+        .and_then(|s| str_field(s, "data"))
+        .unwrap_or("");
+    if !is_base64(data.as_bytes()) {
+        if lenient {
+            return Ok(false);
+        }
+        return Err(Error::bad_request(format!(
+            "{}.source.data: document source data is not valid base64",
+            path()
+        )));
+    }
+    let title = str_field(block, "title").unwrap_or("document.pdf");
+    push_sep(buf, count);
+    buf.extend_from_slice(br#"{"type":"input_file","file_data":"data:application/pdf;base64,"#);
+    buf.extend_from_slice(data.as_bytes());
+    buf.extend_from_slice(br#"","filename":"#);
+    write_str(buf, title);
+    buf.push(b'}');
+    Ok(true)
 }
 
 /// Write one `input_image` part. `Ok(false)` when the block was skipped (lenient mode, or a
