@@ -18,6 +18,8 @@ use http::HeaderMap;
 use crate::config::Config;
 use crate::dialect::{Ctx, Encoder, Plan, chat, messages, responses};
 use crate::error::{Error, Protocol};
+use crate::server::h1::{self, Chunk, Framing};
+use crate::server::head;
 use crate::upstream::catalog::Catalog;
 use crate::upstream::events::{Decoder, Delta};
 use crate::upstream::failure::{self, PromptSize};
@@ -34,6 +36,8 @@ pub const TARGETS: &[&str] = &[
     "events_to_chat",
     "events_to_messages",
     "auth_json",
+    "h1_requests",
+    "h1_chunked",
 ];
 
 /// Runs the target called `target` on `data`; `false` when no such target exists.
@@ -47,6 +51,8 @@ pub fn run(target: &str, data: &[u8]) -> bool {
         "events_to_chat" => events_to_chat(data),
         "events_to_messages" => events_to_messages(data),
         "auth_json" => auth_json(data),
+        "h1_requests" => h1_requests(data),
+        "h1_chunked" => h1_chunked(data),
         _ => return false,
     }
     true
@@ -147,10 +153,19 @@ pub fn sse_chunking(data: &[u8]) {
     let max = if limit == 0 { 1 << 20 } else { limit * 8 };
 
     let whole = parse_in_chunks(std::iter::once(payload), max, payload.len());
+    let split = parse_in_chunks(pieces(payload, lens), max, payload.len());
+    assert_eq!(
+        split, whole,
+        "chunked parse differs from whole-buffer parse"
+    );
+}
 
+/// `payload` cut into pieces whose lengths are `lens` used cyclically (`len = byte + 1`;
+/// no `lens` means 1-byte pieces).
+fn pieces<'a>(payload: &'a [u8], lens: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
     let mut remaining = payload;
     let mut i = 0usize;
-    let chunks = std::iter::from_fn(|| {
+    std::iter::from_fn(move || {
         if remaining.is_empty() {
             return None;
         }
@@ -161,12 +176,7 @@ pub fn sse_chunking(data: &[u8]) {
         let (chunk, tail) = remaining.split_at(len.min(remaining.len()));
         remaining = tail;
         Some(chunk)
-    });
-    let split = parse_in_chunks(chunks, max, payload.len());
-    assert_eq!(
-        split, whole,
-        "chunked parse differs from whole-buffer parse"
-    );
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -295,7 +305,7 @@ struct Choices<'a> {
     data: &'a [u8],
 }
 
-impl Choices<'_> {
+impl<'a> Choices<'a> {
     fn byte(&mut self) -> u8 {
         match self.data.split_first() {
             Some((&b, rest)) => {
@@ -319,13 +329,15 @@ impl Choices<'_> {
             21 => "héllo → 世界 🎉".to_owned(),
             22 => "\u{2028}\u{0}\u{1f}".to_owned(),
             23 => String::new(),
-            _ => {
-                let take = n.min(self.data.len());
-                let (s, rest) = self.data.split_at(take);
-                self.data = rest;
-                String::from_utf8_lossy(s).into_owned()
-            }
+            _ => String::from_utf8_lossy(self.bytes(n)).into_owned(),
         }
+    }
+
+    /// The next `n` bytes (fewer once exhausted).
+    fn bytes(&mut self, n: usize) -> &'a [u8] {
+        let (s, rest) = self.data.split_at(n.min(self.data.len()));
+        self.data = rest;
+        s
     }
 
     /// An output index: mostly small, sometimes absurd.
@@ -760,6 +772,413 @@ pub fn auth_json(data: &[u8]) {
                 }
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The HTTP/1.1 server connection (server::head, server::h1)
+// ---------------------------------------------------------------------------------------
+
+/// What the server does with a client's bytes, in order; owned so that whole-buffer and
+/// split runs can be compared.
+#[derive(Debug, PartialEq, Eq)]
+enum H1Step {
+    /// A request head handed to the router (method, target, version, headers).
+    Request {
+        head: String,
+        framing: Framing,
+        keep_alive: bool,
+        expect: bool,
+    },
+    /// The whole body of that request.
+    Body(Vec<u8>),
+    /// A head refused with this status (in this protocol's shape); the connection closes.
+    Refused(u16, Protocol, String),
+    /// A broken body: the connection closes (the router sees a body error).
+    BodyFailed(String),
+    /// The bytes end inside a head (a 408 once the header timeout passes).
+    HeadStalled,
+    /// The bytes end inside a body, after this much of it.
+    BodyStalled(Vec<u8>),
+    /// The request did not allow keep-alive: the connection closes, later bytes unread.
+    Closed,
+    /// The h2 preface: the connection goes to hyper.
+    H2,
+}
+
+/// A refused head: 431 for a size limit, 400 for anything else, with a JSON body.
+fn h1_refused(e: &Error, protocol: Protocol) -> H1Step {
+    use crate::error::ErrorKind;
+    let status = e.status(protocol);
+    let expected = match e.kind {
+        ErrorKind::HeadersTooLarge => 431,
+        ErrorKind::BadRequest => 400,
+        ref other => panic!("a head refused as {other:?}: {}", e.message),
+    };
+    assert_eq!(status, expected, "{}", e.message);
+    if let Err(err) = serde_json::from_slice::<serde_json::Value>(&e.body(protocol)) {
+        panic!("the answer to a refused head is not JSON: {err}");
+    }
+    H1Step::Refused(status, protocol, e.message.clone())
+}
+
+/// `req` as the head a client would send for it.
+fn h1_head_of(req: &http::Request<()>) -> Vec<u8> {
+    let version = if req.version() == http::Version::HTTP_10 {
+        "1.0"
+    } else {
+        "1.1"
+    };
+    let mut head = format!("{} {} HTTP/{version}\r\n", req.method(), req.uri()).into_bytes();
+    for (name, value) in req.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// What RFC 9112 says of an accepted head, checked against what `parse_head` made of it;
+/// and the request, written back as a head, parses to the same.
+fn h1_check_request(parsed: &(http::Request<()>, Framing, bool, bool)) -> H1Step {
+    use http::{Version, header};
+    let (req, framing, keep_alive, expect) = parsed;
+    let (framing, keep_alive, expect) = (*framing, *keep_alive, *expect);
+    let tokens = |name: header::HeaderName| -> Vec<String> {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect()
+    };
+    let http10 = req.version() == Version::HTTP_10;
+    let has_length = req.headers().contains_key(header::CONTENT_LENGTH);
+    if req.headers().contains_key(header::TRANSFER_ENCODING) {
+        assert!(!http10, "an HTTP/1.0 request with a transfer-encoding");
+        assert_eq!(
+            tokens(header::TRANSFER_ENCODING).last().map(String::as_str),
+            Some("chunked")
+        );
+        assert_eq!(framing, Framing::Chunked(Chunk::Size));
+        assert!(
+            !(has_length && keep_alive),
+            "chunked with a length is kept alive"
+        );
+    } else if has_length {
+        let lengths = tokens(header::CONTENT_LENGTH);
+        assert!(
+            lengths
+                .iter()
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit())),
+            "content-length not 1*DIGIT: {lengths:?}"
+        );
+        let n: u64 = lengths
+            .first()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or_default();
+        assert!(lengths.iter().all(|l| l.parse() == Ok(n)), "{lengths:?}");
+        let want = if n == 0 {
+            Framing::None
+        } else {
+            Framing::Length(n)
+        };
+        assert_eq!(framing, want);
+    } else {
+        assert_eq!(framing, Framing::None, "a body without framing headers");
+    }
+    let connection = tokens(header::CONNECTION);
+    if connection.iter().any(|t| t == "close")
+        || (http10 && !connection.iter().any(|t| t == "keep-alive"))
+    {
+        assert!(!keep_alive, "kept alive against Connection: {connection:?}");
+    }
+    assert!(
+        !expect || (!http10 && framing != Framing::None),
+        "100-continue without a body"
+    );
+
+    let head = format!(
+        "{} {} {:?} {:?}",
+        req.method(),
+        req.uri(),
+        req.version(),
+        req.headers()
+    );
+    let mut again = h1_head_of(req);
+    let reparsed = h1::parse_head(&mut again)
+        .unwrap_or_else(|e| panic!("a parsed head written back is refused: {}", e.message));
+    assert!(again.is_empty(), "bytes left after a written-back head");
+    let (req2, framing2, keep_alive2, expect2) = reparsed;
+    let head2 = format!(
+        "{} {} {:?} {:?}",
+        req2.method(),
+        req2.uri(),
+        req2.version(),
+        req2.headers()
+    );
+    assert_eq!(head2, head, "a written-back head parses differently");
+    assert_eq!(
+        (framing2, keep_alive2, expect2),
+        (framing, keep_alive, expect)
+    );
+    H1Step::Request {
+        head,
+        framing,
+        keep_alive,
+        expect,
+    }
+}
+
+/// The server side of one connection fed `reads`, with heads limited to `max` bytes:
+/// `head::progress`, `h1::parse_head` and `Framing::decode` in the order `h1::serve` runs
+/// them, for a router that reads every body to its end.
+fn h1_connection<'a>(reads: impl Iterator<Item = &'a [u8]>, max: usize) -> Vec<H1Step> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    let mut scanned = 0;
+    let mut total = 0;
+    // The request whose body is being read: its framing, keep-alive, the body so far, and
+    // its Content-Length.
+    let mut body: Option<(Framing, bool, Vec<u8>, Option<u64>)> = None;
+    for read in reads {
+        buf.extend_from_slice(read);
+        total += read.len();
+        loop {
+            if let Some((framing, keep_alive, data, declared)) = &mut body {
+                let declared = *declared;
+                if let Err(e) = framing.decode(&mut buf, |d| data.extend_from_slice(d)) {
+                    out.push(H1Step::BodyFailed(e));
+                    return out;
+                }
+                assert!(data.len() <= total, "a body longer than the input");
+                if let Some(n) = declared {
+                    assert!(data.len() as u64 <= n, "a body beyond its Content-Length");
+                }
+                if *framing != Framing::None {
+                    break;
+                }
+                if let Some(n) = declared {
+                    assert_eq!(data.len() as u64, n, "a body short of its Content-Length");
+                }
+                out.push(H1Step::Body(std::mem::take(data)));
+                if !*keep_alive {
+                    out.push(H1Step::Closed);
+                    return out;
+                }
+                body = None;
+                scanned = 0;
+            }
+            match head::progress(&buf, &mut scanned, max) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err((e, protocol)) => {
+                    out.push(h1_refused(&e, protocol));
+                    return out;
+                }
+            }
+            if out.is_empty() && buf.starts_with(b"PRI * HTTP/2.0") {
+                out.push(H1Step::H2);
+                return out;
+            }
+            let parsed = match h1::parse_head(&mut buf) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    out.push(h1_refused(&e, h1::protocol_of_head(&buf)));
+                    return out;
+                }
+            };
+            out.push(h1_check_request(&parsed));
+            let declared = match parsed.1 {
+                Framing::Length(n) => Some(n),
+                _ => None,
+            };
+            body = Some((parsed.1, parsed.2, Vec::new(), declared));
+        }
+    }
+    match body {
+        Some((_, _, data, _)) => out.push(H1Step::BodyStalled(data)),
+        None if !buf.is_empty() => out.push(H1Step::HeadStalled),
+        None => {}
+    }
+    out
+}
+
+/// Any bytes as what a client sends on one connection (pipelined requests, bodies of either
+/// framing): the heads accepted agree with RFC 9112 and parse the same when written back,
+/// refusals are 400 or 431, bodies never exceed their length, and reading the bytes in
+/// fuzzer-chosen pieces gives exactly what reading them at once gives.
+///
+/// Layout of `data`: byte 0 = `k | limit << 3` where `k` (0..=7) is how many read-length
+/// bytes follow (used cyclically, `len = byte + 1`; `k == 0` means 1-byte reads) and
+/// `limit` (0 = the server's) limits heads to `limit * 16` bytes; the rest is the wire.
+pub fn h1_requests(data: &[u8]) {
+    let Some((&control, rest)) = data.split_first() else {
+        return;
+    };
+    let k = usize::from(control & 7);
+    let limit = usize::from(control >> 3);
+    let (lens, wire) = rest.split_at(k.min(rest.len()));
+    let max = if limit == 0 {
+        head::MAX_HEAD_BYTES
+    } else {
+        limit * 16
+    };
+    let whole = h1_connection(std::iter::once(wire), max);
+    let split = h1_connection(pieces(wire, lens), max);
+    assert_eq!(
+        split, whole,
+        "reading in pieces differs from reading at once"
+    );
+}
+
+/// Chunked request bodies: a body cut into chunks of fuzzer-chosen sizes, their size lines
+/// spelled in any valid way (hex case, leading zeros, BWS, extensions, bare LF), then
+/// trailers and the next request, decodes (read in fuzzer-chosen pieces) to exactly the
+/// body and leaves exactly the next request. A size line longer than the limit, or one
+/// broken spelling when the fuzzer picks it (a sign, `0x`, a non-hex digit, no digits, a
+/// size beyond u64, no CRLF after the data), is refused after exactly the chunks before it.
+///
+/// Layout of `data`: byte 0 = `broken | chunk << 4` (`broken` 1..=7 breaks chunk `chunk`
+/// as listed above, other values nothing); byte 1 = `k` (0..=7) read-length bytes follow,
+/// as in [`h1_requests`]; the rest describes the chunks, the trailers and the line ends.
+pub fn h1_chunked(data: &[u8]) {
+    let mut c = Choices { data };
+    let flags = c.byte();
+    let (broken, broken_chunk) = (flags % 16, usize::from(flags >> 4));
+    let k = c.byte() % 8;
+    let lens = c.bytes(usize::from(k));
+    let mut wire = Vec::new();
+    let mut body = Vec::new();
+    // The body decoded when the decoder refuses the wire, if it must.
+    let mut refused_after: Option<usize> = None;
+    let mut i = 0;
+    loop {
+        let len = c.byte();
+        let data = c.bytes(usize::from(len));
+        let spelling = c.byte();
+        let ext_kind = c.byte();
+        let mut line = Vec::new();
+        let hex = if spelling & 1 == 0 {
+            format!("{:x}", data.len())
+        } else {
+            format!("{:X}", data.len())
+        };
+        let zeros = usize::from((spelling >> 1) & 3);
+        let digits = match (i == broken_chunk).then_some(broken) {
+            Some(1) => format!("+{hex}"),
+            Some(2) => format!("-{hex}"),
+            Some(3) => format!("0x{hex}"),
+            Some(4) => format!("{hex}g"),
+            Some(5) => String::new(),
+            Some(6) => format!("1{:016x}", data.len()),
+            _ => format!("{}{hex}", "0".repeat(zeros)),
+        };
+        line.extend_from_slice(digits.as_bytes());
+        if spelling & 8 != 0 {
+            line.extend_from_slice(b" \t");
+        }
+        match ext_kind % 5 {
+            0 => {}
+            1 => line.extend_from_slice(b";name"),
+            2 => line.extend_from_slice(b";name=value;x=\"q;\\\"\""),
+            3 => {
+                let len = c.byte() % 32;
+                let ext = c.bytes(usize::from(len));
+                line.push(b';');
+                line.extend(ext.iter().filter(|&&b| b != b'\n'));
+            }
+            _ => {
+                line.push(b';');
+                line.resize(line.len() + usize::from(c.byte()) * 8, b'x');
+            }
+        }
+        if spelling & 16 == 0 {
+            line.push(b'\r');
+        }
+        if refused_after.is_none()
+            && (line.len() > h1::MAX_CHUNK_LINE || (i == broken_chunk && (1..=6).contains(&broken)))
+        {
+            refused_after = Some(body.len());
+        }
+        wire.extend_from_slice(&line);
+        wire.push(b'\n');
+        if data.is_empty() {
+            break;
+        }
+        wire.extend_from_slice(data);
+        body.extend_from_slice(data);
+        if i == broken_chunk && broken == 7 {
+            refused_after.get_or_insert(body.len());
+            wire.extend_from_slice(b"X\r\n");
+        } else if spelling & 32 == 0 {
+            wire.extend_from_slice(b"\r\n");
+        } else {
+            wire.push(b'\n');
+        }
+        i += 1;
+    }
+    for t in 0..c.byte() % 3 {
+        wire.extend_from_slice(format!("x-trailer-{t}: ").as_bytes());
+        let len = c.byte() % 16;
+        let value = c.bytes(usize::from(len));
+        wire.extend(value.iter().filter(|&&b| b != b'\n'));
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(if c.byte() & 1 == 0 { b"\r\n" } else { b"\n" });
+    let next = b"GET / HTTP/1.1\r\n\r\n";
+    wire.extend_from_slice(next);
+
+    let decode = |reads: &mut dyn Iterator<Item = &[u8]>| {
+        let mut framing = Framing::Chunked(Chunk::Size);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        for read in reads {
+            buf.extend_from_slice(read);
+            let r = framing.decode(&mut buf, |d| out.extend_from_slice(d));
+            assert!(out.len() <= body.len(), "decoded more than the body");
+            if r.is_err() {
+                return (out, None);
+            }
+        }
+        (out, Some((framing, buf)))
+    };
+    for reads in [
+        &mut std::iter::once(&wire[..]) as &mut dyn Iterator<Item = &[u8]>,
+        &mut pieces(&wire, lens),
+    ] {
+        let (out, rest) = decode(reads);
+        match refused_after {
+            Some(n) => {
+                assert!(rest.is_none(), "a broken chunked body was accepted");
+                assert_eq!(
+                    out,
+                    body.get(..n).unwrap_or_default(),
+                    "decoded before refusing"
+                );
+            }
+            None => {
+                let Some((framing, rest)) = rest else {
+                    panic!("a valid chunked body was refused");
+                };
+                assert_eq!(framing, Framing::None, "the body did not end");
+                assert_eq!(out, body, "decoded body differs");
+                assert_eq!(rest, next, "the next request was not left whole");
+            }
+        }
+    }
+    if refused_after.is_none() {
+        // The same body in a request on a connection, followed by the next request.
+        let mut conn = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        conn.extend_from_slice(&wire);
+        let steps = h1_connection(pieces(&conn, lens), head::MAX_HEAD_BYTES);
+        assert!(
+            matches!(&steps[..], [H1Step::Request { .. }, H1Step::Body(b), H1Step::Request { .. }, H1Step::Body(e)] if *b == body && e.is_empty()),
+            "{steps:?}"
+        );
     }
 }
 

@@ -428,3 +428,47 @@ async fn stalled_clients_never_break_other_streams_on_the_shared_h2_upstream() {
         assert!(text.ends_with("\r\n0\r\n\r\n"), "stalled stream {i}");
     }
 }
+
+/// HTTP/1.1 framing edge cases the `h1_requests` / `h1_chunked` fuzz targets found, on raw
+/// connections: empty lines before a request line (sent on their own first) and a head
+/// ending in LF CRLF are served; a signed Content-Length is a 400; a signed chunk size or a
+/// chunk-size line over the limit (its end in the same read) ends the connection unanswered.
+#[tokio::test]
+async fn h1_framing_edge_cases_found_by_fuzzing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start().await;
+    let exchange = async |parts: &[&[u8]]| {
+        let mut sock = tokio::net::TcpStream::connect(h.server.addr())
+            .await
+            .unwrap();
+        for part in parts {
+            sock.write_all(part).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut got))
+            .await
+            .expect("the server kept the connection open")
+            .unwrap();
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let get = b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let t = exchange(&[b"\r\n\r\n", get]).await;
+    assert!(t.starts_with("HTTP/1.1 200 OK\r\n"), "{t}");
+    let t = exchange(&[b"GET /health HTTP/1.1\nHost: localhost\nConnection: close\n\r\n"]).await;
+    assert!(t.starts_with("HTTP/1.1 200 OK\r\n"), "{t}");
+
+    let post = "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\ncontent-type: application/json\r\n";
+    let body = serde_json::to_string(&user("hi")).unwrap();
+    let t = exchange(&[format!("{post}Content-Length: +{}\r\n\r\n{body}", body.len()).as_bytes()])
+        .await;
+    assert!(t.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{t}");
+    let chunked = |size_line: String| {
+        format!("{post}Transfer-Encoding: chunked\r\n\r\n{size_line}\r\n{body}\r\n0\r\n\r\n")
+    };
+    let t = exchange(&[chunked(format!("+{:x}", body.len())).as_bytes()]).await;
+    assert_eq!(t, "", "a signed chunk size was accepted");
+    let long = format!("{:x};ext={}", body.len(), "x".repeat(1100));
+    let t = exchange(&[chunked(long).as_bytes()]).await;
+    assert_eq!(t, "", "an over-long chunk-size line was accepted");
+}

@@ -2,8 +2,10 @@
 //!
 //! Owns: one client connection from its first complete head to its close: parsing each head
 //! (`httparse`; the head's size limit and header timeout with protocol-shaped 431/408 through
-//! `head`, for every request of the connection, not only the first), request bodies
-//! (`Content-Length` and chunked, `Expect: 100-continue`, fed to the router while it runs),
+//! `head`, for every request of the connection, not only the first; a `Content-Length` is
+//! digits only), request bodies (`Content-Length` and chunked, decoded by the sans-IO
+//! `Framing::decode`: chunk sizes are hex digits only, size and trailer lines are
+//! limited; `Expect: 100-continue`; fed to the router while it runs),
 //! keep-alive and `Connection: close`, HTTP/1.0 clients, HEAD, writing the response head and
 //! body (`Content-Length` when the size is known, else chunked, each frame written straight
 //! from the body's bytes), noticing a client that goes away mid-stream (its response body
@@ -14,7 +16,8 @@
 //! connection state for as long as a response streams; a slow stream here holds a stack
 //! buffer only while it polls the socket for a close.
 //!
-//! Does not own: routing (`route`), the first-head read of the connection (`head`), h2.
+//! Does not own: routing (`route`), reading a head to its end (`head`), h2. `parse_head` and
+//! `Framing::decode` are what the `h1_requests` and `h1_chunked` fuzz targets drive.
 
 use std::collections::VecDeque;
 use std::io;
@@ -38,6 +41,8 @@ use crate::error::{Error, ErrorKind, Protocol};
 
 /// Most headers in one request head (hyper's default).
 const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line (extensions included) of a chunked request body.
+pub(crate) const MAX_CHUNK_LINE: usize = 1024;
 /// Request body bytes read ahead of the router.
 const BODY_AHEAD: usize = 64 * 1024;
 /// Longest wait for a client to read an error answer before its connection is dropped.
@@ -137,7 +142,7 @@ pub async fn serve(
 
 /// How the request body is delimited.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Framing {
+pub(crate) enum Framing {
     None,
     Length(u64),
     /// Chunked; the state of the chunk decoder.
@@ -145,7 +150,7 @@ enum Framing {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// Reading a chunk-size line.
     Size,
     /// In a chunk's data, this many bytes left.
@@ -154,6 +159,113 @@ enum Chunk {
     DataEnd,
     /// Trailer lines after the last chunk, until the blank line.
     Trailers,
+}
+
+impl Framing {
+    /// Decode body bytes from the front of `buf`, handing each run of body bytes to `body`
+    /// and removing what was consumed; at the body's end the framing becomes `None` and the
+    /// rest of `buf` (the next head) is left. Ok(true): progress was made. Sans-IO, so it
+    /// is also what the `h1_*` fuzz targets drive.
+    pub(crate) fn decode(
+        &mut self,
+        buf: &mut Vec<u8>,
+        mut body: impl FnMut(&[u8]),
+    ) -> Result<bool, String> {
+        let mut progressed = false;
+        loop {
+            match *self {
+                Framing::None => return Ok(progressed),
+                Framing::Length(0) => {
+                    *self = Framing::None;
+                    return Ok(true);
+                }
+                Framing::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(progressed);
+                    }
+                    let n = (buf.len() as u64).min(left) as usize;
+                    body(buf.get(..n).unwrap_or_default());
+                    buf.drain(..n);
+                    *self = Framing::Length(left - n as u64);
+                    progressed = true;
+                }
+                Framing::Chunked(Chunk::Size) => {
+                    let eol = memchr::memchr(b'\n', buf);
+                    if eol.unwrap_or(buf.len()) > MAX_CHUNK_LINE {
+                        return Err("a chunk-size line is too long".into());
+                    }
+                    let Some(eol) = eol else {
+                        return Ok(progressed);
+                    };
+                    let line = buf.get(..eol).unwrap_or_default();
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    let hex = line
+                        .split(|b| *b == b';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim_ascii();
+                    let size = std::str::from_utf8(hex)
+                        .ok()
+                        .filter(|h| {
+                            !h.is_empty()
+                                && h.len() <= 16
+                                && h.bytes().all(|b| b.is_ascii_hexdigit())
+                        })
+                        .and_then(|h| u64::from_str_radix(h, 16).ok())
+                        .ok_or_else(|| "invalid chunk size".to_owned())?;
+                    buf.drain(..=eol);
+                    *self = Framing::Chunked(if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    });
+                    progressed = true;
+                }
+                Framing::Chunked(Chunk::Data(left)) => {
+                    if buf.is_empty() {
+                        return Ok(progressed);
+                    }
+                    let n = (buf.len() as u64).min(left) as usize;
+                    body(buf.get(..n).unwrap_or_default());
+                    buf.drain(..n);
+                    *self = Framing::Chunked(if left == n as u64 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left - n as u64)
+                    });
+                    progressed = true;
+                }
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.drain(..2);
+                    } else if buf.starts_with(b"\n") {
+                        buf.drain(..1);
+                    } else if buf.len() < 2 && buf.first().is_none_or(|b| *b == b'\r') {
+                        return Ok(progressed);
+                    } else {
+                        return Err("a chunk does not end with CRLF".into());
+                    }
+                    *self = Framing::Chunked(Chunk::Size);
+                    progressed = true;
+                }
+                Framing::Chunked(Chunk::Trailers) => {
+                    let eol = memchr::memchr(b'\n', buf);
+                    if eol.unwrap_or(buf.len()) > head::MAX_HEAD_BYTES {
+                        return Err("a chunked trailer line is too long".into());
+                    }
+                    let Some(eol) = eol else {
+                        return Ok(progressed);
+                    };
+                    let blank = eol == 0 || (eol == 1 && buf.first() == Some(&b'\r'));
+                    buf.drain(..=eol);
+                    if blank {
+                        *self = Framing::None;
+                    }
+                    progressed = true;
+                }
+            }
+        }
+    }
 }
 
 /// The request body as the router sees it: chunks the connection read ahead.
@@ -166,6 +278,13 @@ struct Shared {
     /// The router asked for the body (time to send `100 Continue`).
     polled: bool,
     waker: Option<Waker>,
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    match shared.lock() {
+        Ok(s) => s,
+        Err(p) => p.into_inner(),
+    }
 }
 
 /// The request body handed to the router.
@@ -196,10 +315,7 @@ impl Body for Incoming {
         if self.done {
             return Poll::Ready(None);
         }
-        let mut s = match self.shared.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
+        let mut s = lock(&self.shared);
         s.polled = true;
         if let Some(chunk) = s.chunks.pop_front() {
             s.queued -= chunk.len();
@@ -247,113 +363,26 @@ impl Feeder {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
-        match self.shared.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        }
+        lock(&self.shared)
     }
 
     /// Move body bytes from `buf` to the router. Ok(true): progress was made.
     fn decode(&mut self) -> Result<bool, String> {
-        let mut progressed = false;
-        loop {
-            match self.framing {
-                Framing::None => return Ok(progressed),
-                Framing::Length(0) => {
-                    self.framing = Framing::None;
-                    self.end();
-                    return Ok(true);
-                }
-                Framing::Length(left) => {
-                    if self.buf.is_empty() {
-                        return Ok(progressed);
-                    }
-                    let n = (self.buf.len() as u64).min(left) as usize;
-                    self.push(n);
-                    self.framing = Framing::Length(left - n as u64);
-                    progressed = true;
-                }
-                Framing::Chunked(Chunk::Size) => {
-                    let Some(eol) = memchr::memchr(b'\n', &self.buf) else {
-                        if self.buf.len() > 1024 {
-                            return Err("a chunk-size line is too long".into());
-                        }
-                        return Ok(progressed);
-                    };
-                    let line = self.buf.get(..eol).unwrap_or_default();
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    let hex = line
-                        .split(|b| *b == b';')
-                        .next()
-                        .unwrap_or_default()
-                        .trim_ascii();
-                    let size = std::str::from_utf8(hex)
-                        .ok()
-                        .filter(|h| !h.is_empty() && h.len() <= 16)
-                        .and_then(|h| u64::from_str_radix(h, 16).ok())
-                        .ok_or_else(|| "invalid chunk size".to_owned())?;
-                    self.buf.drain(..=eol);
-                    self.framing = Framing::Chunked(if size == 0 {
-                        Chunk::Trailers
-                    } else {
-                        Chunk::Data(size)
-                    });
-                    progressed = true;
-                }
-                Framing::Chunked(Chunk::Data(left)) => {
-                    if self.buf.is_empty() {
-                        return Ok(progressed);
-                    }
-                    let n = (self.buf.len() as u64).min(left) as usize;
-                    self.push(n);
-                    self.framing = Framing::Chunked(if left == n as u64 {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left - n as u64)
-                    });
-                    progressed = true;
-                }
-                Framing::Chunked(Chunk::DataEnd) => {
-                    if self.buf.starts_with(b"\r\n") {
-                        self.buf.drain(..2);
-                    } else if self.buf.starts_with(b"\n") {
-                        self.buf.drain(..1);
-                    } else if self.buf.len() < 2 && self.buf.first().is_none_or(|b| *b == b'\r') {
-                        return Ok(progressed);
-                    } else {
-                        return Err("a chunk does not end with CRLF".into());
-                    }
-                    self.framing = Framing::Chunked(Chunk::Size);
-                    progressed = true;
-                }
-                Framing::Chunked(Chunk::Trailers) => {
-                    let Some(eol) = memchr::memchr(b'\n', &self.buf) else {
-                        if self.buf.len() > head::MAX_HEAD_BYTES {
-                            return Err("the chunked trailers are too large".into());
-                        }
-                        return Ok(progressed);
-                    };
-                    let blank = eol == 0 || (eol == 1 && self.buf.first() == Some(&b'\r'));
-                    self.buf.drain(..=eol);
-                    if blank {
-                        self.framing = Framing::None;
-                        self.end();
-                    }
-                    progressed = true;
-                }
+        let open = self.framing != Framing::None;
+        let shared = &self.shared;
+        let progressed = self.framing.decode(&mut self.buf, |data| {
+            let chunk = Bytes::copy_from_slice(data);
+            let mut s = lock(shared);
+            s.queued += chunk.len();
+            s.chunks.push_back(chunk);
+            if let Some(w) = s.waker.take() {
+                w.wake();
             }
+        })?;
+        if open && self.framing == Framing::None {
+            self.end();
         }
-    }
-
-    fn push(&mut self, n: usize) {
-        let chunk = Bytes::copy_from_slice(self.buf.get(..n).unwrap_or_default());
-        self.buf.drain(..n);
-        let mut s = self.lock();
-        s.queued += chunk.len();
-        s.chunks.push_back(chunk);
-        if let Some(w) = s.waker.take() {
-            w.wake();
-        }
+        Ok(progressed)
     }
 
     fn end(&mut self) {
@@ -439,7 +468,7 @@ impl Feeder {
 /// Parse the complete head at the start of `buf` and remove it from `buf`. Returns the
 /// request (body to be attached), its body framing, whether the connection may be kept
 /// alive after it, and whether the client waits for `100 Continue`.
-fn parse_head(buf: &mut Vec<u8>) -> Result<(Request<()>, Framing, bool, bool), Error> {
+pub(crate) fn parse_head(buf: &mut Vec<u8>) -> Result<(Request<()>, Framing, bool, bool), Error> {
     let bad = |m: &str| Error::bad_request(format!("malformed HTTP request: {m}"));
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
@@ -505,10 +534,12 @@ fn parse_head(buf: &mut Vec<u8>) -> Result<(Request<()>, Framing, bool, bool), E
                 .map_err(|_| bad("invalid content-length"))?
                 .split(',')
             {
+                let part = part.trim();
                 let n: u64 = part
-                    .trim()
                     .parse()
-                    .map_err(|_| bad("invalid content-length"))?;
+                    .ok()
+                    .filter(|_| part.bytes().all(|b| b.is_ascii_digit()))
+                    .ok_or_else(|| bad("invalid content-length"))?;
                 if length.is_some_and(|l| l != n) {
                     return Err(bad("conflicting content-length values"));
                 }
@@ -530,7 +561,7 @@ fn parse_head(buf: &mut Vec<u8>) -> Result<(Request<()>, Framing, bool, bool), E
 }
 
 /// The protocol a malformed head was meant for (for the shape of the error).
-fn protocol_of_head(buf: &[u8]) -> Protocol {
+pub(crate) fn protocol_of_head(buf: &[u8]) -> Protocol {
     head::protocol_guess(buf)
 }
 
@@ -803,6 +834,40 @@ mod tests {
         assert!(f.decode().is_err());
         let mut f = feeder(Framing::Chunked(Chunk::Size), b"3\r\nabcX\r\n");
         assert!(f.decode().is_err());
+        // A chunk size is hex digits only (`from_str_radix` alone takes a sign).
+        for line in [&b"+5\r\n"[..], b"-0\r\n", b"0x5\r\n", b";a\r\n"] {
+            let mut f = feeder(Framing::Chunked(Chunk::Size), line);
+            assert!(f.decode().is_err(), "{}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn a_long_chunk_size_line_fails_whether_or_not_its_end_arrived() {
+        let mut line = b"5;".to_vec();
+        line.resize(MAX_CHUNK_LINE + 1, b'x');
+        let mut f = feeder(Framing::Chunked(Chunk::Size), &line);
+        assert!(f.decode().is_err());
+        line.extend_from_slice(b"\nhello\r\n0\r\n\r\n");
+        let mut f = feeder(Framing::Chunked(Chunk::Size), &line);
+        assert!(f.decode().is_err());
+        // At the limit it is fine.
+        let mut line = b"5;".to_vec();
+        line.resize(MAX_CHUNK_LINE, b'x');
+        line.extend_from_slice(b"\nhello\r\n0\r\n\r\n");
+        let mut f = feeder(Framing::Chunked(Chunk::Size), &line);
+        assert_eq!(f.decode(), Ok(true));
+        assert_eq!(body_of(&f), b"hello");
+    }
+
+    #[test]
+    fn a_content_length_is_digits_only() {
+        for value in ["+3", "-0", " 3 x", "0x3", "3 3", ""] {
+            let mut buf =
+                format!("POST / HTTP/1.1\r\nContent-Length: {value}\r\n\r\nabc").into_bytes();
+            assert!(parse_head(&mut buf).is_err(), "{value:?}");
+        }
+        let mut buf = b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc".to_vec();
+        assert_eq!(parse_head(&mut buf).unwrap().1, Framing::Length(3));
     }
 
     #[test]

@@ -1,13 +1,17 @@
-//! The first request head of a connection, read before hyper takes the socket.
+//! Reading a request head up to its end: the first one of every connection (before it is
+//! known to be HTTP/1.x or h2), and each later one of an `h1` connection.
 //!
-//! Owns: answering a client that is too slow to send its headers (408) or whose headers are
-//! too large (431) with a body in the client's protocol shape, which hyper cannot do (it
-//! closes a timed-out connection silently and sends a bare 431). The bytes read here are
-//! handed back to hyper unchanged through [`Rewind`]. Later requests on a keep-alive
-//! connection are bounded by hyper's own header timeout and buffer limit (same values).
+//! Owns: finding where a head ends (its first blank line, after any empty lines before the
+//! request line; bare LF too), the head size limit (`MAX_HEAD_BYTES`, measured on the head,
+//! so the answer does not depend on how the bytes arrived), answering a client that is too
+//! slow to send its headers (408) or whose headers are too large (431) with a body in the
+//! client's protocol shape, and [`Rewind`], which hands the bytes read here back to hyper for
+//! an h2 connection. The decision on the bytes read so far is the sans-IO `progress`,
+//! shared with the `h1_requests` fuzz target.
 //!
-//! The protocol of a partial head is guessed from its bytes: a `/messages` path or an
-//! `anthropic-version` / `x-api-key` header means Anthropic, anything else OpenAI.
+//! The protocol of a partial head is guessed from its bytes (those of the head only): a
+//! `/messages` path or an `anthropic-version` / `x-api-key` header means Anthropic, anything
+//! else OpenAI.
 
 use std::io;
 use std::pin::Pin;
@@ -46,21 +50,15 @@ pub async fn read_head(
     max: usize,
 ) -> FirstHead {
     let deadline = tokio::time::Instant::now() + timeout;
-    // Where the search for the blank line resumes (a head sent a byte at a time must not
-    // cost a rescan of everything per byte).
     let mut scanned = 0;
     loop {
-        if head_complete(buf.get(scanned..).unwrap_or(&[])) {
-            return FirstHead::Ready(Bytes::from(buf));
-        }
-        scanned = buf.len().saturating_sub(3);
-        if buf.len() > max {
-            let err = Error::new(
-                ErrorKind::HeadersTooLarge,
-                format!("request headers are larger than the limit of {max} bytes"),
-            );
-            answer(stream, &err, protocol_guess(&buf)).await;
-            return FirstHead::Refused;
+        match progress(&buf, &mut scanned, max) {
+            Ok(true) => return FirstHead::Ready(Bytes::from(buf)),
+            Ok(false) => {}
+            Err((err, protocol)) => {
+                answer(stream, &err, protocol).await;
+                return FirstHead::Refused;
+            }
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(buf.capacity().min(max));
@@ -85,14 +83,54 @@ pub async fn read_head(
     }
 }
 
-/// A complete HTTP/1 head, or the h2 connection preface (which ends in a blank line too).
-fn head_complete(buf: &[u8]) -> bool {
-    memchr::memmem::find(buf, b"\r\n\r\n").is_some()
-        // Bare-LF heads are legal enough for hyper: let it judge them.
-        || memchr::memmem::find(buf, b"\n\n").is_some()
+/// Where reading a head stands once `buf` holds the bytes read so far: `Ok(true)` when it
+/// is complete, `Ok(false)` when more bytes are needed, `Err` (431, and the protocol to
+/// answer in) when it is larger than `max`. However the bytes arrived, the answer is the
+/// same: a complete head is measured, not the buffer, and the protocol is guessed from the
+/// bytes within the limit. `scanned` (0 for a new head) is where the search for its end
+/// resumes, so that a head sent a byte at a time does not cost a rescan per byte.
+pub(crate) fn progress(
+    buf: &[u8],
+    scanned: &mut usize,
+    max: usize,
+) -> Result<bool, (Error, Protocol)> {
+    let end = head_end(buf, *scanned);
+    *scanned = buf.len().saturating_sub(2);
+    if end.unwrap_or(buf.len()) > max {
+        let err = Error::new(
+            ErrorKind::HeadersTooLarge,
+            format!("request headers are larger than the limit of {max} bytes"),
+        );
+        return Err((err, protocol_guess(buf.get(..=max).unwrap_or(buf))));
+    }
+    Ok(end.is_some())
 }
 
-pub(crate) fn protocol_guess(head: &[u8]) -> Protocol {
+/// The length of the head at the start of `buf`, through its blank line, once it has one:
+/// the first LF followed by LF or CRLF after the empty lines that may precede the request
+/// line (RFC 9112 §2.2, skipped by the parser too); the h2 preface ends in a blank line as
+/// well. The search starts at `from`.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = buf
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(buf.len());
+    let from = from.max(start);
+    memchr::memchr_iter(b'\n', buf.get(from..)?).find_map(|i| {
+        let next = from + i + 1;
+        match buf.get(next..)? {
+            [b'\n', ..] => Some(next + 1),
+            [b'\r', b'\n', ..] => Some(next + 2),
+            _ => None,
+        }
+    })
+}
+
+/// The protocol a (partial) head was meant for, from its bytes up to its blank line.
+pub(crate) fn protocol_guess(buf: &[u8]) -> Protocol {
+    let head = buf
+        .get(..head_end(buf, 0).unwrap_or(buf.len()))
+        .unwrap_or(buf);
     let line_end = memchr::memchr(b'\n', head).unwrap_or(head.len());
     let line = head.get(..line_end).unwrap_or(head);
     if memchr::memmem::find(line, b" /v1/messages").is_some()
@@ -218,6 +256,11 @@ mod tests {
             Protocol::OpenAi
         );
         assert_eq!(protocol_guess(b"GE"), Protocol::OpenAi);
+        // Only the head counts, not a pipelined request after it.
+        assert_eq!(
+            protocol_guess(b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nx-api-key: k\r\n\r\n"),
+            Protocol::OpenAi
+        );
     }
 
     #[tokio::test]
@@ -253,8 +296,36 @@ mod tests {
 
     #[test]
     fn heads_end_at_a_blank_line() {
-        assert!(head_complete(b"GET / HTTP/1.1\r\n\r\n"));
-        assert!(head_complete(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
-        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nbody", 0), Some(18));
+        assert_eq!(head_end(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 0), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
+        // Bare LF, and an LF line followed by a CRLF one, end a head too.
+        assert_eq!(head_end(b"GET / HTTP/1.1\nA: b\n\n", 0), Some(21));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nA: b\n\r\n", 0), Some(22));
+        // Empty lines before the request line do not end it.
+        assert_eq!(head_end(b"\r\n\r\n\n", 0), None);
+        assert_eq!(head_end(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n", 0), Some(22));
+    }
+
+    #[test]
+    fn a_complete_head_over_the_limit_is_refused_however_it_arrived() {
+        let head = b"GET / HTTP/1.1\r\nX: 0123456789\r\n\r\n";
+        let mut scanned = 0;
+        assert!(progress(head, &mut scanned, head.len()).unwrap());
+        for max in [head.len() - 1, 20] {
+            let mut scanned = 0;
+            let (err, _) = progress(head, &mut scanned, max).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::HeadersTooLarge);
+        }
+        // Whatever follows the head does not count.
+        let mut scanned = 0;
+        assert!(
+            progress(
+                &[&head[..], &[b'x'; 100]].concat(),
+                &mut scanned,
+                head.len()
+            )
+            .unwrap()
+        );
     }
 }
