@@ -678,8 +678,7 @@ async fn count_tokens_is_within_5_percent_of_the_exact_o200k_count_of_the_transl
 }
 
 #[tokio::test]
-async fn documents_and_images_the_backend_cannot_take_are_a_clear_400_and_pdf_tool_results_are_files()
- {
+async fn documents_the_backend_cannot_take_are_a_clear_400_and_pdf_tool_results_are_files() {
     let h = Harness::start().await;
     for source in [
         json!({"type": "file", "file_id": "file_011"}),
@@ -698,29 +697,6 @@ async fn documents_and_images_the_backend_cannot_take_are_a_clear_400_and_pdf_to
         // Counting tokens stays lenient.
         let r = h.post("/v1/messages/count_tokens", &body).await;
         assert_eq!(r.status(), 200);
-    }
-    // Likewise an image by Files API id, in user content and in a tool result.
-    let file_image = json!({"type": "image", "source": {"type": "file", "file_id": "file_012"}});
-    for (messages, at) in [
-        (
-            json!([{"role": "user", "content": [file_image]}]),
-            "messages.0.content.0.source.type",
-        ),
-        (
-            json!([
-                {"role": "user", "content": "look"},
-                {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_9", "name": "Bash", "input": {"command": "shot"}}]},
-                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_9", "content": [file_image]}]}
-            ]),
-            "messages.2.content.0.content.0.source.type",
-        ),
-    ] {
-        let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 64, "tools": [bash()],
-            "messages": messages});
-        let (status, e) = create(&h, &body).await;
-        assert_eq!(status, 400, "{e}");
-        let m = error_message(&e);
-        assert!(m.contains(at) && m.contains("'file'"), "{m}");
     }
     assert_eq!(h.emu.stats().responses_requests, 0);
     // A PDF read by a tool (Claude Code's Read) reaches the model as a file, not as nothing.

@@ -758,8 +758,8 @@ fn write_pdf(
     Ok(true)
 }
 
-/// Write one `input_image` part. `Ok(false)` when the block was skipped (lenient mode only);
-/// a source the backend cannot take (a Files API id) is a 400 otherwise.
+/// Write one `input_image` part. `Ok(false)` when the block was skipped (lenient mode, or a
+/// source we cannot forward such as a Files API id).
 fn write_image(
     buf: &mut Vec<u8>,
     count: &mut usize,
@@ -811,13 +811,7 @@ fn write_image(
             buf.extend_from_slice(br#","detail":"auto"}"#);
             Ok(true)
         }
-        // A Files API id (`file`) or an unknown source: the backend cannot fetch it, and
-        // dropping it silently would hide the image from the model.
-        other => fail(format!(
-            "{}.source.type: image source '{}' cannot be sent to the backend (send base64 or url)",
-            path(),
-            other.unwrap_or("")
-        )),
+        _ => Ok(false),
     }
 }
 
