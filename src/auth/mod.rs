@@ -205,13 +205,20 @@ impl TokenStore {
         {
             return Ok(Arc::clone(h));
         }
-        self.headers_slow(seen, seen_attempt).await
+        // Boxed: the refresh it may run would otherwise size every request's future.
+        Box::pin(self.headers_slow(seen, seen_attempt)).await
     }
 
     /// 401 recovery step 2: re-read `auth.json`. `Some(new)` when it holds an access token
     /// other than the one in `failed` (for example another process refreshed); `None` when
     /// it holds the same one. An account change is refused with an error.
     pub async fn reload(&self, failed: &AuthHeaders) -> Result<Option<Arc<AuthHeaders>>, Error> {
+        // Boxed (like the other rare paths here): only the requests that take it pay for
+        // its state, instead of every request future carrying room for it.
+        Box::pin(self.reload_inner(failed)).await
+    }
+
+    async fn reload_inner(&self, failed: &AuthHeaders) -> Result<Option<Arc<AuthHeaders>>, Error> {
         let mut st = self.state.lock().await;
         let read = self.read_blocking().await?;
         let loaded = match read {
@@ -252,6 +259,13 @@ impl TokenStore {
     /// 401 recovery step 4: refresh with reason `unauthorized_recovery`, unless the headers
     /// already moved past `failed` (then those are returned without a token call).
     pub async fn refresh_after_unauthorized(
+        &self,
+        failed: &AuthHeaders,
+    ) -> Result<Arc<AuthHeaders>, Error> {
+        Box::pin(self.refresh_after_unauthorized_inner(failed)).await
+    }
+
+    async fn refresh_after_unauthorized_inner(
         &self,
         failed: &AuthHeaders,
     ) -> Result<Arc<AuthHeaders>, Error> {

@@ -249,7 +249,7 @@ async fn run_inner<P: Plan>(
         }
         if !status.is_success() {
             let headers = resp.headers().clone();
-            let body = read_error_body(resp.into_body()).await;
+            let body = Box::pin(read_error_body(resp.into_body())).await;
             let err = failure::from_status(status.as_u16(), &headers, &body, protocol, || {
                 prompt_size(state, &raw_body, &upstream.model)
             });
@@ -295,7 +295,8 @@ async fn run_inner<P: Plan>(
                 }
             }
         }
-        match collect(resp.into_body(), state.config.stream_idle_timeout).await {
+        // Boxed: only non-streaming requests need the collector's state.
+        match Box::pin(collect(resp.into_body(), state.config.stream_idle_timeout)).await {
             Ok(c) => match &c.finish {
                 Finish::Completed | Finish::Incomplete(_) => {
                     plan.check(&c)?;

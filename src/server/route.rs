@@ -297,7 +297,7 @@ pub async fn handle<B: ReqBody>(
                 Err(e) => (error_response(&e, protocol, &request_id), Some(e)),
             }
         }
-        _ => match dispatch(&state, req, &path, &method, protocol, &request_id).await {
+        _ => match Box::pin(dispatch(&state, req, &path, &method, protocol, &request_id)).await {
             Ok(r) => (r, None),
             Err(e) => (error_response(&e, protocol, &request_id), Some(e)),
         },

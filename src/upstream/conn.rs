@@ -82,7 +82,7 @@ impl Driven {
 }
 
 struct Idle {
-    driven: Driven,
+    driven: Box<Driven>,
     since: Instant,
 }
 
@@ -126,24 +126,34 @@ impl Pool {
         self: &Arc<Self>,
         req: Request<ReqBody>,
     ) -> Result<Response<Upstream>, Error> {
-        if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
-            let resp = self.shared.request(req).await.map_err(|e| {
-                Error::new(
-                    ErrorKind::BadGateway,
-                    format!("cannot reach the upstream: {}", error_chain(&e)),
-                )
-                .with_code("upstream_unreachable")
-            })?;
-            let (parts, body) = resp.into_parts();
-            return Ok(Response::from_parts(
-                parts,
-                Upstream {
-                    body,
-                    driven: None,
-                    pool: Arc::clone(self),
-                },
-            ));
+        if req.uri().scheme() != Some(&http::uri::Scheme::HTTPS) {
+            // Boxed: the driven path's state (a connection, its handshake) is ~8 KB, and
+            // every request future would otherwise carry room for it, HTTPS ones too.
+            return Box::pin(self.request_driven(req)).await;
         }
+        let resp = self.shared.request(req).await.map_err(|e| {
+            Error::new(
+                ErrorKind::BadGateway,
+                format!("cannot reach the upstream: {}", error_chain(&e)),
+            )
+            .with_code("upstream_unreachable")
+        })?;
+        let (parts, body) = resp.into_parts();
+        Ok(Response::from_parts(
+            parts,
+            Upstream {
+                body,
+                driven: None,
+                pool: Arc::clone(self),
+            },
+        ))
+    }
+
+    /// A plain-HTTP request on a pooled driven connection, or a new one.
+    async fn request_driven(
+        self: &Arc<Self>,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Upstream>, Error> {
         if let Some(driven) = self.checkout().await {
             let copy = copy_request(&req);
             match self.send(driven, req).await {
@@ -152,19 +162,25 @@ impl Pool {
                 // handler, so one more try on a fresh connection is safe.
                 Err(e) if e.is_canceled() || e.is_closed() || e.is_incomplete_message() => {
                     tracing::debug!(error = %e, "pooled upstream connection was closed; reconnecting");
-                    let fresh = self.connect(copy.uri()).await?;
-                    return self.send(fresh, copy).await.map_err(transport);
+                    return self.send_fresh(copy).await;
                 }
                 Err(e) => return Err(transport(e)),
             }
         }
+        self.send_fresh(req).await
+    }
+
+    async fn send_fresh(
+        self: &Arc<Self>,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Upstream>, Error> {
         let fresh = self.connect(req.uri()).await?;
         self.send(fresh, req).await.map_err(transport)
     }
 
     async fn send(
         self: &Arc<Self>,
-        mut driven: Driven,
+        mut driven: Box<Driven>,
         req: Request<ReqBody>,
     ) -> Result<Response<Upstream>, hyper::Error> {
         let mut head = std::pin::pin!(driven.send.send_request(req));
@@ -184,7 +200,7 @@ impl Pool {
         ))
     }
 
-    async fn connect(&self, uri: &Uri) -> Result<Driven, Error> {
+    async fn connect(&self, uri: &Uri) -> Result<Box<Driven>, Error> {
         let connecting = {
             let mut c = lock(&self.connector);
             c.call(uri.clone())
@@ -200,14 +216,14 @@ impl Pool {
             .handshake(io)
             .await
             .map_err(transport)?;
-        Ok(Driven {
+        Ok(Box::new(Driven {
             send,
             conn: Some(conn),
-        })
+        }))
     }
 
     /// The most recently used idle connection that is still open and ready.
-    async fn checkout(&self) -> Option<Driven> {
+    async fn checkout(&self) -> Option<Box<Driven>> {
         loop {
             let Idle { mut driven, since } = lock(&self.idle).pop()?;
             if since.elapsed() > IDLE_TIMEOUT {
@@ -229,7 +245,7 @@ impl Pool {
         }
     }
 
-    fn put(&self, driven: Driven) {
+    fn put(&self, driven: Box<Driven>) {
         if driven.conn.is_none() || driven.send.is_closed() {
             return;
         }
@@ -266,7 +282,9 @@ fn copy_request(req: &Request<ReqBody>) -> Request<ReqBody> {
 /// the pool; dropped early, the connection is closed.
 pub struct Upstream {
     body: Incoming,
-    driven: Option<Driven>,
+    /// Boxed once at connect (and moved, not copied, through the idle pool): the
+    /// connection state is large, and an `https://` response has none.
+    driven: Option<Box<Driven>>,
     pool: Arc<Pool>,
 }
 
