@@ -390,8 +390,14 @@ where
         async move { Ok::<_, std::convert::Infallible>(routes::handle(req, shared).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // Like a real edge, many streams per h2 connection (the harness holds 10,000).
-    builder.http2().max_concurrent_streams(100_000);
+    // Like a real edge, many streams per h2 connection (the harness holds 10,000), and a
+    // connection window large enough that h2's budget for buffered small DATA frames
+    // (half the window) never closes a connection whose request bodies wait for handlers
+    // while thousands of requests arrive at once.
+    builder
+        .http2()
+        .max_concurrent_streams(100_000)
+        .initial_connection_window_size((1 << 31) - 1);
     let conn = builder.serve_connection(io, service);
     tokio::select! {
         _ = conn => {}
