@@ -63,7 +63,13 @@ pub async fn serve(
             Ok(parsed) => parsed,
             Err(err) => {
                 let protocol = protocol_of_head(&buf);
-                answer_and_close(&mut stream, &err, protocol, Version::HTTP_11).await;
+                Box::pin(answer_and_close(
+                    &mut stream,
+                    &err,
+                    protocol,
+                    Version::HTTP_11,
+                ))
+                .await;
                 return;
             }
         };
@@ -119,7 +125,7 @@ pub async fn serve(
         }
         if !keep_alive {
             if !body_done {
-                linger(&mut stream).await;
+                Box::pin(linger(&mut stream)).await;
             } else {
                 let _ = stream.shutdown().await;
             }
@@ -130,7 +136,7 @@ pub async fn serve(
             buf.shrink_to(4096);
         }
         let next = tokio::select! {
-            next = head::read_head(&mut stream, buf, state.config.header_timeout, head::MAX_HEAD_BYTES) => next,
+            next = Box::pin(head::read_head(&mut stream, buf, state.config.header_timeout, head::MAX_HEAD_BYTES)) => next,
             _ = stop.wait_for(|s| *s) => return,
         };
         buf = match next {
@@ -611,6 +617,8 @@ async fn write_response(
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
+    // Nor are the response's headers (their map would live as long as the stream).
+    drop(parts);
     if !has_date {
         head.extend_from_slice(b"date: ");
         head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
@@ -668,8 +676,9 @@ async fn write_response(
                     continue;
                 }
                 if chunked {
-                    let size = format!("{:x}\r\n", data.len());
-                    write_parts(stream, &[size.as_bytes(), &data, b"\r\n"]).await?;
+                    let mut size = [0u8; 18];
+                    let size = chunk_size_line(&mut size, data.len());
+                    write_parts(stream, &[size, &data, b"\r\n"]).await?;
                 } else {
                     write_parts(stream, &[&data]).await?;
                 }
@@ -682,6 +691,24 @@ async fn write_response(
         stream.write_all(b"0\r\n\r\n").await?;
     }
     Ok(keep_alive && !pipelined)
+}
+
+/// `len` as a chunk-size line (lower-case hex, CRLF), written into `buf`.
+fn chunk_size_line(buf: &mut [u8; 18], len: usize) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut i = 16;
+    let mut n = len;
+    loop {
+        i -= 1;
+        buf[i] = HEX[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    buf[16] = b'\r';
+    buf[17] = b'\n';
+    &buf[i..]
 }
 
 /// Poll the socket of a streaming response: true when the client closed or failed. Bytes
@@ -759,6 +786,21 @@ mod tests {
             shared: Arc::new(Mutex::new(Shared::default())),
             expect_continue: false,
             continue_sent: 0,
+        }
+    }
+
+    #[test]
+    fn chunk_size_lines_are_lower_case_hex() {
+        let mut buf = [0u8; 18];
+        for (len, want) in [
+            (0usize, "0\r\n"),
+            (9, "9\r\n"),
+            (10, "a\r\n"),
+            (255, "ff\r\n"),
+            (4096, "1000\r\n"),
+            (usize::MAX, "ffffffffffffffff\r\n"),
+        ] {
+            assert_eq!(chunk_size_line(&mut buf, len), want.as_bytes());
         }
     }
 

@@ -187,7 +187,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
             let limit = st.config.header_timeout;
             // A connection still sending its first head when shutdown starts is not in flight.
             let first = tokio::select! {
-                first = head::read_first(&mut stream, limit, head::MAX_HEAD_BYTES) => first,
+                first = Box::pin(head::read_first(&mut stream, limit, head::MAX_HEAD_BYTES)) => first,
                 _ = stopping.changed() => return,
             };
             let prefix = match first {
