@@ -204,14 +204,7 @@ async fn login_opens_the_sign_in_url_in_a_browser_when_there_is_one() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let prefix = format!("{}/oauth/authorize?", emu.auth_base_url());
-    let printed = loop {
-        let line = next_line(&mut out).await;
-        if line.trim().starts_with(&prefix) {
-            break line.trim().to_owned();
-        }
-    };
+    let (mut out, printed) = authorize_url(&mut child, &emu).await;
     let mut opened = String::new();
     for _ in 0..200 {
         opened = std::fs::read_to_string(&record).unwrap_or_default();
@@ -1107,6 +1100,15 @@ async fn start_browser_login(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let (out, url) = authorize_url(&mut child, emu).await;
+    (child, out, url)
+}
+
+/// Read `login`'s output up to the authorize URL it prints.
+async fn authorize_url(
+    child: &mut Child,
+    emu: &Emulator,
+) -> (Lines<BufReader<ChildStdout>>, String) {
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
     let prefix = format!("{}/oauth/authorize?", emu.auth_base_url());
     let url = loop {
@@ -1115,7 +1117,7 @@ async fn start_browser_login(
             break line.trim().to_owned();
         }
     };
-    (child, out, url)
+    (out, url)
 }
 
 #[tokio::test(flavor = "multi_thread")]
