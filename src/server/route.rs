@@ -297,6 +297,8 @@ pub async fn handle<B: ReqBody>(
                 Err(e) => (error_response(&e, protocol, &request_id), Some(e)),
             }
         }
+        // Boxed: `dispatch` is the union of every endpoint's state; held inline, this future
+        // (and so every request in flight) would be about twice its size.
         _ => match Box::pin(dispatch(&state, req, &path, &method, protocol, &request_id)).await {
             Ok(r) => (r, None),
             Err(e) => (error_response(&e, protocol, &request_id), Some(e)),

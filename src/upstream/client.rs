@@ -4,7 +4,8 @@
 //! the PEM roots of `CODEX_AS_API_CA_FILE`, HTTP/1.1 and h2 by ALPN, plain http for loopback
 //! test backends; h2 windows sized so that clients that stop reading never stall or break
 //! the other streams of a shared connection). Every caller clones the handle; nothing
-//! rebuilds it per request. The streaming `/responses` calls use the driven connections of `conn` instead.
+//! rebuilds it per request. The streaming `/responses` calls over plain HTTP use the driven
+//! connections of `conn` instead.
 
 use std::path::Path;
 use std::time::Duration;
