@@ -9,7 +9,8 @@
 use bytes::BufMut;
 use simd_json::prelude::*;
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Lower-case hex digits (JSON `\u` escapes, HTTP chunk sizes).
+pub(crate) const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Bytes that need escaping in a JSON string: `"`, `\` and the control characters.
 static ESCAPE: [bool; 256] = {

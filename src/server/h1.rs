@@ -695,7 +695,7 @@ async fn write_response(
 
 /// `len` as a chunk-size line (lower-case hex, CRLF), written into `buf`.
 fn chunk_size_line(buf: &mut [u8; 18], len: usize) -> &[u8] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    use crate::json::HEX;
     let mut i = 16;
     let mut n = len;
     loop {
