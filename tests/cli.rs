@@ -540,14 +540,7 @@ async fn claude_starts_the_server_in_the_background_when_none_runs() {
     assert_eq!(env["ANTHROPIC_API_KEY"], "sk-local-test");
     // The background server outlives the launcher and serves Claude Code's requests.
     let http = reqwest::Client::new();
-    let health: Value = http
-        .get(format!("{base}/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = get_json(&http, &format!("{base}/health")).await;
     assert_eq!(health["auth_available"], true);
     let resp = http
         .post(format!("{base}/v1/messages"))
@@ -599,14 +592,7 @@ async fn demo_serves_every_endpoint_without_a_chatgpt_login() {
     assert_eq!(banner["fields"]["auth_available"], true, "{banner}");
     let base = format!("http://{}", banner["fields"]["address"].as_str().unwrap());
     let http = reqwest::Client::new();
-    let health: Value = http
-        .get(format!("{base}/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = get_json(&http, &format!("{base}/health")).await;
     assert_eq!(health["auth_available"], true, "{health}");
     assert_eq!(health["demo"], true, "{health}");
     let readme =
@@ -1156,4 +1142,9 @@ async fn login_takes_the_callback_port_over_and_ignores_forged_callbacks() {
     assert_eq!(http.get(&callback).send().await.unwrap().status(), 302);
     assert!(finish(second).await.success());
     assert_codex_auth_json(&home.path().join(".codex/auth.json"));
+}
+
+/// GET `url` and parse the answer as JSON.
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
 }
