@@ -57,13 +57,22 @@ impl StreamCounter {
         }
         Some(StreamGuard {
             counter: Arc::clone(self),
+            permit: None,
         })
     }
 }
 
-/// One live stream.
+/// One live stream, and the account window slot it holds upstream.
 pub struct StreamGuard {
     counter: Arc<StreamCounter>,
+    permit: Option<crate::admission::Permit>,
+}
+
+impl StreamGuard {
+    /// Hold an account's window slot until the stream ends.
+    pub fn hold(&mut self, permit: crate::admission::Permit) {
+        self.permit = Some(permit);
+    }
 }
 
 impl Drop for StreamGuard {

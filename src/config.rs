@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::accounts::AccountSpec;
+use crate::admission::Limits;
+
 /// The official client version we present upstream (`version` header, `client_version`).
 pub const CODEX_CLIENT_VERSION: &str = "0.169.0";
 
@@ -102,6 +105,22 @@ pub struct ServeArgs {
     /// Bytes those kept exchanges may hold in all (oldest evicted first).
     #[arg(long, env = "CODEX_AS_API_HISTORY_MAX_BYTES")]
     pub history_max_bytes: Option<usize>,
+    /// ChatGPT logins to spread work over: auth.json paths, comma-separated (default: the
+    /// one auth path).
+    #[arg(long, env = "CODEX_AS_API_ACCOUNTS", value_delimiter = ',')]
+    pub accounts: Vec<PathBuf>,
+    /// Upstream streams each account starts with (its window adapts to the backend).
+    #[arg(long, env = "CODEX_AS_API_ACCOUNT_MAX_STREAMS")]
+    pub account_max_streams: Option<usize>,
+    /// The most an account's window grows to.
+    #[arg(long, env = "CODEX_AS_API_ACCOUNT_MAX_STREAMS_CEILING")]
+    pub account_max_streams_ceiling: Option<usize>,
+    /// Seconds of demand over a full window, without a refusal, before it grows by one.
+    #[arg(long, env = "CODEX_AS_API_ACCOUNT_WINDOW_GROW_SECS")]
+    pub account_window_grow_secs: Option<u64>,
+    /// Seconds a request may wait for an account's window before a 429.
+    #[arg(long, env = "CODEX_AS_API_QUEUE_TIMEOUT_SECS")]
+    pub queue_timeout_secs: Option<u64>,
 }
 
 /// Resolved settings.
@@ -142,6 +161,12 @@ pub struct Config {
     pub history_max_entries: usize,
     /// Cap on the bytes those exchanges hold (`history_max_bytes`).
     pub history_max_bytes: usize,
+    /// The accounts of `--accounts`; empty: `auth_path` alone (see `account_specs`).
+    pub accounts: Vec<AccountSpec>,
+    /// Each account's starting window and its growth.
+    pub account_limits: Limits,
+    /// How long a request may wait for a window (`queue_timeout_secs`).
+    pub queue_timeout: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -266,7 +291,48 @@ impl Config {
                 "reasoning field must be `reasoning_content` or `reasoning`, not {reasoning_field:?}"
             ));
         }
+        let accounts = accounts(&args.accounts, &t)?;
+        let start = ranged(
+            args.account_max_streams
+                .or_else(|| t.int("account_max_streams").map(|v| v as usize)),
+            "account_max_streams",
+            3,
+            1..=4096,
+        )?;
+        let ceiling = ranged(
+            args.account_max_streams_ceiling
+                .or_else(|| t.int("account_max_streams_ceiling").map(|v| v as usize)),
+            "account_max_streams_ceiling",
+            8.max(start),
+            1..=4096,
+        )?;
+        if ceiling < start {
+            return Err(format!(
+                "--account-max-streams-ceiling ({ceiling}) is below --account-max-streams ({start})"
+            ));
+        }
+        let grow_secs = ranged(
+            args.account_window_grow_secs
+                .or_else(|| t.int("account_window_grow_secs")),
+            "account_window_grow_secs",
+            30,
+            0..=86_400,
+        )?;
+        let queue_secs = ranged(
+            args.queue_timeout_secs
+                .or_else(|| t.int("queue_timeout_secs")),
+            "queue_timeout_secs",
+            300,
+            1..=86_400,
+        )?;
         Ok(Config {
+            accounts,
+            account_limits: Limits {
+                start,
+                ceiling,
+                grow_after: Duration::from_secs(grow_secs),
+            },
+            queue_timeout: Duration::from_secs(queue_secs),
             host,
             port,
             small_model,
@@ -370,10 +436,95 @@ impl Config {
         c
     }
 
+    /// The accounts to serve with: `--accounts`, else the one auth path.
+    pub fn account_specs(&self) -> Vec<AccountSpec> {
+        if self.accounts.is_empty() {
+            vec![AccountSpec {
+                path: self.auth_path.clone(),
+                label: None,
+            }]
+        } else {
+            self.accounts.clone()
+        }
+    }
+
     /// `{root}/codex/responses`.
     pub fn responses_url(&self) -> String {
         format!("{}/codex/responses", self.upstream_url)
     }
+}
+
+/// A numeric setting within `range`, else an error naming its flag.
+fn ranged<T: PartialOrd + Copy + std::fmt::Display>(
+    value: Option<T>,
+    key: &str,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, String> {
+    let v = value.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "--{} must be between {} and {}, not {v}",
+            key.replace('_', "-"),
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+/// `--accounts`, else `accounts` in config.toml (paths, or tables `{path, label}`).
+fn accounts(flag: &[PathBuf], t: &Toml) -> Result<Vec<AccountSpec>, String> {
+    let mut specs: Vec<AccountSpec> = flag
+        .iter()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| AccountSpec {
+            path: p.clone(),
+            label: None,
+        })
+        .collect();
+    if flag.is_empty() {
+        match t.ours("accounts") {
+            None => {}
+            Some(toml::Value::String(s)) => specs.extend(
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| AccountSpec {
+                        path: PathBuf::from(p),
+                        label: None,
+                    }),
+            ),
+            Some(toml::Value::Array(a)) => {
+                for v in a {
+                    let spec = match v {
+                        toml::Value::String(p) => AccountSpec {
+                            path: PathBuf::from(p),
+                            label: None,
+                        },
+                        toml::Value::Table(tab) => AccountSpec {
+                            path: tab
+                                .get("path")
+                                .and_then(|p| p.as_str())
+                                .map(PathBuf::from)
+                                .ok_or("config.toml: every [[codex_as_api.accounts]] entry needs a `path`")?,
+                            label: tab
+                                .get("label")
+                                .and_then(|l| l.as_str())
+                                .map(str::to_owned),
+                        },
+                        _ => return Err("config.toml: `accounts` entries are paths or {path, label} tables".into()),
+                    };
+                    specs.push(spec);
+                }
+            }
+            Some(_) => {
+                return Err("config.toml: `accounts` is a list of auth.json paths".into());
+            }
+        }
+    }
+    Ok(specs)
 }
 
 /// Flag/env origins, else `cors_allow_origin` from config.toml (a string or an array).
@@ -430,6 +581,13 @@ fn unreachable_config() -> Config {
         client_version: CODEX_CLIENT_VERSION.into(),
         history_max_entries: 1024,
         history_max_bytes: 64 * 1024 * 1024,
+        accounts: Vec::new(),
+        account_limits: Limits {
+            start: 3,
+            ceiling: 8,
+            grow_after: Duration::from_secs(30),
+        },
+        queue_timeout: Duration::from_secs(300),
     }
 }
 

@@ -82,6 +82,8 @@ pub struct Error {
     pub retry_after: Option<u64>,
     /// Whether the same request may be sent again (only before the first byte reached the client).
     pub retryable: bool,
+    /// A usage limit's reset (unix seconds), so the account can be cooled until then.
+    pub resets_at: Option<u64>,
 }
 
 impl Error {
@@ -115,6 +117,7 @@ impl Error {
             param: None,
             retry_after: None,
             retryable,
+            resets_at: None,
         }
     }
 

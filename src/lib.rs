@@ -6,6 +6,8 @@
 //! client ──HTTP/1.1 or h2──▶ server::route ──▶ dialect::{chat,messages,responses}
 //!         (OpenAI / Anthropic JSON, parsed once)        │ builds ONE upstream body
 //!                                                       ▼
+//!        accounts::route (conversation → account) ──▶ admission (the account's window;
+//!                                                       │ beyond it: queued here)
 //!                  auth::TokenStore (ArcSwap) ──▶ upstream::request (headers + body, zstd)
 //!                                                       │ upstream::conn (pooled HTTP/1.1,
 //!                                                       │ plain http) or the shared
@@ -28,10 +30,14 @@
 //! - [`error`]: the one `Error` type (kind, side, retryability) and its rendering per protocol.
 //! - [`auth`]: `TokenStore` (ArcSwap of credentials + prebuilt header values), auth.json
 //!   read / atomic write under a lock file, single-flight refresh, JWT claims.
+//! - [`accounts`]: the ChatGPT logins served (`--accounts`): labels, conversation
+//!   affinity, the choice of account for a new conversation, usage-limit cooldown.
+//! - [`admission`]: one account's adaptive window of open upstream streams and its
+//!   two-class, per-conversation-fair queue.
 //! - [`upstream`]: the upstream connections (`client`: the shared hyper-rustls client;
 //!   `conn`: the driven HTTP/1.1 pool the streaming body polls itself), upstream request
 //!   building (strict body allow-list, Responses-lite layout), event decoding into
-//!   `Delta`, stream collection, failure mapping, the model catalog.
+//!   `Delta`, stream collection, failure mapping, the rate-limit headers, the model catalog.
 //! - [`sse`]: the incremental zero-copy SSE parser and the frame writer.
 //! - [`json`]: string escaping and raw-slice helpers shared by the encoders.
 //! - [`dialect`]: Chat Completions, Anthropic Messages and Responses: request
@@ -44,13 +50,14 @@
 //!   connection (`h1`; h2 clients go to hyper), routing and guards
 //!   (`route`), the request pipeline with retries (`pipeline`), the unary endpoints
 //!   (`endpoints`: models, images, inspect, compaction, usage), unary backend calls and
-//!   the live catalog (`backend`), the `previous_response_id` store (`history`), the rate-limit
-//!   snapshot, and the one log line per request (`reqlog`).
+//!   the live catalog (`backend`), the `previous_response_id` store (`history`), and the one log line per request (`reqlog`).
 //! - [`cli`]: the user commands besides `serve`: `login` (browser PKCE and device code,
 //!   writing the Codex CLI's auth.json), `usage` (rate-limit bars), `claude` and `env`.
 //! - [`emulator`]: a faithful Codex backend on a loopback port for tests, benches and `--demo`.
 //! - `fuzzing`: entry points shared by the fuzz targets and the corpus replay test.
 #![forbid(unsafe_code)]
+pub mod accounts;
+pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod cli;

@@ -128,6 +128,9 @@ struct UsageArgs {
     /// Backend root ({root}/wham/usage).
     #[arg(long, env = "CODEX_AS_API_UPSTREAM_URL")]
     upstream_url: Option<String>,
+    /// Several accounts: comma-separated auth.json paths (as for `serve`).
+    #[arg(long, env = "CODEX_AS_API_ACCOUNTS", value_delimiter = ',')]
+    accounts: Vec<PathBuf>,
     /// OAuth token endpoint (for refreshing an expired access token).
     #[arg(long, env = "CODEX_AS_API_TOKEN_URL")]
     token_url: Option<String>,
@@ -246,6 +249,7 @@ fn main() -> ExitCode {
                 let mut args = a.files.serve_args();
                 args.upstream_url = a.upstream_url;
                 args.token_url = a.token_url;
+                args.accounts = a.accounts;
                 let config = Config::resolve(&args)?;
                 usage::run(&config, &client(&config)?, a.json).await
             }
@@ -298,6 +302,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         config.upstream_url = emu.base_url();
         config.token_url = emu.token_url();
         config.auth_path = auth;
+        config.accounts.clear();
         tracing::warn!(
             upstream = %config.upstream_url,
             "DEMO MODE: answers come from the built-in Codex backend emulator, not from ChatGPT"
@@ -306,13 +311,21 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let server = Server::start(config).await.map_err(|e| e.message.clone())?;
     let st = server.state();
-    let current = st.tokens.current();
-    let plan = current
-        .as_ref()
+    let primary = st.accounts.primary();
+    let plan = primary
+        .and_then(|a| a.tokens.current())
         .and_then(|h| h.plan.clone())
         .unwrap_or_else(|| "unknown".to_owned());
-    let auth = if st.tokens.available() {
-        "ChatGPT credentials loaded".to_owned()
+    let ready = st.accounts.all().iter().filter(|a| a.available()).count();
+    for a in st.accounts.all().iter().filter(|a| !a.available()) {
+        let why = a.tokens.problem().unwrap_or_default();
+        tracing::warn!(account = %a.label, "account unavailable: {why}");
+    }
+    let auth = if ready > 0 {
+        format!(
+            "{ready} of {} ChatGPT account(s) loaded",
+            st.accounts.all().len()
+        )
     } else {
         format!(
             "NO ChatGPT credentials at {}: run `codex-as-api login`, or start with --demo",
@@ -325,9 +338,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         small_model = %st.config.small_model,
         upstream = %st.config.upstream_url,
         auth = %auth,
-        auth_available = st.tokens.available(),
+        auth_available = ready > 0,
         plan = %plan,
         api_key_required = st.config.api_key.is_some(),
+        account_max_streams = st.config.account_limits.start,
         "codex-as-api {} listening on http://{}",
         env!("CARGO_PKG_VERSION"),
         server.addr()

@@ -1348,3 +1348,455 @@ async fn tls_mode_serves_h1_and_h2_with_the_generated_ca() {
         assert_eq!(text_of(&events), "You said: over tls");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Accounts: several of them, the per-account limit of open streams, usage limits.
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Waits (up to 10 s) until `cond` holds: for state the emulator reaches on its own
+/// schedule, like a stream released after its client left.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// The exact 429 of the per-account concurrency limit.
+fn too_many_streams() -> Value {
+    json!({"error": {"type": "rate_limit_exceeded", "code": "rate_limit_exceeded", "param": null,
+        "message": "Too many concurrent requests for this account. Please try again later."}})
+}
+
+impl Fixture {
+    fn post_as(&self, creds: &TestCredentials, body: &Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url("/codex/responses"))
+            .header("authorization", format!("Bearer {}", creds.access_token))
+            .header("chatgpt-account-id", &creds.account_id)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    }
+
+    /// Opens a stream that stalls after its first delta for a minute; returns once the
+    /// head and the first delta have arrived, so the stream is certainly open.
+    async fn hold_open(&self, creds: &TestCredentials, tag: &str) -> reqwest::Response {
+        let mut resp = self
+            .post_as(creds, &body(&format!("EMU:stall:60000 {tag}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut seen = String::new();
+        while !seen.contains("response.output_text.delta") {
+            let chunk = resp
+                .chunk()
+                .await
+                .unwrap()
+                .expect("the stream stalls, not ends");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        resp
+    }
+
+    fn get_as(&self, creds: &TestCredentials, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(self.url(path))
+            .header("authorization", format!("Bearer {}", creds.access_token))
+            .header("chatgpt-account-id", &creds.account_id)
+    }
+}
+
+#[tokio::test]
+async fn account_concurrency_refuses_the_stream_over_the_limit() {
+    let f = fixture_with(EmulatorConfig {
+        account_concurrency: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let acct = f.creds.account_id.clone();
+    assert_eq!(acct, f.emu.account_id());
+    let a = f.hold_open(&f.creds, "a").await;
+    let b = f.hold_open(&f.creds, "b").await;
+    let s = f.emu.account_stats(&acct);
+    assert_eq!((s.open_streams, s.peak_open_streams), (2, 2));
+
+    // The third is refused: 429, the exact body, no Retry-After, the usual x-codex headers.
+    let resp = f.post(&body("third")).await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("retry-after").is_none());
+    assert_eq!(resp.headers()["x-codex-primary-used-percent"], "12.0");
+    assert!(resp.headers().contains_key("x-request-id"));
+    assert_eq!(resp.json::<Value>().await.unwrap(), too_many_streams());
+    let s = f.emu.account_stats(&acct);
+    assert_eq!(s.concurrency_refusals, 1);
+    assert_eq!(s.open_streams, 2, "a refusal opens nothing");
+    assert_eq!(s.requests, 3);
+    assert_eq!(f.emu.stats().concurrency_refusals, 1);
+
+    // A client that leaves releases its stream.
+    drop(a);
+    wait_until("the abandoned stream is released", || {
+        f.emu.account_stats(&acct).open_streams == 1
+    })
+    .await;
+    // A stream that finishes releases it too: two in a row fit next to `b` only if the
+    // first was released when its body ended.
+    for _ in 0..2 {
+        let events = f.stream(&body("after")).await;
+        assert_eq!(types(&events).last().unwrap(), &"response.completed");
+    }
+    let s = f.emu.account_stats(&acct);
+    assert_eq!((s.open_streams, s.peak_open_streams), (1, 2));
+    assert_eq!(s.concurrency_refusals, 1);
+    f.emu.reset_peaks();
+    assert_eq!(f.emu.account_stats(&acct).peak_open_streams, 1);
+    drop(b);
+
+    // Unknown accounts have no counters.
+    assert_eq!(
+        f.emu.account_stats("nobody"),
+        codex_as_api::emulator::AccountStats::default()
+    );
+}
+
+#[tokio::test]
+async fn account_concurrency_counts_a_stream_from_admission_through_its_slow_start() {
+    let f = fixture().await;
+    f.emu.set_account_concurrency(Some(1));
+    let acct = f.creds.account_id.clone();
+    // `EMU:slow` delays the head: the stream is open before any byte leaves.
+    let slow = tokio::spawn(f.post_raw(&body("EMU:slow:60000 slow")).send());
+    wait_until("the slow request is admitted", || {
+        f.emu.account_stats(&acct).open_streams == 1
+    })
+    .await;
+    let resp = f.post(&body("second")).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.json::<Value>().await.unwrap(), too_many_streams());
+    // A unary error answer holds no stream: with the limit at 1 and one open, a scripted
+    // 503 is still refused for concurrency, and once the limit is lifted answers 503 and
+    // leaves the count alone.
+    assert_eq!(f.post(&body("EMU:503")).await.status(), 429);
+    f.emu.set_account_concurrency(None);
+    assert_eq!(f.post(&body("EMU:503")).await.status(), 503);
+    assert_eq!(f.emu.account_stats(&acct).open_streams, 1);
+    f.stream(&body("unlimited now")).await;
+    assert_eq!(f.emu.account_stats(&acct).concurrency_refusals, 2);
+    slow.abort();
+}
+
+#[tokio::test]
+async fn account_concurrency_is_per_account() {
+    let f = fixture_with(EmulatorConfig {
+        account_concurrency: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let other = f.emu.add_account();
+    assert_ne!(other, f.emu.account_id());
+    let other_creds = f.emu.issue_credentials_for(&other, 3600);
+    assert_eq!(other_creds.account_id, other);
+    let mut held = Vec::new();
+    for (creds, tag) in [
+        (&f.creds, "a1"),
+        (&other_creds, "b1"),
+        (&f.creds, "a2"),
+        (&other_creds, "b2"),
+    ] {
+        held.push(f.hold_open(creds, tag).await);
+    }
+    for id in [f.emu.account_id(), other.clone()] {
+        let s = f.emu.account_stats(&id);
+        assert_eq!(
+            (s.open_streams, s.peak_open_streams, s.concurrency_refusals),
+            (2, 2, 0),
+            "{id}"
+        );
+    }
+    // Both accounts are at their limit now.
+    let resp = f.post_as(&other_creds, &body("b3")).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(f.post(&body("a3")).await.status(), 429);
+    assert_eq!(f.emu.account_stats(&other).concurrency_refusals, 1);
+    assert_eq!(f.emu.stats().concurrency_refusals, 2);
+}
+
+#[tokio::test]
+async fn accounts_have_their_own_tokens_and_refresh_keeps_the_account() {
+    let f = fixture().await;
+    let other = f.emu.add_account();
+    let creds = f.emu.issue_credentials_for(&other, 3600);
+    let auth = |jwt: &str| claims(jwt)["https://api.openai.com/auth"].clone();
+    let mine = auth(&f.creds.access_token);
+    let theirs = auth(&creds.access_token);
+    assert_eq!(theirs["chatgpt_account_id"], other.as_str());
+    assert_eq!(auth(&creds.id_token)["chatgpt_account_id"], other.as_str());
+    assert_ne!(theirs["chatgpt_user_id"], mine["chatgpt_user_id"]);
+    // A token is only good with its own account's id.
+    let mut wrong = creds.clone();
+    wrong.account_id = f.emu.account_id();
+    assert_eq!(
+        f.post_as(&wrong, &body("hi"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    let mut current = creds.clone();
+    for _ in 0..2 {
+        let resp = f
+            .http
+            .post(f.emu.token_url())
+            .json(&json!({"client_id": "app_EMoamEEZ73f0CkXaXp7hrann", "grant_type": "refresh_token", "refresh_token": current.refresh_token}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().await.unwrap();
+        current = TestCredentials {
+            id_token: v["id_token"].as_str().unwrap().to_owned(),
+            access_token: v["access_token"].as_str().unwrap().to_owned(),
+            refresh_token: v["refresh_token"].as_str().unwrap().to_owned(),
+            account_id: other.clone(),
+        };
+        let refreshed = auth(&current.access_token);
+        assert_eq!(refreshed["chatgpt_account_id"], other.as_str());
+        assert_eq!(refreshed["chatgpt_user_id"], theirs["chatgpt_user_id"]);
+        assert_eq!(
+            auth(&current.id_token)["chatgpt_account_id"],
+            other.as_str()
+        );
+        let resp = f.post_as(&current, &body("hi")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap();
+    }
+    assert_eq!(f.emu.account_stats(&other).requests, 2);
+    assert_eq!(f.emu.account_stats(&f.emu.account_id()).requests, 0);
+
+    // The account endpoints answer for the presented token's account.
+    let v: Value = f
+        .get_as(&current, "/wham/accounts/check")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["default_account_id"], other.as_str());
+    assert_eq!(v["accounts"][0]["id"], other.as_str());
+    let v: Value = f
+        .get_as(&f.creds, "/wham/accounts/check")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["default_account_id"], f.emu.account_id().as_str());
+
+    // Credentials for an id the emulator has not seen register that account.
+    let named = f.emu.issue_credentials_for("acct-named-by-test", 3600);
+    assert_eq!(
+        auth(&named.access_token)["chatgpt_account_id"],
+        "acct-named-by-test"
+    );
+    f.stream_as(&named, "hello").await;
+}
+
+impl Fixture {
+    async fn stream_as(&self, creds: &TestCredentials, text: &str) -> Vec<Event> {
+        let resp = self.post_as(creds, &body(text)).send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        parse_sse(&text)
+    }
+}
+
+#[tokio::test]
+async fn usage_limit_refuses_that_account_until_cleared() {
+    let f = fixture().await;
+    let other = f.emu.add_account();
+    let creds = f.emu.issue_credentials_for(&other, 3600);
+    let resets_at = now_unix() + 5000;
+    f.emu.set_usage_limit(&other, Some(resets_at));
+    // Checked before the concurrency limit: even with no stream allowed at all, the
+    // limited account answers usage_limit_reached and opens nothing.
+    f.emu.set_account_concurrency(Some(0));
+
+    let resp = f.post_as(&creds, &body("hi")).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["x-codex-primary-used-percent"], "100.0");
+    assert_eq!(
+        resp.headers()["x-codex-primary-reset-at"],
+        resets_at.to_string().as_str()
+    );
+    assert!(resp.headers().get("retry-after").is_none());
+    let v: Value = resp.json().await.unwrap();
+    let in_secs = v["error"]["resets_in_seconds"].as_i64().unwrap();
+    assert!((4990..=5000).contains(&in_secs), "{in_secs}");
+    assert_eq!(
+        v,
+        json!({"error": {"type": "usage_limit_reached", "message": "The usage limit has been reached",
+            "plan_type": "plus", "resets_at": resets_at, "resets_in_seconds": in_secs}})
+    );
+    let s = f.emu.account_stats(&other);
+    assert_eq!(
+        (
+            s.usage_limit_refusals,
+            s.concurrency_refusals,
+            s.peak_open_streams
+        ),
+        (1, 0, 0)
+    );
+
+    // `/wham/usage` shows it for that account only.
+    let v: Value = f
+        .get_as(&creds, "/wham/usage")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["rate_limit"]["primary_window"]["used_percent"], 100);
+    assert_eq!(v["rate_limit"]["primary_window"]["reset_at"], resets_at);
+    assert_eq!(v["rate_limit"]["limit_reached"], true);
+    assert_eq!(v["rate_limit"]["allowed"], false);
+    let v: Value = f
+        .get_as(&f.creds, "/wham/usage")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["rate_limit"]["primary_window"]["used_percent"], 12);
+    assert_eq!(v["rate_limit"]["limit_reached"], false);
+
+    // The other account is only held by the concurrency limit.
+    let resp = f.post(&body("hi")).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.json::<Value>().await.unwrap(), too_many_streams());
+    f.emu.set_account_concurrency(None);
+    f.stream(&body("hi")).await;
+    assert_eq!(
+        f.post_as(&creds, &body("hi"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+
+    f.emu.set_usage_limit(&other, None);
+    let events = f.stream_as(&creds, "hi").await;
+    assert_eq!(types(&events).last().unwrap(), &"response.completed");
+    let v: Value = f
+        .get_as(&creds, "/wham/usage")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["rate_limit"]["primary_window"]["used_percent"], 12);
+    assert_eq!(f.emu.account_stats(&other).usage_limit_refusals, 2);
+}
+
+#[tokio::test]
+async fn flakyevent_fails_in_stream_n_times_then_succeeds() {
+    let f = fixture().await;
+    for _ in 0..2 {
+        let events = f.stream(&body("EMU:flakyevent:2 a")).await;
+        assert_eq!(
+            types(&events),
+            [
+                "response.created",
+                "response.in_progress",
+                "response.failed"
+            ]
+        );
+        assert_eq!(
+            events[2].1["response"]["error"]["code"],
+            "server_is_overloaded"
+        );
+    }
+    let events = f.stream(&body("EMU:flakyevent:2 a")).await;
+    assert_eq!(types(&events).last().unwrap(), &"response.completed");
+
+    // Each of the flaky family keeps its own count for the same text.
+    let text = "EMU:flaky:1 EMU:flakyevent:1 b";
+    assert_eq!(f.post(&body(text)).await.status(), 503);
+    let events = f.stream(&body(text)).await;
+    assert_eq!(types(&events).last().unwrap(), &"response.failed");
+    let events = f.stream(&body(text)).await;
+    assert_eq!(types(&events).last().unwrap(), &"response.completed");
+}
+
+#[tokio::test]
+async fn flakyreset_aborts_n_times_before_any_byte_then_succeeds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = fixture().await;
+    // HTTP/1.1: the connection closes with not a single byte of a response.
+    let raw_request = |text: &str| {
+        let b = body(text).to_string();
+        format!(
+            "POST /backend-api/codex/responses HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {}\r\nchatgpt-account-id: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
+            f.creds.access_token,
+            f.creds.account_id,
+            b.len()
+        )
+    };
+    for _ in 0..2 {
+        let mut tcp = tokio::net::TcpStream::connect(f.emu.addr()).await.unwrap();
+        tcp.write_all(raw_request("EMU:flakyreset:2 a").as_bytes())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = tcp.read_to_end(&mut got).await;
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    }
+    let events = f.stream(&body("EMU:flakyreset:2 a")).await;
+    assert_eq!(types(&events).last().unwrap(), &"response.completed");
+    assert_eq!(f.emu.live_streams(), 0);
+    assert_eq!(f.emu.account_stats(&f.creds.account_id).open_streams, 0);
+
+    // h2: the stream is reset; the connection goes on serving.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let send = |text: &str| {
+        h2.post(f.url("/codex/responses"))
+            .header("authorization", format!("Bearer {}", f.creds.access_token))
+            .header("chatgpt-account-id", &f.creds.account_id)
+            .body(body(text).to_string())
+            .send()
+    };
+    let before = f.emu.stats().connections_accepted;
+    let err = send("EMU:flakyreset:1 h2").await.unwrap_err();
+    assert!(format!("{err:?}").contains("INTERNAL_ERROR"), "{err:?}");
+    let resp = send("EMU:flakyreset:1 h2").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        types(&parse_sse(&resp.text().await.unwrap()))
+            .last()
+            .unwrap(),
+        &"response.completed"
+    );
+    assert_eq!(f.emu.stats().connections_accepted, before + 1);
+}

@@ -359,6 +359,10 @@ async fn stalled_clients_never_break_other_streams_on_the_shared_h2_upstream() {
     let mut config = codex_as_api::config::Config::for_tests(&emu.base_url(), auth);
     config.ca_file = Some(ca);
     config.token_url = emu.token_url();
+    // Room for every stream at once: this is about the shared h2 connection, not about an
+    // account's window (where stalled clients would hold the slots and the rest queue).
+    config.account_limits.start = 64;
+    config.account_limits.ceiling = 64;
     let server = codex_as_api::server::Server::start(config).await.unwrap();
     let addr = server.addr();
 

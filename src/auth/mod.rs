@@ -184,6 +184,23 @@ impl TokenStore {
         self.current.load().is_some() && !self.blocked.load(Ordering::Acquire)
     }
 
+    /// Why the credentials are unusable (names the path), `None` while they are usable.
+    pub fn problem(&self) -> Option<String> {
+        if self.available() {
+            return None;
+        }
+        let Ok(st) = self.state.try_lock() else {
+            return Some(format!(
+                "credentials at {} are being reloaded",
+                self.path.display()
+            ));
+        };
+        st.unavailable
+            .clone()
+            .or_else(|| st.failure.as_ref().map(|e| e.message.clone()))
+            .or_else(|| Some(format!("no usable credentials at {}", self.path.display())))
+    }
+
     pub fn auth_path(&self) -> &Path {
         &self.path
     }

@@ -222,6 +222,11 @@ pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Option<String>) {
         cors_allow_origin,
         history_max_entries,
         history_max_bytes,
+        accounts,
+        account_max_streams,
+        account_max_streams_ceiling,
+        account_window_grow_secs,
+        queue_timeout_secs,
     } = args;
     let mut argv: Vec<OsString> = vec!["serve".into()];
     let mut flag = |name: &str, value: Option<OsString>| {
@@ -256,6 +261,20 @@ pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Option<String>) {
     flag("header-timeout-secs", n(header_timeout_secs));
     flag("history-max-entries", n(history_max_entries));
     flag("history-max-bytes", n(history_max_bytes));
+    flag("account-max-streams", n(account_max_streams));
+    flag(
+        "account-max-streams-ceiling",
+        n(account_max_streams_ceiling),
+    );
+    flag("account-window-grow-secs", n(account_window_grow_secs));
+    flag("queue-timeout-secs", n(queue_timeout_secs));
+    if !accounts.is_empty() {
+        let list: Vec<String> = accounts
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        flag("accounts", Some(list.join(",").into()));
+    }
     for origin in cors_allow_origin {
         flag("cors-allow-origin", Some(origin.into()));
     }

@@ -7,6 +7,7 @@
 //! reset time, then plan, credits and any additional metered limits.
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,10 +36,14 @@ fn request(config: &Config, auth: &AuthHeaders) -> Result<Request<Full<Bytes>>, 
         .map_err(|e| format!("invalid upstream URL {url:?}: {e}"))
 }
 
-/// Fetch the usage document.
-pub async fn fetch_usage(config: &Config, client: &HttpClient) -> Result<Value, String> {
+/// Fetch the usage document of the account whose credentials are at `auth_path`.
+pub async fn fetch_usage(
+    config: &Config,
+    auth_path: &Path,
+    client: &HttpClient,
+) -> Result<Value, String> {
     let store = TokenStore::new(
-        config.auth_path.clone(),
+        auth_path.to_owned(),
         config.token_url.clone(),
         client.clone(),
     );
@@ -218,15 +223,53 @@ pub fn render(doc: &Value, now: i64, color: bool) -> String {
 }
 
 /// Run the command.
+/// Print every account's usage (`--accounts`, else the one auth path). With one account
+/// the output is that account's alone; with several, each is headed by its label, and
+/// `--json` prints `[{"account", "usage" | "error"}]`. Fails only when every account failed.
 pub async fn run(config: &Config, client: &HttpClient, json: bool) -> Result<(), String> {
-    let doc = fetch_usage(config, client).await?;
+    let specs = config.account_specs();
+    if let [only] = specs.as_slice() {
+        let doc = fetch_usage(config, &only.path, client).await?;
+        return print(&doc, json);
+    }
+    let labels = crate::accounts::labels(&specs);
+    let mut docs = Vec::with_capacity(specs.len());
+    let mut text = String::new();
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let mut failures = 0;
+    for (spec, label) in specs.iter().zip(labels) {
+        let r = fetch_usage(config, &spec.path, client).await;
+        text.push_str(&format!("Account {label} ({})\n", spec.path.display()));
+        match &r {
+            Ok(doc) => text.push_str(&render(doc, now_secs(), color)),
+            Err(e) => {
+                failures += 1;
+                text.push_str(&format!("  unavailable: {e}\n"));
+            }
+        }
+        text.push('\n');
+        docs.push(match r {
+            Ok(doc) => serde_json::json!({"account": label, "usage": doc}),
+            Err(e) => serde_json::json!({"account": label, "error": e}),
+        });
+    }
+    if failures == specs.len() {
+        return Err(format!("no account answered:\n{text}"));
+    }
     if json {
-        let mut text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+        return print(&Value::Array(docs), true);
+    }
+    super::print_out(text.as_bytes())
+}
+
+fn print(doc: &Value, json: bool) -> Result<(), String> {
+    if json {
+        let mut text = serde_json::to_string_pretty(doc).map_err(|e| e.to_string())?;
         text.push('\n');
         return super::print_out(text.as_bytes());
     }
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    super::print_out(render(&doc, now_secs(), color).as_bytes())
+    super::print_out(render(doc, now_secs(), color).as_bytes())
 }
 
 #[cfg(test)]

@@ -15,9 +15,24 @@
 //!   plays them out, chunk per event or coalesced ([`stream`]), counted while live so tests
 //!   can see an abandoned upstream request being dropped ([`Emulator::live_streams`]).
 //!
+//! It also models the account side of the real backend, so admission control and a pool
+//! of several accounts can be tested ([`accounts`]):
+//!
+//! * several ChatGPT accounts ([`Emulator::add_account`]), each with its own ids and
+//!   tokens ([`Emulator::issue_credentials_for`]); a refresh keeps the account of its
+//!   refresh token, and `/wham/usage` and `/wham/accounts/check` answer for the account
+//!   of the presented token,
+//! * the per-account concurrency limit ([`EmulatorConfig::account_concurrency`]): since
+//!   2026-08 the real backend answers 429 `rate_limit_exceeded` (no `Retry-After`) to a
+//!   request that arrives while an account already has a few streams open,
+//! * per-account usage limits ([`Emulator::set_usage_limit`]): 429
+//!   `usage_limit_reached` with the reset time, checked before the concurrency limit,
+//! * per-account counters ([`Emulator::account_stats`]).
+//!
 //! It does not own anything the proxy uses on its hot path: nothing outside tests,
 //! benches and `--demo` should depend on it.
 
+mod accounts;
 mod catalog;
 mod oauth;
 mod routes;
@@ -39,6 +54,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use accounts::AccountStats;
 pub use stream::STAMP_PLACEHOLDER;
 pub use tokens::TestCredentials;
 
@@ -78,6 +94,9 @@ pub struct EmulatorConfig {
     pub refresh_access_ttl_secs: i64,
     /// The `interval` the device-code endpoint tells clients to poll at (the real one: 5).
     pub device_poll_interval_secs: u64,
+    /// Streams one account may have open at once; a request beyond it gets 429
+    /// `rate_limit_exceeded` without `Retry-After`. `None`: unlimited.
+    pub account_concurrency: Option<usize>,
 }
 
 impl Default for EmulatorConfig {
@@ -88,6 +107,7 @@ impl Default for EmulatorConfig {
             chunking: Chunking::PerEvent,
             refresh_access_ttl_secs: 3600,
             device_poll_interval_secs: 5,
+            account_concurrency: None,
         }
     }
 }
@@ -109,6 +129,8 @@ pub struct Stats {
     pub connections_accepted: u64,
     pub images_requests: u64,
     pub models_requests: u64,
+    /// Requests refused because their account had its limit of open streams.
+    pub concurrency_refusals: u64,
 }
 
 /// One `POST /codex/responses` as received (body after zstd decoding).
@@ -198,9 +220,68 @@ impl Emulator {
         self.ca_pem.clone()
     }
 
-    /// Mints a token set the emulator accepts; a negative ttl gives an expired access token.
+    /// Mints a token set the emulator accepts for the default account ([`Self::account_id`]);
+    /// a negative ttl gives an expired access token.
     pub fn issue_credentials(&self, access_ttl_secs: i64) -> TestCredentials {
-        self.shared.issue(access_ttl_secs)
+        self.shared
+            .issue(&self.shared.default_account, access_ttl_secs)
+    }
+
+    /// Like [`Self::issue_credentials`], for the account `account_id` (its JWT claims and
+    /// `TestCredentials::account_id` name it). An id the emulator does not know yet is
+    /// registered as a new account.
+    pub fn issue_credentials_for(&self, account_id: &str, access_ttl_secs: i64) -> TestCredentials {
+        let account = self.shared.account(account_id);
+        self.shared.issue(&account, access_ttl_secs)
+    }
+
+    /// The id of the default account (the one [`Self::issue_credentials`] and the sign-in
+    /// flows issue tokens for).
+    pub fn account_id(&self) -> String {
+        self.shared.default_account.id.clone()
+    }
+
+    /// Creates an account with a new id and its own user id; returns the account id.
+    pub fn add_account(&self) -> String {
+        self.shared.add_account().id.clone()
+    }
+
+    /// Changes [`EmulatorConfig::account_concurrency`] at run time. Streams already open
+    /// stay open; only new requests are checked against the new limit.
+    pub fn set_account_concurrency(&self, limit: Option<usize>) {
+        self.shared
+            .account_concurrency
+            .store(limit.unwrap_or(usize::MAX), Ordering::Release);
+    }
+
+    /// While `Some(resets_at)` (unix seconds), every `/codex/responses` of the account is
+    /// refused with 429 `usage_limit_reached` naming that reset time, and `/wham/usage`
+    /// shows its primary window 100 % used. `None` lifts the limit. An unknown id is
+    /// registered as a new account.
+    pub fn set_usage_limit(&self, account_id: &str, resets_at: Option<i64>) {
+        self.shared.account(account_id).set_usage_limit(resets_at);
+    }
+
+    /// A snapshot of one account's counters (all zero for an unknown id).
+    pub fn account_stats(&self, account_id: &str) -> AccountStats {
+        self.shared
+            .find_account(account_id)
+            .map(|a| a.stats())
+            .unwrap_or_default()
+    }
+
+    /// Opens the gate `name`: every stream held by `EMU:gate:<name>` goes on, and later
+    /// ones pass at once.
+    pub fn open_gate(&self, name: &str) {
+        lock(&self.shared.gates)
+            .entry(name.to_owned())
+            .or_insert_with(|| watch::channel(false).0)
+            .send_replace(true);
+    }
+
+    /// Sets every account's `peak_open_streams` to its current `open_streams`.
+    pub fn reset_peaks(&self) {
+        self.shared.reset_peaks();
     }
 
     /// A snapshot of the counters.
@@ -212,6 +293,7 @@ impl Emulator {
             connections_accepted: c.connections.load(Ordering::Relaxed),
             images_requests: c.images.load(Ordering::Relaxed),
             models_requests: c.models.load(Ordering::Relaxed),
+            concurrency_refusals: c.concurrency_refusals.load(Ordering::Relaxed),
         }
     }
 
@@ -285,6 +367,7 @@ struct Counters {
     connections: AtomicU64,
     images: AtomicU64,
     models: AtomicU64,
+    concurrency_refusals: AtomicU64,
 }
 
 /// State shared by every connection.
@@ -293,8 +376,12 @@ struct Shared {
     refresh_ttl: i64,
     /// Keys the MAC of every `encrypted_content` this emulator hands out.
     secret: [u8; 32],
-    account_id: String,
-    user_id: String,
+    /// The account [`Emulator::issue_credentials`] and the sign-in flows issue tokens for.
+    default_account: Arc<accounts::Account>,
+    /// Every account (the default one included), by id.
+    accounts: Mutex<HashMap<String, Arc<accounts::Account>>>,
+    /// Open streams allowed per account (`usize::MAX`: unlimited).
+    account_concurrency: AtomicUsize,
     counters: Counters,
     live_streams: Arc<AtomicUsize>,
     /// The latest [`MAX_RECORDED`] requests.
@@ -305,25 +392,51 @@ struct Shared {
     /// Authorization codes and device-code sessions.
     oauth: Mutex<oauth::Registry>,
     device_interval: u64,
-    /// `EMU:flaky:<n>` counters, keyed by the full text of the user message.
+    /// `EMU:flaky:<n>` counters, keyed by the full text of the user message (prefixed for
+    /// `EMU:flakyevent` and `EMU:flakyreset`).
     flaky: Mutex<HashMap<String, u64>>,
     /// Last `input_tokens` seen per prompt-cache key.
     cache: Mutex<HashMap<String, u64>>,
     /// Ids of items (`fc_…`, `msg_…`) that were produced after a reasoning item → that `rs_…`.
     followers: Mutex<HashMap<String, String>>,
+    /// `EMU:gate:<name>` gates: closed until [`Emulator::open_gate`].
+    gates: Mutex<HashMap<String, watch::Sender<bool>>>,
     catalog: catalog::Catalog,
+}
+
+impl Shared {
+    /// The key `encrypted_content` is sealed with for `account_id`: like the real backend,
+    /// reasoning and compaction blobs made for one account do not open for another.
+    fn account_secret(&self, account_id: &str) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.secret);
+        h.update(account_id.as_bytes());
+        h.finalize().into()
+    }
+
+    /// A receiver of the gate `name` (created closed on first use).
+    fn gate(&self, name: &str) -> watch::Receiver<bool> {
+        lock(&self.gates)
+            .entry(name.to_owned())
+            .or_insert_with(|| watch::channel(false).0)
+            .subscribe()
+    }
 }
 
 impl Shared {
     fn new(cfg: &EmulatorConfig) -> std::io::Result<Shared> {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let default_account = Arc::new(accounts::Account::new(uuid_like()));
+        let accounts = HashMap::from([(default_account.id.clone(), default_account.clone())]);
         Ok(Shared {
             chunking: cfg.chunking,
             refresh_ttl: cfg.refresh_access_ttl_secs,
             secret,
-            account_id: uuid_like(),
-            user_id: format!("user-{}", random_alnum(24)),
+            default_account,
+            accounts: Mutex::new(accounts),
+            account_concurrency: AtomicUsize::new(cfg.account_concurrency.unwrap_or(usize::MAX)),
             counters: Counters::default(),
             live_streams: Arc::new(AtomicUsize::new(0)),
             recorded: Mutex::new(VecDeque::new()),
@@ -334,6 +447,7 @@ impl Shared {
             flaky: Mutex::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
             followers: Mutex::new(HashMap::new()),
+            gates: Mutex::new(HashMap::new()),
             catalog: catalog::Catalog::build(),
         })
     }
@@ -387,7 +501,7 @@ where
 {
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, std::convert::Infallible>(routes::handle(req, shared).await) }
+        async move { routes::handle(req, shared).await }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // Like a real edge, many streams per h2 connection (the harness holds 10,000), and a

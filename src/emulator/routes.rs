@@ -1,8 +1,10 @@
 //! Routing and the HTTP edge: body reading (with zstd), auth checks, the unary endpoints
 //! (models §15, images §18, compaction v1 §17.1, usage §19, accounts check §16, token
-//! §12.3, sign-in §13 via `oauth`) and the response heads of `/responses` (rate-limit headers §10.2).
+//! §12.3, sign-in §13 via `oauth`), the account checks of `/responses` (usage limit, then
+//! open streams per account) and its response heads (rate-limit headers §10.2).
 
 use std::cell::RefCell;
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -25,6 +27,19 @@ const MAX_BODY: usize = 64 << 20;
 const PNG_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEUlEQVR42mP4z8CAFTEMLQkAKP8/wc53yE8AAAAASUVORK5CYII=";
 
 type Resp = Response<EmuBody>;
+
+/// A request answered with nothing: the service fails, so hyper closes an HTTP/1.1
+/// connection without a response and resets an h2 stream (`EMU:flakyreset`).
+#[derive(Debug)]
+pub(super) struct Abort;
+
+impl fmt::Display for Abort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("emulator: request aborted (EMU:flakyreset)")
+    }
+}
+
+impl std::error::Error for Abort {}
 
 fn json_response(status: u16, body: &Value) -> Resp {
     bytes_response(status, "application/json", Bytes::from(body.to_string()))
@@ -62,11 +77,16 @@ fn unauthorized() -> Resp {
     resp
 }
 
-fn rate_limit_headers(resp: &mut Resp, primary_used: &str) {
+/// The `x-codex-*` headers; `limit_resets_at`: the primary window is used up until then.
+fn rate_limit_headers(resp: &mut Resp, limit_resets_at: Option<i64>) {
     let now = now_secs();
-    set(resp, "x-codex-primary-used-percent", primary_used);
+    let (used, reset) = match limit_resets_at {
+        Some(t) => ("100.0", t),
+        None => ("12.0", now + 3600),
+    };
+    set(resp, "x-codex-primary-used-percent", used);
     set(resp, "x-codex-primary-window-minutes", "300");
-    set(resp, "x-codex-primary-reset-at", &(now + 3600).to_string());
+    set(resp, "x-codex-primary-reset-at", &reset.to_string());
     set(resp, "x-codex-secondary-used-percent", "3.0");
     set(resp, "x-codex-secondary-window-minutes", "10080");
     set(
@@ -83,12 +103,12 @@ fn request_id(resp: &mut Resp) {
     set(resp, "x-request-id", &format!("req_{}", random_hex(32)));
 }
 
-/// Serves one request.
-pub(super) async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Resp {
+/// Serves one request; `Err` aborts it without an answer.
+pub(super) async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp, Abort> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    match (method, path.as_str()) {
-        (Method::POST, "/backend-api/codex/responses") => responses(req, &shared).await,
+    Ok(match (method, path.as_str()) {
+        (Method::POST, "/backend-api/codex/responses") => return responses(req, &shared).await,
         (Method::GET, "/backend-api/codex/models") => models(&req, &shared),
         (Method::POST, "/backend-api/codex/images/generations") => images(req, &shared).await,
         (Method::POST, "/backend-api/codex/responses/compact") => compact(req, &shared).await,
@@ -105,7 +125,7 @@ pub(super) async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Resp 
         (Method::GET, "/codex/device") => device_page(None),
         (Method::POST, "/codex/device") => device_approve(req, &shared).await,
         _ => not_found(),
-    }
+    })
 }
 
 /// Keeps a unary POST for `Emulator::unary_requests`.
@@ -196,11 +216,11 @@ async fn read_body(
     }
 }
 
-async fn responses(req: Request<Incoming>, shared: &Shared) -> Resp {
+async fn responses(req: Request<Incoming>, shared: &Shared) -> Result<Resp, Abort> {
     shared.counters.responses.fetch_add(1, Ordering::Relaxed);
     let (parts, raw, zstd) = match read_body(req).await {
         Ok(v) => v,
-        Err(resp) => return resp,
+        Err(resp) => return Ok(resp),
     };
     let parsed: Option<Value> = serde_json::from_slice(&raw).ok();
     let recorded = Arc::new(Recorded {
@@ -225,21 +245,36 @@ async fn responses(req: Request<Incoming>, shared: &Shared) -> Resp {
         recorded_all.push_back(recorded.clone());
     }
 
-    if !shared.authorized(&parts.headers) {
-        return unauthorized();
-    }
+    let Some(account) = shared.authorized(&parts.headers) else {
+        return Ok(unauthorized());
+    };
+    account.count_request();
     let body = &recorded.body;
     if body.is_null() {
-        return json_response(
+        return Ok(json_response(
             400,
             &json!({"detail": "We could not parse the JSON body of your request."}),
-        );
+        ));
     }
-    if let Err(reject) = rules::check(shared, body) {
+    let secret = shared.account_secret(&account.id);
+    if let Err(reject) = rules::check(shared, &secret, body) {
         let mut resp = json_response(reject.status, &reject.body);
         request_id(&mut resp);
-        return resp;
+        return Ok(resp);
     }
+    // A limited account refuses without opening a stream.
+    if let Some(resets_at) = account.usage_limit() {
+        account.refused_for_usage();
+        return Ok(status_reply(script::usage_limit(resets_at)));
+    }
+    // Held until the SSE body is dropped; a unary answer releases it at once.
+    let Some(open) = account.try_open(shared.stream_limit()) else {
+        shared
+            .counters
+            .concurrency_refusals
+            .fetch_add(1, Ordering::Relaxed);
+        return Ok(too_many_streams());
+    };
     let session_id = parts
         .headers
         .get("session-id")
@@ -249,36 +284,20 @@ async fn responses(req: Request<Incoming>, shared: &Shared) -> Resp {
         body,
         session_id,
         body_len: raw.len(),
+        secret,
     };
-    match script::respond(shared, &script_req) {
-        Reply::Status {
-            status,
-            body,
-            retry_after,
-            limit_reached,
-        } => {
-            let mut resp = if status == 401 {
-                unauthorized()
-            } else {
-                json_response(status, &body)
-            };
-            request_id(&mut resp);
-            if let Some(secs) = retry_after {
-                set(&mut resp, "retry-after", &secs.to_string());
-            }
-            if limit_reached {
-                rate_limit_headers(&mut resp, "100.0");
-                set(&mut resp, "x-codex-active-limit", "codex");
-            }
-            resp
-        }
+    Ok(match script::respond(shared, &script_req) {
+        Reply::Status(reply) => status_reply(reply),
+        Reply::Reset => return Err(Abort),
         Reply::Stream { sse, delay } => {
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }
-            let mut resp = Response::new(EmuBody::Script(
-                sse.into_body(shared.chunking, LiveStream::new(&shared.live_streams)),
-            ));
+            let mut resp = Response::new(EmuBody::Script(sse.into_body(
+                shared.chunking,
+                LiveStream::new(&shared.live_streams),
+                Some(open),
+            )));
             resp.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 HeaderValue::from_static("text/event-stream; charset=utf-8"),
@@ -288,19 +307,52 @@ async fn responses(req: Request<Incoming>, shared: &Shared) -> Resp {
                 HeaderValue::from_static("no-cache"),
             );
             request_id(&mut resp);
-            rate_limit_headers(&mut resp, "12.0");
+            rate_limit_headers(&mut resp, None);
             if let Some(m) = body.get("model").and_then(Value::as_str) {
                 set(&mut resp, "openai-model", m);
             }
             set(&mut resp, "x-models-etag", &shared.catalog.etag);
             resp
         }
+    })
+}
+
+/// The answer to a [`Reply::Status`].
+fn status_reply(reply: script::Status) -> Resp {
+    let script::Status {
+        status,
+        body,
+        retry_after,
+        limit_resets_at,
+    } = reply;
+    let mut resp = if status == 401 {
+        unauthorized()
+    } else {
+        json_response(status, &body)
+    };
+    request_id(&mut resp);
+    if let Some(secs) = retry_after {
+        set(&mut resp, "retry-after", &secs.to_string());
     }
+    if limit_resets_at.is_some() {
+        rate_limit_headers(&mut resp, limit_resets_at);
+        set(&mut resp, "x-codex-active-limit", "codex");
+    }
+    resp
+}
+
+/// 429 for a request over the account's limit of open streams: no `Retry-After`, the
+/// usual rate-limit headers.
+fn too_many_streams() -> Resp {
+    let mut resp = json_response(429, &script::too_many_streams());
+    request_id(&mut resp);
+    rate_limit_headers(&mut resp, None);
+    resp
 }
 
 fn models(req: &Request<Incoming>, shared: &Shared) -> Resp {
     shared.counters.models.fetch_add(1, Ordering::Relaxed);
-    if !shared.authorized(req.headers()) {
+    if shared.authorized(req.headers()).is_none() {
         return unauthorized();
     }
     let etag = &shared.catalog.etag;
@@ -332,7 +384,7 @@ async fn images(req: Request<Incoming>, shared: &Shared) -> Resp {
         &parts,
         &raw,
     );
-    if !shared.authorized(&parts.headers) {
+    if shared.authorized(&parts.headers).is_none() {
         return unauthorized();
     }
     let Ok(body) = serde_json::from_slice::<Value>(&raw) else {
@@ -377,9 +429,9 @@ async fn compact(req: Request<Incoming>, shared: &Shared) -> Resp {
         Err(resp) => return resp,
     };
     record_unary(shared, "/backend-api/codex/responses/compact", &parts, &raw);
-    if !shared.authorized(&parts.headers) {
+    let Some(account) = shared.authorized(&parts.headers) else {
         return unauthorized();
-    }
+    };
     let Ok(body) = serde_json::from_slice::<Value>(&raw) else {
         return json_response(
             400,
@@ -406,38 +458,46 @@ async fn compact(req: Request<Incoming>, shared: &Shared) -> Resp {
         .collect();
     let id = format!("cmp_{}", random_hex(32));
     output.push(
-        json!({"type": "compaction", "encrypted_content": seal(&shared.secret, "compaction", &id)}),
+        json!({"type": "compaction", "encrypted_content": seal(&shared.account_secret(&account.id), "compaction", &id)}),
     );
     json_response(200, &json!({ "output": output }))
 }
 
+/// `/wham/usage` for the account of the presented token.
 fn usage(req: &Request<Incoming>, shared: &Shared) -> Resp {
-    if !shared.authorized(req.headers()) {
+    let Some(account) = shared.authorized(req.headers()) else {
         return unauthorized();
-    }
+    };
     let now = now_secs();
+    let limit = account.usage_limit();
+    let (used, reset_at) = match limit {
+        Some(t) => (100, t),
+        None => (12, now + 3600),
+    };
+    let reached_type = limit.map(|_| json!({"type": "rate_limit_reached"}));
     json_response(
         200,
         &json!({
             "plan_type": "plus",
             "rate_limit": {
-                "allowed": true, "limit_reached": false,
-                "primary_window": {"used_percent": 12, "limit_window_seconds": 18000, "reset_after_seconds": 3600, "reset_at": now + 3600},
+                "allowed": limit.is_none(), "limit_reached": limit.is_some(),
+                "primary_window": {"used_percent": used, "limit_window_seconds": 18000, "reset_after_seconds": reset_at.saturating_sub(now).max(0), "reset_at": reset_at},
                 "secondary_window": {"used_percent": 3, "limit_window_seconds": 604800, "reset_after_seconds": 259200, "reset_at": now + 259_200},
             },
             "credits": {"has_credits": true, "unlimited": false, "balance": "9.99"},
             "additional_rate_limits": [{"limit_name": "codex_other", "metered_feature": "codex_other",
                 "rate_limit": {"allowed": true, "limit_reached": false, "primary_window": null, "secondary_window": null}}],
-            "rate_limit_reached_type": null,
+            "rate_limit_reached_type": reached_type,
         }),
     )
 }
 
+/// `/wham/accounts/check` for the account of the presented token.
 fn accounts(req: &Request<Incoming>, shared: &Shared) -> Resp {
-    if !shared.authorized(req.headers()) {
+    let Some(account) = shared.authorized(req.headers()) else {
         return unauthorized();
-    }
-    let id = &shared.account_id;
+    };
+    let id = &account.id;
     json_response(
         200,
         &json!({

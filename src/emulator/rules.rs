@@ -174,7 +174,7 @@ pub(super) fn item_type(item: &Value) -> &str {
     }
 }
 
-fn check_input(shared: &Shared, input: &[Value]) -> Result<(), Reject> {
+fn check_input(shared: &Shared, secret: &[u8; 32], input: &[Value]) -> Result<(), Reject> {
     let followers: HashMap<String, String> = {
         let map = lock(&shared.followers);
         input
@@ -210,7 +210,7 @@ fn check_input(shared: &Shared, input: &[Value]) -> Result<(), Reject> {
                         "Item with id '{shown}' not found. Items are not persisted when `store` is set to false."
                     )));
                 };
-                let sealed = unseal(&shared.secret, "reasoning", enc)
+                let sealed = unseal(secret, "reasoning", enc)
                     .filter(|sealed_id| id.is_none_or(|id| id == sealed_id));
                 let Some(rs_id) = sealed else {
                     return Err(item_error(format!(
@@ -254,8 +254,10 @@ fn check_input(shared: &Shared, input: &[Value]) -> Result<(), Reject> {
     Ok(())
 }
 
-/// Checks a `/responses` body; `Ok` means it would be served.
-pub(super) fn check(shared: &Shared, body: &Value) -> Result<(), Reject> {
+/// Checks a `/responses` body sent by the account whose sealing key is `secret`
+/// ([`Shared::account_secret`]: reasoning encrypted for one account does not verify for
+/// another); `Ok` means it would be served.
+pub(super) fn check(shared: &Shared, secret: &[u8; 32], body: &Value) -> Result<(), Reject> {
     let Some(obj) = body.as_object() else {
         return Err(detail("Invalid JSON body"));
     };
@@ -305,7 +307,7 @@ pub(super) fn check(shared: &Shared, body: &Value) -> Result<(), Reject> {
         check_tools(tools, "tools")?;
     }
     match obj.get("input") {
-        Some(Value::Array(items)) => check_input(shared, items),
+        Some(Value::Array(items)) => check_input(shared, secret, items),
         Some(Value::String(_)) => Ok(()),
         _ => Err(detail("Missing required parameter: input")),
     }

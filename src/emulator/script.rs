@@ -10,18 +10,25 @@ use super::rules::{item_type, seal};
 use super::stream::Sse;
 use super::{Shared, lock, now_secs, random_alnum, random_hex};
 
+/// A unary error answer.
+pub(super) struct Status {
+    pub(super) status: u16,
+    pub(super) body: Value,
+    pub(super) retry_after: Option<u64>,
+    /// A usage limit resetting then (unix seconds): send the rate-limit headers with the
+    /// primary window at 100 %.
+    pub(super) limit_resets_at: Option<i64>,
+}
+
 /// What to answer.
 pub(super) enum Reply {
     /// A unary error answer.
-    Status {
-        status: u16,
-        body: Value,
-        retry_after: Option<u64>,
-        /// Send the rate-limit headers with the primary window at 100 %.
-        limit_reached: bool,
-    },
+    Status(Status),
     /// A 200 SSE answer, after `delay`.
     Stream { sse: Sse, delay: Option<Duration> },
+    /// No answer at all (`EMU:flakyreset`): close the HTTP/1.1 connection, reset the h2
+    /// stream.
+    Reset,
 }
 
 /// The request facts the script needs.
@@ -29,6 +36,8 @@ pub(super) struct Request<'a> {
     pub(super) body: &'a Value,
     pub(super) session_id: Option<&'a str>,
     pub(super) body_len: usize,
+    /// The sealing key of the requesting account ([`super::Shared::account_secret`]).
+    pub(super) secret: [u8; 32],
 }
 
 /// Directives found in one user message.
@@ -38,7 +47,13 @@ struct Directives<'a> {
     main: Option<(&'a str, &'a str, &'a str)>,
     slow: Option<u64>,
     stall: Option<u64>,
+    /// `EMU:gate:<name>`: after the first delta, hold until the test opens the gate.
+    gate: Option<&'a str>,
     flaky: Option<u64>,
+    /// `EMU:flakyevent:<n>`: the first n times, a 200 stream that fails at once.
+    flaky_event: Option<u64>,
+    /// `EMU:flakyreset:<n>`: the first n times, no answer (reset / connection closed).
+    flaky_reset: Option<u64>,
     /// `EMU:pace:<ms>`: a pause after every delta.
     pace: Option<u64>,
     /// `EMU:stamp`: every delta carries its send time ([`super::STAMP_PLACEHOLDER`]).
@@ -60,7 +75,10 @@ fn parse_directives(text: &str) -> Directives<'_> {
         match name {
             "slow" => d.slow = arg.parse().ok(),
             "stall" => d.stall = arg.parse().ok(),
+            "gate" => d.gate = Some(arg),
             "flaky" => d.flaky = arg.parse().ok(),
+            "flakyevent" => d.flaky_event = arg.parse().ok(),
+            "flakyreset" => d.flaky_reset = arg.parse().ok(),
             "pace" => d.pace = arg.parse().ok(),
             "stamp" => d.stamp = true,
             "coalesce" => d.chunking = Some(super::Chunking::Coalesced),
@@ -254,6 +272,7 @@ struct Turn<'a> {
     created_at: i64,
     output: Vec<Value>,
     stall: Option<Duration>,
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
     pace: Option<Duration>,
     out_bytes: usize,
     reasoning_tokens: u64,
@@ -270,6 +289,7 @@ impl<'a> Turn<'a> {
             created_at: now_secs(),
             output: Vec::new(),
             stall,
+            gate: None,
             pace: None,
             out_bytes: 0,
             reasoning_tokens: 0,
@@ -312,8 +332,11 @@ impl<'a> Turn<'a> {
             .event("response.in_progress", &json!({ "response": r }));
     }
 
-    /// After the first delta of the response, honour `EMU:stall`.
+    /// After the first delta of the response, honour `EMU:gate` and `EMU:stall`.
     fn after_delta(&mut self) {
+        if let Some(g) = self.gate.take() {
+            self.sse.gate(g);
+        }
         if let Some(d) = self.stall.take().or(self.pace) {
             self.sse.pause(d);
         }
@@ -387,7 +410,7 @@ impl<'a> Turn<'a> {
             .and_then(Value::as_array)
             .is_some_and(|inc| inc.iter().any(|v| v == "reasoning.encrypted_content"));
         let enc = if wanted {
-            Value::String(seal(&self.shared.secret, "reasoning", &id))
+            Value::String(seal(&self.req.secret, "reasoning", &id))
         } else {
             Value::Null
         };
@@ -489,7 +512,7 @@ impl<'a> Turn<'a> {
 
     fn compaction(&mut self) {
         let id = format!("cmp_{}", random_hex(32));
-        let item = json!({"id": id, "type": "compaction", "encrypted_content": seal(&self.shared.secret, "compaction", &id)});
+        let item = json!({"id": id, "type": "compaction", "encrypted_content": seal(&self.req.secret, "compaction", &id)});
         self.item_added(&item);
         self.item_done(item);
     }
@@ -563,12 +586,36 @@ impl<'a> Turn<'a> {
 }
 
 fn status(code: u16, body: Value, retry_after: Option<u64>) -> Reply {
-    Reply::Status {
+    Reply::Status(Status {
         status: code,
         body,
         retry_after,
-        limit_reached: false,
+        limit_resets_at: None,
+    })
+}
+
+/// The 429 of an exhausted usage limit that resets at `resets_at` (unix seconds).
+pub(super) fn usage_limit(resets_at: i64) -> Status {
+    let in_secs = resets_at.saturating_sub(now_secs()).max(0);
+    Status {
+        status: 429,
+        body: json!({"error": {"type": "usage_limit_reached", "message": "The usage limit has been reached", "plan_type": "plus", "resets_at": resets_at, "resets_in_seconds": in_secs}}),
+        retry_after: None,
+        limit_resets_at: Some(resets_at),
     }
+}
+
+/// The 429 of the per-account concurrency limit (no `Retry-After`).
+pub(super) fn too_many_streams() -> Value {
+    json!({"error": {"type": "rate_limit_exceeded", "code": "rate_limit_exceeded", "param": null, "message": "Too many concurrent requests for this account. Please try again later."}})
+}
+
+/// Counts one more sighting of `key`; true while it has been seen at most `n` times.
+fn within_first(shared: &Shared, key: String, n: u64) -> bool {
+    let mut counts = lock(&shared.flaky);
+    let seen = counts.get(&key).copied().unwrap_or(0) + 1;
+    super::bounded_insert(&mut counts, key, seen);
+    seen <= n
 }
 
 pub(super) fn overloaded() -> Value {
@@ -645,18 +692,32 @@ pub(super) fn respond(shared: &Shared, req: &Request<'_>) -> Reply {
     };
     let d = parse_directives(&user_text);
 
-    if let Some(n) = d.flaky {
-        let mut counts = lock(&shared.flaky);
-        let seen = counts.get(&user_text).copied().unwrap_or(0) + 1;
-        super::bounded_insert(&mut counts, user_text.clone(), seen);
-        if seen <= n {
-            return status(503, overloaded(), Some(1));
-        }
+    // The flaky family, each with its own counter per text, checked in this order (a
+    // counter only moves when its check is reached).
+    if let Some(n) = d.flaky
+        && within_first(shared, user_text.clone(), n)
+    {
+        return status(503, overloaded(), Some(1));
+    }
+    if let Some(n) = d.flaky_reset
+        && within_first(shared, format!("reset\0{user_text}"), n)
+    {
+        return Reply::Reset;
+    }
+    if let Some(n) = d.flaky_event
+        && within_first(shared, format!("event\0{user_text}"), n)
+    {
+        let mut t = Turn::new(shared, req, None);
+        t.sse.chunking = d.chunking;
+        t.start();
+        overloaded_event(&mut t);
+        return stream(t, None);
     }
 
     let delay = d.slow.map(Duration::from_millis);
     let mut t = Turn::new(shared, req, d.stall.map(Duration::from_millis));
     t.pace = d.pace.map(Duration::from_millis);
+    t.gate = d.gate.map(|g| shared.gate(g));
     t.sse.chunking = d.chunking;
     // With `EMU:stamp`, each generated delta starts with a send-time stamp.
     let stamp = if d.stamp {
@@ -668,15 +729,7 @@ pub(super) fn respond(shared: &Shared, req: &Request<'_>) -> Reply {
     let (name, arg, line) = d.main.unwrap_or(("", "", ""));
     match name {
         "401" => return status(401, token_expired(), None),
-        "429" => {
-            let now = now_secs();
-            return Reply::Status {
-                status: 429,
-                body: json!({"error": {"type": "usage_limit_reached", "message": "The usage limit has been reached", "plan_type": "plus", "resets_at": now + 3600, "resets_in_seconds": 3600}}),
-                retry_after: None,
-                limit_reached: true,
-            };
-        }
+        "429" => return Reply::Status(usage_limit(now_secs() + 3600)),
         "429rate" => {
             return status(
                 429,
@@ -765,10 +818,7 @@ pub(super) fn respond(shared: &Shared, req: &Request<'_>) -> Reply {
             "context_length_exceeded",
             "Your input exceeds the context window of this model. Please adjust your input and try again.",
         ),
-        "overloaded_event" => t.failed(
-            "server_is_overloaded",
-            "Our servers are currently overloaded. Please try again later.",
-        ),
+        "overloaded_event" => overloaded_event(&mut t),
         "error_event" => {
             t.message_open("final_answer", &["Partial ", "answer "]);
             t.sse.event(
@@ -881,6 +931,14 @@ pub(super) fn respond(shared: &Shared, req: &Request<'_>) -> Reply {
     stream(t, delay)
 }
 
+/// `response.failed` with `server_is_overloaded` (`EMU:overloaded_event`, `EMU:flakyevent`).
+fn overloaded_event(t: &mut Turn<'_>) {
+    t.failed(
+        "server_is_overloaded",
+        "Our servers are currently overloaded. Please try again later.",
+    );
+}
+
 fn stream(t: Turn<'_>, delay: Option<Duration>) -> Reply {
     Reply::Stream { sse: t.sse, delay }
 }
@@ -901,6 +959,12 @@ mod tests {
         );
         let d = parse_directives("EMU:flaky:2");
         assert_eq!(d.flaky, Some(2));
+        assert!(d.main.is_none());
+        let d = parse_directives("x EMU:flakyevent:3 EMU:flakyreset:1 y");
+        assert_eq!(
+            (d.flaky, d.flaky_event, d.flaky_reset),
+            (None, Some(3), Some(1))
+        );
         assert!(d.main.is_none());
         let d = parse_directives("EMU:deltas:200 EMU:stamp EMU:pace:50 EMU:coalesce");
         assert_eq!(d.main.map(|(n, a, _)| (n, a)), Some(("deltas", "200")));

@@ -22,6 +22,7 @@ use http_body::{Body, Frame, SizeHint};
 use serde_json::Value;
 
 use super::Chunking;
+use super::accounts::OpenStream;
 
 /// Marker + sixteen digits of a send-time stamp; the digits are written at send time.
 pub const STAMP_PLACEHOLDER: &str = "T@0000000000000000";
@@ -32,6 +33,8 @@ pub(super) enum Step {
     /// Event bytes with stamp digits at these offsets, filled in when the step is sent.
     Stamped(Vec<u8>, Vec<usize>),
     Pause(Duration),
+    /// Hold until the gate opens (`EMU:gate`).
+    Gate(tokio::sync::watch::Receiver<bool>),
     /// End the body with an error: hyper drops the connection without a terminal chunk.
     Cut,
 }
@@ -132,12 +135,23 @@ impl Sse {
         self.steps.push(Step::Pause(d));
     }
 
+    pub(super) fn gate(&mut self, g: tokio::sync::watch::Receiver<bool>) {
+        self.steps.push(Step::Gate(g));
+    }
+
     pub(super) fn cut(&mut self) {
         self.steps.push(Step::Cut);
     }
 
-    pub(super) fn into_body(self, chunking: Chunking, live: LiveStream) -> ScriptBody {
-        ScriptBody::new(self.steps, self.chunking.unwrap_or(chunking), live)
+    /// The body; `live` and `open` (the account's open-stream slot) are released when it
+    /// is dropped.
+    pub(super) fn into_body(
+        self,
+        chunking: Chunking,
+        live: LiveStream,
+        open: Option<OpenStream>,
+    ) -> ScriptBody {
+        ScriptBody::new(self.steps, self.chunking.unwrap_or(chunking), live, open)
     }
 }
 
@@ -161,14 +175,23 @@ impl Drop for LiveStream {
 /// Plays out scripted steps.
 pub(super) struct ScriptBody {
     steps: VecDeque<Step>,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A pause or a gate being waited for.
+    sleep: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     per_event: bool,
     yield_next: bool,
     _live: LiveStream,
+    /// The account's open-stream slot: released as soon as the last frame (or the cut)
+    /// is handed over, so a client can never see the end before the slot is free.
+    open: Option<OpenStream>,
 }
 
 impl ScriptBody {
-    fn new(steps: Vec<Step>, chunking: Chunking, live: LiveStream) -> ScriptBody {
+    fn new(
+        steps: Vec<Step>,
+        chunking: Chunking,
+        live: LiveStream,
+        open: Option<OpenStream>,
+    ) -> ScriptBody {
         let per_event = chunking == Chunking::PerEvent;
         let steps: VecDeque<Step> = if per_event {
             steps.into()
@@ -210,6 +233,7 @@ impl ScriptBody {
             per_event,
             yield_next: false,
             _live: live,
+            open,
         }
     }
 }
@@ -237,7 +261,11 @@ impl Body for ScriptBody {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            match this.steps.pop_front() {
+            let step = this.steps.pop_front();
+            if this.steps.is_empty() {
+                this.open = None;
+            }
+            match step {
                 None => return Poll::Ready(None),
                 Some(Step::Data(b)) => {
                     this.yield_next = this.per_event && !this.steps.is_empty();
@@ -254,7 +282,13 @@ impl Body for ScriptBody {
                     return Poll::Ready(Some(Ok(Frame::data(Bytes::from(b)))));
                 }
                 Some(Step::Pause(d)) => this.sleep = Some(Box::pin(tokio::time::sleep(d))),
+                Some(Step::Gate(mut g)) => {
+                    this.sleep = Some(Box::pin(async move {
+                        let _ = g.wait_for(|open| *open).await;
+                    }))
+                }
                 Some(Step::Cut) => {
+                    this.open = None;
                     return Poll::Ready(Some(Err(io::Error::new(
                         io::ErrorKind::ConnectionAborted,
                         "emulator: stream cut (EMU:cut)",
@@ -373,7 +407,7 @@ mod tests {
             let before = crate::emulator::clock_ns();
             let live = LiveStream::new(&Arc::new(AtomicUsize::new(0)));
             let bytes = s
-                .into_body(chunking, live)
+                .into_body(chunking, live, None)
                 .collect()
                 .await
                 .unwrap()

@@ -5,11 +5,13 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
+use super::accounts::Account;
 use super::{Shared, lock, now_secs, random_alnum, random_hex, rfc3339_now};
 
 /// A token set the emulator accepts. `Debug` never prints a token.
@@ -80,9 +82,10 @@ enum RefreshState {
 /// Every token this emulator issued.
 #[derive(Default)]
 pub(super) struct Registry {
-    /// access token → (account id, exp)
-    pub(super) access: HashMap<String, (String, i64)>,
-    refresh: HashMap<String, RefreshState>,
+    /// access token → (account, exp)
+    pub(super) access: HashMap<String, (Arc<Account>, i64)>,
+    /// refresh token → (state, the account a refresh issues for)
+    refresh: HashMap<String, (RefreshState, Arc<Account>)>,
 }
 
 fn jwt(payload: &Value) -> String {
@@ -92,18 +95,18 @@ fn jwt(payload: &Value) -> String {
     format!("{header}.{body}.{sig}")
 }
 
-impl Shared {
-    fn auth_claim(&self) -> Value {
-        json!({
-            "chatgpt_account_id": self.account_id,
-            "chatgpt_plan_type": "plus",
-            "chatgpt_user_id": self.user_id,
-            "user_id": self.user_id,
-        })
-    }
+fn auth_claim(account: &Account) -> Value {
+    json!({
+        "chatgpt_account_id": account.id,
+        "chatgpt_plan_type": "plus",
+        "chatgpt_user_id": account.user_id,
+        "user_id": account.user_id,
+    })
+}
 
-    /// Mints and registers a full token set.
-    pub(super) fn issue(&self, access_ttl_secs: i64) -> TestCredentials {
+impl Shared {
+    /// Mints and registers a full token set for `account`.
+    pub(super) fn issue(&self, account: &Arc<Account>, access_ttl_secs: i64) -> TestCredentials {
         let now = now_secs();
         let exp = now.saturating_add(access_ttl_secs);
         let access_token = jwt(&json!({
@@ -111,45 +114,43 @@ impl Shared {
             "exp": exp,
             "iat": now,
             "jti": random_hex(16),
-            "https://api.openai.com/auth": self.auth_claim(),
+            "https://api.openai.com/auth": auth_claim(account),
         }));
         let id_token = jwt(&json!({
             "email": "emulator@example.com",
             "exp": now + 3600,
             "iat": now,
-            "https://api.openai.com/auth": self.auth_claim(),
+            "https://api.openai.com/auth": auth_claim(account),
         }));
         let refresh_token = format!("rt_{}", random_alnum(43));
         let mut reg = lock(&self.tokens);
         reg.access
-            .insert(access_token.clone(), (self.account_id.clone(), exp));
-        reg.refresh
-            .insert(refresh_token.clone(), RefreshState::Live);
+            .insert(access_token.clone(), (Arc::clone(account), exp));
+        reg.refresh.insert(
+            refresh_token.clone(),
+            (RefreshState::Live, Arc::clone(account)),
+        );
         TestCredentials {
             id_token,
             access_token,
             refresh_token,
-            account_id: self.account_id.clone(),
+            account_id: account.id.clone(),
         }
     }
 
-    /// Whether `Authorization` and `chatgpt-account-id` name a live token of this account.
-    pub(super) fn authorized(&self, headers: &hyper::HeaderMap) -> bool {
-        let Some(token) = headers
+    /// The account whose live access token `Authorization` carries, when
+    /// `chatgpt-account-id` names that account.
+    pub(super) fn authorized(&self, headers: &hyper::HeaderMap) -> Option<Arc<Account>> {
+        let token = headers
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
-            return false;
-        };
-        let account = headers
+            .and_then(|v| v.strip_prefix("Bearer "))?;
+        let claimed = headers
             .get("chatgpt-account-id")
-            .and_then(|v| v.to_str().ok());
+            .and_then(|v| v.to_str().ok())?;
         let reg = lock(&self.tokens);
-        match reg.access.get(token.trim()) {
-            Some((acct, exp)) => *exp > now_secs() && account == Some(acct.as_str()),
-            None => false,
-        }
+        let (account, exp) = reg.access.get(token.trim())?;
+        (*exp > now_secs() && claimed == account.id).then(|| Arc::clone(account))
     }
 
     /// `POST /oauth/token`: `(status, JSON body)`.
@@ -175,11 +176,14 @@ impl Shared {
                         "Missing required parameter: refresh_token.",
                     );
                 };
-                {
+                let account = {
                     let mut reg = lock(&self.tokens);
                     match reg.refresh.get_mut(rt.as_str()) {
-                        Some(state @ RefreshState::Live) => *state = RefreshState::Used,
-                        Some(RefreshState::Used) => {
+                        Some((state @ RefreshState::Live, account)) => {
+                            *state = RefreshState::Used;
+                            Arc::clone(account)
+                        }
+                        Some((RefreshState::Used, _)) => {
                             return oauth_error(
                                 401,
                                 "refresh_token_reused",
@@ -194,12 +198,18 @@ impl Shared {
                             );
                         }
                     }
-                }
-                (200, self.token_reply(self.issue(self.refresh_ttl)))
+                };
+                (
+                    200,
+                    self.token_reply(self.issue(&account, self.refresh_ttl)),
+                )
             }
             // Codes come from `/oauth/authorize` or the device flow; PKCE is checked.
             "authorization_code" => match self.redeem_code(&fields) {
-                Ok(()) => (200, self.token_reply(self.issue(3600))),
+                Ok(()) => (
+                    200,
+                    self.token_reply(self.issue(&self.default_account, 3600)),
+                ),
                 Err(e) => e,
             },
             _ => oauth_error(400, "unsupported_grant_type", "Unsupported grant_type."),

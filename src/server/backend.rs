@@ -21,6 +21,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
+use crate::accounts::Account;
+use crate::admission::Class;
 use crate::error::{Error, ErrorKind, Protocol};
 use crate::server::State;
 use crate::upstream::catalog::Catalog;
@@ -46,13 +48,14 @@ pub struct Reply {
 /// `auth.json` and once by refreshing. Non-success statuses are returned, not mapped.
 pub async fn send(
     state: &State,
+    account: &Account,
     method: Method,
     url: &str,
     body: Option<&[u8]>,
     extra: &[(&'static str, HeaderValue)],
     timeout: Duration,
 ) -> Result<Reply, Error> {
-    let mut auth = state.tokens.headers().await?;
+    let mut auth = account.tokens.headers().await?;
     let mut recovery = 0u8;
     loop {
         let mut b = Request::builder()
@@ -95,19 +98,19 @@ pub async fn send(
                 ));
             }
         };
-        super::ratelimit::record(state, resp.headers());
+        account.record(resp.headers());
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED && recovery < 2 {
             drop(resp);
             if recovery == 0 {
                 recovery = 1;
-                if let Some(fresh) = state.tokens.reload(&auth).await? {
+                if let Some(fresh) = account.tokens.reload(&auth).await? {
                     auth = fresh;
                     continue;
                 }
             }
             recovery = 2;
-            auth = state.tokens.refresh_after_unauthorized(&auth).await?;
+            auth = account.tokens.refresh_after_unauthorized(&auth).await?;
             continue;
         }
         let (parts, incoming) = resp.into_parts();
@@ -139,7 +142,10 @@ pub async fn send(
     }
 }
 
-/// `send` a JSON body and require a 2xx, mapping an error status as the pipeline does.
+/// `send` a JSON body that makes the backend generate (images, compaction v1) and require
+/// a 2xx, mapping an error status as the pipeline does. It takes a slot in an account's
+/// window like a stream; a concurrency refusal is requeued and a usage limit fails over
+/// to another account (at most `1 + upstream_retries` attempts, within the queue timeout).
 pub async fn post_json(
     state: &State,
     url: &str,
@@ -148,20 +154,58 @@ pub async fn post_json(
     protocol: Protocol,
     timeout: Duration,
 ) -> Result<Bytes, Error> {
-    let reply = send(state, Method::POST, url, Some(body), extra, timeout).await?;
-    if reply.status.is_success() {
-        return Ok(reply.body);
+    let deadline = Instant::now() + state.config.queue_timeout;
+    // No conversation: each call is its own, so it goes to the least-loaded account.
+    let key = fastrand::u64(..);
+    let max = 1 + u64::from(state.config.upstream_retries);
+    let mut attempts = 0u64;
+    let mut front = false;
+    loop {
+        let (route, permit) =
+            super::pipeline::admit(state, key, Class::Interactive, front, deadline, None).await?;
+        front = true;
+        attempts += 1;
+        let account = route.account;
+        let reply = send(
+            state,
+            &account,
+            Method::POST,
+            url,
+            Some(body),
+            extra,
+            timeout,
+        )
+        .await?;
+        if reply.status.is_success() {
+            permit.accepted();
+            return Ok(reply.body);
+        }
+        let err = failure::from_status(
+            reply.status.as_u16(),
+            &reply.headers,
+            &reply.body,
+            protocol,
+            || PromptSize {
+                tokens: body.len() as u64 / 4,
+                window: 272_000,
+            },
+        );
+        match err.kind {
+            ErrorKind::RateLimited if reply.status == StatusCode::TOO_MANY_REQUESTS => {
+                permit.refused(err.retry_after.map(Duration::from_secs));
+            }
+            ErrorKind::UsageLimit => {
+                drop(permit);
+                if !state.accounts.limit_reached(&account, err.resets_at) {
+                    return Err(state.accounts.all_limited().unwrap_or(err));
+                }
+            }
+            _ => return Err(err),
+        }
+        if attempts >= max {
+            return Err(err);
+        }
     }
-    Err(failure::from_status(
-        reply.status.as_u16(),
-        &reply.headers,
-        &reply.body,
-        protocol,
-        || PromptSize {
-            tokens: body.len() as u64 / 4,
-            window: 272_000,
-        },
-    ))
 }
 
 /// The model catalog: the backend's when it could be fetched, else the built-in list.
@@ -271,7 +315,20 @@ impl LiveCatalog {
         {
             extra.push(("if-none-match", v));
         }
-        let reply = send(state, Method::GET, &url, None, &extra, CATALOG_TIMEOUT).await?;
+        let account = state
+            .accounts
+            .primary()
+            .ok_or_else(|| Error::new(ErrorKind::AuthUnavailable, "no account"))?;
+        let reply = send(
+            state,
+            account,
+            Method::GET,
+            &url,
+            None,
+            &extra,
+            CATALOG_TIMEOUT,
+        )
+        .await?;
         if reply.status == StatusCode::NOT_MODIFIED {
             return Ok(());
         }

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use serde_json::{Value, json};
 
+use crate::accounts::Account;
 use crate::dialect::compact::CompactPlan;
 use crate::dialect::{Ctx, Plan, chat, messages, responses};
 use crate::error::{Error, ErrorKind, Protocol};
@@ -515,7 +516,7 @@ fn window_from_wham(w: &Value) -> Value {
     })
 }
 
-fn window_from_headers(w: Option<&super::ratelimit::Window>, now: u64) -> Value {
+fn window_from_headers(w: Option<&crate::upstream::ratelimit::Window>, now: u64) -> Value {
     match w {
         None => Value::Null,
         Some(w) => json!({
@@ -527,24 +528,53 @@ fn window_from_headers(w: Option<&super::ratelimit::Window>, now: u64) -> Value 
     }
 }
 
-/// `GET /usage`: see the README for the shape.
+/// `GET /usage`: see the README for the shape. The top level is the first usable
+/// account's report; `accounts` has one per account (an `error` where it failed).
 pub async fn usage(state: &Arc<State>) -> Result<Vec<u8>, Error> {
+    let all = state.accounts.all();
+    let primary = state
+        .accounts
+        .primary()
+        .ok_or_else(|| Error::new(ErrorKind::AuthUnavailable, "no account is configured"))?;
+    let mut top = None;
+    let mut list = Vec::with_capacity(all.len());
+    for a in all {
+        let r = account_usage(state, a).await;
+        let mut entry = match &r {
+            Ok(v) => v.clone(),
+            Err(e) => json!({"error": e.message}),
+        };
+        entry["account"] = Value::from(a.label.as_str());
+        list.push(entry);
+        if Arc::ptr_eq(a, primary) {
+            top = Some(r);
+        }
+    }
+    let mut out = top.unwrap_or_else(|| Ok(Value::Object(Default::default())))?;
+    out["account"] = Value::from(primary.label.as_str());
+    out["accounts"] = Value::Array(list);
+    Ok(out.to_string().into_bytes())
+}
+
+/// One account's usage: `GET /wham/usage`, else its latest `x-codex-*` headers.
+async fn account_usage(state: &State, account: &Account) -> Result<Value, Error> {
     let url = format!("{}/wham/usage", state.config.upstream_url);
-    let wham = match backend::send(state, Method::GET, &url, None, &[], USAGE_TIMEOUT).await {
-        Ok(r) if r.status.is_success() => serde_json::from_slice::<Value>(&r.body).ok(),
-        Ok(r) => {
-            tracing::warn!(status = r.status.as_u16(), "GET /wham/usage failed");
-            None
-        }
-        Err(e) if matches!(e.kind, ErrorKind::AuthUnavailable | ErrorKind::Unauthorized) => {
-            return Err(e);
-        }
-        Err(e) => {
-            tracing::warn!(error = %e.message, "GET /wham/usage failed");
-            None
-        }
-    };
-    let snapshot = state.rate_limits.load_full();
+    let wham =
+        match backend::send(state, account, Method::GET, &url, None, &[], USAGE_TIMEOUT).await {
+            Ok(r) if r.status.is_success() => serde_json::from_slice::<Value>(&r.body).ok(),
+            Ok(r) => {
+                tracing::warn!(status = r.status.as_u16(), "GET /wham/usage failed");
+                None
+            }
+            Err(e) if matches!(e.kind, ErrorKind::AuthUnavailable | ErrorKind::Unauthorized) => {
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message, "GET /wham/usage failed");
+                None
+            }
+        };
+    let snapshot = account.rate_limits.load_full();
     let now = now_secs();
     let headers_json = match &snapshot {
         Some(s) => {
@@ -554,7 +584,7 @@ pub async fn usage(state: &Arc<State>) -> Result<Vec<u8>, Error> {
         }
         None => Value::Null,
     };
-    let plan_from_token = state.tokens.current().and_then(|h| h.plan.clone());
+    let plan_from_token = account.tokens.current().and_then(|h| h.plan.clone());
     let out = match &wham {
         Some(w) => {
             let rl = &w["rate_limit"];
@@ -592,5 +622,5 @@ pub async fn usage(state: &Arc<State>) -> Result<Vec<u8>, Error> {
             })
         }
     };
-    Ok(out.to_string().into_bytes())
+    Ok(out)
 }

@@ -410,13 +410,40 @@ impl Feeder {
     /// Feed the router: `Ready(Ok(true))` when something moved, `Ready(Ok(false))` when the
     /// body is complete (nothing more to do here), `Pending` while waiting on the socket or
     /// the router, `Ready(Err)` when the connection failed.
+    /// With the body read, watch the socket while the router works (a request may wait in
+    /// an account's queue): a client that closes (or half-closes, as hyper treats it by
+    /// default) ends the request at once. Bytes of a pipelined next request are kept, up
+    /// to one head's worth.
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut TcpStream,
+    ) -> Poll<io::Result<bool>> {
+        if self.buf.len() >= head::MAX_HEAD_BYTES {
+            return Poll::Ready(Ok(false));
+        }
+        let mut tmp = [0u8; 1024];
+        let mut rb = ReadBuf::new(&mut tmp);
+        match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()))
+            }
+            Poll::Ready(Ok(())) => {
+                self.buf.extend_from_slice(rb.filled());
+                Poll::Ready(Ok(true))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     fn poll_feed(
         &mut self,
         cx: &mut Context<'_>,
         stream: &mut TcpStream,
     ) -> Poll<io::Result<bool>> {
         if self.framing == Framing::None {
-            return Poll::Ready(Ok(false));
+            return self.poll_close(cx, stream);
         }
         let (polled, queued) = {
             let s = self.lock();

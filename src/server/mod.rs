@@ -1,7 +1,7 @@
 //! The HTTP server: state, accept loop, graceful shutdown.
 //!
-//! Owns: `State` (config, the pooled upstream client, the token store, the catalog, live
-//! stream count, the latest rate-limit snapshot, the exchange store), binding with the
+//! Owns: `State` (config, the pooled upstream client, the accounts with their credentials,
+//! windows and rate-limit snapshots, the catalog, live stream count, the exchange store), binding with the
 //! safety rule for non-loopback addresses, the accept loop (back-off on accept errors; the
 //! first head of each connection goes through `head` so a slow or huge one gets a
 //! protocol-shaped 408/431; then HTTP/1.x connections are served by `h1` and h2 ones by
@@ -19,7 +19,6 @@ pub mod h1;
 pub mod head;
 pub mod history;
 pub mod pipeline;
-pub mod ratelimit;
 pub mod reqlog;
 pub mod route;
 
@@ -27,14 +26,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::auth::TokenStore;
+use crate::accounts::Accounts;
 use crate::body::StreamCounter;
 use crate::config::Config;
 use crate::error::Error;
@@ -47,12 +45,12 @@ pub struct State {
     pub client: HttpClient,
     /// Driven HTTP/1.1 connections for the streaming `/responses` calls.
     pub pool: Arc<Pool>,
-    pub tokens: Arc<TokenStore>,
+    /// The ChatGPT accounts, each with its credentials and admission window.
+    pub accounts: Accounts,
     /// The live model catalog (built-in until the backend's is fetched).
     pub catalog: backend::LiveCatalog,
     pub streams: Arc<StreamCounter>,
     pub started: Instant,
-    pub rate_limits: ArcSwapOption<ratelimit::Snapshot>,
     /// Recent exchanges for `previous_response_id`.
     pub history: history::History,
 }
@@ -61,19 +59,19 @@ impl State {
     pub fn new(config: Config) -> Result<State, Error> {
         let client = client::build(config.ca_file.as_deref())?;
         let pool = Pool::new(config.ca_file.as_deref(), client.clone())?;
-        let tokens = TokenStore::new(
-            config.auth_path.clone(),
-            config.token_url.clone(),
-            client.clone(),
+        let accounts = Accounts::new(
+            &config.account_specs(),
+            &config.token_url,
+            &client,
+            config.account_limits,
         );
         Ok(State {
             client,
             pool,
-            tokens,
+            accounts,
             catalog: backend::LiveCatalog::default(),
             streams: Arc::new(StreamCounter::default()),
             started: Instant::now(),
-            rate_limits: ArcSwapOption::empty(),
             history: history::History::new(config.history_max_entries, config.history_max_bytes),
             config,
         })

@@ -1,21 +1,28 @@
 //! Running one proxied request: the `Plan` → upstream → client path.
 //!
 //! Owns: the stream slot, building the upstream HTTP request once (headers of §3.3, body
-//! written and zstd-compressed once), the retry loop (only before the first byte reached the
-//! client; connect errors, 5xx, overload and short rate limits; bounded; honouring
-//! `Retry-After`), the 401 recovery sequence (reload auth.json → retry → refresh → retry),
-//! the response-head hold, and non-stream aggregation.
+//! written and zstd-compressed once; again without reasoning items when a conversation moves
+//! to another account), entering an account (`admit`: route, then wait in its window), the
+//! retry loop (only before the first byte reached the client and never after a generation
+//! produced output; a concurrency 429 is requeued at the head with the window shrunk,
+//! `usage_limit_reached` cools the account and fails over, connect errors, resets, 5xx and
+//! overload back off honouring `Retry-After`; at most `1 + upstream_retries` attempts,
+//! within the queue deadline), the 401 recovery sequence (reload auth.json → retry →
+//! refresh → retry), the response-head hold, and non-stream aggregation.
 //!
-//! Does not own: wire formats (`dialect`) or the body state machine (`body`).
+//! Does not own: wire formats (`dialect`), the body state machine (`body`), the window and
+//! queue (`admission`) or the choice of account (`accounts`).
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
+use crate::accounts::{Account, Route, conversation_key, strip_reasoning};
+use crate::admission::{self, Class, Permit, Refused, Ticket};
 use crate::auth::AuthHeaders;
 use crate::body::{Prelude, Timing, Translate};
 use crate::dialect::Plan;
@@ -27,6 +34,7 @@ use crate::upstream::collect::{Collected, Finish};
 use crate::upstream::conn::Upstream;
 use crate::upstream::events::Decoder;
 use crate::upstream::failure::{self, PromptSize};
+use crate::upstream::request::UpstreamRequest;
 
 thread_local! {
     /// This worker thread's zstd context, reused by every request it compresses.
@@ -164,6 +172,170 @@ async fn read_error_body(body: Upstream) -> Vec<u8> {
     }
 }
 
+/// The body as sent to one account: the JSON (for token counts) and its wire form.
+struct Prepared {
+    raw: Vec<u8>,
+    wire: Bytes,
+    compressed: bool,
+}
+
+impl Prepared {
+    fn new(state: &State, upstream: &UpstreamRequest) -> Prepared {
+        let raw = upstream.body();
+        let (wire, compressed) = if state.config.compress {
+            match compress(&raw) {
+                Ok(z) => (Bytes::from(z), true),
+                Err(_) => (Bytes::from(raw.clone()), false),
+            }
+        } else {
+            (Bytes::from(raw.clone()), false)
+        };
+        Prepared {
+            raw,
+            wire,
+            compressed,
+        }
+    }
+}
+
+/// Interactive turns go first; sub-agents, memory generation and the small model wait.
+pub(crate) fn class_of(state: &State, up: &UpstreamRequest) -> Class {
+    let small =
+        state.config.small_model != state.config.model && up.model == state.config.small_model;
+    if up.subagent.is_some() || up.memgen || small {
+        Class::Background
+    } else {
+        Class::Interactive
+    }
+}
+
+/// The one place a request enters an account: route it, then wait for that account's
+/// window (until `deadline`). A request sent away from a cooled account routes again.
+pub(crate) async fn admit(
+    state: &State,
+    conversation: u64,
+    class: Class,
+    front: bool,
+    deadline: Instant,
+    meter: Option<&Meter>,
+) -> Result<(Route, Permit), Error> {
+    loop {
+        let route = state.accounts.route(conversation)?;
+        let waited = Instant::now();
+        let ticket = Ticket {
+            class,
+            conversation,
+            front,
+        };
+        match route.account.admission.acquire(ticket, deadline).await {
+            Ok(permit) => {
+                if let Some(m) = meter {
+                    m.record_attempt(
+                        &route.account.label,
+                        route.moved_from.as_deref(),
+                        waited.elapsed(),
+                    );
+                }
+                return Ok((route, permit));
+            }
+            Err(Refused::Evicted) => continue,
+            Err(Refused::Timeout(stats)) => {
+                return Err(saturated(&route.account.label, stats, waited.elapsed()));
+            }
+        }
+    }
+}
+
+/// The queue deadline passed: 429 in the client's protocol, saying why.
+fn saturated(label: &str, s: admission::Stats, waited: Duration) -> Error {
+    Error::new(
+        ErrorKind::RateLimited,
+        format!(
+            "The concurrency of ChatGPT account '{label}' is saturated: {} of its {} upstream streams are open and {} requests are queued; this request waited {} s (--queue-timeout-secs) without a slot. Retry later, or spread the load over more accounts (--accounts).",
+            s.open,
+            s.window,
+            s.queued,
+            waited.as_secs()
+        ),
+    )
+    .with_code("rate_limit_exceeded")
+    .with_retry_after(5)
+}
+
+/// A failed attempt, before any byte reached the client: `Ok` once it is time to try
+/// again (back through admission), else the error to answer with. Frees (or, for a
+/// concurrency refusal, returns with a shrink) the attempt's window slot.
+async fn retry(
+    state: &State,
+    err: Error,
+    account: &Account,
+    permit: Permit,
+    refusal: bool,
+    meter: &Meter,
+    deadline: Instant,
+) -> Result<(), Error> {
+    match next_step(state, &err, account, permit, refusal, meter, deadline) {
+        Next::Again(wait) => {
+            if let Some(w) = wait {
+                tokio::time::sleep(w).await;
+            }
+            Ok(())
+        }
+        Next::Stop => Err(err),
+        Next::Fail(other) => Err(other),
+    }
+}
+
+/// How a failed attempt goes on.
+enum Next {
+    /// Try again (after this pause).
+    Again(Option<Duration>),
+    Stop,
+    /// Stop with this error instead.
+    Fail(Error),
+}
+
+fn next_step(
+    state: &State,
+    err: &Error,
+    account: &Account,
+    permit: Permit,
+    refusal: bool,
+    meter: &Meter,
+    deadline: Instant,
+) -> Next {
+    let attempts = meter.attempts();
+    let more = attempts < 1 + u64::from(state.config.upstream_retries);
+    if refusal {
+        // The backend's per-account stream limit: shrink the window; the admission hold
+        // spaces the next try.
+        permit.refused(err.retry_after.map(Duration::from_secs));
+        if more {
+            tracing::info!(account = %account.label, attempts, "concurrency refusal: requeued at the head");
+            return Next::Again(None);
+        }
+        return Next::Stop;
+    }
+    drop(permit);
+    if err.kind == ErrorKind::UsageLimit {
+        if state.accounts.limit_reached(account, err.resets_at) && more {
+            return Next::Again(None);
+        }
+        return state.accounts.all_limited().map_or(Next::Stop, Next::Fail);
+    }
+    if !err.retryable || !more {
+        return Next::Stop;
+    }
+    let Some(wait) = backoff(err, attempts.saturating_sub(1) as u32) else {
+        return Next::Stop;
+    };
+    if Instant::now() + wait >= deadline {
+        return Next::Stop;
+    }
+    tracing::info!(attempt = attempts, kind = ?err.kind, wait_ms = wait.as_millis() as u64, "retrying upstream request");
+    Next::Again(Some(wait))
+}
+
 async fn run_inner<P: Plan>(
     state: &Arc<State>,
     plan: P,
@@ -171,7 +343,7 @@ async fn run_inner<P: Plan>(
     meter: &Arc<Meter>,
 ) -> Result<Response<RespBody>, Error> {
     let protocol = plan.protocol();
-    let guard = state
+    let mut guard = state
         .streams
         .try_acquire(state.config.max_concurrent_streams)
         .ok_or_else(|| {
@@ -185,83 +357,107 @@ async fn run_inner<P: Plan>(
             .with_retry_after(1)
         })?;
     let upstream = plan.upstream();
-    let raw_body = upstream.body();
-    let (wire_body, compressed) = if state.config.compress {
-        match compress(&raw_body) {
-            Ok(z) => (Bytes::from(z), true),
-            Err(_) => (Bytes::from(raw_body.clone()), false),
-        }
-    } else {
-        (Bytes::from(raw_body.clone()), false)
-    };
+    let mut body = Prepared::new(state, upstream);
     let url = state.config.responses_url();
-    let mut auth = state.tokens.headers().await?;
-    let mut recovery = 0u8;
-    let mut attempt = 0u32;
-    let mut guard = Some(guard);
+    let conversation = conversation_key(&upstream.conversation_id);
+    let class = class_of(state, upstream);
+    let deadline = Instant::now() + state.config.queue_timeout;
     let timing = Timing {
         keepalive: state.config.keepalive,
         idle_timeout: state.config.stream_idle_timeout,
     };
+    let mut front = false;
+    let mut stripped = false;
     loop {
-        let req = build_request(state, &url, &auth, upstream, wire_body.clone(), compressed)?;
-        let sent = tokio::time::timeout(state.config.stream_idle_timeout, state.pool.request(req));
-        let resp = match sent.await {
-            Ok(Ok(r)) => r,
-            Ok(Err(err)) => {
-                if let Some(wait) = retry_wait(state, &err, &mut attempt) {
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                return Err(err);
-            }
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    "the upstream did not send response headers in time",
-                ));
-            }
-        };
-        super::ratelimit::record(state, resp.headers());
-        if let Some(tag) = resp
-            .headers()
-            .get("x-models-etag")
-            .and_then(|v| v.to_str().ok())
+        let (route, permit) =
+            admit(state, conversation, class, front, deadline, Some(meter)).await?;
+        front = true;
+        let account = route.account;
+        if let Some(from) = &route.moved_from
+            && !stripped
         {
-            state.catalog.announce(tag);
-            super::backend::refresh_in_background(state);
-        }
-        let status = resp.status();
-        if status == StatusCode::UNAUTHORIZED && recovery < 2 {
-            drop(resp);
-            if recovery == 0 {
-                recovery = 1;
-                if let Some(fresh) = state.tokens.reload(&auth).await? {
-                    tracing::info!("upstream 401: retrying with credentials reloaded from disk");
-                    auth = fresh;
-                    continue;
-                }
+            stripped = true;
+            if let Some(input) = strip_reasoning(&upstream.input) {
+                tracing::info!(from = %from, to = %account.label, "conversation moved to another account: reasoning items encrypted under the old account were dropped from the input");
+                let mut moved = upstream.clone();
+                moved.input = input;
+                body = Prepared::new(state, &moved);
             }
-            recovery = 2;
-            tracing::info!("upstream 401: refreshing credentials");
-            auth = state.tokens.refresh_after_unauthorized(&auth).await?;
-            continue;
         }
-        if !status.is_success() {
-            let headers = resp.headers().clone();
-            let body = Box::pin(read_error_body(resp.into_body())).await;
-            let err = failure::from_status(status.as_u16(), &headers, &body, protocol, || {
-                prompt_size(state, &raw_body, &upstream.model)
-            });
-            tracing::debug!(status = status.as_u16(), kind = ?err.kind, "upstream error status");
-            if let Some(wait) = retry_wait(state, &err, &mut attempt) {
-                tokio::time::sleep(wait).await;
+        let mut auth = account.tokens.headers().await?;
+        let mut recovery = 0u8;
+        let resp = loop {
+            let req = build_request(
+                state,
+                &url,
+                &auth,
+                upstream,
+                body.wire.clone(),
+                body.compressed,
+            )?;
+            let sent =
+                tokio::time::timeout(state.config.stream_idle_timeout, state.pool.request(req));
+            let resp = match sent.await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        "the upstream did not send response headers in time",
+                    ));
+                }
+            };
+            let Ok(resp) = resp else { break resp };
+            account.record(resp.headers());
+            if let Some(tag) = resp
+                .headers()
+                .get("x-models-etag")
+                .and_then(|v| v.to_str().ok())
+            {
+                state.catalog.announce(tag);
+                super::backend::refresh_in_background(state);
+            }
+            if resp.status() == StatusCode::UNAUTHORIZED && recovery < 2 {
+                drop(resp);
+                if recovery == 0 {
+                    recovery = 1;
+                    if let Some(fresh) = account.tokens.reload(&auth).await? {
+                        tracing::info!(
+                            "upstream 401: retrying with credentials reloaded from disk"
+                        );
+                        auth = fresh;
+                        continue;
+                    }
+                }
+                recovery = 2;
+                tracing::info!("upstream 401: refreshing credentials");
+                auth = account.tokens.refresh_after_unauthorized(&auth).await?;
                 continue;
             }
-            return Err(err);
+            break Ok(resp);
+        };
+        let resp = match resp {
+            Ok(r) => r,
+            Err(err) => {
+                retry(state, err, &account, permit, false, meter, deadline).await?;
+                continue;
+            }
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            let headers = resp.headers().clone();
+            let text = Box::pin(read_error_body(resp.into_body())).await;
+            let err = failure::from_status(status.as_u16(), &headers, &text, protocol, || {
+                prompt_size(state, &body.raw, &upstream.model)
+            });
+            tracing::debug!(status = status.as_u16(), kind = ?err.kind, "upstream error status");
+            let refusal =
+                status == StatusCode::TOO_MANY_REQUESTS && err.kind == ErrorKind::RateLimited;
+            retry(state, err, &account, permit, refusal, meter, deadline).await?;
+            continue;
         }
+        permit.accepted();
         let estimate = PromptSize {
-            tokens: raw_body.len() as u64 / 4,
+            tokens: body.raw.len() as u64 / 4,
             window: prompt_size_window(state, &upstream.model),
         };
         if plan.stream() {
@@ -282,64 +478,56 @@ async fn run_inner<P: Plan>(
             .await;
             match held {
                 Ok(Prelude::Failed(err)) => {
-                    let err = exact_context(state, err, protocol, &raw_body, &upstream.model);
-                    if let Some(wait) = retry_wait(state, &err, &mut attempt) {
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
-                    return Err(err);
+                    let err = exact_context(state, err, protocol, &body.raw, &upstream.model);
+                    drop(t);
+                    retry(state, err, &account, permit, false, meter, deadline).await?;
+                    continue;
                 }
                 Ok(Prelude::Commit) | Err(_) => {
-                    let t = t.with_guard(guard.take());
+                    guard.hold(permit);
+                    let t = t.with_guard(Some(guard));
                     return Ok(stream_response(t, plan.stream_content_type(), request_id));
                 }
             }
         }
         // Boxed: only non-streaming requests need the collector's state.
-        match Box::pin(collect(resp.into_body(), state.config.stream_idle_timeout)).await {
-            Ok(c) => match &c.finish {
-                Finish::Completed | Finish::Incomplete(_) => {
-                    plan.check(&c)?;
-                    meter.record_usage(&c.usage);
-                    if let Some(keep) = plan.keep_as()
-                        && let Some(id) = keep.id(&c)
-                    {
-                        state
-                            .history
-                            .keep(id, &upstream.input, &c, &upstream.conversation_id);
+        let collected = Box::pin(collect(resp.into_body(), state.config.stream_idle_timeout)).await;
+        // Only a generation that failed before producing any output runs again.
+        let err = match collected {
+            Ok(c) => {
+                let produced = !c.items.is_empty();
+                let err = match &c.finish {
+                    Finish::Completed | Finish::Incomplete(_) => {
+                        drop(permit);
+                        plan.check(&c)?;
+                        meter.record_usage(&c.usage);
+                        if let Some(keep) = plan.keep_as()
+                            && let Some(id) = keep.id(&c)
+                        {
+                            state
+                                .history
+                                .keep(id, &upstream.input, &c, &upstream.conversation_id);
+                        }
+                        return Ok(json_response(StatusCode::OK, plan.render(&c), request_id));
                     }
-                    return Ok(json_response(StatusCode::OK, plan.render(&c), request_id));
-                }
-                Finish::Failed { code, message } => {
-                    let err = failure::from_terminal(
+                    Finish::Failed { code, message } => failure::from_terminal(
                         code.as_deref(),
                         message.as_deref(),
                         protocol,
-                        || prompt_size(state, &raw_body, &upstream.model),
-                    );
-                    if let Some(wait) = retry_wait(state, &err, &mut attempt) {
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
+                        || prompt_size(state, &body.raw, &upstream.model),
+                    ),
+                    Finish::Open => failure::incomplete_stream(),
+                };
+                if produced {
                     return Err(err);
                 }
-                Finish::Open => {
-                    let err = failure::incomplete_stream();
-                    if let Some(wait) = retry_wait(state, &err, &mut attempt) {
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
-                    return Err(err);
-                }
-            },
-            Err(err) => {
-                if let Some(wait) = retry_wait(state, &err, &mut attempt) {
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                return Err(err);
+                err
             }
-        }
+            // Cut or stalled after the answer began: it may have produced output.
+            Err(err) => return Err(err),
+        };
+        retry(state, err, &account, permit, false, meter, deadline).await?;
+        continue;
     }
 }
 
@@ -375,17 +563,6 @@ fn exact_context(state: &State, err: Error, protocol: Protocol, body: &[u8], mod
     } else {
         err
     }
-}
-
-/// Whether to retry, and after how long. Counts the attempt.
-fn retry_wait(state: &State, err: &Error, attempt: &mut u32) -> Option<Duration> {
-    if !err.retryable || *attempt >= state.config.upstream_retries {
-        return None;
-    }
-    let wait = backoff(err, *attempt)?;
-    *attempt += 1;
-    tracing::info!(attempt = *attempt, kind = ?err.kind, wait_ms = wait.as_millis() as u64, "retrying upstream request");
-    Some(wait)
 }
 
 fn stream_response<E: crate::dialect::Encoder>(

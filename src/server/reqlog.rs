@@ -36,6 +36,10 @@ pub struct Meter {
     cached: AtomicU64,
     usage_seen: AtomicBool,
     error: OnceLock<String>,
+    /// Which account served it, and where its conversation moved from (if it did).
+    account: std::sync::Mutex<Option<(String, Option<String>)>>,
+    queued_us: AtomicU64,
+    attempts: AtomicU64,
 }
 
 impl Meter {
@@ -48,7 +52,29 @@ impl Meter {
             cached: AtomicU64::new(0),
             usage_seen: AtomicBool::new(false),
             error: OnceLock::new(),
+            account: std::sync::Mutex::new(None),
+            queued_us: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
         })
+    }
+
+    /// One upstream attempt on `account`, after waiting `queued` for its window; `moved_from`
+    /// names the account the conversation left (its reasoning items were dropped).
+    pub fn record_attempt(&self, account: &str, moved_from: Option<&str>, queued: Duration) {
+        if let Ok(mut a) = self.account.lock() {
+            let moved = moved_from
+                .map(str::to_owned)
+                .or_else(|| a.as_ref().and_then(|p| p.1.clone()));
+            *a = Some((account.to_owned(), moved));
+        }
+        self.queued_us
+            .fetch_add(queued.as_micros() as u64, Ordering::Relaxed);
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Upstream attempts made so far.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
     }
 
     pub fn record_usage(&self, u: &Usage) {
@@ -118,23 +144,35 @@ impl RequestLog {
             (None, false) => "ok".to_owned(),
         };
         match &self.meter {
-            Some(m) => tracing::info!(
-                target: "codex_as_api::request",
-                request_id = %self.request_id,
-                method = %self.method,
-                route = %self.route,
-                client_model = %m.client_model,
-                backend_model = %m.backend_model,
-                status = self.status,
-                input_tokens = m.input.load(Ordering::Relaxed),
-                output_tokens = m.output.load(Ordering::Relaxed),
-                cached_tokens = m.cached.load(Ordering::Relaxed),
-                usage_reported = m.usage_seen.load(Ordering::Relaxed),
-                ttfb_ms,
-                duration_ms,
-                outcome = %outcome,
-                "request"
-            ),
+            Some(m) => {
+                let account = m
+                    .account
+                    .lock()
+                    .ok()
+                    .and_then(|a| a.clone())
+                    .unwrap_or_default();
+                tracing::info!(
+                    target: "codex_as_api::request",
+                    request_id = %self.request_id,
+                    method = %self.method,
+                    route = %self.route,
+                    client_model = %m.client_model,
+                    backend_model = %m.backend_model,
+                    status = self.status,
+                    input_tokens = m.input.load(Ordering::Relaxed),
+                    output_tokens = m.output.load(Ordering::Relaxed),
+                    cached_tokens = m.cached.load(Ordering::Relaxed),
+                    usage_reported = m.usage_seen.load(Ordering::Relaxed),
+                    account = %account.0,
+                    moved_from = account.1.as_deref().unwrap_or(""),
+                    queued_ms = m.queued_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                    attempts = m.attempts.load(Ordering::Relaxed),
+                    ttfb_ms,
+                    duration_ms,
+                    outcome = %outcome,
+                    "request"
+                )
+            }
             None => tracing::info!(
                 target: "codex_as_api::request",
                 request_id = %self.request_id,

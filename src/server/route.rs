@@ -444,7 +444,7 @@ fn health(state: &State) -> Vec<u8> {
     out.extend_from_slice(b"{\"status\":\"ok\",\"version\":");
     write_str(&mut out, env!("CARGO_PKG_VERSION"));
     out.extend_from_slice(b",\"auth_available\":");
-    out.extend_from_slice(if state.tokens.available() {
+    out.extend_from_slice(if state.accounts.any_available() {
         b"true"
     } else {
         b"false"
@@ -475,12 +475,72 @@ fn health(state: &State) -> Vec<u8> {
     out.extend_from_slice(b",\"kept_response_bytes\":");
     write_u64(&mut out, kept_bytes as u64);
     out.extend_from_slice(b",\"rate_limits\":");
-    match state.rate_limits.load_full() {
+    match state
+        .accounts
+        .primary()
+        .and_then(|a| a.rate_limits.load_full())
+    {
         Some(s) => s.write_json(&mut out),
         None => out.extend_from_slice(b"null"),
     }
+    write_accounts(state, &mut out);
     out.push(b'}');
     out
+}
+
+/// `/health`'s `accounts` array and `queued` total: each login's window and queue.
+fn write_accounts(state: &State, out: &mut Vec<u8>) {
+    use crate::json::{write_str, write_u64};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut queued = 0;
+    out.extend_from_slice(b",\"accounts\":[");
+    for (i, a) in state.accounts.all().iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let s = a.admission.stats();
+        queued += s.queued;
+        out.extend_from_slice(b"{\"label\":");
+        write_str(out, &a.label);
+        out.extend_from_slice(b",\"auth_path\":");
+        write_str(out, &a.tokens.auth_path().to_string_lossy());
+        out.extend_from_slice(b",\"available\":");
+        out.extend_from_slice(if a.available() { b"true" } else { b"false" });
+        out.extend_from_slice(b",\"problem\":");
+        match a.tokens.problem() {
+            Some(p) => write_str(out, &p),
+            None => out.extend_from_slice(b"null"),
+        }
+        for (k, v) in [
+            ("window", s.window as u64),
+            ("open", s.open as u64),
+            ("queued", s.queued as u64),
+            ("peak_open", s.peak_open as u64),
+            ("admitted", s.admitted),
+            ("refused", s.refused),
+            ("timed_out", s.timed_out),
+        ] {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b"\":");
+            write_u64(out, v);
+        }
+        out.extend_from_slice(b",\"cooled_until\":");
+        match a.cooled_until(now) {
+            Some(t) => write_u64(out, t),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"rate_limits\":");
+        match a.rate_limits.load_full() {
+            Some(s) => s.write_json(out),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"queued\":");
+    write_u64(out, queued as u64);
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::error::{Error, ErrorKind, Protocol, Side};
 
 /// Cap for `Retry-After` on usage limits: Claude Code waits at least that long, so a reset
 /// hours away must not stall a session (the real reset time is in the message).
-const MAX_RETRY_AFTER: u64 = 3600;
+pub const MAX_RETRY_AFTER: u64 = 3600;
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -182,13 +182,15 @@ fn rate_limited(
             let when = resets_at
                 .map(|r| format!("; it resets at {} (in {wait} s)", format_utc(r)))
                 .unwrap_or_default();
-            Error::new(
+            let mut e = Error::new(
                 ErrorKind::UsageLimit,
                 format!("The ChatGPT usage limit of your {plan} plan has been reached{when}."),
             )
             .with_code("insufficient_quota")
             .with_retry_after(wait.clamp(1, MAX_RETRY_AFTER))
-            .not_retryable()
+            .not_retryable();
+            e.resets_at = Some(resets_at.unwrap_or(now + 60));
+            e
         }
         "usage_not_included" => Error::new(
             ErrorKind::QuotaExceeded,

@@ -1,9 +1,8 @@
 //! The latest rate-limit snapshot from the `x-codex-*` response headers (codex-backend.md
-//! §10.2), kept lock-free in `State` for `/health` and `/usage`.
+//! §10.2), kept lock-free per account (`accounts::Account::record`) for `/health` and
+//! `/usage`.
 
 use http::HeaderMap;
-
-use crate::server::State;
 
 /// One rate-limit window.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -77,13 +76,6 @@ pub fn parse(h: &HeaderMap) -> Option<Snapshot> {
         captured_at: now,
     };
     (s.primary.is_some() || s.secondary.is_some() || s.credits_has.is_some()).then_some(s)
-}
-
-/// Keep the snapshot of an upstream response, if it has one.
-pub fn record(state: &State, h: &HeaderMap) {
-    if let Some(s) = parse(h) {
-        state.rate_limits.store(Some(std::sync::Arc::new(s)));
-    }
 }
 
 impl Snapshot {
