@@ -922,6 +922,22 @@ async fn json_logs_have_a_banner_and_one_line_per_request() {
     let ttfb = f["ttfb_ms"].as_f64().unwrap();
     let total = f["duration_ms"].as_f64().unwrap();
     assert!(ttfb > 0.0 && ttfb <= total, "{line}");
+    // The account that served it (its auth.json's folder), the wait for a slot, attempts.
+    assert_eq!(f["account"], ".codex", "{line}");
+    assert_eq!(f["attempts"], 1, "{line}");
+    let queued = f["queued_ms"].as_f64().unwrap();
+    assert!((0.0..=total).contains(&queued), "{line}");
+
+    // A 503 retried before the first byte: two attempts, the client saw none of it.
+    let resp = stream_chat(&http, &base, "EMU:flaky:1 again").await;
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    let f = log_line(&mut err, is_request).await["fields"].clone();
+    assert_eq!(
+        (f["attempts"].as_u64(), f["outcome"].as_str()),
+        (Some(2), Some("ok")),
+        "{f}"
+    );
 
     // A non-stream Anthropic request for a Claude model: the backend model differs.
     let resp = http
@@ -979,6 +995,48 @@ async fn json_logs_have_a_banner_and_one_line_per_request() {
         !f.to_string().contains("wrong"),
         "the presented key is not logged: {f}"
     );
+    child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_banner_names_an_unusable_entry_of_accounts() {
+    let emu = emulator().await;
+    let home = tempfile::tempdir().unwrap();
+    write_creds(&emu, home.path(), 3600);
+    let good = home.path().join(".codex/auth.json");
+    let missing = home.path().join("gone/auth.json");
+    let list = format!("{},{}", good.display(), missing.display());
+    let mut child = bin(home.path())
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--log-format",
+            "json",
+            "--accounts",
+            &list,
+        ])
+        .args([
+            "--upstream-url",
+            &emu.base_url(),
+            "--token-url",
+            &emu.token_url(),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let warning = log_line(&mut err, |v| v["fields"]["account"] == "gone").await;
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    let text = warning["fields"]["message"].as_str().unwrap();
+    assert!(text.contains(&missing.display().to_string()), "{text}");
+    let banner = log_line(&mut err, |v| v["fields"]["address"].is_string()).await;
+    let f = &banner["fields"];
+    assert_eq!(f["auth_available"], true, "{banner}");
+    assert!(f["auth"].as_str().unwrap().contains("1 of 2"), "{banner}");
+    let saved = read_json(&good);
+    let token = saved["tokens"]["access_token"].as_str().unwrap();
+    assert!(!banner.to_string().contains(token) && !warning.to_string().contains(token));
     child.kill().await.unwrap();
 }
 

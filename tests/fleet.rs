@@ -861,3 +861,54 @@ async fn usage_reports_every_account() {
         assert!(a["usage"]["rate_limit"].is_object(), "{a}");
     }
 }
+
+#[tokio::test]
+async fn an_h2_stream_reset_before_any_output_is_retried_on_the_tls_upstream() {
+    let emu = Emulator::start(EmulatorConfig {
+        tls: true,
+        account_concurrency: Some(3),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, emu.ca_pem().unwrap()).unwrap();
+    let auth = dir.path().join("auth.json");
+    emu.issue_credentials(3600).write_auth_json(&auth).unwrap();
+    let mut config = Config::for_tests(&emu.base_url(), auth);
+    config.ca_file = Some(ca);
+    config.token_url = emu.token_url();
+    let server = Server::start(config).await.unwrap();
+    let base = format!("http://{}", server.addr());
+    let http = reqwest::Client::new();
+    for (text, stream) in [
+        ("EMU:flakyreset:2 h2", true),
+        ("EMU:flakyreset:1 h2 unary", false),
+    ] {
+        let r = http
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&json!({"model": "gpt-5.5", "stream": stream,
+                "messages": [{"role": "user", "content": text}]}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        if stream {
+            assert_complete(status, &body);
+        } else {
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    assert_eq!(
+        emu.stats().responses_requests,
+        5,
+        "2 + 1 resets, then one answer each"
+    );
+    assert_eq!(
+        emu.stats().connections_accepted,
+        1,
+        "one h2 connection: resets were per stream"
+    );
+}
