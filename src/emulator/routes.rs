@@ -28,10 +28,18 @@ const PNG_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEUlEQVR42
 
 type Resp = Response<EmuBody>;
 
-/// A request answered with nothing: the service fails, so hyper closes an HTTP/1.1
-/// connection without a response and resets an h2 stream (`EMU:flakyreset`).
+/// A request answered with nothing (`EMU:flakyreset`): the service fails, so hyper closes
+/// an HTTP/1.1 connection without a response (after the request was read: the client
+/// cannot tell whether it was processed) and resets an h2 stream with `REFUSED_STREAM`
+/// (RFC 9113 §8.7: provably not processed, safe to retry), as an edge shedding load does.
 #[derive(Debug)]
-pub(super) struct Abort;
+pub(super) struct Abort(h2::Error);
+
+impl Abort {
+    fn refused() -> Abort {
+        Abort(h2::Error::from(h2::Reason::REFUSED_STREAM))
+    }
+}
 
 impl fmt::Display for Abort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -39,7 +47,12 @@ impl fmt::Display for Abort {
     }
 }
 
-impl std::error::Error for Abort {}
+impl std::error::Error for Abort {
+    /// hyper resets the h2 stream with the reason of an `h2::Error` it finds here.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
 
 fn json_response(status: u16, body: &Value) -> Resp {
     bytes_response(status, "application/json", Bytes::from(body.to_string()))
@@ -288,7 +301,7 @@ async fn responses(req: Request<Incoming>, shared: &Shared) -> Result<Resp, Abor
     };
     Ok(match script::respond(shared, &script_req) {
         Reply::Status(reply) => status_reply(reply),
-        Reply::Reset => return Err(Abort),
+        Reply::Reset => return Err(Abort::refused()),
         Reply::Stream { sse, delay } => {
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;

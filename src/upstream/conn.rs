@@ -132,11 +132,18 @@ impl Pool {
             return Box::pin(self.request_driven(req)).await;
         }
         let resp = self.shared.request(req).await.map_err(|e| {
-            Error::new(
+            let err = Error::new(
                 ErrorKind::BadGateway,
                 format!("cannot reach the upstream: {}", error_chain(&e)),
             )
-            .with_code("upstream_unreachable")
+            .with_code("upstream_unreachable");
+            // Retried only when provably not processed: no connection, or the h2 stream
+            // refused (RFC 9113 §8.7). Anything else may have started a generation.
+            if e.is_connect() || refused_stream(&e) {
+                err
+            } else {
+                err.not_retryable()
+            }
         })?;
         let (parts, body) = resp.into_parts();
         Ok(Response::from_parts(
@@ -158,9 +165,10 @@ impl Pool {
             let copy = copy_request(&req);
             match self.send(driven, req).await {
                 Ok(resp) => return Ok(resp),
-                // A reused connection the server had closed: the request never reached a
-                // handler, so one more try on a fresh connection is safe.
-                Err(e) if e.is_canceled() || e.is_closed() || e.is_incomplete_message() => {
+                // A reused connection the server had closed before the request went out:
+                // one more try on a fresh connection is safe. (Closed after it went out
+                // — an incomplete message — it may have started a generation: no retry.)
+                Err(e) if unsent(&e) => {
                     tracing::debug!(error = %e, "pooled upstream connection was closed; reconnecting");
                     return self.send_fresh(copy).await;
                 }
@@ -212,10 +220,14 @@ impl Pool {
             )
             .with_code("upstream_unreachable")
         })?;
-        let (send, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(transport)?;
+        // Nothing was written yet: a failure here is as retryable as a connect failure.
+        let (send, conn) = http1::Builder::new().handshake(io).await.map_err(|e| {
+            Error::new(
+                ErrorKind::BadGateway,
+                format!("upstream connection failed: {}", error_chain(&e)),
+            )
+            .with_code("upstream_unreachable")
+        })?;
         Ok(Box::new(Driven {
             send,
             conn: Some(conn),
@@ -260,12 +272,34 @@ impl Pool {
     }
 }
 
+/// hyper never sent the request (the connection was gone before it was dispatched).
+fn unsent(e: &hyper::Error) -> bool {
+    e.is_canceled() || e.is_closed()
+}
+
+/// An h2 `RST_STREAM` / `GOAWAY` with `REFUSED_STREAM` somewhere in the error's chain.
+fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src = Some(e);
+    while let Some(err) = src {
+        if let Some(h2) = err.downcast_ref::<h2::Error>()
+            && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+        {
+            return true;
+        }
+        src = err.source();
+    }
+    false
+}
+
+/// A transport failure of the plain-HTTP path: retryable only when the request was never
+/// sent (the handshake failed, or hyper had not dispatched it).
 fn transport(e: hyper::Error) -> Error {
-    Error::new(
+    let err = Error::new(
         ErrorKind::BadGateway,
         format!("upstream connection failed: {}", error_chain(&e)),
     )
-    .with_code("upstream_unreachable")
+    .with_code("upstream_unreachable");
+    if unsent(&e) { err } else { err.not_retryable() }
 }
 
 fn copy_request(req: &Request<ReqBody>) -> Request<ReqBody> {

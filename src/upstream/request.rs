@@ -330,13 +330,46 @@ pub fn stable_id(parts: &[&[u8]]) -> String {
     )
 }
 
+/// Bytes when the OS generator fails (it does not on supported systems): SipHash under the
+/// standard library's per-process random keys, over a counter. Not a CSPRNG, but no panic.
+fn fallback_fill(out: &mut [u8]) {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let keys = KEYS.get_or_init(Default::default);
+    for chunk in out.chunks_mut(8) {
+        let mut h = keys.build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        let v = h.finish().to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+}
+
 /// A random id with a prefix, e.g. `chatcmpl-…`, `msg_…`.
 pub fn random_id(prefix: &str) -> String {
-    let mut s = String::with_capacity(prefix.len() + 24);
+    const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    const LEN: usize = 24;
+    let mut s = String::with_capacity(prefix.len() + LEN);
     s.push_str(prefix);
-    for _ in 0..24 {
-        let c = fastrand::alphanumeric();
-        s.push(c);
+    // These ids are lookup keys (kept exchanges, `previous_response_id`): unguessable, from
+    // the OS CSPRNG. Rejection sampling keeps the 62 symbols uniform (~143 bits).
+    let mut pool = [0u8; 48];
+    let mut have = 0;
+    while have < LEN {
+        if getrandom::fill(&mut pool).is_err() {
+            fallback_fill(&mut pool);
+        }
+        for b in pool {
+            if have == LEN {
+                break;
+            }
+            if b < 248 {
+                s.push(ALPHABET[usize::from(b % 62)] as char);
+                have += 1;
+            }
+        }
     }
     s
 }
@@ -344,6 +377,24 @@ pub fn random_id(prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_ids_come_from_the_os_generator_not_the_seedable_one() {
+        // With fastrand's thread generator reseeded identically, a fastrand-made id repeats.
+        fastrand::seed(7);
+        let a = random_id("chatcmpl-");
+        fastrand::seed(7);
+        let b = random_id("chatcmpl-");
+        assert_ne!(a, b);
+        let body = a.strip_prefix("chatcmpl-").unwrap();
+        assert_eq!(body.len(), 24);
+        assert!(body.bytes().all(|c| c.is_ascii_alphanumeric()), "{a}");
+        let mut x = [0u8; 20];
+        let mut y = [0u8; 20];
+        fallback_fill(&mut x);
+        fallback_fill(&mut y);
+        assert_ne!(x, y);
+    }
 
     #[test]
     fn body_is_allow_listed_and_valid_json() {
