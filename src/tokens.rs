@@ -6,6 +6,14 @@
 //! `tools` JSON. Images are estimated at a fixed cost, files from their size. Reasoning
 //! items' `encrypted_content` is opaque and not counted.
 //!
+//! Cost bound: the tokenizer's pre-split regex and byte-pair merge grow faster than linearly
+//! on one long unbroken run (a megabyte of base64 or of spaces is one "piece"). So text is
+//! cut wherever a run of non-whitespace or of whitespace reaches [`MAX_RUN`] bytes, and the
+//! parts are counted separately: no piece exceeds 4 KiB, the cost is linear in the input
+//! (a few MB/s per core), and the count differs from the exact one by at most one token per
+//! cut (ordinary prose, with words far shorter than 4 KiB, is counted exactly). Callers on
+//! the server run counts on the blocking pool (`spawn_blocking`), never on an async worker.
+//!
 //! Does not own: translating client requests (the dialects build the upstream body that is
 //! counted here) or the response shape of `count_tokens`.
 
@@ -38,16 +46,48 @@ pub fn warm_in_background() {
     }
 }
 
-/// The exact o200k_base token count of `text` (special-token strings count as plain text).
-/// Falls back to one token per 4 bytes should the embedded vocabulary ever fail to load.
+/// The longest run of whitespace or of non-whitespace counted as one part (see the module
+/// doc for the bound this gives).
+pub const MAX_RUN: usize = 4096;
+
+/// The o200k_base token count of `text` (special-token strings count as plain text): exact
+/// unless a run reaches [`MAX_RUN`] bytes (then within one token per cut). Falls back to one
+/// token per 4 bytes should the embedded vocabulary ever fail to load.
 pub fn count(text: &str) -> usize {
     if text.is_empty() {
         return 0;
     }
-    match bpe() {
-        Some(bpe) => bpe.encode_ordinary(text).len(),
-        None => text.len().div_ceil(4),
+    let Some(bpe) = bpe() else {
+        return text.len().div_ceil(4);
+    };
+    let mut total = 0;
+    let mut start = 0;
+    for cut in cuts(text) {
+        total += bpe.encode_ordinary(&text[start..cut]).len();
+        start = cut;
     }
+    total + bpe.encode_ordinary(&text[start..]).len()
+}
+
+/// Where to cut `text` so that no run of whitespace or of non-whitespace in one part is
+/// longer than [`MAX_RUN`] bytes (cuts fall on char boundaries).
+fn cuts(text: &str) -> impl Iterator<Item = usize> + '_ {
+    let bytes = text.as_bytes();
+    let mut run = 0usize;
+    let mut space = false;
+    (0..bytes.len()).filter(move |&i| {
+        let is_space = bytes[i].is_ascii_whitespace();
+        if is_space != space {
+            space = is_space;
+            run = 0;
+        }
+        run += 1;
+        if run > MAX_RUN && text.is_char_boundary(i) {
+            run = 1;
+            return true;
+        }
+        false
+    })
 }
 
 /// Tokens of what is sent upstream for a Responses request body. Never panics: a body that
@@ -121,6 +161,25 @@ fn part_tokens(part: &Value) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_unbroken_runs_are_cut_and_counted_within_one_token_per_cut() {
+        let prose = "The quick brown fox jumps over the lazy dog. ".repeat(2000);
+        assert_eq!(cuts(&prose).count(), 0, "ordinary text is never cut");
+        assert_eq!(count(&prose), bpe().unwrap().encode_ordinary(&prose).len());
+        // 64 KiB of one letter, of spaces and of multi-byte chars: cut, counted close to exact.
+        for run in ["a".repeat(65_536), " ".repeat(65_536), "é".repeat(32_768)] {
+            let n_cuts = cuts(&run).count();
+            assert!(n_cuts >= 15, "{n_cuts}");
+            assert!(cuts(&run).all(|c| run.is_char_boundary(c)));
+            let exact = bpe().unwrap().encode_ordinary(&run).len();
+            assert!(
+                count(&run).abs_diff(exact) <= n_cuts,
+                "{} vs {exact}",
+                count(&run)
+            );
+        }
+    }
 
     #[test]
     fn count_is_exact_o200k() {

@@ -104,10 +104,11 @@ pub(crate) fn user_agent(config: &crate::config::Config) -> String {
     )
 }
 
-/// The prompt size for a context-window error: the exact o200k count of what was sent.
+/// A quick prompt size (a token per 4 bytes) for the error mappers; a context-window error
+/// gets the exact count afterwards from `exact_context`, off the async workers.
 fn prompt_size(state: &State, body: &[u8], model: &str) -> PromptSize {
     PromptSize {
-        tokens: crate::tokens::count_upstream_body(body),
+        tokens: body.len() as u64 / 4,
         window: prompt_size_window(state, model),
     }
 }
@@ -449,6 +450,7 @@ async fn run_inner<P: Plan>(
             let err = failure::from_status(status.as_u16(), &headers, &text, protocol, || {
                 prompt_size(state, &body.raw, &upstream.model)
             });
+            let err = exact_context(state, err, protocol, &body.raw, &upstream.model).await;
             tracing::debug!(status = status.as_u16(), kind = ?err.kind, "upstream error status");
             let refusal =
                 status == StatusCode::TOO_MANY_REQUESTS && err.kind == ErrorKind::RateLimited;
@@ -478,7 +480,7 @@ async fn run_inner<P: Plan>(
             .await;
             match held {
                 Ok(Prelude::Failed(err)) => {
-                    let err = exact_context(state, err, protocol, &body.raw, &upstream.model);
+                    let err = exact_context(state, err, protocol, &body.raw, &upstream.model).await;
                     drop(t);
                     retry(state, err, &account, permit, false, meter, deadline).await?;
                     continue;
@@ -518,6 +520,7 @@ async fn run_inner<P: Plan>(
                     ),
                     Finish::Open => failure::incomplete_stream(),
                 };
+                let err = exact_context(state, err, protocol, &body.raw, &upstream.model).await;
                 if produced {
                     return Err(err);
                 }
@@ -556,13 +559,29 @@ fn prompt_size_window(state: &State, model: &str) -> u64 {
     })
 }
 
-/// Replace the estimate in a context-window error by the exact count.
-fn exact_context(state: &State, err: Error, protocol: Protocol, body: &[u8], model: &str) -> Error {
-    if err.kind == ErrorKind::ContextLengthExceeded {
-        failure::context_exceeded(protocol, &prompt_size(state, body, model))
-    } else {
-        err
+/// Replace the estimate in a context-window error by the exact count, counted on the
+/// blocking pool (a prompt can be megabytes).
+async fn exact_context(
+    state: &State,
+    err: Error,
+    protocol: Protocol,
+    body: &[u8],
+    model: &str,
+) -> Error {
+    if err.kind != ErrorKind::ContextLengthExceeded {
+        return err;
     }
+    let owned = body.to_vec();
+    let Ok(tokens) =
+        tokio::task::spawn_blocking(move || crate::tokens::count_upstream_body(&owned)).await
+    else {
+        return err;
+    };
+    let size = PromptSize {
+        tokens,
+        window: prompt_size_window(state, model),
+    };
+    failure::context_exceeded(protocol, &size)
 }
 
 fn stream_response<E: crate::dialect::Encoder>(

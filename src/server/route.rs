@@ -419,7 +419,21 @@ async fn dispatch<B: ReqBody>(
         }
         (&Method::POST, "/v1/messages/count_tokens")
         | (&Method::POST, "/messages/count_tokens") => {
-            let out = read_translated(req, state, messages::count_tokens).await?;
+            // Counting is CPU work proportional to the body (up to --max-body-bytes): on the
+            // blocking pool, so streams on the async workers never wait behind it.
+            let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
+            let st = Arc::clone(state);
+            let out = tokio::task::spawn_blocking(move || {
+                let catalog = st.catalog.current();
+                let ctx = Ctx {
+                    config: &st.config,
+                    catalog: &catalog,
+                    headers: &headers,
+                };
+                messages::count_tokens(&mut body, &ctx)
+            })
+            .await
+            .map_err(|_| Error::new(ErrorKind::Internal, "token counting failed"))??;
             Ok(json_response(StatusCode::OK, out, request_id))
         }
         (_, p) => Err(Error::new(
