@@ -105,9 +105,21 @@ enum Phase {
     Ended,
 }
 
-/// The translating body. `E` writes the client's protocol.
-pub struct Translate<E: Encoder> {
-    upstream: Option<Upstream>,
+/// What [`Translate`] reads: an upstream response body ([`Upstream`] in the server; any
+/// body of `Bytes` frames, e.g. in tests that drive the real translator from memory).
+pub trait Source:
+    http_body::Body<Data = Bytes, Error: std::error::Error + 'static> + Unpin + Send + 'static
+{
+}
+
+impl<T> Source for T where
+    T: http_body::Body<Data = Bytes, Error: std::error::Error + 'static> + Unpin + Send + 'static
+{
+}
+
+/// The translating body. `E` writes the client's protocol; `B` is the upstream body.
+pub struct Translate<E: Encoder, B: Source = Upstream> {
+    upstream: Option<B>,
     parser: SseParser,
     decoder: Decoder,
     encoder: E,
@@ -145,9 +157,9 @@ impl Recorder {
     }
 }
 
-impl<E: Encoder> Translate<E> {
+impl<E: Encoder, B: Source> Translate<E, B> {
     pub fn new(
-        upstream: Upstream,
+        upstream: B,
         mut encoder: E,
         protocol: Protocol,
         prompt: PromptSize,
@@ -411,7 +423,7 @@ impl<E: Encoder> Translate<E> {
     }
 }
 
-impl<E: Encoder> Body for Translate<E> {
+impl<E: Encoder, B: Source> Body for Translate<E, B> {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 

@@ -38,6 +38,8 @@ pub const TARGETS: &[&str] = &[
     "auth_json",
     "h1_requests",
     "h1_chunked",
+    "events_to_responses",
+    "json_spans",
 ];
 
 /// Runs the target called `target` on `data`; `false` when no such target exists.
@@ -53,6 +55,8 @@ pub fn run(target: &str, data: &[u8]) -> bool {
         "auth_json" => auth_json(data),
         "h1_requests" => h1_requests(data),
         "h1_chunked" => h1_chunked(data),
+        "events_to_responses" => events_to_responses(data),
+        "json_spans" => json_spans(data),
         _ => return false,
     }
     true
@@ -1179,6 +1183,133 @@ pub fn h1_chunked(data: &[u8]) {
             matches!(&steps[..], [H1Step::Request { .. }, H1Step::Body(b), H1Step::Request { .. }, H1Step::Body(e)] if *b == body && e.is_empty()),
             "{steps:?}"
         );
+    }
+}
+
+const RESPONSES_BODIES: [&str; 3] = [
+    r#"{"model":"gpt-5.5","stream":true,"input":"hi"}"#,
+    r#"{"model":"gpt-5.5","stream":true,"input":[{"role":"user","content":"hi"}],"tools":[{"type":"function","name":"bash","parameters":{"type":"object"}},{"type":"function","name":"mcp__server__a_very_long_tool_name_that_needs_shortening_upstream_x","parameters":{"type":"object"}}]}"#,
+    r#"{"model":"gpt-5.5","stream":true,"include":["reasoning.encrypted_content"],"reasoning":{"effort":"high"},"input":"hi"}"#,
+];
+
+/// Upstream event sequences through the Responses encoder (byte forwarding with splices):
+/// valid SSE; every frame named, its data JSON whose `type` is that name; `sequence_number`s
+/// strictly increasing; never a `response.failed` (failures become the one `error` event);
+/// exactly one terminal frame (`response.completed`, `response.incomplete` or `error`), last;
+/// a spliced terminal `response.output` holds every `output_item.done` item.
+pub fn events_to_responses(data: &[u8]) {
+    let mut c = Choices { data };
+    let body = RESPONSES_BODIES[usize::from(c.byte()) % RESPONSES_BODIES.len()];
+    let Ok(plan) = with_ctx(|ctx| responses::translate(&mut body.as_bytes().to_vec(), ctx)) else {
+        panic!("a fixed Responses request did not translate");
+    };
+    let upstream = upstream_events(&mut c);
+    check_non_stream(&plan, &upstream);
+    let stream = translate_stream(plan.encoder(), &upstream, Protocol::OpenAi);
+    let frames = client_frames(&stream);
+    let mut last_seq: Option<u64> = None;
+    let mut terminal = 0;
+    let mut done_items = 0;
+    for (i, (event, data)) in frames.iter().enumerate() {
+        assert!(!event.is_empty(), "an unnamed frame: {data}");
+        assert_ne!(
+            event, "response.failed",
+            "failures go out as the error event"
+        );
+        let v = json_of(data);
+        assert_eq!(v["type"].as_str(), Some(event.as_str()), "{data}");
+        if let Some(seq) = v["sequence_number"].as_u64() {
+            assert!(
+                last_seq.is_none_or(|l| seq > l),
+                "sequence_number went back: {data}"
+            );
+            last_seq = Some(seq);
+        }
+        match event.as_str() {
+            "response.output_item.done" => done_items += 1,
+            "response.completed" | "response.incomplete" | "error" => {
+                terminal += 1;
+                assert_eq!(i + 1, frames.len(), "frames after the terminal one");
+                if event == "error" {
+                    assert!(v["code"].is_string() && v["message"].is_string(), "{v}");
+                    assert!(v["sequence_number"].is_u64(), "{v}");
+                }
+                if let Some(out) = v["response"]["output"].as_array()
+                    && !out.is_empty()
+                {
+                    assert!(
+                        out.len() <= done_items,
+                        "spliced more items than were done: {v}"
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(terminal, 1, "exactly one terminal frame");
+}
+
+/// The Responses encoder's JSON span scanner against serde_json. Byte 0 picks the mode:
+/// an object (`member` finds every unescaped, unique key's value, which parses to what
+/// serde_json parsed, and misses absent keys), an array (`elements` matches serde_json's
+/// elements one to one) or a number (`parse_u64` agrees with serde_json on every u64).
+/// On input serde_json refuses, the scanner may answer anything but must not panic.
+pub fn json_spans(data: &[u8]) {
+    use crate::dialect::responses::span;
+    use serde_json::Value;
+    let Some((&mode, b)) = data.split_first() else {
+        return;
+    };
+    let parsed = serde_json::from_slice::<Value>(b);
+    match mode % 3 {
+        0 => {
+            let _ = span::member(b, b"type");
+            let _ = span::leading_member(b, b"sequence_number", 2);
+            let Ok(Value::Object(obj)) = parsed else {
+                return;
+            };
+            for (k, v) in &obj {
+                // Keys written without escapes, whose quoted form occurs once in the input
+                // (so no duplicate key, whose first copy the scanner would find).
+                let encoded = serde_json::to_string(k).unwrap_or_default();
+                let plain = encoded.len() == k.len() + 2;
+                if !plain || memchr::memmem::find_iter(b, encoded.as_bytes()).count() != 1 {
+                    continue;
+                }
+                let Some(r) = span::member(b, k.as_bytes()) else {
+                    panic!("member {k:?} not found");
+                };
+                let got: Value = serde_json::from_slice(&b[r.clone()])
+                    .unwrap_or_else(|e| panic!("span of {k:?} is not JSON ({e})"));
+                assert_eq!(&got, v, "member {k:?}");
+            }
+            // A raw NUL cannot be in a valid JSON key.
+            assert_eq!(span::member(b, b"\x00absent"), None);
+        }
+        1 => {
+            let got = span::elements(b);
+            let Ok(Value::Array(items)) = parsed else {
+                return;
+            };
+            let Some(spans) = got else {
+                panic!("a valid array was not split");
+            };
+            assert_eq!(spans.len(), items.len());
+            for (r, v) in spans.into_iter().zip(&items) {
+                let e: Value = serde_json::from_slice(&b[r])
+                    .unwrap_or_else(|e| panic!("element span is not JSON ({e})"));
+                assert_eq!(&e, v);
+            }
+        }
+        _ => {
+            let got = span::parse_u64(b);
+            if let Ok(Value::Number(n)) = parsed
+                && let Some(u) = n.as_u64()
+                && !b.iter().any(|c| c.is_ascii_whitespace())
+            {
+                assert_eq!(got, Some(u), "parse_u64 disagrees with serde_json");
+            }
+        }
     }
 }
 

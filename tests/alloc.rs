@@ -1,7 +1,8 @@
 //! Proof of the hot-path rule "no per-event heap allocation in steady state": a counting
-//! global allocator wraps the system allocator, and after warm-up, parsing, decoding and
-//! encoding one more upstream text-delta (and tool-argument delta) event allocates nothing,
-//! for every dialect.
+//! global allocator wraps the system allocator, and after warm-up, one more upstream
+//! text-delta (and tool-argument delta) event through the real streaming body
+//! (`body::Translate`: SSE parsing, decoding, encoding, the frame handed out) allocates
+//! nothing, for every dialect. The upstream body is an in-memory queue of socket reads.
 //!
 //! This file is the crate's one audited place with `unsafe`: `GlobalAlloc` is an unsafe
 //! trait. The impl only forwards to `System` (same layout, same pointer) and bumps a
@@ -14,13 +15,21 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::path::PathBuf;
 
-use bytes::BytesMut;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use codex_as_api::body::{Timing, Translate};
 use codex_as_api::config::Config;
 use codex_as_api::dialect::{Ctx, Encoder, Plan, chat, messages, responses};
-use codex_as_api::sse::parse::SseParser;
+use codex_as_api::error::Protocol;
 use codex_as_api::upstream::catalog::Catalog;
-use codex_as_api::upstream::events::Decoder;
+use codex_as_api::upstream::failure::PromptSize;
 use http::HeaderMap;
+use http_body::{Body, Frame};
 use serde_json::json;
 
 struct Counting;
@@ -89,46 +98,86 @@ fn events(input: &[u8]) -> Vec<&[u8]> {
     out
 }
 
+/// The upstream body: socket reads queued by the test; `Pending` when there are none.
+struct Feed(Arc<Mutex<VecDeque<Bytes>>>);
+
+impl http_body::Body for Feed {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.0.lock().unwrap().pop_front() {
+            Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// The real translating body over a [`Feed`].
 struct Pipe<E: Encoder> {
-    parser: SseParser,
-    decoder: Decoder,
-    encoder: E,
-    out: BytesMut,
+    body: Pin<Box<Translate<E, Feed>>>,
+    reads: Arc<Mutex<VecDeque<Bytes>>>,
 }
 
 impl<E: Encoder> Pipe<E> {
-    fn new(mut encoder: E) -> Self {
-        let mut out = BytesMut::with_capacity(64 * 1024);
-        encoder.begin(&mut out);
-        Pipe {
-            parser: SseParser::new(1 << 26),
-            decoder: Decoder::new(),
+    fn new(encoder: E) -> Self {
+        let reads = Arc::new(Mutex::new(VecDeque::with_capacity(4)));
+        let timing = Timing {
+            keepalive: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(3600),
+        };
+        let prompt = PromptSize {
+            tokens: 10,
+            window: 272_000,
+        };
+        let body = Translate::new(
+            Feed(Arc::clone(&reads)),
             encoder,
-            out,
+            Protocol::OpenAi,
+            prompt,
+            timing,
+            None,
+        );
+        Pipe {
+            body: Box::pin(body),
+            reads,
         }
     }
 
-    /// What `body::Translate` does with one socket read.
-    fn feed(&mut self, bytes: &[u8]) {
-        self.parser.push(bytes);
-        let Pipe {
-            parser,
-            decoder,
-            encoder,
-            out,
-        } = self;
-        while let Ok(Some(ev)) = parser.next_event() {
-            encoder.raw(ev.event, ev.data, out);
-            decoder.decode(ev.data, |d| encoder.delta(d, out)).unwrap();
+    /// Queue one socket read (outside any measurement: the queue may grow).
+    fn queue(&self, bytes: &[u8]) {
+        self.reads
+            .lock()
+            .unwrap()
+            .push_back(Bytes::copy_from_slice(bytes));
+    }
+
+    /// One poll of the body, as hyper does per wakeup: the frame it hands out is dropped
+    /// (written to the socket). Whether there was a frame (some events translate to none).
+    fn poll(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.body.as_mut().poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                assert!(frame.is_data());
+                true
+            }
+            Poll::Pending => false,
+            Poll::Ready(_) => panic!("the stream ended early"),
         }
-        // The body hands `out` to hyper per wakeup; here we keep the capacity.
-        out.clear();
     }
 }
 
 /// Feeds the fixture up to event `warm` (warm-up), then asserts that each of the next
 /// deltas (which must be `kind` deltas) is translated without allocating.
 fn assert_steady_state<E: Encoder>(encoder: E, input: &[u8], kind: &str, dialect: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _entered = rt.enter();
     let evs = events(input);
     let first = evs
         .iter()
@@ -137,11 +186,15 @@ fn assert_steady_state<E: Encoder>(encoder: E, input: &[u8], kind: &str, dialect
     let warm = first + 50;
     let mut pipe = Pipe::new(encoder);
     for ev in &evs[..warm] {
-        pipe.feed(ev);
+        pipe.queue(ev);
+        pipe.poll();
     }
     for ev in &evs[warm..warm + 20] {
         assert!(ev.windows(kind.len()).any(|w| w == kind.as_bytes()));
-        let n = allocations(|| pipe.feed(ev));
+        pipe.queue(ev);
+        let mut framed = false;
+        let n = allocations(|| framed = pipe.poll());
+        assert!(framed, "{dialect}: a {kind} event produced no output");
         assert_eq!(
             n, 0,
             "{dialect}: translating one more {kind} event allocated {n} times"

@@ -1335,7 +1335,9 @@ mod names {
 
 /// A minimal JSON span scanner: finds the byte range of a member's value without building a
 /// tree. Input is the backend's JSON; anything malformed yields `None`, never a panic.
-mod span {
+/// Fuzzed against serde_json (`fuzzing::json_spans`).
+#[doc(hidden)]
+pub mod span {
     use std::ops::Range;
 
     use super::memchr2;
