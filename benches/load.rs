@@ -25,6 +25,19 @@
 //! * Paced rows start their streams spread evenly over one stream's length (pace × deltas),
 //!   so requests and deltas arrive at a steady rate; the closed-loop rows start them all at
 //!   once.
+//!
+//! Fleet (per-account admission control): `LOAD_FLEET` agents (default 64; 0 skips it; the
+//! smoke version uses 8 agents and 200 ms streams) start at once, each with one streaming
+//! chat completion (its own `prompt_cache_key`) whose upstream stream lasts ~1 s (20 deltas,
+//! 50 ms apart), against an emulator that refuses a fourth open stream per account (429),
+//! once with one account and once with two (`--accounts`), each with a fresh emulator and
+//! proxy. Reported per run: client-visible errors (target 0), refused upstream attempts per
+//! request (target ≤ 0.5), makespan ÷ ideal, where ideal = ceil(agents / (accounts × 3)) ×
+//! the length of one lone stream measured through the proxy just before (target ≤ 1.2),
+//! p50/p99 queue wait (the proxy's `queued_ms` per request, from its JSON log), and each
+//! account's peak of open upstream streams as the emulator counted them. Errors and a peak
+//! above 3 fail the run; the timing targets are only printed. `LOAD_FLEET_ONLY=1` runs the
+//! fleet scenario alone (also in the smoke version).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -382,7 +395,96 @@ async fn health_ok(addr: SocketAddr) -> bool {
     matches!(s.read(&mut buf).await, Ok(n) if n >= 12 && &buf[9..12] == b"200")
 }
 
+/// The proxy for the throughput, latency and slow-stream rows. Their emulator has no
+/// per-account stream limit, so the account window is opened wide: these rows measure the
+/// translation path with room in the window (admission's fast path, no queueing).
 async fn start_proxy(emu: &Emulator, dir: &Path, ca: Option<&Path>) -> Proxy {
+    let wide = [
+        "--account-max-streams",
+        "100000",
+        "--account-max-streams-ceiling",
+        "100000",
+    ]
+    .map(String::from);
+    start_proxy_with(emu, dir, &dir.join("auth.json"), ca, &wide, None).await
+}
+
+/// The proxy's JSON log lines (`--log-format json`, info level), read off its stderr by a
+/// thread so the pipe never fills; warnings, errors and lines that are not JSON are echoed.
+#[derive(Default)]
+struct LogSink {
+    lines: std::sync::Mutex<Vec<Value>>,
+}
+
+impl LogSink {
+    fn drain(self: &Arc<Self>, stderr: std::process::ChildStderr) {
+        use std::io::BufRead;
+        let sink = Arc::clone(self);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => {
+                        if matches!(v["level"].as_str(), Some("WARN" | "ERROR")) {
+                            eprintln!("proxy: {line}");
+                        }
+                        sink.lines.lock().unwrap().push(v);
+                    }
+                    Err(_) => eprintln!("proxy: {line}"),
+                }
+            }
+        });
+    }
+
+    /// The per-request lines (target `codex_as_api::request`) of requests that went through
+    /// the pipeline (they carry `attempts`; `/health` polls do not), in order.
+    fn requests(&self) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["target"] == "codex_as_api::request" && v["fields"]["attempts"].is_u64())
+            .cloned()
+            .collect()
+    }
+
+    /// How many lines so far have a message containing `needle`.
+    fn count(&self, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| {
+                v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(needle))
+            })
+            .count()
+    }
+
+    /// Waits (up to `limit`) until at least `n` per-request lines were logged.
+    async fn wait_requests(&self, n: usize, limit: Duration) -> Vec<Value> {
+        let t0 = Instant::now();
+        loop {
+            let r = self.requests();
+            if r.len() >= n || t0.elapsed() >= limit {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Starts the proxy with `auth` as its `--auth-path`, `extra` arguments, and, with a `log`
+/// sink, info-level JSON logs captured into it (else errors only, to this stderr).
+async fn start_proxy_with(
+    emu: &Emulator,
+    dir: &Path,
+    auth: &Path,
+    ca: Option<&Path>,
+    extra: &[String],
+    log: Option<&Arc<LogSink>>,
+) -> Proxy {
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let bin = env!("CARGO_BIN_EXE_codex-as-api");
@@ -407,13 +509,19 @@ async fn start_proxy(emu: &Emulator, dir: &Path, ca: Option<&Path>) -> Proxy {
         .args(["--upstream-url", &emu.base_url()])
         .args(["--token-url", &emu.token_url()])
         .arg("--auth-path")
-        .arg(dir.join("auth.json"))
+        .arg(auth)
         .arg("--codex-home")
         .arg(dir)
         .args(["--max-concurrent-streams", "20000"])
-        .args(["--log-level", "error"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        .args(extra)
+        .stdout(Stdio::null());
+    if log.is_some() {
+        cmd.args(["--log-level", "info", "--log-format", "json"])
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped());
+    } else {
+        cmd.args(["--log-level", "error"]).stderr(Stdio::inherit());
+    }
     if let Some(ca) = ca {
         cmd.arg("--ca-file").arg(ca);
     }
@@ -421,7 +529,10 @@ async fn start_proxy(emu: &Emulator, dir: &Path, ca: Option<&Path>) -> Proxy {
         cmd.env("TOKIO_WORKER_THREADS", n);
     }
     let t0 = Instant::now();
-    let child = cmd.spawn().expect("spawn codex-as-api");
+    let mut child = cmd.spawn().expect("spawn codex-as-api");
+    if let Some(sink) = log {
+        sink.drain(child.stderr.take().expect("piped stderr"));
+    }
     loop {
         if health_ok(addr).await {
             break;
@@ -482,6 +593,10 @@ fn main() {
 }
 
 async fn async_main(full: bool) {
+    if std::env::var("LOAD_FLEET_ONLY").is_ok_and(|v| v == "1") {
+        fleet(full).await;
+        return;
+    }
     let streams_list: Vec<usize> = if full {
         std::env::var("LOAD_STREAMS")
             .unwrap_or_else(|_| "16,256".into())
@@ -709,6 +824,7 @@ async fn async_main(full: bool) {
         idle_rss as f64 / 1024.0
     );
     assert_eq!(errors, 0, "requests failed during the load run");
+    fleet(full).await;
 }
 
 /// `n` concurrent streams, one delta every 50 ms, through the proxy over an h2 (TLS)
@@ -798,4 +914,431 @@ async fn slow_streams(n: usize, deltas: usize, dir: &Path) {
         pct(&mut seen.latency_ns, 0.99) / 1e6,
     );
     assert_eq!(seen.errors, 0, "slow streams failed");
+}
+
+/// The backend's limit of open streams per account, as the fleet's emulator enforces it.
+const FLEET_ACCOUNT_LIMIT: usize = 3;
+
+/// What one fleet agent saw (times on [`clock_ns`]).
+struct AgentRun {
+    ok: bool,
+    sent_ns: u64,
+    /// The first stamped content delta.
+    first_ns: Option<u64>,
+    end_ns: u64,
+}
+
+/// One agent: connects, waits for `go` (so every agent sends in the same instant), then one
+/// streaming chat completion. It is ok when the answer is a 200 with every stamped delta, no
+/// error event and the closing `[DONE]`.
+async fn fleet_agent(
+    addr: SocketAddr,
+    body: Bytes,
+    deltas: usize,
+    go: Arc<tokio::sync::Barrier>,
+) -> AgentRun {
+    let sender = async {
+        let stream = TcpStream::connect(addr).await.ok()?;
+        let _ = stream.set_nodelay(true);
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        send.ready().await.ok()?;
+        Some(send)
+    }
+    .await;
+    go.wait().await;
+    let sent_ns = clock_ns();
+    let mut run = AgentRun {
+        ok: false,
+        sent_ns,
+        first_ns: None,
+        end_ns: sent_ns,
+    };
+    let Some(mut send) = sender else {
+        eprintln!("fleet: could not connect to the proxy");
+        return run;
+    };
+    let req = Request::post("/v1/chat/completions")
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .unwrap();
+    let resp = match send.send_request(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fleet: request failed: {e}");
+            run.end_ns = clock_ns();
+            return run;
+        }
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        let b = resp.into_body().collect().await.map(|c| c.to_bytes());
+        eprintln!("fleet: answered {status}: {b:?}");
+        run.end_ns = clock_ns();
+        return run;
+    }
+    let mut body = resp.into_body();
+    let mut carry = Vec::with_capacity(64);
+    let mut latencies = Vec::with_capacity(deltas);
+    let mut all = Vec::with_capacity(4096);
+    let mut stamps = 0;
+    let mut failed = false;
+    while let Some(frame) = body.frame().await {
+        let now = clock_ns();
+        match frame {
+            Ok(f) => {
+                if let Ok(data) = f.into_data() {
+                    let n = scan(&mut carry, &data, now, &mut latencies);
+                    if n > 0 && run.first_ns.is_none() {
+                        run.first_ns = Some(now);
+                    }
+                    stamps += n;
+                    all.extend_from_slice(&data);
+                }
+            }
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    run.end_ns = clock_ns();
+    let done = all.ends_with(b"data: [DONE]\n\n");
+    let error_event = memchr::memmem::find(&all, b"\"error\"").is_some();
+    run.ok = !failed && stamps == deltas && done && !error_event;
+    if !run.ok {
+        eprintln!(
+            "fleet: {stamps} stamped deltas, expected {deltas}; cut: {failed}; [DONE]: {done}; error event: {error_event}; last bytes: {:?}",
+            String::from_utf8_lossy(&all[all.len().saturating_sub(400)..])
+        );
+    }
+    run
+}
+
+/// `GET /health` as JSON (`Null` when it fails).
+async fn health_json(addr: SocketAddr) -> Value {
+    let got = async {
+        let stream = TcpStream::connect(addr).await.ok()?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let req = Request::get("/health")
+            .header("host", addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .ok()?;
+        let resp = send.send_request(req).await.ok()?;
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        serde_json::from_slice::<Value>(&body).ok()
+    }
+    .await;
+    got.unwrap_or(Value::Null)
+}
+
+/// One fleet run's results.
+struct FleetRow {
+    accounts: usize,
+    agents: usize,
+    errors: usize,
+    /// The emulator's concurrency refusals during the fleet.
+    refusals: u64,
+    /// One stream alone through the proxy: request sent → last byte, and → first delta.
+    lone_ms: f64,
+    lone_ttfb_ms: f64,
+    ideal_ms: f64,
+    makespan_ms: f64,
+    /// The proxy's `queued_ms` per request, µs (empty if its log lines were missing).
+    queued_us: Vec<u64>,
+    /// Client-side estimate: time to first delta − the lone stream's, µs.
+    est_queue_us: Vec<u64>,
+    /// Upstream attempts per the proxy's log (sum of `attempts`).
+    attempts: u64,
+    /// Per account: (label, emulator peak open, emulator requests during the fleet, requests
+    /// served per the proxy log, the proxy's /health entry after the run).
+    per_account: Vec<(String, usize, u64, usize, Value)>,
+    /// The proxy's "refused a stream for concurrency" log lines.
+    refusal_lines: usize,
+}
+
+impl FleetRow {
+    fn refused_per_request(&self) -> f64 {
+        self.refusals as f64 / self.agents.max(1) as f64
+    }
+
+    fn ratio(&self) -> f64 {
+        self.makespan_ms / self.ideal_ms
+    }
+
+    fn peak(&self) -> usize {
+        self.per_account.iter().map(|a| a.1).max().unwrap_or(0)
+    }
+}
+
+/// One run: a fresh emulator (limit [`FLEET_ACCOUNT_LIMIT`] open streams per account) and
+/// proxy child with `accounts` accounts; one lone stream first, then `agents` at once.
+async fn fleet_run(accounts: usize, agents: usize, deltas: usize, pace: u64) -> FleetRow {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = Emulator::start(EmulatorConfig {
+        account_concurrency: Some(FLEET_ACCOUNT_LIMIT),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut ids = vec![emu.account_id()];
+    for _ in 1..accounts {
+        ids.push(emu.add_account());
+    }
+    // Each auth.json in its own folder: the folder name is the account's label.
+    let mut paths = Vec::with_capacity(accounts);
+    for (i, id) in ids.iter().enumerate() {
+        let path = dir.path().join(format!("acct{i}")).join("auth.json");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        emu.issue_credentials_for(id, 24 * 3600)
+            .write_auth_json(&path)
+            .unwrap();
+        paths.push(path);
+    }
+    let mut extra = Vec::new();
+    if accounts > 1 {
+        let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        extra = vec!["--accounts".to_owned(), list.join(",")];
+    }
+    let sink = Arc::new(LogSink::default());
+    let proxy = start_proxy_with(&emu, dir.path(), &paths[0], None, &extra, Some(&sink)).await;
+    let text = directives(Kind::Text, Chunks::PerEvent, deltas, Some(pace));
+    let body = |key: &str| {
+        Bytes::from(
+            json!({"model": "gpt-5.5", "stream": true, "prompt_cache_key": key,
+                "messages": [{"role": "user", "content": text}]})
+            .to_string(),
+        )
+    };
+
+    // One stream alone (it also opens the upstream connection): the unqueued length.
+    let lone = fleet_agent(
+        proxy.addr,
+        body(&format!("fleet{accounts}-lone")),
+        deltas,
+        Arc::new(tokio::sync::Barrier::new(1)),
+    )
+    .await;
+    let lone_ms = (lone.end_ns - lone.sent_ns) as f64 / 1e6;
+    let lone_ttfb_ns = lone.first_ns.map_or(0, |f| f - lone.sent_ns);
+    let before = sink.wait_requests(1, Duration::from_secs(3)).await.len();
+    let refusals0 = emu.stats().concurrency_refusals;
+    let refusal_lines0 = sink.count("refused a stream for concurrency");
+    emu.reset_peaks();
+    let requests0: Vec<u64> = ids
+        .iter()
+        .map(|id| emu.account_stats(id).requests)
+        .collect();
+
+    let go = Arc::new(tokio::sync::Barrier::new(agents + 1));
+    let tasks: Vec<_> = (0..agents)
+        .map(|i| {
+            tokio::spawn(fleet_agent(
+                proxy.addr,
+                body(&format!("fleet{accounts}-agent{i}")),
+                deltas,
+                Arc::clone(&go),
+            ))
+        })
+        .collect();
+    go.wait().await;
+    let start_ns = clock_ns();
+    let mut runs = Vec::with_capacity(agents);
+    for t in tasks {
+        runs.push(t.await.unwrap());
+    }
+    let end_ns = runs.iter().map(|r| r.end_ns).max().unwrap_or(start_ns);
+    let makespan_ms = (end_ns - start_ns) as f64 / 1e6;
+    let errors = runs.iter().filter(|r| !r.ok).count() + usize::from(!lone.ok);
+    let refusals = emu.stats().concurrency_refusals - refusals0;
+    let est_queue_us = runs
+        .iter()
+        .filter_map(|r| {
+            r.first_ns
+                .map(|f| (f - r.sent_ns).saturating_sub(lone_ttfb_ns) / 1000)
+        })
+        .collect();
+
+    let logged = sink
+        .wait_requests(before + agents, Duration::from_secs(5))
+        .await;
+    let fleet_lines = logged.get(before..).unwrap_or_default();
+    let queued_us = if fleet_lines.len() == agents {
+        fleet_lines
+            .iter()
+            .map(|l| (l["fields"]["queued_ms"].as_f64().unwrap_or(0.0) * 1000.0) as u64)
+            .collect()
+    } else {
+        eprintln!(
+            "fleet: the proxy logged {} request lines for {agents} requests; queue wait from the client side only",
+            fleet_lines.len()
+        );
+        Vec::new()
+    };
+    let attempts = fleet_lines
+        .iter()
+        .map(|l| l["fields"]["attempts"].as_u64().unwrap_or(0))
+        .sum();
+    let health = health_json(proxy.addr).await;
+    let per_account = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let label = format!("acct{i}");
+            let st = emu.account_stats(id);
+            let served = fleet_lines
+                .iter()
+                .filter(|l| l["fields"]["account"] == label.as_str())
+                .count();
+            let entry = health["accounts"]
+                .as_array()
+                .and_then(|a| a.iter().find(|e| e["label"] == label.as_str()))
+                .cloned()
+                .unwrap_or(Value::Null);
+            (
+                label,
+                st.peak_open_streams,
+                st.requests - requests0[i],
+                served,
+                entry,
+            )
+        })
+        .collect();
+    let refusal_lines = sink.count("refused a stream for concurrency") - refusal_lines0;
+    let rounds = agents.div_ceil(accounts * FLEET_ACCOUNT_LIMIT);
+    drop(proxy);
+    FleetRow {
+        accounts,
+        agents,
+        errors,
+        refusals,
+        lone_ms,
+        lone_ttfb_ms: lone_ttfb_ns as f64 / 1e6,
+        ideal_ms: rounds as f64 * lone_ms,
+        makespan_ms,
+        queued_us,
+        est_queue_us,
+        attempts,
+        per_account,
+        refusal_lines,
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
+
+/// The fleet scenario: `LOAD_FLEET` agents at once against a per-account stream limit of
+/// 3, with one account and with two.
+async fn fleet(full: bool) {
+    let (agents, deltas, pace) = if full {
+        (env_usize("LOAD_FLEET", 64), 20, 50)
+    } else {
+        (8, 4, 50)
+    };
+    if agents == 0 {
+        return;
+    }
+    println!();
+    println!(
+        "fleet: {agents} agents at once, one streaming chat completion each ({deltas} deltas, {pace} ms apart: nominal {} ms upstream), emulator limit {FLEET_ACCOUNT_LIMIT} open streams per account",
+        deltas as u64 * pace
+    );
+    println!(
+        "  ideal = ceil(agents / (accounts × {FLEET_ACCOUNT_LIMIT})) × lone stream (one stream alone through the proxy, request sent → last byte, measured just before)"
+    );
+    println!(
+        "  queue wait = the proxy's queued_ms per request (its JSON log); est = client time to first delta − the lone stream's"
+    );
+    let rows = [
+        fleet_run(1, agents, deltas, pace).await,
+        fleet_run(2, agents, deltas, pace).await,
+    ];
+    println!();
+    println!(
+        "{:>8} {:>6} {:>6} {:>12} {:>8} {:>9} {:>10} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "accounts",
+        "agents",
+        "errors",
+        "refused/req",
+        "lone ms",
+        "ideal ms",
+        "makespan",
+        "ratio",
+        "queue p50",
+        "queue p99",
+        "est p50",
+        "est p99",
+        "peak open"
+    );
+    for r in &rows {
+        let mut q = r.queued_us.clone();
+        let mut e = r.est_queue_us.clone();
+        let peaks: Vec<String> = r.per_account.iter().map(|a| a.1.to_string()).collect();
+        println!(
+            "{:>8} {:>6} {:>6} {:>5.2} ({:>3}) {:>8.1} {:>9.1} {:>10.1} {:>6.3} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10}",
+            r.accounts,
+            r.agents,
+            r.errors,
+            r.refused_per_request(),
+            r.refusals,
+            r.lone_ms,
+            r.ideal_ms,
+            r.makespan_ms,
+            r.ratio(),
+            pct(&mut q, 0.5) / 1e3,
+            pct(&mut q, 0.99) / 1e3,
+            pct(&mut e, 0.5) / 1e3,
+            pct(&mut e, 0.99) / 1e3,
+            peaks.join(",")
+        );
+    }
+    println!();
+    for r in &rows {
+        println!(
+            "  {} account(s): lone stream {:.1} ms (first delta after {:.2} ms); upstream attempts {} for {} requests; proxy logged {} concurrency refusals",
+            r.accounts, r.lone_ms, r.lone_ttfb_ms, r.attempts, r.agents, r.refusal_lines
+        );
+        for (label, peak, requests, served, h) in &r.per_account {
+            println!(
+                "    {label}: emulator peak open {peak}, upstream requests during the fleet {requests}, served {served}; proxy window {} peak_open {} admitted {} refused {} timed_out {}",
+                h["window"], h["peak_open"], h["admitted"], h["refused"], h["timed_out"]
+            );
+        }
+    }
+    println!();
+    println!("fleet targets:");
+    for r in &rows {
+        println!(
+            "  {} account(s): errors {} (target 0): {}; refused/req {:.2} (target ≤ 0.5): {}; makespan/ideal {:.3} (target ≤ 1.2): {}; peak open per account {} (limit {FLEET_ACCOUNT_LIMIT}): {}",
+            r.accounts,
+            r.errors,
+            met(r.errors == 0),
+            r.refused_per_request(),
+            met(r.refused_per_request() <= 0.5),
+            r.ratio(),
+            met(r.ratio() <= 1.2),
+            r.peak(),
+            met(r.peak() <= FLEET_ACCOUNT_LIMIT)
+        );
+    }
+    for r in &rows {
+        assert_eq!(
+            r.errors, 0,
+            "fleet ({} account(s)): client-visible errors",
+            r.accounts
+        );
+        assert!(
+            r.peak() <= FLEET_ACCOUNT_LIMIT,
+            "fleet ({} account(s)): an account had {} streams open at once",
+            r.accounts,
+            r.peak()
+        );
+    }
 }

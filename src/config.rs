@@ -297,14 +297,14 @@ impl Config {
                 .or_else(|| t.int("account_max_streams").map(|v| v as usize)),
             "account_max_streams",
             3,
-            1..=4096,
+            1..=1_000_000,
         )?;
         let ceiling = ranged(
             args.account_max_streams_ceiling
                 .or_else(|| t.int("account_max_streams_ceiling").map(|v| v as usize)),
             "account_max_streams_ceiling",
             8.max(start),
-            1..=4096,
+            1..=1_000_000,
         )?;
         if ceiling < start {
             return Err(format!(

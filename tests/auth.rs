@@ -645,7 +645,11 @@ async fn transient_failure_keeps_tokens_and_is_retryable() {
     assert_eq!(mock.calls(), 1);
 
     *mock.state.fail_status.lock().unwrap() = None;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Past the 2 s in which callers share a transient failure (the store reads tokio's
+    // clock: advanced here, not slept).
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(2100)).await;
+    tokio::time::resume();
     let h = store.headers().await.unwrap();
     assert_eq!(h.authorization, bearer(&mock.last_access()).as_str());
     assert_eq!(mock.calls(), 2);

@@ -95,14 +95,18 @@ async fn oversized_bodies_get_413() {
 async fn concurrent_stream_limit_answers_overloaded_in_each_protocol() {
     let h = Harness::with(|c| c.max_concurrent_streams = 1).await;
     let slow = h.http.post(h.url("/v1/chat/completions"))
-        .json(&json!({"model": "gpt-5.5", "stream": true, "messages": [{"role": "user", "content": "EMU:stall:1500"}]}))
+        .json(&json!({"model": "gpt-5.5", "stream": true, "messages": [{"role": "user", "content": "EMU:gate:slow"}]}))
         .send();
     let slow = tokio::spawn(slow);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait for the event: the first stream holds the one slot.
+    while h.server.state().streams.live() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let r = h.post("/v1/chat/completions", &user("second")).await;
     assert_eq!(r.status(), 503);
     let r = h.post("/v1/messages", &json!({"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})).await;
     assert_eq!(r.status(), 529);
+    h.emu.open_gate("slow");
     let body = slow.await.unwrap().unwrap().text().await.unwrap();
     assert!(body.ends_with("data: [DONE]\n\n"));
 }
@@ -386,8 +390,18 @@ async fn stalled_clients_never_break_other_streams_on_the_shared_h2_upstream() {
         s.write_all(body.as_bytes()).await.unwrap();
         stalled.push(s);
     }
-    // Let the upstream fill every stalled stream's buffers in the proxy.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Wait until the upstream has filled every stalled stream's buffers in the proxy: at
+    // least a full 1 MiB stream window each, more than hyper's old 5 MB connection window.
+    let filled = (STALLED as u64) << 20;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while emu.stats().sse_bytes_sent < filled {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream sent only {} bytes",
+            emu.stats().sse_bytes_sent
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // Other streams on the same upstream connection still run to the end.
     let http = reqwest::Client::new();

@@ -37,7 +37,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock (the same as std's unless a test pauses it).
+use tokio::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;

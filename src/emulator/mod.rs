@@ -131,6 +131,8 @@ pub struct Stats {
     pub models_requests: u64,
     /// Requests refused because their account had its limit of open streams.
     pub concurrency_refusals: u64,
+    /// SSE body bytes handed to the HTTP layer, over every stream.
+    pub sse_bytes_sent: u64,
 }
 
 /// One `POST /codex/responses` as received (body after zstd decoding).
@@ -294,6 +296,7 @@ impl Emulator {
             images_requests: c.images.load(Ordering::Relaxed),
             models_requests: c.models.load(Ordering::Relaxed),
             concurrency_refusals: c.concurrency_refusals.load(Ordering::Relaxed),
+            sse_bytes_sent: self.shared.sse_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -384,6 +387,8 @@ struct Shared {
     account_concurrency: AtomicUsize,
     counters: Counters,
     live_streams: Arc<AtomicUsize>,
+    /// SSE body bytes handed to hyper, over every stream.
+    sse_bytes: Arc<AtomicU64>,
     /// The latest [`MAX_RECORDED`] requests.
     recorded: Mutex<VecDeque<Arc<Recorded>>>,
     /// The latest [`MAX_RECORDED`] unary POSTs (images, compaction v1) with their paths.
@@ -439,6 +444,7 @@ impl Shared {
             account_concurrency: AtomicUsize::new(cfg.account_concurrency.unwrap_or(usize::MAX)),
             counters: Counters::default(),
             live_streams: Arc::new(AtomicUsize::new(0)),
+            sse_bytes: Arc::new(AtomicU64::new(0)),
             recorded: Mutex::new(VecDeque::new()),
             unary: Mutex::new(VecDeque::new()),
             tokens: Mutex::new(tokens::Registry::default()),

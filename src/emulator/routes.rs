@@ -308,7 +308,7 @@ async fn responses(req: Request<Incoming>, shared: &Shared) -> Result<Resp, Abor
             }
             let mut resp = Response::new(EmuBody::Script(sse.into_body(
                 shared.chunking,
-                LiveStream::new(&shared.live_streams),
+                LiveStream::new(&shared.live_streams, &shared.sse_bytes),
                 Some(open),
             )));
             resp.headers_mut().insert(

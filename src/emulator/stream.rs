@@ -157,12 +157,21 @@ impl Sse {
 
 /// Counts one SSE body in [`super::Emulator::live_streams`] until it is dropped (played out,
 /// or abandoned because the client hung up): tests observe upstream cancellation with it.
-pub(super) struct LiveStream(Arc<AtomicUsize>);
+/// Also counts the body bytes handed to hyper (`Stats::sse_bytes_sent`): a client that
+/// stops reading stops that count once flow control and buffers are full.
+pub(super) struct LiveStream(Arc<AtomicUsize>, Arc<std::sync::atomic::AtomicU64>);
 
 impl LiveStream {
-    pub(super) fn new(counter: &Arc<AtomicUsize>) -> LiveStream {
+    pub(super) fn new(
+        counter: &Arc<AtomicUsize>,
+        sent: &Arc<std::sync::atomic::AtomicU64>,
+    ) -> LiveStream {
         counter.fetch_add(1, Ordering::AcqRel);
-        LiveStream(Arc::clone(counter))
+        LiveStream(Arc::clone(counter), Arc::clone(sent))
+    }
+
+    fn sent(&self, n: usize) {
+        self.1.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -179,7 +188,7 @@ pub(super) struct ScriptBody {
     sleep: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     per_event: bool,
     yield_next: bool,
-    _live: LiveStream,
+    live: LiveStream,
     /// The account's open-stream slot: released as soon as the last frame (or the cut)
     /// is handed over, so a client can never see the end before the slot is free.
     open: Option<OpenStream>,
@@ -232,7 +241,7 @@ impl ScriptBody {
             sleep: None,
             per_event,
             yield_next: false,
-            _live: live,
+            live,
             open,
         }
     }
@@ -268,6 +277,7 @@ impl Body for ScriptBody {
             match step {
                 None => return Poll::Ready(None),
                 Some(Step::Data(b)) => {
+                    this.live.sent(b.len());
                     this.yield_next = this.per_event && !this.steps.is_empty();
                     return Poll::Ready(Some(Ok(Frame::data(b))));
                 }
@@ -279,6 +289,7 @@ impl Body for ScriptBody {
                         }
                     }
                     this.yield_next = this.per_event && !this.steps.is_empty();
+                    this.live.sent(b.len());
                     return Poll::Ready(Some(Ok(Frame::data(Bytes::from(b)))));
                 }
                 Some(Step::Pause(d)) => this.sleep = Some(Box::pin(tokio::time::sleep(d))),
@@ -405,7 +416,7 @@ mod tests {
             s.text_delta("msg_1", 0, &format!("{STAMP_PLACEHOLDER}b "));
             s.text_delta("msg_1", 0, "unstamped");
             let before = crate::emulator::clock_ns();
-            let live = LiveStream::new(&Arc::new(AtomicUsize::new(0)));
+            let live = LiveStream::new(&Arc::new(AtomicUsize::new(0)), &Arc::default());
             let bytes = s
                 .into_body(chunking, live, None)
                 .collect()

@@ -259,7 +259,8 @@ impl LiveCatalog {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn is_due(&self) -> bool {
+    /// Whether a fetch is due (a reply that announces an ETag only starts one then).
+    pub fn is_due(&self) -> bool {
         self.now_ms() >= self.due_ms.load(Ordering::Acquire)
     }
 
