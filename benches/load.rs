@@ -597,6 +597,10 @@ async fn async_main(full: bool) {
         fleet(full).await;
         return;
     }
+    if std::env::var("LOAD_COUNT_ONLY").is_ok_and(|v| v == "1") {
+        count_tokens_isolation(full).await;
+        return;
+    }
     let streams_list: Vec<usize> = if full {
         std::env::var("LOAD_STREAMS")
             .unwrap_or_else(|_| "16,256".into())
@@ -824,7 +828,73 @@ async fn async_main(full: bool) {
         idle_rss as f64 / 1024.0
     );
     assert_eq!(errors, 0, "requests failed during the load run");
+    count_tokens_isolation(full).await;
     fleet(full).await;
+}
+
+/// `POST /v1/messages/count_tokens` with `text_bytes` of prose: (status, seconds).
+async fn count_tokens(addr: SocketAddr, text_bytes: usize) -> (u16, f64) {
+    let sentence = "The quick brown fox jumps over the lazy dog while the proxy streams on. ";
+    let text = sentence.repeat(text_bytes / sentence.len());
+    let body = json!({"model": "claude-opus-5-5", "messages": [{"role": "user", "content": text}]})
+        .to_string();
+    drop(text);
+    let started = Instant::now();
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/messages/count_tokens HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(body.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    sock.read_to_end(&mut out).await.unwrap();
+    let status = std::str::from_utf8(out.get(9..12).unwrap_or_default())
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, started.elapsed().as_secs_f64())
+}
+
+/// Token counting must not slow the streams: 16 paced streams through the proxy, alone and
+/// with a 32 MB `count_tokens` request in flight (counted on the blocking pool). Reports
+/// their p99 per-chunk latency both ways (target: within 1 ms).
+async fn count_tokens_isolation(full: bool) {
+    let (streams, deltas, pace, bytes) = if full {
+        (16, 400, 10, 32_000_000)
+    } else {
+        (4, 20, 10, 1_000_000)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    emu.issue_credentials(24 * 3600)
+        .write_auth_json(&dir.path().join("auth.json"))
+        .unwrap();
+    let proxy = start_proxy(&emu, dir.path(), None).await;
+    let text = directives(Kind::Text, Chunks::PerEvent, deltas, Some(pace));
+    let target = proxy_target(proxy.addr, Dialect::Chat, &text, deltas);
+    let spread = Duration::from_millis(pace * deltas as u64 / 4);
+    // Warm the tokenizer (built once per process) so both runs see the same proxy.
+    let (status, _) = count_tokens(proxy.addr, 1000).await;
+    assert_eq!(status, 200, "count_tokens failed");
+    let (mut alone, _) = run(&target, streams, streams, spread).await;
+    let counter = tokio::spawn(count_tokens(proxy.addr, bytes));
+    let (mut with, _) = run(&target, streams, streams, spread).await;
+    let (status, secs) = counter.await.unwrap();
+    assert_eq!(status, 200, "the big count_tokens failed");
+    let errors = alone.errors + with.errors;
+    let p99_alone = pct(&mut alone.latency_ns, 0.99) / 1e6;
+    let p99_with = pct(&mut with.latency_ns, 0.99) / 1e6;
+    println!();
+    println!(
+        "count_tokens isolation: {streams} streams ({deltas} deltas, one every {pace} ms) through the proxy, alone and with a {:.0} MB count_tokens in flight ({secs:.2} s):",
+        bytes as f64 / 1e6
+    );
+    println!(
+        "  per-chunk latency p99: alone {p99_alone:.3} ms, with the count {p99_with:.3} ms, difference {:.3} ms (target ≤ 1 ms); errors {errors}",
+        p99_with - p99_alone
+    );
+    assert_eq!(errors, 0, "streams failed during the count_tokens run");
 }
 
 /// `n` concurrent streams, one delta every 50 ms, through the proxy over an h2 (TLS)
