@@ -142,8 +142,29 @@ impl Fleet {
         }
     }
 
+    /// `n` agents, each one streaming chat turn (its own conversation) held open by the
+    /// gate `gate` after its first delta.
+    fn agents(&self, n: usize, gate: &str) -> Vec<Agent> {
+        (0..n)
+            .map(|i| {
+                let text = format!("EMU:gate:{gate} work");
+                tokio::spawn(self.chat(&text, &format!("agent-{i}"), &[], true))
+            })
+            .collect()
+    }
+
     fn refusals(&self) -> u64 {
         self.emu.stats().concurrency_refusals
+    }
+}
+
+type Agent = tokio::task::JoinHandle<(u16, reqwest::header::HeaderMap, String)>;
+
+/// Every agent's stream completed.
+async fn all_complete(agents: Vec<Agent>) {
+    for a in agents {
+        let (status, _, body) = a.await.unwrap();
+        assert_complete(status, &body);
     }
 }
 
@@ -162,15 +183,7 @@ fn n(v: &Value) -> u64 {
 #[tokio::test]
 async fn twenty_four_agents_on_a_three_stream_account_queue_and_none_sees_a_429() {
     let f = Fleet::start(Some(3), 1, |_| {}).await;
-    let mut agents = Vec::new();
-    for i in 0..24 {
-        agents.push(tokio::spawn(f.chat(
-            "EMU:gate:fleet work",
-            &format!("agent-{i}"),
-            &[],
-            true,
-        )));
-    }
+    let agents = f.agents(24, "fleet");
     let h = f
         .until_health("3 open, 21 queued", |h| {
             h["accounts"][0]["open"] == 3 && h["queued"] == 21
@@ -184,10 +197,7 @@ async fn twenty_four_agents_on_a_three_stream_account_queue_and_none_sees_a_429(
         "queued requests are not sent upstream"
     );
     f.emu.open_gate("fleet");
-    for a in agents {
-        let (status, _, body) = a.await.unwrap();
-        assert_complete(status, &body);
-    }
+    all_complete(agents).await;
     let s = f.emu.account_stats(&f.ids[0]);
     assert_eq!(s.requests, 24);
     assert_eq!(
@@ -211,15 +221,7 @@ async fn a_concurrency_refusal_shrinks_the_window_and_the_client_never_sees_it()
         };
     })
     .await;
-    let mut agents = Vec::new();
-    for i in 0..6 {
-        agents.push(tokio::spawn(f.chat(
-            "EMU:gate:shrink work",
-            &format!("agent-{i}"),
-            &[],
-            true,
-        )));
-    }
+    let agents = f.agents(6, "shrink");
     let h = f
         .until_health("the window shrunk to the 2 accepted streams", |h| {
             let a = &h["accounts"][0];
@@ -229,10 +231,7 @@ async fn a_concurrency_refusal_shrinks_the_window_and_the_client_never_sees_it()
     assert_eq!(h["accounts"][0]["refused"], 2, "{h}");
     assert_eq!(f.refusals(), 2);
     f.emu.open_gate("shrink");
-    for a in agents {
-        let (status, _, body) = a.await.unwrap();
-        assert_complete(status, &body);
-    }
+    all_complete(agents).await;
     assert_eq!(f.refusals(), 2, "no further refusal once the window fit");
     assert!(f.emu.account_stats(&f.ids[0]).peak_open_streams <= 2);
 }
@@ -247,15 +246,7 @@ async fn a_full_window_with_waiters_grows_by_itself_up_to_the_ceiling() {
         };
     })
     .await;
-    let mut agents = Vec::new();
-    for i in 0..4 {
-        agents.push(tokio::spawn(f.chat(
-            "EMU:gate:grow work",
-            &format!("agent-{i}"),
-            &[],
-            true,
-        )));
-    }
+    let agents = f.agents(4, "grow");
     // No request ends and none arrives: the window still grows, one step per quiet period.
     let h = f
         .until_health("the window grew to its ceiling", |h| {
@@ -266,17 +257,11 @@ async fn a_full_window_with_waiters_grows_by_itself_up_to_the_ceiling() {
     assert_eq!(h["accounts"][0]["refused"], 0, "{h}");
     assert_eq!(f.emu.account_stats(&f.ids[0]).open_streams, 3);
     f.emu.open_gate("grow");
-    for a in agents {
-        let (status, _, body) = a.await.unwrap();
-        assert_complete(status, &body);
-    }
+    all_complete(agents).await;
 }
 
 /// A server with one slot, taken by a gated stream; returns the holder's task.
-async fn one_slot_held(
-    f: &Fleet,
-    gate: &str,
-) -> tokio::task::JoinHandle<(u16, reqwest::header::HeaderMap, String)> {
+async fn one_slot_held(f: &Fleet, gate: &str) -> Agent {
     let holder = tokio::spawn(f.chat(&format!("EMU:gate:{gate} hold"), "holder", &[], true));
     f.until_health("the holder is open", |h| h["accounts"][0]["open"] == 1)
         .await;
@@ -343,10 +328,7 @@ async fn interactive_turns_go_before_background_work() {
     f.emu.open_gate("prio");
     let (status, _, body) = holder.await.unwrap();
     assert_complete(status, &body);
-    for q in queued {
-        let (status, _, body) = q.await.unwrap();
-        assert_complete(status, &body);
-    }
+    all_complete(queued).await;
     assert_eq!(small.await.unwrap(), 200);
     let texts = upstream_texts(&f.emu);
     assert_eq!(
@@ -377,10 +359,7 @@ async fn conversations_take_turns_in_the_queue() {
     f.emu.open_gate("fair");
     let (status, _, body) = holder.await.unwrap();
     assert_complete(status, &body);
-    for q in queued {
-        let (status, _, body) = q.await.unwrap();
-        assert_complete(status, &body);
-    }
+    all_complete(queued).await;
     let texts = upstream_texts(&f.emu);
     assert_eq!(texts[1..], ["a1", "b1", "a2", "a3"], "{texts:?}");
 }
@@ -514,15 +493,7 @@ async fn a_stream_that_fails_after_output_is_not_retried() {
 #[tokio::test]
 async fn two_accounts_share_the_load() {
     let f = Fleet::start(Some(3), 2, |_| {}).await;
-    let mut agents = Vec::new();
-    for i in 0..12 {
-        agents.push(tokio::spawn(f.chat(
-            "EMU:gate:pair work",
-            &format!("agent-{i}"),
-            &[],
-            true,
-        )));
-    }
+    let agents = f.agents(12, "pair");
     let h = f
         .until_health("both windows full, 6 queued", |h| {
             h["accounts"][0]["open"] == 3 && h["accounts"][1]["open"] == 3 && h["queued"] == 6
@@ -533,10 +504,7 @@ async fn two_accounts_share_the_load() {
         assert_eq!(f.emu.account_stats(id).open_streams, 3);
     }
     f.emu.open_gate("pair");
-    for a in agents {
-        let (status, _, body) = a.await.unwrap();
-        assert_complete(status, &body);
-    }
+    all_complete(agents).await;
     let (a, b) = (
         f.emu.account_stats(&f.ids[0]),
         f.emu.account_stats(&f.ids[1]),
