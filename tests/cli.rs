@@ -1472,4 +1472,11 @@ async fn out_of_range_settings_stop_the_binary_at_start_naming_the_flag() {
         err.contains("max_json_depth") && err.contains("--max-json-depth"),
         "{err}"
     );
+    std::fs::remove_file(home.path().join(".codex/config.toml")).unwrap();
+    // A CORS allow-list of `*` without a key: every web page could spend the subscription.
+    let err = run(&["--cors-allow-origin", "*"], &[]).await;
+    assert!(
+        err.contains("--cors-allow-origin") && err.contains("every web page"),
+        "{err}"
+    );
 }
