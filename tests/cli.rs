@@ -411,6 +411,24 @@ async fn env_follows_the_model_of_a_running_server() {
         sh.contains(&"export CLAUDE_CODE_AUTO_COMPACT_WINDOW='500000'".to_owned()),
         "{sh:#?}"
     );
+    // On a non-loopback bind `/health` tells the model only to a client with the key.
+    let h = common::Harness::with(|c| {
+        c.model = "gpt-6.1-terra".into();
+        c.host = "0.0.0.0".parse().unwrap();
+        c.api_key = Some("k-env".into());
+    })
+    .await;
+    let port = h.server.addr().port().to_string();
+    let o = std_bin(home.path())
+        .args(["env", "--host", "0.0.0.0", "--port", &port])
+        .env("CODEX_AS_API_API_KEY", "k-env")
+        .output()
+        .unwrap();
+    let sh = env_lines(&o.stdout);
+    assert!(
+        sh.contains(&"export ANTHROPIC_MODEL='gpt-6.1-terra'".to_owned()),
+        "{sh:#?}"
+    );
 }
 
 /// A stand-in for Claude Code that records its environment and arguments.

@@ -840,6 +840,68 @@ async fn preflights_list_every_method_of_the_route_and_grant_private_network_acc
     );
 }
 
+#[tokio::test]
+async fn health_on_a_non_loopback_bind_without_the_key_reports_only_its_status() {
+    let full_keys = [
+        "version",
+        "codex_config_path",
+        "accounts",
+        "rate_limits",
+        "kept_responses",
+    ];
+    let h = Harness::with(|c| {
+        c.host = "0.0.0.0".parse().unwrap();
+        c.api_key = Some("k-health".into());
+    })
+    .await;
+    let url = format!("http://127.0.0.1:{}/health", h.server.addr().port());
+    for headers in [
+        &[][..],
+        &[("authorization", "Bearer wrong")],
+        &[("x-api-key", "k-health-")],
+    ] {
+        let mut rb = h.http.get(&url);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"status": "ok"}),
+            "{headers:?}"
+        );
+    }
+    for headers in [
+        &[("authorization", "Bearer k-health")][..],
+        &[("x-api-key", "k-health")],
+    ] {
+        let mut rb = h.http.get(&url);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        let v: Value = rb.send().await.unwrap().json().await.unwrap();
+        for k in full_keys {
+            assert!(v.get(k).is_some(), "{k} in {v}");
+        }
+    }
+    // No key configured at all (--insecure-no-auth): nobody gets more than the status.
+    let h = Harness::with(|c| {
+        c.host = "0.0.0.0".parse().unwrap();
+        c.insecure_no_auth = true;
+    })
+    .await;
+    let url = format!("http://127.0.0.1:{}/health", h.server.addr().port());
+    let v: Value = h.http.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v, json!({"status": "ok"}));
+    // A loopback bind keeps the full report for its local tools.
+    let h = Harness::start().await;
+    let v: Value = h.get("/health").await.json().await.unwrap();
+    for k in full_keys {
+        assert!(v.get(k).is_some(), "{k} in {v}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Security guards
 // ---------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@
 //! allow-list is a 403, on every route; the inbound API key compared in constant time),
 //! the body size limit, CORS (only for allow-listed origins: preflights with each path's
 //! methods and the Private Network Access grant, and response headers; none at all by
-//! default), reading the body, `/health`, and rendering an `Error` as a response. The
-//! non-protocol endpoints (models, images, inspect, compaction, usage) live in `endpoints`.
+//! default), reading the body, `/health` (only `{"status"}` on a non-loopback bind without
+//! the key), and rendering an `Error` as a response. The non-protocol endpoints (models,
+//! images, inspect, compaction, usage) live in `endpoints`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -469,7 +470,7 @@ async fn dispatch<B: ReqBody>(
     match route {
         Route::Health => Ok(json_response(
             StatusCode::OK,
-            health(state),
+            health(state, req.headers()),
             request_id,
         )),
         Route::Hello => Ok(json_response(
@@ -550,9 +551,14 @@ async fn dispatch<B: ReqBody>(
     }
 }
 
-fn health(state: &State) -> Vec<u8> {
+/// `/health`. On a non-loopback bind, without the key, only `{"status":"ok"}`: paths,
+/// limits, rate limits and history sizes are for the owner, not for whoever can reach the port.
+fn health(state: &State, headers: &HeaderMap) -> Vec<u8> {
     use crate::json::{write_str, write_u64};
     let c = &state.config;
+    if !c.host.is_loopback() && !has_key(state, headers) {
+        return b"{\"status\":\"ok\"}".to_vec();
+    }
     let window = c.context_window_or(|| {
         state
             .catalog
