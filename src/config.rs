@@ -6,6 +6,11 @@
 //! `model_context_window`, `model_auto_compact_token_limit`, plus our own optional
 //! `[codex_as_api]` table whose keys are the flag names with `_`), and the fallbacks for the
 //! context window and auto-compaction limit derived from those keys.
+//!
+//! Every numeric setting (flag, env var or config.toml key) is a `Knob` with a range checked
+//! here, at start, with an error naming the flag: no value can reach the server that would
+//! make it panic, spin (a zero keep-alive) or overflow `Instant` arithmetic (durations are
+//! at most a day).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -213,19 +218,141 @@ impl Toml {
     fn str(&self, key: &str) -> Option<String> {
         self.ours(key).and_then(|v| v.as_str()).map(str::to_owned)
     }
-    fn int(&self, key: &str) -> Option<u64> {
-        self.ours(key)
-            .and_then(|v| v.as_integer())
-            .and_then(|i| u64::try_from(i).ok())
-    }
     fn bool(&self, key: &str) -> bool {
         self.ours(key).and_then(|v| v.as_bool()).unwrap_or(false)
     }
-    fn root_int(&self, key: &str) -> Option<u64> {
-        self.root
-            .get(key)
-            .and_then(|v| v.as_integer())
+}
+
+/// A whole number that is not negative, else an error naming where it is (`what`).
+fn uint(value: Option<&toml::Value>, what: &str) -> Result<Option<u64>, String> {
+    match value {
+        None => Ok(None),
+        Some(v) => v
+            .as_integer()
             .and_then(|i| u64::try_from(i).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                format!("config.toml: {what} must be a non-negative whole number, not {v}")
+            }),
+    }
+}
+
+/// Where a numeric setting's value came from (for the error that names it).
+#[derive(Clone, Copy)]
+enum Source {
+    /// The flag or its env var (clap does not say which).
+    Flag,
+    /// `[codex_as_api]` in config.toml.
+    Ours,
+    /// The root of config.toml (the Codex CLI's own keys).
+    Root,
+}
+
+/// One numeric setting: its key (the flag name with `_`; the config.toml key), default and
+/// accepted range. Every numeric setting is one of these, so none goes unchecked.
+struct Knob {
+    key: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+}
+
+/// The longest duration any setting may take: a day. Larger values buy nothing and would
+/// bring `Instant` arithmetic closer to overflow.
+pub const MAX_SECS: u64 = 86_400;
+
+impl Knob {
+    const fn new(key: &'static str, default: u64, min: u64, max: u64) -> Knob {
+        Knob {
+            key,
+            default,
+            min,
+            max,
+        }
+    }
+
+    /// The flag/env value, else config.toml's, else the default; outside the range an
+    /// error naming the flag (and the env var or config.toml key it may have come from).
+    fn resolve(&self, flag: Option<u64>, t: &Toml) -> Result<u64, String> {
+        let (value, source) = match flag {
+            Some(v) => (v, Source::Flag),
+            None => match uint(
+                t.ours(self.key),
+                &format!(
+                    "[codex_as_api] {} (--{})",
+                    self.key,
+                    self.key.replace('_', "-")
+                ),
+            )? {
+                Some(v) => (v, Source::Ours),
+                None => return Ok(self.default),
+            },
+        };
+        self.check(value, source)
+    }
+
+    fn check(&self, v: u64, source: Source) -> Result<u64, String> {
+        if (self.min..=self.max).contains(&v) {
+            return Ok(v);
+        }
+        let flag = self.key.replace('_', "-");
+        let from = match source {
+            Source::Flag => format!(
+                "--{flag} (env CODEX_AS_API_{})",
+                self.key.to_ascii_uppercase()
+            ),
+            Source::Ours => format!("config.toml [codex_as_api] {} (--{flag})", self.key),
+            Source::Root => format!("config.toml {}", self.key),
+        };
+        Err(format!(
+            "{from} must be between {} and {}, not {v}",
+            self.min, self.max
+        ))
+    }
+}
+
+/// Every numeric setting with its default and range.
+mod knobs {
+    use super::{Knob, MAX_SECS};
+
+    pub const PORT: Knob = Knob::new("port", 18080, 0, 65_535);
+    pub const KEEPALIVE_SECS: Knob = Knob::new("keepalive_secs", 10, 1, MAX_SECS);
+    pub const STREAM_IDLE_TIMEOUT_SECS: Knob =
+        Knob::new("stream_idle_timeout_secs", 300, 1, MAX_SECS);
+    pub const HEAD_HOLD_MS: Knob = Knob::new("head_hold_ms", 10_000, 0, MAX_SECS * 1000);
+    pub const MAX_BODY_BYTES: Knob = Knob::new("max_body_bytes", 32 << 20, 1, 1 << 30);
+    pub const MAX_JSON_DEPTH: Knob = Knob::new("max_json_depth", 128, 1, 1024);
+    pub const MAX_CONCURRENT_STREAMS: Knob =
+        Knob::new("max_concurrent_streams", 4096, 1, 1_000_000);
+    pub const UPSTREAM_RETRIES: Knob = Knob::new("upstream_retries", 2, 0, 100);
+    pub const DRAIN_SECS: Knob = Knob::new("drain_secs", 30, 0, MAX_SECS);
+    pub const HEADER_TIMEOUT_SECS: Knob = Knob::new("header_timeout_secs", 30, 1, MAX_SECS);
+    pub const HISTORY_MAX_ENTRIES: Knob = Knob::new("history_max_entries", 1024, 0, 1_000_000);
+    pub const HISTORY_MAX_BYTES: Knob = Knob::new("history_max_bytes", 64 << 20, 0, 1 << 36);
+    pub const ACCOUNT_MAX_STREAMS: Knob = Knob::new("account_max_streams", 3, 1, 1_000_000);
+    pub const ACCOUNT_MAX_STREAMS_CEILING: Knob =
+        Knob::new("account_max_streams_ceiling", 8, 1, 1_000_000);
+    pub const ACCOUNT_WINDOW_GROW_SECS: Knob =
+        Knob::new("account_window_grow_secs", 30, 0, MAX_SECS);
+    pub const QUEUE_TIMEOUT_SECS: Knob = Knob::new("queue_timeout_secs", 300, 1, MAX_SECS);
+    /// Root keys of the Codex CLI (no default: the catalog's window applies).
+    pub const MODEL_CONTEXT_WINDOW: Knob = Knob::new("model_context_window", 0, 1, u32::MAX as u64);
+    pub const MODEL_AUTO_COMPACT_TOKEN_LIMIT: Knob =
+        Knob::new("model_auto_compact_token_limit", 0, 1, u32::MAX as u64);
+}
+
+/// A `usize` setting (its range fits any 32-bit `usize`).
+fn size(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+impl Toml {
+    /// A root key of the Codex CLI, checked like ours.
+    fn root_num(&self, knob: &Knob) -> Result<Option<u64>, String> {
+        match uint(self.root.get(knob.key), knob.key)? {
+            Some(v) => knob.check(v, Source::Root).map(Some),
+            None => Ok(None),
+        }
     }
 }
 
@@ -249,15 +376,7 @@ impl Config {
                 None => IpAddr::from([127, 0, 0, 1]),
             },
         };
-        let port = match args.port {
-            Some(p) => p,
-            None => match t.int("port") {
-                Some(p) => {
-                    u16::try_from(p).map_err(|_| format!("config.toml: invalid port {p}"))?
-                }
-                None => 18080,
-            },
-        };
+        let port = knobs::PORT.resolve(args.port.map(u64::from), &t)? as u16;
         let model = args
             .model
             .clone()
@@ -278,9 +397,6 @@ impl Config {
             .clone()
             .or_else(|| t.str("auth_path").map(PathBuf::from))
             .unwrap_or_else(|| codex_home.join("auth.json"));
-        let secs = |v: Option<u64>, key: &str, default: u64| {
-            Duration::from_secs(v.or_else(|| t.int(key)).unwrap_or(default))
-        };
         let reasoning_field = args
             .reasoning_field
             .clone()
@@ -292,47 +408,34 @@ impl Config {
             ));
         }
         let accounts = accounts(&args.accounts, &t)?;
-        let start = ranged(
-            args.account_max_streams
-                .or_else(|| t.int("account_max_streams").map(|v| v as usize)),
-            "account_max_streams",
-            3,
-            1..=1_000_000,
+        let num = |knob: &Knob, flag: Option<u64>| knob.resolve(flag, &t);
+        let usize_flag = |v: Option<usize>| v.map(|v| v as u64);
+        let secs = |knob: &Knob, flag: Option<u64>| num(knob, flag).map(Duration::from_secs);
+        let start = num(
+            &knobs::ACCOUNT_MAX_STREAMS,
+            usize_flag(args.account_max_streams),
         )?;
-        let ceiling = ranged(
-            args.account_max_streams_ceiling
-                .or_else(|| t.int("account_max_streams_ceiling").map(|v| v as usize)),
-            "account_max_streams_ceiling",
-            8.max(start),
-            1..=1_000_000,
-        )?;
+        let ceiling_knob = Knob {
+            default: knobs::ACCOUNT_MAX_STREAMS_CEILING.default.max(start),
+            ..knobs::ACCOUNT_MAX_STREAMS_CEILING
+        };
+        let ceiling = num(&ceiling_knob, usize_flag(args.account_max_streams_ceiling))?;
         if ceiling < start {
             return Err(format!(
                 "--account-max-streams-ceiling ({ceiling}) is below --account-max-streams ({start})"
             ));
         }
-        let grow_secs = ranged(
-            args.account_window_grow_secs
-                .or_else(|| t.int("account_window_grow_secs")),
-            "account_window_grow_secs",
-            30,
-            0..=86_400,
-        )?;
-        let queue_secs = ranged(
-            args.queue_timeout_secs
-                .or_else(|| t.int("queue_timeout_secs")),
-            "queue_timeout_secs",
-            300,
-            1..=86_400,
-        )?;
         Ok(Config {
             accounts,
             account_limits: Limits {
-                start,
-                ceiling,
-                grow_after: Duration::from_secs(grow_secs),
+                start: size(start),
+                ceiling: size(ceiling),
+                grow_after: secs(
+                    &knobs::ACCOUNT_WINDOW_GROW_SECS,
+                    args.account_window_grow_secs,
+                )?,
             },
-            queue_timeout: Duration::from_secs(queue_secs),
+            queue_timeout: secs(&knobs::QUEUE_TIMEOUT_SECS, args.queue_timeout_secs)?,
             host,
             port,
             small_model,
@@ -363,49 +466,44 @@ impl Config {
             insecure_no_auth: args.insecure_no_auth || t.bool("insecure_no_auth"),
             demo: args.demo || t.bool("demo"),
             compress: !(args.no_compression || t.bool("no_compression")),
-            keepalive: secs(args.keepalive_secs, "keepalive_secs", 10),
+            keepalive: secs(&knobs::KEEPALIVE_SECS, args.keepalive_secs)?,
             stream_idle_timeout: secs(
+                &knobs::STREAM_IDLE_TIMEOUT_SECS,
                 args.stream_idle_timeout_secs,
-                "stream_idle_timeout_secs",
-                300,
-            ),
-            head_hold: Duration::from_millis(
-                args.head_hold_ms
-                    .or_else(|| t.int("head_hold_ms"))
-                    .unwrap_or(10_000),
-            ),
-            max_body_bytes: args
-                .max_body_bytes
-                .or_else(|| t.int("max_body_bytes").map(|v| v as usize))
-                .unwrap_or(32 * 1024 * 1024),
-            max_json_depth: args
-                .max_json_depth
-                .or_else(|| t.int("max_json_depth").map(|v| v as usize))
-                .unwrap_or(128),
-            max_concurrent_streams: args
-                .max_concurrent_streams
-                .or_else(|| t.int("max_concurrent_streams").map(|v| v as usize))
-                .unwrap_or(4096),
-            upstream_retries: args
-                .upstream_retries
-                .or_else(|| t.int("upstream_retries").map(|v| v as u32))
-                .unwrap_or(2),
+            )?,
+            head_hold: Duration::from_millis(num(&knobs::HEAD_HOLD_MS, args.head_hold_ms)?),
+            max_body_bytes: size(num(
+                &knobs::MAX_BODY_BYTES,
+                usize_flag(args.max_body_bytes),
+            )?),
+            max_json_depth: size(num(
+                &knobs::MAX_JSON_DEPTH,
+                usize_flag(args.max_json_depth),
+            )?),
+            max_concurrent_streams: size(num(
+                &knobs::MAX_CONCURRENT_STREAMS,
+                usize_flag(args.max_concurrent_streams),
+            )?),
+            upstream_retries: num(
+                &knobs::UPSTREAM_RETRIES,
+                args.upstream_retries.map(u64::from),
+            )? as u32,
             reasoning_field,
-            drain: secs(args.drain_secs, "drain_secs", 30),
-            header_timeout: secs(args.header_timeout_secs, "header_timeout_secs", 30),
+            drain: secs(&knobs::DRAIN_SECS, args.drain_secs)?,
+            header_timeout: secs(&knobs::HEADER_TIMEOUT_SECS, args.header_timeout_secs)?,
             cors_origins: cors_origins(&args.cors_allow_origin, &t),
-            context_window: t.root_int("model_context_window"),
-            auto_compact_token_limit: t.root_int("model_auto_compact_token_limit"),
+            context_window: t.root_num(&knobs::MODEL_CONTEXT_WINDOW)?,
+            auto_compact_token_limit: t.root_num(&knobs::MODEL_AUTO_COMPACT_TOKEN_LIMIT)?,
             codex_home,
             client_version: CODEX_CLIENT_VERSION.to_owned(),
-            history_max_entries: args
-                .history_max_entries
-                .or_else(|| t.int("history_max_entries").map(|v| v as usize))
-                .unwrap_or(1024),
-            history_max_bytes: args
-                .history_max_bytes
-                .or_else(|| t.int("history_max_bytes").map(|v| v as usize))
-                .unwrap_or(64 * 1024 * 1024),
+            history_max_entries: size(num(
+                &knobs::HISTORY_MAX_ENTRIES,
+                usize_flag(args.history_max_entries),
+            )?),
+            history_max_bytes: size(num(
+                &knobs::HISTORY_MAX_BYTES,
+                usize_flag(args.history_max_bytes),
+            )?),
         })
     }
 
@@ -420,7 +518,8 @@ impl Config {
     /// The token count at which clients should compact: `model_auto_compact_token_limit` if
     /// set, else 90% of `window`.
     pub fn auto_compact_limit(&self, window: u64) -> u64 {
-        self.auto_compact_token_limit.unwrap_or(window * 9 / 10)
+        self.auto_compact_token_limit
+            .unwrap_or((u128::from(window) * 9 / 10) as u64)
     }
 
     /// Defaults only (tests, benches): nothing read from the environment or disk.
@@ -451,26 +550,6 @@ impl Config {
     /// `{root}/codex/responses`.
     pub fn responses_url(&self) -> String {
         format!("{}/codex/responses", self.upstream_url)
-    }
-}
-
-/// A numeric setting within `range`, else an error naming its flag.
-fn ranged<T: PartialOrd + Copy + std::fmt::Display>(
-    value: Option<T>,
-    key: &str,
-    default: T,
-    range: std::ops::RangeInclusive<T>,
-) -> Result<T, String> {
-    let v = value.unwrap_or(default);
-    if range.contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!(
-            "--{} must be between {} and {}, not {v}",
-            key.replace('_', "-"),
-            range.start(),
-            range.end()
-        ))
     }
 }
 

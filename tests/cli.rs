@@ -411,6 +411,24 @@ async fn env_follows_the_model_of_a_running_server() {
         sh.contains(&"export CLAUDE_CODE_AUTO_COMPACT_WINDOW='500000'".to_owned()),
         "{sh:#?}"
     );
+    // On a non-loopback bind `/health` tells the model only to a client with the key.
+    let h = common::Harness::with(|c| {
+        c.model = "gpt-6.1-terra".into();
+        c.host = "0.0.0.0".parse().unwrap();
+        c.api_key = Some("k-env".into());
+    })
+    .await;
+    let port = h.server.addr().port().to_string();
+    let o = std_bin(home.path())
+        .args(["env", "--host", "0.0.0.0", "--port", &port])
+        .env("CODEX_AS_API_API_KEY", "k-env")
+        .output()
+        .unwrap();
+    let sh = env_lines(&o.stdout);
+    assert!(
+        sh.contains(&"export ANTHROPIC_MODEL='gpt-6.1-terra'".to_owned()),
+        "{sh:#?}"
+    );
 }
 
 /// A stand-in for Claude Code that records its environment and arguments.
@@ -1205,4 +1223,278 @@ async fn login_takes_the_callback_port_over_and_ignores_forged_callbacks() {
 /// GET `url` and parse the answer as JSON.
 async fn get_json(http: &reqwest::Client, url: &str) -> Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// Every numeric setting of `serve`: flag, smallest and largest accepted value, and other
+/// flags a value needs to be valid at all (a ceiling below the default start is refused).
+const NUMERIC_FLAGS: [(&str, u64, u64, &[&str]); 16] = [
+    ("port", 0, 65_535, &[]),
+    ("keepalive-secs", 1, 86_400, &[]),
+    ("stream-idle-timeout-secs", 1, 86_400, &[]),
+    ("head-hold-ms", 0, 86_400_000, &[]),
+    ("max-body-bytes", 1, 1 << 30, &[]),
+    ("max-json-depth", 1, 1024, &[]),
+    ("max-concurrent-streams", 1, 1_000_000, &[]),
+    ("upstream-retries", 0, 100, &[]),
+    ("drain-secs", 0, 86_400, &[]),
+    ("header-timeout-secs", 1, 86_400, &[]),
+    ("history-max-entries", 0, 1_000_000, &[]),
+    ("history-max-bytes", 0, 1 << 36, &[]),
+    ("account-max-streams", 1, 1_000_000, &[]),
+    (
+        "account-max-streams-ceiling",
+        1,
+        1_000_000,
+        &["--account-max-streams", "1"],
+    ),
+    ("account-window-grow-secs", 0, 86_400, &[]),
+    ("queue-timeout-secs", 1, 86_400, &[]),
+];
+
+/// The Codex CLI's own numeric keys at the root of config.toml.
+const NUMERIC_ROOT_KEYS: [(&str, u64, u64); 2] = [
+    ("model_context_window", 1, u32::MAX as u64),
+    ("model_auto_compact_token_limit", 1, u32::MAX as u64),
+];
+
+/// A server on `config` (numeric settings as resolved; upstream, credentials and port from
+/// the harness: a checked port is the OS's to bind) answers the main kinds of work, at the
+/// nesting limit too, and shuts down.
+async fn serves_on(resolved: codex_as_api::config::Config, what: &str) {
+    let depth = resolved.max_json_depth;
+    let h = common::Harness::with(move |c| {
+        let keep = c.clone();
+        *c = resolved;
+        c.upstream_url = keep.upstream_url;
+        c.token_url = keep.token_url;
+        c.auth_path = keep.auth_path;
+        c.codex_home = keep.codex_home;
+        c.port = 0;
+    })
+    .await;
+    // `metadata` nested to the limit: the request's own depth is exactly `depth`.
+    let nested = format!(
+        r#"{{"model":"gpt-5.5","stream":true,"messages":[{{"role":"user","content":"hi"}}],"metadata":{}{}}}"#,
+        "[".repeat(depth - 1),
+        "]".repeat(depth - 1)
+    );
+    let msg = serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hi"}]});
+    for (path, body) in [
+        ("/v1/chat/completions", nested),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"gpt-5.5","stream":true,"messages":[{"role":"user","content":"hi"}]}"#
+                .to_owned(),
+        ),
+        ("/v1/messages", msg.to_string()),
+        ("/v1/messages/count_tokens", msg.to_string()),
+    ] {
+        let r = h
+            .http
+            .post(h.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {path}: {e}"));
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert!(
+            status.is_success() || status.is_client_error(),
+            "{what}: {path}: {status} {text}"
+        );
+    }
+    let health = h.get("/health").await;
+    assert_eq!(health.status(), 200, "{what}");
+    let common::Harness { server, http, .. } = h;
+    drop(http);
+    tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the server shuts down"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_numeric_setting_is_range_checked_at_start_and_its_extremes_run() {
+    use clap::{Args, FromArgMatches};
+    use codex_as_api::config::{Config, ServeArgs};
+    use std::any::TypeId;
+    let cmd = ServeArgs::augment_args(clap::Command::new("serve"));
+    // Every numeric flag of ServeArgs is in the table, and only those.
+    let numeric_types = [
+        TypeId::of::<u8>(),
+        TypeId::of::<u16>(),
+        TypeId::of::<u32>(),
+        TypeId::of::<u64>(),
+        TypeId::of::<u128>(),
+        TypeId::of::<usize>(),
+        TypeId::of::<i8>(),
+        TypeId::of::<i16>(),
+        TypeId::of::<i32>(),
+        TypeId::of::<i64>(),
+        TypeId::of::<i128>(),
+        TypeId::of::<isize>(),
+        TypeId::of::<f32>(),
+        TypeId::of::<f64>(),
+    ];
+    let mut numeric: Vec<&str> = cmd
+        .get_arguments()
+        .filter(|a| {
+            let t = a.get_value_parser().type_id();
+            numeric_types.iter().any(|n| t == *n)
+        })
+        .filter_map(|a| a.get_long())
+        .collect();
+    numeric.sort_unstable();
+    let mut listed: Vec<&str> = NUMERIC_FLAGS.iter().map(|f| f.0).collect();
+    listed.sort_unstable();
+    assert_eq!(
+        numeric, listed,
+        "every numeric serve flag needs a row in NUMERIC_FLAGS"
+    );
+    let home = tempfile::tempdir().unwrap();
+    let home_arg = home.path().to_str().unwrap().to_owned();
+    for (flag, min, max, extra) in NUMERIC_FLAGS {
+        let mut values = vec![0, 1, max, max + 1, u64::MAX];
+        values.dedup();
+        for v in values {
+            let what = format!("--{flag} {v}");
+            let accepted = (min..=max).contains(&v);
+            let mut argv = vec![
+                "serve".to_owned(),
+                "--codex-home".to_owned(),
+                home_arg.clone(),
+            ];
+            argv.extend(extra.iter().map(|a| a.to_string()));
+            argv.extend([format!("--{flag}"), v.to_string()]);
+            let resolved = match cmd.clone().try_get_matches_from(&argv) {
+                Err(e) => Err(e.to_string()),
+                Ok(m) => Config::resolve(&ServeArgs::from_arg_matches(&m).unwrap()),
+            };
+            match resolved {
+                Ok(c) => {
+                    assert!(accepted, "{what} was accepted");
+                    serves_on(c, &what).await;
+                }
+                Err(e) => {
+                    assert!(!accepted, "{what} was refused: {e}");
+                    assert!(e.contains(&format!("--{flag}")), "{what}: {e}");
+                }
+            }
+        }
+        // The same key in config.toml: a TOML integer is at most i64::MAX; a negative or
+        // non-integer value is refused too, naming the key and its flag.
+        let key = flag.replace('-', "_");
+        for (v, accepted) in [
+            ("0".to_owned(), min == 0),
+            ("1".to_owned(), true),
+            (max.to_string(), true),
+            ((max + 1).to_string(), false),
+            (i64::MAX.to_string(), false),
+            ("-1".to_owned(), false),
+            ("\"10\"".to_owned(), false),
+        ] {
+            let mut text = format!("[codex_as_api]\n{key} = {v}\n");
+            if !extra.is_empty() {
+                text.push_str("account_max_streams = 1\n");
+            }
+            std::fs::write(home.path().join("config.toml"), text).unwrap();
+            let args = ServeArgs {
+                codex_home: Some(home.path().to_path_buf()),
+                ..ServeArgs::default()
+            };
+            match Config::resolve(&args) {
+                Ok(_) => assert!(accepted, "config.toml {key} = {v} was accepted"),
+                Err(e) => {
+                    assert!(!accepted, "config.toml {key} = {v} was refused: {e}");
+                    assert!(
+                        e.contains(&key) && e.contains(&format!("--{flag}")),
+                        "{key} = {v}: {e}"
+                    );
+                }
+            }
+        }
+        std::fs::remove_file(home.path().join("config.toml")).unwrap();
+    }
+    for (key, min, max) in NUMERIC_ROOT_KEYS {
+        for (v, accepted) in [
+            ("0".to_owned(), min == 0),
+            ("1".to_owned(), true),
+            (max.to_string(), true),
+            ((max + 1).to_string(), false),
+            (i64::MAX.to_string(), false),
+            ("-1".to_owned(), false),
+            ("\"1\"".to_owned(), false),
+        ] {
+            std::fs::write(home.path().join("config.toml"), format!("{key} = {v}\n")).unwrap();
+            let args = ServeArgs {
+                codex_home: Some(home.path().to_path_buf()),
+                ..ServeArgs::default()
+            };
+            match Config::resolve(&args) {
+                Ok(c) => {
+                    assert!(accepted, "config.toml {key} = {v} was accepted");
+                    serves_on(c, &format!("{key} = {v}")).await;
+                }
+                Err(e) => {
+                    assert!(!accepted, "config.toml {key} = {v} was refused: {e}");
+                    assert!(e.contains(key), "{key} = {v}: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn out_of_range_settings_stop_the_binary_at_start_naming_the_flag() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = bin(home.path());
+        c.arg("serve").args(["--port", "0"]).args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        async move {
+            let o = tokio::time::timeout(Duration::from_secs(20), c.output())
+                .await
+                .expect("the binary stops at once")
+                .unwrap();
+            assert!(!o.status.success());
+            String::from_utf8_lossy(&o.stderr).into_owned()
+        }
+    };
+    let err = run(&["--keepalive-secs", "0"], &[]).await;
+    assert!(
+        err.contains("--keepalive-secs") && err.contains("between 1 and 86400"),
+        "{err}"
+    );
+    let err = run(
+        &[],
+        &[("CODEX_AS_API_QUEUE_TIMEOUT_SECS", "18446744073709551615")],
+    )
+    .await;
+    assert!(
+        err.contains("--queue-timeout-secs") && err.contains("CODEX_AS_API_QUEUE_TIMEOUT_SECS"),
+        "{err}"
+    );
+    let err = run(&["--upstream-retries", "18446744073709551615"], &[]).await;
+    assert!(err.contains("--upstream-retries"), "{err}");
+    std::fs::create_dir_all(home.path().join(".codex")).unwrap();
+    std::fs::write(
+        home.path().join(".codex/config.toml"),
+        "[codex_as_api]\nmax_json_depth = 0\n",
+    )
+    .unwrap();
+    let err = run(&[], &[]).await;
+    assert!(
+        err.contains("max_json_depth") && err.contains("--max-json-depth"),
+        "{err}"
+    );
+    std::fs::remove_file(home.path().join(".codex/config.toml")).unwrap();
+    // A CORS allow-list of `*` without a key: every web page could spend the subscription.
+    let err = run(&["--cors-allow-origin", "*"], &[]).await;
+    assert!(
+        err.contains("--cors-allow-origin") && err.contains("every web page"),
+        "{err}"
+    );
 }

@@ -502,14 +502,8 @@ async fn slow_client_that_never_finishes_its_headers_gets_408_after_the_header_t
 #[tokio::test]
 async fn no_cors_headers_unless_an_allow_list_is_configured() {
     let h = Harness::start().await;
-    let r = h
-        .http
-        .post(h.url(CHAT))
-        .header("origin", "https://evil.example")
-        .json(&chat(json!("hi")))
-        .send()
-        .await
-        .unwrap();
+    // A client that says nothing about a web page (SDKs, curl) gets no CORS headers.
+    let r = h.post(CHAT, &chat(json!("hi"))).await;
     assert_eq!(r.status(), 200);
     assert!(
         r.headers()
@@ -518,21 +512,30 @@ async fn no_cors_headers_unless_an_allow_list_is_configured() {
         "{:?}",
         r.headers()
     );
+    // A page's preflight is refused, with no grant of any kind.
     let r = h
         .http
         .request(reqwest::Method::OPTIONS, h.url(CHAT))
         .header("origin", "https://evil.example")
         .header("access-control-request-method", "POST")
+        .header("access-control-request-private-network", "true")
         .send()
         .await
         .unwrap();
-    assert!(r.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(r.status(), 403);
+    assert!(
+        r.headers()
+            .keys()
+            .all(|k| !k.as_str().starts_with("access-control-")),
+        "{:?}",
+        r.headers()
+    );
 }
 
 #[tokio::test]
-async fn allow_listed_origins_get_cors_headers_and_preflights_others_do_not() {
+async fn allow_listed_origins_get_cors_headers_and_preflights_others_are_refused() {
     let h = Harness::with(|c| {
-        c.cors_origins = vec!["http://localhost:3000".into()];
+        c.cors_origins = vec!["http://localhost:3000".into(), "null".into()];
         c.api_key = Some("k-cors".into());
     })
     .await;
@@ -554,15 +557,16 @@ async fn allow_listed_origins_get_cors_headers_and_preflights_others_do_not() {
         r.headers()["access-control-allow-origin"],
         "http://localhost:3000"
     );
-    assert!(
-        r.headers()["access-control-allow-methods"]
-            .to_str()
-            .unwrap()
-            .contains("POST")
-    );
+    assert_eq!(r.headers()["access-control-allow-methods"], "POST, OPTIONS");
     assert_eq!(
         r.headers()["access-control-allow-headers"],
         "authorization, content-type"
+    );
+    // Not asked for, no Private Network Access grant.
+    assert!(
+        r.headers()
+            .get("access-control-allow-private-network")
+            .is_none()
     );
     let r = h
         .post_with(
@@ -570,6 +574,7 @@ async fn allow_listed_origins_get_cors_headers_and_preflights_others_do_not() {
             &chat(json!("hi")),
             &[
                 ("origin", "http://localhost:3000"),
+                ("sec-fetch-site", "cross-site"),
                 ("authorization", "Bearer k-cors"),
             ],
         )
@@ -579,6 +584,16 @@ async fn allow_listed_origins_get_cors_headers_and_preflights_others_do_not() {
         r.headers()["access-control-allow-origin"],
         "http://localhost:3000"
     );
+    // A sandboxed page (`Origin: null`) passes only because `null` is listed.
+    let r = h
+        .post_with(
+            CHAT,
+            &chat(json!("hi")),
+            &[("origin", "null"), ("authorization", "Bearer k-cors")],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], "null");
     // The key is still required for the real request.
     let r = h
         .post_with(
@@ -588,7 +603,7 @@ async fn allow_listed_origins_get_cors_headers_and_preflights_others_do_not() {
         )
         .await;
     assert_eq!(r.status(), 401);
-    // Another origin gets nothing.
+    // Another origin is refused even with the key, and gets no CORS headers.
     let r = h
         .post_with(
             CHAT,
@@ -599,8 +614,292 @@ async fn allow_listed_origins_get_cors_headers_and_preflights_others_do_not() {
             ],
         )
         .await;
-    assert_eq!(r.status(), 200);
     assert!(r.headers().get("access-control-allow-origin").is_none());
+    let m = openai_error(r, 403).await;
+    assert!(m.contains("https://evil.example"), "{m}");
+}
+
+/// Every route of the server, with a method it answers (the path's other methods are found
+/// by the preflight test).
+const ROUTES: [(&str, &str); 24] = [
+    ("GET", "/health"),
+    ("GET", "/"),
+    ("GET", "/api/hello"),
+    ("HEAD", "/api/hello"),
+    ("GET", "/v1/models"),
+    ("GET", "/models"),
+    ("GET", "/v1/models/gpt-5.5"),
+    ("GET", "/usage"),
+    ("GET", "/v1/usage"),
+    ("POST", "/v1/images/generations"),
+    ("POST", "/v1/inspect"),
+    ("POST", "/v1/compact"),
+    ("POST", "/v1/responses/compact"),
+    ("POST", "/v1/messages/compact"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/chat/completions"),
+    ("POST", "/v1/responses"),
+    ("POST", "/responses"),
+    ("GET", "/v1/responses/resp_1"),
+    ("DELETE", "/v1/responses/resp_1"),
+    ("POST", "/v1/messages"),
+    ("POST", "/messages"),
+    ("POST", "/v1/messages/count_tokens"),
+    ("GET", "/no/such/route"),
+];
+
+#[tokio::test]
+async fn web_pages_from_origins_not_on_the_allow_list_get_403_in_shape_before_any_work() {
+    let h = Harness::start().await;
+    // What any page can do without a preflight: a `no-cors` text/plain POST.
+    let simple = |path: &str, body: Value| {
+        h.http
+            .post(h.url(path))
+            .header("content-type", "text/plain;charset=UTF-8")
+            .header("origin", "https://evil.example")
+            .header("sec-fetch-site", "cross-site")
+            .header("sec-fetch-mode", "no-cors")
+            .body(body.to_string())
+            .send()
+    };
+    let m = openai_error(simple(CHAT, chat(json!("hi"))).await.unwrap(), 403).await;
+    assert!(m.contains("--cors-allow-origin"), "{m}");
+    let (t, m) = anthropic_error(simple(MESSAGES, msg(json!("hi"))).await.unwrap(), 403).await;
+    assert_eq!(t, "permission_error");
+    assert!(m.contains("https://evil.example"), "{m}");
+    // Every route, every way a page's origin shows: a foreign origin, a sandboxed page
+    // (`null`), and requests that carry no Origin but say they come from another site.
+    for origin in [
+        &[("origin", "https://evil.example")][..],
+        &[("origin", "null")],
+        &[
+            ("origin", "http://localhost:3000"),
+            ("sec-fetch-site", "same-site"),
+        ],
+        &[("sec-fetch-site", "cross-site")],
+        &[
+            ("sec-fetch-site", "same-site"),
+            ("sec-fetch-mode", "no-cors"),
+        ],
+    ] {
+        for (method, path) in ROUTES {
+            let mut rb = h
+                .http
+                .request(method.parse().unwrap(), h.url(path))
+                .body(chat(json!("hi")).to_string());
+            for (k, v) in origin {
+                rb = rb.header(*k, *v);
+            }
+            let r = rb.send().await.unwrap();
+            assert_eq!(r.status(), 403, "{method} {path} {origin:?}");
+        }
+    }
+    assert!(h.emu.requests().is_empty(), "nothing went upstream");
+    assert_eq!(h.emu.stats().images_requests, 0);
+    // Refused before the body is read: a client waiting for `100 Continue` never gets it.
+    let mut sock = tokio::net::TcpStream::connect(h.server.addr())
+        .await
+        .unwrap();
+    sock.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://evil.example\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (status, body) = read_response(&mut sock).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("permission_error"), "{body}");
+    // Browsers vouching that no other site is involved, and clients that say nothing, pass.
+    let own = h.base.clone();
+    for headers in [
+        &[("sec-fetch-site", "same-origin"), ("origin", own.as_str())][..],
+        &[("sec-fetch-site", "none")],
+        &[],
+    ] {
+        let r = h.post_with(CHAT, &chat(json!("hi")), headers).await;
+        assert_eq!(r.status(), 200, "{headers:?}");
+        let r = h.get_with("/health", headers).await;
+        assert_eq!(r.status(), 200, "{headers:?}");
+    }
+    still_serves(&h).await;
+}
+
+#[tokio::test]
+async fn websocket_upgrade_from_an_origin_not_on_the_allow_list_is_refused_with_403() {
+    let h = Harness::start().await;
+    for path in ["/v1/responses", "/responses", "/v1/chat/completions"] {
+        let mut sock = tokio::net::TcpStream::connect(h.server.addr())
+            .await
+            .unwrap();
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: https://evil.example\r\n\r\n"
+        );
+        sock.write_all(head.as_bytes()).await.unwrap();
+        let (status, body) = read_response(&mut sock).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(body.contains("https://evil.example"), "{body}");
+    }
+    assert!(h.emu.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_wildcard_allow_list_without_an_api_key_refuses_to_start_saying_why() {
+    let emu = codex_as_api::emulator::Emulator::start(EmulatorConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = codex_as_api::config::Config::for_tests(&emu.base_url(), dir.path().join("a"));
+    c.cors_origins = vec!["http://localhost:3000".into(), "*".into()];
+    let err = match codex_as_api::server::Server::start(c.clone()).await {
+        Ok(_) => panic!("started with `*` and no key"),
+        Err(e) => e.message,
+    };
+    assert!(err.contains("--cors-allow-origin"), "{err}");
+    assert!(err.contains("API key"), "{err}");
+    assert!(err.contains("every web page"), "{err}");
+    // With a key it starts, and the key stands between any page and the subscription.
+    let h = Harness::with(|c| {
+        c.cors_origins = vec!["*".into()];
+        c.api_key = Some("k-any".into());
+    })
+    .await;
+    for headers in [
+        &[("origin", "https://any.example")][..],
+        &[("origin", "null")],
+        &[("sec-fetch-site", "cross-site")],
+    ] {
+        let mut with_key = headers.to_vec();
+        with_key.push(("authorization", "Bearer k-any"));
+        let r = h.post_with(CHAT, &chat(json!("hi")), &with_key).await;
+        assert_eq!(r.status(), 200, "{headers:?}");
+        let r = h.post_with(CHAT, &chat(json!("hi")), headers).await;
+        assert_eq!(r.status(), 401, "{headers:?}");
+    }
+}
+
+#[tokio::test]
+async fn preflights_list_every_method_of_the_route_and_grant_private_network_access_only_to_listed_origins()
+ {
+    let h = Harness::with(|c| {
+        c.cors_origins = vec!["http://localhost:3000".into()];
+        c.api_key = Some("k-pf".into());
+    })
+    .await;
+    let preflight = |path: &str, origin: &'static str| {
+        h.http
+            .request(reqwest::Method::OPTIONS, h.url(path))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-private-network", "true")
+            .send()
+    };
+    for (_, path) in ROUTES {
+        let r = preflight(path, "http://localhost:3000").await.unwrap();
+        assert_eq!(r.status(), 204, "{path}");
+        assert_eq!(
+            r.headers()["access-control-allow-private-network"],
+            "true",
+            "{path}"
+        );
+        let listed: Vec<String> = r.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .split(", ")
+            .map(str::to_owned)
+            .collect();
+        // The methods the route really answers: every one that is not "Unknown endpoint".
+        let mut answered = Vec::new();
+        for method in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"] {
+            let r = h
+                .http
+                .request(method.parse().unwrap(), h.url(path))
+                .header("authorization", "Bearer k-pf")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let text = r.text().await.unwrap();
+            // A HEAD answer has no body to say why; no HEAD route answers 404 otherwise.
+            let unknown = status == 404 && (method == "HEAD" || text.contains("Unknown endpoint"));
+            if !unknown {
+                answered.push(method.to_owned());
+            }
+        }
+        answered.push("OPTIONS".to_owned());
+        assert_eq!(listed, answered, "{path}");
+    }
+    // An origin that is not listed gets a 403 and no grant at all.
+    let r = preflight(CHAT, "https://evil.example").await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(
+        r.headers()
+            .keys()
+            .all(|k| !k.as_str().starts_with("access-control-")),
+        "{:?}",
+        r.headers()
+    );
+}
+
+#[tokio::test]
+async fn health_on_a_non_loopback_bind_without_the_key_reports_only_its_status() {
+    let full_keys = [
+        "version",
+        "codex_config_path",
+        "accounts",
+        "rate_limits",
+        "kept_responses",
+    ];
+    let h = Harness::with(|c| {
+        c.host = "0.0.0.0".parse().unwrap();
+        c.api_key = Some("k-health".into());
+    })
+    .await;
+    let url = format!("http://127.0.0.1:{}/health", h.server.addr().port());
+    for headers in [
+        &[][..],
+        &[("authorization", "Bearer wrong")],
+        &[("x-api-key", "k-health-")],
+    ] {
+        let mut rb = h.http.get(&url);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"status": "ok"}),
+            "{headers:?}"
+        );
+    }
+    for headers in [
+        &[("authorization", "Bearer k-health")][..],
+        &[("x-api-key", "k-health")],
+    ] {
+        let mut rb = h.http.get(&url);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        let v: Value = rb.send().await.unwrap().json().await.unwrap();
+        for k in full_keys {
+            assert!(v.get(k).is_some(), "{k} in {v}");
+        }
+    }
+    // No key configured at all (--insecure-no-auth): nobody gets more than the status.
+    let h = Harness::with(|c| {
+        c.host = "0.0.0.0".parse().unwrap();
+        c.insecure_no_auth = true;
+    })
+    .await;
+    let url = format!("http://127.0.0.1:{}/health", h.server.addr().port());
+    let v: Value = h.http.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v, json!({"status": "ok"}));
+    // A loopback bind keeps the full report for its local tools.
+    let h = Harness::start().await;
+    let v: Value = h.get("/health").await.json().await.unwrap();
+    for k in full_keys {
+        assert!(v.get(k).is_some(), "{k} in {v}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -164,12 +164,15 @@ pub fn render(vars: &[Var], shell: Shell) -> String {
 }
 
 /// `GET {base}/health` of a running codex-as-api, or `None` when nothing (ours) answers.
-pub async fn probe(client: &HttpClient, base: &str) -> Option<Value> {
-    let req = Request::builder()
+/// `key` is sent when set: on a non-loopback bind `/health` reports the model only with it.
+pub async fn probe(client: &HttpClient, base: &str, key: Option<&str>) -> Option<Value> {
+    let mut req = Request::builder()
         .method(Method::GET)
-        .uri(format!("{base}/health"))
-        .body(Full::new(Bytes::new()))
-        .ok()?;
+        .uri(format!("{base}/health"));
+    if let Some(k) = key {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {k}"));
+    }
+    let req = req.body(Full::new(Bytes::new())).ok()?;
     let (status, _, body) = fetch(client, req, Duration::from_secs(2)).await.ok()?;
     if !status.is_success() {
         return None;
@@ -321,7 +324,7 @@ async fn start_server(
         .stderr(err)
         // Its own process group: Ctrl-C in Claude Code does not stop the server.
         .process_group(0);
-    if let Some(k) = key {
+    if let Some(k) = &key {
         cmd.env("CODEX_AS_API_API_KEY", k);
     }
     let mut child = cmd
@@ -334,7 +337,7 @@ async fn start_server(
     );
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
-        if let Some(h) = probe(client, base).await {
+        if let Some(h) = probe(client, base, key.as_deref()).await {
             return Ok(h);
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -361,7 +364,7 @@ pub async fn env_command(
     shell: Shell,
 ) -> Result<String, String> {
     let mut target = Target::from_config(config);
-    if let Some(h) = probe(client, &target.base_url).await {
+    if let Some(h) = probe(client, &target.base_url, config.api_key.as_deref()).await {
         apply_health(&mut target, &h);
     }
     Ok(render(&vars(&target, config.api_key.as_deref()), shell))
@@ -384,7 +387,7 @@ pub async fn launch(
 ) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
     let mut target = Target::from_config(config);
-    let health = match probe(client, &target.base_url).await {
+    let health = match probe(client, &target.base_url, config.api_key.as_deref()).await {
         Some(h) => h,
         None => {
             let log = config.codex_home.join("codex-as-api.log");

@@ -1,12 +1,12 @@
 //! The HTTP server: state, accept loop, graceful shutdown.
 //!
 //! Owns: `State` (config, the pooled upstream client, the accounts with their credentials,
-//! windows and rate-limit snapshots, the catalog, live stream count, the exchange store), binding with the
-//! safety rule for non-loopback addresses, the accept loop (back-off on accept errors; the
-//! first head of each connection goes through `head` so a slow or huge one gets a
-//! protocol-shaped 408/431; then HTTP/1.x connections are served by `h1` and h2 ones by
-//! hyper with its header limit) and graceful shutdown (stop accepting, drain in-flight
-//! streams for a bounded time).
+//! windows and rate-limit snapshots, the catalog, live stream count, the exchange store),
+//! the start-up safety rules (without an API key: no non-loopback bind, no CORS allow-list
+//! of `*`), the accept loop (back-off on accept errors; the first head of each connection
+//! goes through `head` so a slow or huge one gets a protocol-shaped 408/431; then HTTP/1.x
+//! connections are served by `h1` and h2 ones by hyper with its header limit) and graceful
+//! shutdown (stop accepting, drain in-flight streams for a bounded time).
 //!
 //! Does not own: routing and guards (`route`), running one proxied request (`pipeline`),
 //! unary backend calls and the live catalog (`backend`), the non-protocol endpoints
@@ -86,8 +86,15 @@ pub struct Server {
     task: JoinHandle<()>,
 }
 
-/// Refuse to expose the proxy without a key on a non-loopback address.
+/// Refuse to expose the proxy without a key: on a non-loopback address, or to every web
+/// page (a CORS allow-list of `*`).
 pub fn check_bind_safety(config: &Config) -> Result<(), String> {
+    if config.api_key.is_none() && config.cors_origins.iter().any(|o| o == "*") {
+        return Err(
+            "refusing to start with --cors-allow-origin '*' and no API key: every web page you visit could call this server and spend your ChatGPT subscription. Set CODEX_AS_API_API_KEY (or --api-key), or list the origins you trust instead of '*'."
+                .to_owned(),
+        );
+    }
     if config.host.is_loopback() || config.api_key.is_some() {
         return Ok(());
     }

@@ -1,11 +1,15 @@
 //! Routing and request guards.
 //!
-//! Owns: the endpoint table, choosing the error protocol for a request, the guards (header
+//! Owns: the endpoint table (`Route`: what `dispatch` runs and what a preflight lists),
+//! choosing the error protocol for a request, the guards that run before any work (header
 //! size on keep-alive connections, Host check against DNS rebinding on loopback binds, the
-//! inbound API key compared in constant time, the body size limit), CORS (only for origins
-//! on the configured allow-list: preflights and response headers; none at all by default),
-//! reading the body, `/health`, and rendering an `Error` as a response. The non-protocol
-//! endpoints (models, images, inspect, compaction, usage) live in `endpoints`.
+//! browser-origin check: a request a web page sent from an origin not on the CORS
+//! allow-list is a 403, on every route; the inbound API key compared in constant time),
+//! the body size limit, CORS (only for allow-listed origins: preflights with each path's
+//! methods and the Private Network Access grant, and response headers; none at all by
+//! default), reading the body, `/health` (only `{"status"}` on a non-loopback bind without
+//! the key), and rendering an `Error` as a response. The non-protocol endpoints (models,
+//! images, inspect, compaction, usage) live in `endpoints`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -115,29 +119,134 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
         .then(|| &auth[prefix.len()..])
 }
 
-/// The request's `Origin` when the CORS allow-list admits it.
-fn allowed_origin(state: &State, headers: &HeaderMap) -> Option<HeaderValue> {
-    let list = &state.config.cors_origins;
-    if list.is_empty() {
-        return None;
-    }
-    let origin = headers.get(header::ORIGIN)?;
-    let text = origin.to_str().ok()?;
+/// Whether the allow-list admits `origin` (`*` admits any; `null` only when listed).
+fn origin_listed(list: &[String], origin: &[u8]) -> bool {
     list.iter()
-        .any(|o| o == "*" || o.eq_ignore_ascii_case(text))
-        .then(|| origin.clone())
+        .any(|o| o == "*" || o.as_bytes().eq_ignore_ascii_case(origin))
 }
 
-/// A CORS preflight from an allowed origin: 204 with what the browser asked for.
-fn preflight(origin: HeaderValue, headers: &HeaderMap) -> Response<RespBody> {
+/// The request's `Origin` when the CORS allow-list admits it.
+fn allowed_origin(state: &State, headers: &HeaderMap) -> Option<HeaderValue> {
+    let origin = headers.get(header::ORIGIN)?;
+    origin_listed(&state.config.cors_origins, origin.as_bytes()).then(|| origin.clone())
+}
+
+/// Refuse what a web page sent from another origin, unless that origin is allow-listed: any
+/// page can make "simple" requests (`text/plain` POSTs, `no-cors` fetches) to 127.0.0.1
+/// without a preflight, and on loopback no key stops them. Browsers always say where a
+/// request comes from (`Origin`, `Sec-Fetch-Site`; pages cannot forge either); SDKs, curl
+/// and Claude Code send neither and are unaffected.
+fn origin_guard(state: &State, headers: &HeaderMap) -> Result<(), Error> {
+    let site = headers.get("sec-fetch-site").map(HeaderValue::as_bytes);
+    let site_is = |s: &[u8]| site.is_some_and(|v| v.eq_ignore_ascii_case(s));
+    // The browser vouches that no other site's page is involved (this origin, or the user).
+    if site_is(b"same-origin") || site_is(b"none") {
+        return Ok(());
+    }
+    let list = &state.config.cors_origins;
+    let refused = |from: String| {
+        Err(Error::new(
+            ErrorKind::Forbidden,
+            format!(
+                "{from} is not allowed: web pages may call this server only from an origin listed in --cors-allow-origin (CODEX_AS_API_CORS_ORIGINS), so that a page you visit cannot spend your ChatGPT subscription."
+            ),
+        ))
+    };
+    let mut origins = headers.get_all(header::ORIGIN).iter().peekable();
+    if origins.peek().is_some() {
+        for o in origins {
+            if !origin_listed(list, o.as_bytes()) {
+                let shown: String = String::from_utf8_lossy(o.as_bytes())
+                    .chars()
+                    .take(200)
+                    .collect();
+                return refused(format!("A request from the web page origin {shown:?}"));
+            }
+        }
+        return Ok(());
+    }
+    if (site_is(b"cross-site") || site_is(b"same-site")) && !list.iter().any(|o| o == "*") {
+        return refused(
+            "A request from another site's web page (Sec-Fetch-Site without an Origin)".to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// Every route, matched once; `dispatch` runs it and `methods_of` lists a path's methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route<'p> {
+    Health,
+    Hello,
+    Models,
+    Model(&'p str),
+    Usage,
+    Images,
+    Inspect,
+    CompactResponses,
+    CompactMessages,
+    Chat,
+    Responses,
+    ResponseGet(&'p str),
+    ResponseDelete(&'p str),
+    Messages,
+    CountTokens,
+}
+
+fn route<'p>(method: &Method, path: &'p str) -> Option<Route<'p>> {
+    Some(match (method, path) {
+        (&Method::GET, "/health") => Route::Health,
+        (&Method::GET | &Method::HEAD, "/api/hello" | "/") => Route::Hello,
+        (&Method::GET, "/v1/models" | "/models") => Route::Models,
+        (&Method::GET, p) if p.starts_with("/v1/models/") => {
+            Route::Model(&p["/v1/models/".len()..])
+        }
+        (&Method::GET, "/usage" | "/v1/usage") => Route::Usage,
+        (&Method::POST, "/v1/images/generations" | "/images/generations") => Route::Images,
+        (&Method::POST, "/v1/inspect" | "/inspect") => Route::Inspect,
+        (&Method::POST, "/v1/compact" | "/v1/responses/compact" | "/responses/compact") => {
+            Route::CompactResponses
+        }
+        (&Method::POST, "/v1/messages/compact" | "/messages/compact") => Route::CompactMessages,
+        (&Method::POST, "/v1/chat/completions" | "/chat/completions") => Route::Chat,
+        (&Method::POST, "/v1/responses" | "/responses") => Route::Responses,
+        (&Method::GET, p) if p.starts_with("/v1/responses/") => {
+            Route::ResponseGet(&p["/v1/responses/".len()..])
+        }
+        (&Method::DELETE, p) if p.starts_with("/v1/responses/") => {
+            Route::ResponseDelete(&p["/v1/responses/".len()..])
+        }
+        (&Method::POST, "/v1/messages" | "/messages") => Route::Messages,
+        (&Method::POST, "/v1/messages/count_tokens" | "/messages/count_tokens") => {
+            Route::CountTokens
+        }
+        _ => return None,
+    })
+}
+
+/// The methods `path` answers, for a preflight's `Access-Control-Allow-Methods`.
+fn methods_of(path: &str) -> String {
+    let mut out = String::new();
+    for m in [Method::GET, Method::HEAD, Method::POST, Method::DELETE] {
+        if route(&m, path).is_some() {
+            out.push_str(m.as_str());
+            out.push_str(", ");
+        }
+    }
+    out.push_str("OPTIONS");
+    out
+}
+
+/// A CORS preflight from an allowed origin: 204 with the path's methods and the headers the
+/// browser asked for; the Private Network Access grant only when it asked for it.
+fn preflight(origin: HeaderValue, headers: &HeaderMap, path: &str) -> Response<RespBody> {
     let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST, OPTIONS"),
-    );
+    if let Ok(v) = HeaderValue::from_str(&methods_of(path)) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
+    }
     let asked = headers
         .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
         .cloned()
@@ -147,6 +256,15 @@ fn preflight(origin: HeaderValue, headers: &HeaderMap) -> Response<RespBody> {
             )
         });
     h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked);
+    if headers
+        .get("access-control-request-private-network")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+    {
+        h.insert(
+            "access-control-allow-private-network",
+            HeaderValue::from_static("true"),
+        );
+    }
     h.insert(
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("600"),
@@ -155,9 +273,11 @@ fn preflight(origin: HeaderValue, headers: &HeaderMap) -> Response<RespBody> {
     resp
 }
 
+/// Every check a request passes before any work (its body is not read yet).
 fn guard<B>(state: &State, req: &Request<B>, path: &str) -> Result<(), Error> {
     head_size_guard(req)?;
     host_guard(state, req)?;
+    origin_guard(state, req.headers())?;
     key_guard(state, req, path)
 }
 
@@ -207,21 +327,25 @@ fn host_guard<B>(state: &State, req: &Request<B>) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether the request presents the configured key (false when none is configured).
+fn has_key(state: &State, headers: &HeaderMap) -> bool {
+    match (&state.config.api_key, presented_key(headers)) {
+        (Some(key), Some(k)) => constant_time_eq(k, key.as_bytes()),
+        _ => false,
+    }
+}
+
 /// With a key configured, every endpoint but `/health` (and the bare liveness probe) needs it.
 fn key_guard<B>(state: &State, req: &Request<B>, path: &str) -> Result<(), Error> {
-    if let Some(key) = &state.config.api_key
+    if state.config.api_key.is_some()
         && path != "/health"
         && path != "/api/hello"
+        && !has_key(state, req.headers())
     {
-        let ok = presented_key(req.headers())
-            .map(|k| constant_time_eq(k, key.as_bytes()))
-            .unwrap_or(false);
-        if !ok {
-            return Err(Error::new(
-                ErrorKind::Unauthorized,
-                "Missing or invalid API key: send the key configured in CODEX_AS_API_API_KEY as `Authorization: Bearer <key>` or `x-api-key: <key>`.",
-            ));
-        }
+        return Err(Error::new(
+            ErrorKind::Unauthorized,
+            "Missing or invalid API key: send the key configured in CODEX_AS_API_API_KEY as `Authorization: Bearer <key>` or `x-api-key: <key>`.",
+        ));
     }
     Ok(())
 }
@@ -293,7 +417,7 @@ pub async fn handle<B: ReqBody>(
                 .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) =>
         {
             match host_guard(&state, &req) {
-                Ok(()) => (preflight(o.clone(), req.headers()), None),
+                Ok(()) => (preflight(o.clone(), req.headers(), &path), None),
                 Err(e) => (error_response(&e, protocol, &request_id), Some(e)),
             }
         }
@@ -337,67 +461,70 @@ async fn dispatch<B: ReqBody>(
     request_id: &str,
 ) -> Result<Response<RespBody>, Error> {
     guard(state, &req, path)?;
-    match (method, path) {
-        (&Method::GET, "/health") => Ok(json_response(StatusCode::OK, health(state), request_id)),
-        (&Method::GET | &Method::HEAD, "/api/hello") | (&Method::GET | &Method::HEAD, "/") => Ok(
-            json_response(StatusCode::OK, b"{\"ok\":true}".to_vec(), request_id),
-        ),
-        (&Method::GET, "/v1/models") | (&Method::GET, "/models") => Ok(json_response(
+    let Some(route) = route(method, path) else {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("Unknown endpoint: {method} {path}. See the README for the list of endpoints."),
+        ));
+    };
+    match route {
+        Route::Health => Ok(json_response(
+            StatusCode::OK,
+            health(state, req.headers()),
+            request_id,
+        )),
+        Route::Hello => Ok(json_response(
+            StatusCode::OK,
+            b"{\"ok\":true}".to_vec(),
+            request_id,
+        )),
+        Route::Models => Ok(json_response(
             StatusCode::OK,
             endpoints::models_list(state, protocol).await,
             request_id,
         )),
-        (&Method::GET, p) if p.starts_with("/v1/models/") => {
-            let id = &p["/v1/models/".len()..];
-            endpoints::model_one(state, id, protocol)
-                .await
-                .map(|b| json_response(StatusCode::OK, b, request_id))
-        }
-        (&Method::GET, "/usage") | (&Method::GET, "/v1/usage") => endpoints::usage(state)
+        Route::Model(id) => endpoints::model_one(state, id, protocol)
             .await
             .map(|b| json_response(StatusCode::OK, b, request_id)),
-        (&Method::POST, "/v1/images/generations") | (&Method::POST, "/images/generations") => {
+        Route::Usage => endpoints::usage(state)
+            .await
+            .map(|b| json_response(StatusCode::OK, b, request_id)),
+        Route::Images => {
             let (_, body) = read_body(req, state.config.max_body_bytes).await?;
             endpoints::images(state, &body)
                 .await
                 .map(|b| json_response(StatusCode::OK, b, request_id))
         }
-        (&Method::POST, "/v1/inspect") | (&Method::POST, "/inspect") => {
+        Route::Inspect => {
             let (headers, body) = read_body(req, state.config.max_body_bytes).await?;
             endpoints::inspect(state, &headers, &body, request_id).await
         }
-        (&Method::POST, "/v1/compact")
-        | (&Method::POST, "/v1/responses/compact")
-        | (&Method::POST, "/responses/compact") => {
+        Route::CompactResponses => {
             let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
             endpoints::compact(state, &headers, &mut body, Protocol::OpenAi, request_id).await
         }
-        (&Method::POST, "/v1/messages/compact") | (&Method::POST, "/messages/compact") => {
+        Route::CompactMessages => {
             let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
             endpoints::compact(state, &headers, &mut body, Protocol::Anthropic, request_id).await
         }
-        (&Method::POST, "/v1/chat/completions") | (&Method::POST, "/chat/completions") => {
+        Route::Chat => {
             let mut plan = read_translated(req, state, chat::translate).await?;
             state.history.chain(&mut plan)?;
             Ok(pipeline::run(state, plan, request_id).await)
         }
-        (&Method::POST, "/v1/responses") | (&Method::POST, "/responses") => {
+        Route::Responses => {
             let mut plan = read_translated(req, state, responses::translate).await?;
             state.history.chain(&mut plan)?;
             Ok(pipeline::run(state, plan, request_id).await)
         }
-        (&Method::GET, p) if p.starts_with("/v1/responses/") => {
-            let id = &p["/v1/responses/".len()..];
-            Err(Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "No response found with id '{id}': codex-as-api keeps no Response objects (the ChatGPT backend stores nothing); recent exchanges are kept only to serve `previous_response_id`."
-                ),
-            )
-            .with_code("not_found"))
-        }
-        (&Method::DELETE, p) if p.starts_with("/v1/responses/") => {
-            let id = &p["/v1/responses/".len()..];
+        Route::ResponseGet(id) => Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "No response found with id '{id}': codex-as-api keeps no Response objects (the ChatGPT backend stores nothing); recent exchanges are kept only to serve `previous_response_id`."
+            ),
+        )
+        .with_code("not_found")),
+        Route::ResponseDelete(id) => {
             if state.history.remove(id) {
                 let mut out = Vec::with_capacity(64 + id.len());
                 out.extend_from_slice(b"{\"id\":");
@@ -412,13 +539,12 @@ async fn dispatch<B: ReqBody>(
                 .with_code("not_found"))
             }
         }
-        (&Method::POST, "/v1/messages") | (&Method::POST, "/messages") => {
+        Route::Messages => {
             crate::tokens::warm_in_background();
             let plan = read_translated(req, state, messages::translate).await?;
             Ok(pipeline::run(state, plan, request_id).await)
         }
-        (&Method::POST, "/v1/messages/count_tokens")
-        | (&Method::POST, "/messages/count_tokens") => {
+        Route::CountTokens => {
             // Counting is CPU work proportional to the body (up to --max-body-bytes): on the
             // blocking pool, so streams on the async workers never wait behind it.
             let (headers, mut body) = read_body(req, state.config.max_body_bytes).await?;
@@ -436,16 +562,17 @@ async fn dispatch<B: ReqBody>(
             .map_err(|_| Error::new(ErrorKind::Internal, "token counting failed"))??;
             Ok(json_response(StatusCode::OK, out, request_id))
         }
-        (_, p) => Err(Error::new(
-            ErrorKind::NotFound,
-            format!("Unknown endpoint: {method} {p}. See the README for the list of endpoints."),
-        )),
     }
 }
 
-fn health(state: &State) -> Vec<u8> {
+/// `/health`. On a non-loopback bind, without the key, only `{"status":"ok"}`: paths,
+/// limits, rate limits and history sizes are for the owner, not for whoever can reach the port.
+fn health(state: &State, headers: &HeaderMap) -> Vec<u8> {
     use crate::json::{write_str, write_u64};
     let c = &state.config;
+    if !c.host.is_loopback() && !has_key(state, headers) {
+        return b"{\"status\":\"ok\"}".to_vec();
+    }
     let window = c.context_window_or(|| {
         state
             .catalog

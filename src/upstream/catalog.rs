@@ -143,7 +143,8 @@ impl ModelInfo {
 
     /// The usable window (95 % of the context window, as the official client computes it).
     pub fn usable_window(&self) -> u64 {
-        self.context_window * 95 / 100
+        // u128: the window comes from the backend and must not overflow here.
+        (u128::from(self.context_window) * 95 / 100) as u64
     }
 }
 
