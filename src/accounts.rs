@@ -358,7 +358,7 @@ mod tests {
             default_label(std::path::Path::new("/h/alice/auth.json")),
             "alice"
         );
-        let client = crate::upstream::client::build(None).unwrap();
+        let client = crate::upstream::client::build(None, None).unwrap();
         let specs = [
             AccountSpec {
                 path: "/nonexistent/a/auth.json".into(),

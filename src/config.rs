@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Extra PEM roots trusted for upstream TLS.
     #[arg(long, env = "CODEX_AS_API_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Proxy for every upstream connection (http://, https://, socks5://, socks5h://);
+    /// default: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY with NO_PROXY.
+    #[arg(long, env = "CODEX_AS_API_UPSTREAM_PROXY", hide_env_values = true)]
+    pub upstream_proxy: Option<String>,
     /// Key clients must present (Authorization: Bearer or x-api-key).
     #[arg(long, env = "CODEX_AS_API_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -141,6 +145,8 @@ pub struct Config {
     pub upstream_url: String,
     pub token_url: String,
     pub ca_file: Option<PathBuf>,
+    /// `--upstream-proxy`; `None`: the environment's proxies (`upstream::proxy`).
+    pub upstream_proxy: Option<String>,
     pub api_key: Option<String>,
     pub insecure_no_auth: bool,
     pub demo: bool,
@@ -183,6 +189,10 @@ impl std::fmt::Debug for Config {
             .field("auth_path", &self.auth_path)
             .field("upstream_url", &self.upstream_url)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "upstream_proxy",
+                &self.upstream_proxy.as_ref().map(|_| "<redacted>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -454,6 +464,11 @@ impl Config {
                 .clone()
                 .or_else(|| t.str("token_url"))
                 .unwrap_or_else(|| "https://auth.openai.com/oauth/token".to_owned()),
+            upstream_proxy: args
+                .upstream_proxy
+                .clone()
+                .or_else(|| t.str("upstream_proxy"))
+                .filter(|p| !p.is_empty()),
             ca_file: args
                 .ca_file
                 .clone()
@@ -640,6 +655,7 @@ fn unreachable_config() -> Config {
         upstream_url: String::new(),
         token_url: String::new(),
         ca_file: None,
+        upstream_proxy: None,
         api_key: None,
         insecure_no_auth: false,
         demo: false,

@@ -168,7 +168,11 @@ impl AuthFileArgs {
 }
 
 fn client(config: &Config) -> Result<HttpClient, String> {
-    codex_as_api::upstream::client::build(config.ca_file.as_deref()).map_err(|e| e.message)
+    codex_as_api::upstream::client::build(
+        config.ca_file.as_deref(),
+        config.upstream_proxy.as_deref(),
+    )
+    .map_err(|e| e.message)
 }
 
 /// The logging flags again, for a server started in the background.

@@ -188,7 +188,7 @@ impl Mock {
     }
 
     fn store(&self, path: &Path) -> Arc<TokenStore> {
-        let client = codex_as_api::upstream::client::build(None).unwrap();
+        let client = codex_as_api::upstream::client::build(None, None).unwrap();
         TokenStore::new(path.to_path_buf(), self.url.clone(), client)
     }
 }

@@ -194,9 +194,10 @@ pub fn apply_health(target: &mut Target, health: &Value) {
     }
 }
 
-/// The `serve` command line equivalent to `args` (the key travels in the environment,
-/// never on a command line other users can read).
-pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Option<String>) {
+/// The `serve` command line equivalent to `args`, and the environment it needs: the API key
+/// and the upstream proxy (which may hold credentials) travel there, never on a command line
+/// other users can read.
+pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Vec<(&'static str, String)>) {
     // Destructured in full so a new serve flag cannot be forgotten here.
     let ServeArgs {
         host,
@@ -208,6 +209,7 @@ pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Option<String>) {
         upstream_url,
         token_url,
         ca_file,
+        upstream_proxy,
         api_key,
         insecure_no_auth,
         demo,
@@ -290,7 +292,14 @@ pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Option<String>) {
             argv.push(name.into());
         }
     }
-    (argv, api_key.clone())
+    let env = [
+        ("CODEX_AS_API_API_KEY", api_key),
+        ("CODEX_AS_API_UPSTREAM_PROXY", upstream_proxy),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k, v.clone()?)))
+    .collect();
+    (argv, env)
 }
 
 /// Start `codex-as-api serve` detached, logging to `log`, and wait until it answers.
@@ -304,7 +313,7 @@ async fn start_server(
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe()
         .map_err(|e| format!("cannot find this program to start the server: {e}"))?;
-    let (mut argv, key) = serve_argv(args);
+    let (mut argv, env) = serve_argv(args);
     argv.extend(log_args.iter().cloned());
     if let Some(dir) = log.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -324,9 +333,7 @@ async fn start_server(
         .stderr(err)
         // Its own process group: Ctrl-C in Claude Code does not stop the server.
         .process_group(0);
-    if let Some(k) = &key {
-        cmd.env("CODEX_AS_API_API_KEY", k);
-    }
+    cmd.envs(env);
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
@@ -337,7 +344,7 @@ async fn start_server(
     );
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
-        if let Some(h) = probe(client, base, key.as_deref()).await {
+        if let Some(h) = probe(client, base, args.api_key.as_deref()).await {
             return Ok(h);
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -455,15 +462,25 @@ mod tests {
             port: Some(1234),
             model: Some("gpt-6-sol".into()),
             api_key: Some("sk-secret".into()),
+            upstream_proxy: Some("http://user:pw@proxy:3128".into()),
             demo: true,
             ..ServeArgs::default()
         };
-        let (argv, key) = serve_argv(&args);
+        let (argv, env) = serve_argv(&args);
         let argv: Vec<String> = argv.into_iter().map(|a| a.into_string().unwrap()).collect();
         assert_eq!(
             argv,
             ["serve", "--port", "1234", "--model", "gpt-6-sol", "--demo"]
         );
-        assert_eq!(key.as_deref(), Some("sk-secret"));
+        assert_eq!(
+            env,
+            [
+                ("CODEX_AS_API_API_KEY", "sk-secret".to_owned()),
+                (
+                    "CODEX_AS_API_UPSTREAM_PROXY",
+                    "http://user:pw@proxy:3128".to_owned()
+                )
+            ]
+        );
     }
 }

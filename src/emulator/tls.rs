@@ -39,7 +39,12 @@ pub(super) fn chain() -> Result<Chain, rcgen::Error> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let leaf_key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+    let mut leaf = CertificateParams::new(vec![
+        "127.0.0.1".to_owned(),
+        "localhost".to_owned(),
+        // A name that is not loopback, for tests through a proxy that maps it to 127.0.0.1.
+        "codex-emulator.test".to_owned(),
+    ])?;
     leaf.distinguished_name
         .push(DnType::CommonName, "codex-as-api emulator");
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

@@ -57,8 +57,9 @@ pub struct State {
 
 impl State {
     pub fn new(config: Config) -> Result<State, Error> {
-        let client = client::build(config.ca_file.as_deref())?;
-        let pool = Pool::new(config.ca_file.as_deref(), client.clone())?;
+        let proxy = config.upstream_proxy.as_deref();
+        let client = client::build(config.ca_file.as_deref(), proxy)?;
+        let pool = Pool::new(config.ca_file.as_deref(), proxy, client.clone())?;
         let accounts = Accounts::new(
             &config.account_specs(),
             &config.token_url,

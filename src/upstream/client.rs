@@ -13,25 +13,26 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use super::proxy::Connector;
 use crate::error::{Error, ErrorKind};
 
 /// Request body type for every upstream call.
 pub type ReqBody = Full<Bytes>;
 
 /// The pooled client handle (cheap to clone).
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>;
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<Connector>, ReqBody>;
 
-/// Build the pooled client. `ca_file` adds PEM roots (the emulator's test CA, a corporate CA).
-pub fn build(ca_file: Option<&Path>) -> Result<HttpClient, Error> {
+/// Build the pooled client. `ca_file` adds PEM roots (the emulator's test CA, a corporate CA);
+/// `proxy` is `--upstream-proxy` (`None`: the environment's, see `proxy`).
+pub fn build(ca_file: Option<&Path>, proxy: Option<&str>) -> Result<HttpClient, Error> {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_config(ca_file)?)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(tcp_connector());
+        .wrap_connector(Connector::new(proxy));
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
@@ -50,17 +51,6 @@ const H2_STREAM_WINDOW: u32 = 1 << 20;
 /// small DATA frames (half this window; Codex sends one small frame per SSE event) ran out,
 /// which closes the connection with `ENHANCE_YOUR_CALM` and fails all of its streams.
 const H2_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
-
-/// The TCP side of every upstream connection: no Nagle, a 15 s connect timeout, TCP
-/// keepalive.
-pub(crate) fn tcp_connector() -> HttpConnector {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(15)));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    http
-}
 
 /// An error and its chain of sources, `: `-separated (hyper's own message is often just
 /// "client error (Connect)"; the cause is further down).

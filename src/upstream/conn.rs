@@ -31,13 +31,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::proxy::Connector;
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower_service::Service;
@@ -88,7 +88,7 @@ struct Idle {
 
 /// The pool of driven upstream connections (one upstream origin in practice).
 pub struct Pool {
-    connector: Mutex<HttpsConnector<HttpConnector>>,
+    connector: Mutex<HttpsConnector<Connector>>,
     idle: Mutex<Vec<Idle>>,
     /// For `https://` upstreams (h2 by ALPN).
     shared: super::client::HttpClient,
@@ -102,13 +102,14 @@ impl Pool {
     /// A pool whose TLS trusts webpki roots plus the PEM roots of `ca_file`.
     pub fn new(
         ca_file: Option<&Path>,
+        proxy: Option<&str>,
         shared: super::client::HttpClient,
     ) -> Result<Arc<Pool>, Error> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(super::client::tls_config(ca_file)?)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(super::client::tcp_connector());
+            .wrap_connector(Connector::new(proxy));
         Ok(Arc::new(Pool {
             connector: Mutex::new(https),
             idle: Mutex::new(Vec::new()),

@@ -10,5 +10,6 @@ pub mod collect;
 pub mod conn;
 pub mod events;
 pub mod failure;
+pub mod proxy;
 pub mod ratelimit;
 pub mod request;
