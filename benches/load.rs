@@ -22,6 +22,11 @@
 //! `LOAD_SLOW_PACE_MS` (the slow streams' delta interval, default 50),
 //! `LOAD_PROXY_WORKERS` (the proxy child's tokio worker threads; default: one per core),
 //! `LOAD_PROXY_WRAP` (a command the proxy runs under, e.g. `valgrind --tool=massif`).
+//! * The production path: the same streams through a proxy whose emulator serves TLS + h2
+//!   (rustls, the shared client) and one whose emulator serves plain HTTP/1.1, as a ratio
+//!   (`LOAD_TLS_ONLY=1` runs only that).
+//! * Token counting off the async workers: 16 paced streams alone and with a 32 MB
+//!   `count_tokens` in flight, their p99 per-chunk latency both ways (`LOAD_COUNT_ONLY=1`).
 //! * Paced rows start their streams spread evenly over one stream's length (pace × deltas),
 //!   so requests and deltas arrive at a steady rate; the closed-loop rows start them all at
 //!   once.
@@ -597,6 +602,10 @@ async fn async_main(full: bool) {
         fleet(full).await;
         return;
     }
+    if std::env::var("LOAD_TLS_ONLY").is_ok_and(|v| v == "1") {
+        tls_vs_plain(full).await;
+        return;
+    }
     if std::env::var("LOAD_COUNT_ONLY").is_ok_and(|v| v == "1") {
         count_tokens_isolation(full).await;
         return;
@@ -828,8 +837,76 @@ async fn async_main(full: bool) {
         idle_rss as f64 / 1024.0
     );
     assert_eq!(errors, 0, "requests failed during the load run");
+    tls_vs_plain(full).await;
     count_tokens_isolation(full).await;
     fleet(full).await;
+}
+
+/// The production path: the same streams through the proxy with the emulator over plain
+/// HTTP (the driven HTTP/1.1 connections) and over TLS (rustls, h2 on the shared client),
+/// one HTTP chunk (one h2 DATA frame) per event. Target (issue 15): TLS ≥ 0.9 × plain.
+async fn tls_vs_plain(full: bool) {
+    let (streams_list, total) = if full {
+        (vec![16, 256], env_usize("LOAD_REQUESTS", 640))
+    } else {
+        (vec![4], 8)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let plain_dir = dir.path().join("plain");
+    let tls_dir = dir.path().join("tls");
+    std::fs::create_dir_all(&plain_dir).unwrap();
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let plain_emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let tls_emu = Emulator::start(EmulatorConfig {
+        tls: true,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    for (emu, d) in [(&plain_emu, &plain_dir), (&tls_emu, &tls_dir)] {
+        emu.issue_credentials(24 * 3600)
+            .write_auth_json(&d.join("auth.json"))
+            .unwrap();
+    }
+    let ca = tls_dir.join("ca.pem");
+    std::fs::write(&ca, tls_emu.ca_pem().unwrap()).unwrap();
+    let plain = start_proxy(&plain_emu, &plain_dir, None).await;
+    let tls = start_proxy(&tls_emu, &tls_dir, Some(&ca)).await;
+    let (plain_pid, tls_pid) = (plain.child.id().to_string(), tls.child.id().to_string());
+    println!();
+    println!("production path: proxy → emulator over TLS + h2 vs over plain HTTP/1.1, one chunk per event, {DELTAS} deltas:");
+    let mut errors = 0;
+    let mut worst = f64::MAX;
+    for &streams in &streams_list {
+        for dialect in [Dialect::Chat, Dialect::Messages] {
+            let text = directives(Kind::Text, Chunks::PerEvent, DELTAS, None);
+            let p_target = proxy_target(plain.addr, dialect, &text, DELTAS);
+            let t_target = proxy_target(tls.addr, dialect, &text, DELTAS);
+            let _ = run(&t_target, 4, 8, Duration::ZERO).await;
+            let p = measure(&p_target, streams, total, Duration::ZERO, &plain_pid).await;
+            let t = measure(&t_target, streams, total, Duration::ZERO, &tls_pid).await;
+            errors += p.errors + t.errors;
+            let ratio = t.rps / p.rps;
+            worst = worst.min(ratio);
+            println!(
+                "  {:<9} {:>4} streams: plain {:>7.1} req/s, ttfb p50 {:.2} ms, lat p50/p99 {:.0}/{:.0} us, {:.0} us CPU/req; TLS {:>7.1} req/s, ttfb p50 {:.2} ms, lat p50/p99 {:.0}/{:.0} us, {:.0} us CPU/req; TLS/plain {ratio:.2}x",
+                format!("{dialect:?}").to_lowercase(),
+                streams,
+                p.rps,
+                p.ttfb_p50_ms,
+                p.lat_p50_us,
+                p.lat_p99_us,
+                p.cpu_us_per_req,
+                t.rps,
+                t.ttfb_p50_ms,
+                t.lat_p50_us,
+                t.lat_p99_us,
+                t.cpu_us_per_req,
+            );
+        }
+    }
+    println!("  worst TLS/plain throughput: {worst:.2}x (target ≥ 0.9x); errors {errors}");
+    assert_eq!(errors, 0, "requests failed on the TLS or plain path");
 }
 
 /// `POST /v1/messages/count_tokens` with `text_bytes` of prose: (status, seconds).
