@@ -404,11 +404,14 @@ async fn health_ok(addr: SocketAddr) -> bool {
 /// per-account stream limit, so the account window is opened wide: these rows measure the
 /// translation path with room in the window (admission's fast path, no queueing).
 async fn start_proxy(emu: &Emulator, dir: &Path, ca: Option<&Path>) -> Proxy {
+    // Up to 10,000 slow streams at the emulator's 100 per h2 connection: room for 100+.
     let wide = [
         "--account-max-streams",
         "100000",
         "--account-max-streams-ceiling",
         "100000",
+        "--upstream-max-connections",
+        "1024",
     ]
     .map(String::from);
     start_proxy_with(emu, dir, &dir.join("auth.json"), ca, &wide, None).await
@@ -874,7 +877,9 @@ async fn tls_vs_plain(full: bool) {
     let tls = start_proxy(&tls_emu, &tls_dir, Some(&ca)).await;
     let (plain_pid, tls_pid) = (plain.child.id().to_string(), tls.child.id().to_string());
     println!();
-    println!("production path: proxy → emulator over TLS + h2 vs over plain HTTP/1.1, one chunk per event, {DELTAS} deltas:");
+    println!(
+        "production path: proxy → emulator over TLS + h2 vs over plain HTTP/1.1, one chunk per event, {DELTAS} deltas:"
+    );
     let mut errors = 0;
     let mut worst = f64::MAX;
     for &streams in &streams_list {

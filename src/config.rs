@@ -100,6 +100,12 @@ pub struct ServeArgs {
     /// Seconds a client may take to send its request headers.
     #[arg(long, env = "CODEX_AS_API_HEADER_TIMEOUT_SECS")]
     pub header_timeout_secs: Option<u64>,
+    /// Most h2 connections to an https upstream (more open when every one is full).
+    #[arg(long, env = "CODEX_AS_API_UPSTREAM_MAX_CONNECTIONS")]
+    pub upstream_max_connections: Option<usize>,
+    /// Close surplus upstream h2 connections idle this long.
+    #[arg(long, env = "CODEX_AS_API_UPSTREAM_IDLE_SECS")]
+    pub upstream_idle_secs: Option<u64>,
     /// Browser origins allowed by CORS (repeat the flag or separate with commas; `*` allows
     /// any). Without it no CORS headers are sent and browsers cannot call the API.
     #[arg(
@@ -161,6 +167,10 @@ pub struct Config {
     pub reasoning_field: String,
     pub drain: Duration,
     pub header_timeout: Duration,
+    /// Most h2 connections to an https upstream.
+    pub upstream_max_connections: usize,
+    /// Surplus idle upstream h2 connections close after this.
+    pub upstream_idle: Duration,
     /// CORS allow-list (exact origins, or `*`); empty: no CORS headers at all.
     pub cors_origins: Vec<String>,
     /// `model_context_window` from config.toml.
@@ -337,6 +347,8 @@ mod knobs {
     pub const UPSTREAM_RETRIES: Knob = Knob::new("upstream_retries", 2, 0, 100);
     pub const DRAIN_SECS: Knob = Knob::new("drain_secs", 30, 0, MAX_SECS);
     pub const HEADER_TIMEOUT_SECS: Knob = Knob::new("header_timeout_secs", 30, 1, MAX_SECS);
+    pub const UPSTREAM_MAX_CONNECTIONS: Knob = Knob::new("upstream_max_connections", 32, 1, 4096);
+    pub const UPSTREAM_IDLE_SECS: Knob = Knob::new("upstream_idle_secs", 90, 1, MAX_SECS);
     pub const HISTORY_MAX_ENTRIES: Knob = Knob::new("history_max_entries", 1024, 0, 1_000_000);
     pub const HISTORY_MAX_BYTES: Knob = Knob::new("history_max_bytes", 64 << 20, 0, 1 << 36);
     pub const ACCOUNT_MAX_STREAMS: Knob = Knob::new("account_max_streams", 3, 1, 1_000_000);
@@ -506,6 +518,11 @@ impl Config {
             reasoning_field,
             drain: secs(&knobs::DRAIN_SECS, args.drain_secs)?,
             header_timeout: secs(&knobs::HEADER_TIMEOUT_SECS, args.header_timeout_secs)?,
+            upstream_max_connections: num(
+                &knobs::UPSTREAM_MAX_CONNECTIONS,
+                usize_flag(args.upstream_max_connections),
+            )? as usize,
+            upstream_idle: secs(&knobs::UPSTREAM_IDLE_SECS, args.upstream_idle_secs)?,
             cors_origins: cors_origins(&args.cors_allow_origin, &t),
             context_window: t.root_num(&knobs::MODEL_CONTEXT_WINDOW)?,
             auto_compact_token_limit: t.root_num(&knobs::MODEL_AUTO_COMPACT_TOKEN_LIMIT)?,
@@ -670,6 +687,8 @@ fn unreachable_config() -> Config {
         reasoning_field: "reasoning_content".into(),
         drain: Duration::from_secs(30),
         header_timeout: Duration::from_secs(30),
+        upstream_max_connections: 32,
+        upstream_idle: Duration::from_secs(90),
         cors_origins: Vec::new(),
         context_window: None,
         auto_compact_token_limit: None,

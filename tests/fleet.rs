@@ -877,7 +877,7 @@ async fn an_h2_stream_refused_before_any_output_is_retried_on_the_tls_upstream()
         "2 + 1 resets, then one answer each"
     );
     assert_eq!(
-        emu.stats().connections_accepted,
+        server.state().pool.h2_connections(),
         1,
         "one h2 connection: resets were per stream"
     );

@@ -224,6 +224,8 @@ pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Vec<(&'static str, String
         reasoning_field,
         drain_secs,
         header_timeout_secs,
+        upstream_max_connections,
+        upstream_idle_secs,
         cors_allow_origin,
         history_max_entries,
         history_max_bytes,
@@ -264,6 +266,8 @@ pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Vec<(&'static str, String
     flag("reasoning-field", s(reasoning_field));
     flag("drain-secs", n(drain_secs));
     flag("header-timeout-secs", n(header_timeout_secs));
+    flag("upstream-max-connections", n(upstream_max_connections));
+    flag("upstream-idle-secs", n(upstream_idle_secs));
     flag("history-max-entries", n(history_max_entries));
     flag("history-max-bytes", n(history_max_bytes));
     flag("account-max-streams", n(account_max_streams));

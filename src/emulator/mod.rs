@@ -97,6 +97,9 @@ pub struct EmulatorConfig {
     /// Streams one account may have open at once; a request beyond it gets 429
     /// `rate_limit_exceeded` without `Retry-After`. `None`: unlimited.
     pub account_concurrency: Option<usize>,
+    /// The h2 `SETTINGS_MAX_CONCURRENT_STREAMS` advertised per connection (like common CDN
+    /// front ends: 100).
+    pub h2_max_concurrent_streams: u32,
 }
 
 impl Default for EmulatorConfig {
@@ -108,6 +111,7 @@ impl Default for EmulatorConfig {
             refresh_access_ttl_secs: 3600,
             device_poll_interval_secs: 5,
             account_concurrency: None,
+            h2_max_concurrent_streams: 100,
         }
     }
 }
@@ -397,6 +401,8 @@ struct Shared {
     /// Authorization codes and device-code sessions.
     oauth: Mutex<oauth::Registry>,
     device_interval: u64,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` of every h2 connection.
+    h2_max_streams: u32,
     /// `EMU:flaky:<n>` counters, keyed by the full text of the user message (prefixed for
     /// `EMU:flakyevent` and `EMU:flakyreset`).
     flaky: Mutex<HashMap<String, u64>>,
@@ -450,6 +456,7 @@ impl Shared {
             tokens: Mutex::new(tokens::Registry::default()),
             oauth: Mutex::new(oauth::Registry::default()),
             device_interval: cfg.device_poll_interval_secs,
+            h2_max_streams: cfg.h2_max_concurrent_streams,
             flaky: Mutex::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
             followers: Mutex::new(HashMap::new()),
@@ -505,18 +512,19 @@ async fn serve<I>(io: I, shared: Arc<Shared>, mut stop: watch::Receiver<bool>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let h2_max_streams = shared.h2_max_streams;
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         async move { routes::handle(req, shared).await }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // Like a real edge, many streams per h2 connection (the harness holds 10,000), and a
+    // Like a real edge, a limit of streams per h2 connection (100 by default), and a
     // connection window large enough that h2's budget for buffered small DATA frames
     // (half the window) never closes a connection whose request bodies wait for handlers
     // while thousands of requests arrive at once.
     builder
         .http2()
-        .max_concurrent_streams(100_000)
+        .max_concurrent_streams(h2_max_streams)
         .initial_connection_window_size((1 << 31) - 1);
     let conn = builder.serve_connection(io, service);
     tokio::select! {

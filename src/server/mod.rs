@@ -59,7 +59,11 @@ impl State {
     pub fn new(config: Config) -> Result<State, Error> {
         let proxy = config.upstream_proxy.as_deref();
         let client = client::build(config.ca_file.as_deref(), proxy)?;
-        let pool = Pool::new(config.ca_file.as_deref(), proxy, client.clone())?;
+        let h2 = crate::upstream::h2pool::Limits {
+            max_connections: config.upstream_max_connections,
+            idle: config.upstream_idle,
+        };
+        let pool = Pool::new(config.ca_file.as_deref(), proxy, h2, client.clone())?;
         let accounts = Accounts::new(
             &config.account_specs(),
             &config.token_url,

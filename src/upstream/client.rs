@@ -43,14 +43,14 @@ pub fn build(ca_file: Option<&Path>, proxy: Option<&str>) -> Result<HttpClient, 
 
 /// How far one h2 stream may run ahead of its client: what a client that stops reading
 /// leaves buffered in the proxy (hyper's default is 2 MiB).
-const H2_STREAM_WINDOW: u32 = 1 << 20;
+pub(super) const H2_STREAM_WINDOW: u32 = 1 << 20;
 
 /// The h2 connection window, as large as the protocol allows, so that only stream windows
 /// limit buffering. With hyper's 5 MiB, a few clients that stop reading used up the
 /// connection's window and stalled every other stream on it; and h2's budget for buffered
 /// small DATA frames (half this window; Codex sends one small frame per SSE event) ran out,
 /// which closes the connection with `ENHANCE_YOUR_CALM` and fails all of its streams.
-const H2_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+pub(super) const H2_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 
 /// An error and its chain of sources, `: `-separated (hyper's own message is often just
 /// "client error (Connect)"; the cause is further down).

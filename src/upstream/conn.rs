@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::h2pool::{H2Pool, Sent, Slot};
 use super::proxy::Connector;
 use bytes::Bytes;
 use http::{Request, Response, Uri};
@@ -90,7 +91,9 @@ struct Idle {
 pub struct Pool {
     connector: Mutex<HttpsConnector<Connector>>,
     idle: Mutex<Vec<Idle>>,
-    /// For `https://` upstreams (h2 by ALPN).
+    /// Streams to `https://` upstreams: h2 connections with free stream slots.
+    h2: Arc<H2Pool>,
+    /// For `https://` upstreams that do not speak h2.
     shared: super::client::HttpClient,
 }
 
@@ -103,8 +106,15 @@ impl Pool {
     pub fn new(
         ca_file: Option<&Path>,
         proxy: Option<&str>,
+        h2_limits: super::h2pool::Limits,
         shared: super::client::HttpClient,
     ) -> Result<Arc<Pool>, Error> {
+        let h2 = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(super::client::tls_config(ca_file)?)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(Connector::new(proxy));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(super::client::tls_config(ca_file)?)
             .https_or_http()
@@ -113,8 +123,14 @@ impl Pool {
         Ok(Arc::new(Pool {
             connector: Mutex::new(https),
             idle: Mutex::new(Vec::new()),
+            h2: H2Pool::new(h2, h2_limits),
             shared,
         }))
+    }
+
+    /// Open h2 connections to an `https://` upstream (for tests and stats).
+    pub fn h2_connections(&self) -> usize {
+        self.h2.connections()
     }
 
     /// Idle connections now (for tests and stats).
@@ -132,6 +148,21 @@ impl Pool {
             // every request future would otherwise carry room for it, HTTPS ones too.
             return Box::pin(self.request_driven(req)).await;
         }
+        let req = match self.h2.request(req).await? {
+            Sent::Response(resp, slot) => {
+                let (parts, body) = resp.into_parts();
+                return Ok(Response::from_parts(
+                    parts,
+                    Upstream {
+                        body,
+                        driven: None,
+                        pool: Arc::clone(self),
+                        _slot: Some(slot),
+                    },
+                ));
+            }
+            Sent::NotH2(req) => req,
+        };
         let resp = self.shared.request(req).await.map_err(|e| {
             let err = Error::new(
                 ErrorKind::BadGateway,
@@ -153,6 +184,7 @@ impl Pool {
                 body,
                 driven: None,
                 pool: Arc::clone(self),
+                _slot: None,
             },
         ))
     }
@@ -205,6 +237,7 @@ impl Pool {
                 body,
                 driven: Some(driven),
                 pool: Arc::clone(self),
+                _slot: None,
             },
         ))
     }
@@ -273,6 +306,21 @@ impl Pool {
     }
 }
 
+/// A failed h2 stream of the pool: retryable only when refused (`REFUSED_STREAM`: not
+/// processed) or never sent.
+pub(super) fn h2_failure(e: &hyper::Error) -> Error {
+    let err = Error::new(
+        ErrorKind::BadGateway,
+        format!("cannot reach the upstream: {}", error_chain(e)),
+    )
+    .with_code("upstream_unreachable");
+    if unsent(e) || refused_stream(e) {
+        err
+    } else {
+        err.not_retryable()
+    }
+}
+
 /// hyper never sent the request (the connection was gone before it was dispatched).
 fn unsent(e: &hyper::Error) -> bool {
     e.is_canceled() || e.is_closed()
@@ -321,6 +369,8 @@ pub struct Upstream {
     /// connection state is large, and an `https://` response has none.
     driven: Option<Box<Driven>>,
     pool: Arc<Pool>,
+    /// The stream's slot on its h2 connection (`h2pool`), freed with the body.
+    _slot: Option<Slot>,
 }
 
 impl Upstream {

@@ -10,6 +10,7 @@ pub mod collect;
 pub mod conn;
 pub mod events;
 pub mod failure;
+pub mod h2pool;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request;
