@@ -121,6 +121,16 @@ pub struct ServeArgs {
     /// Seconds a request may wait for an account's window before a 429.
     #[arg(long, env = "CODEX_AS_API_QUEUE_TIMEOUT_SECS")]
     pub queue_timeout_secs: Option<u64>,
+    /// Seconds a client has to send a request's head and body (408 after it; a large body
+    /// gets more time at the minimum rate).
+    #[arg(long, env = "CODEX_AS_API_REQUEST_READ_TIMEOUT_SECS")]
+    pub request_read_timeout_secs: Option<u64>,
+    /// Seconds a client may stop reading a response before it is dropped.
+    #[arg(long, env = "CODEX_AS_API_WRITE_STALL_SECS")]
+    pub write_stall_secs: Option<u64>,
+    /// Client connections held at once; more get 503 and are closed.
+    #[arg(long, env = "CODEX_AS_API_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 /// Resolved settings.
@@ -167,6 +177,12 @@ pub struct Config {
     pub account_limits: Limits,
     /// How long a request may wait for a window (`queue_timeout_secs`).
     pub queue_timeout: Duration,
+    /// How long a client has to send a request's head and body (`request_read_timeout_secs`).
+    pub request_read_timeout: Duration,
+    /// How long a client may stop reading a response (`write_stall_secs`).
+    pub write_stall: Duration,
+    /// Client connections held at once (`max_connections`).
+    pub max_connections: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -325,7 +341,30 @@ impl Config {
             300,
             1..=86_400,
         )?;
+        let request_read_secs = ranged(
+            args.request_read_timeout_secs
+                .or_else(|| t.int("request_read_timeout_secs")),
+            "request_read_timeout_secs",
+            60,
+            1..=86_400,
+        )?;
+        let write_stall_secs = ranged(
+            args.write_stall_secs.or_else(|| t.int("write_stall_secs")),
+            "write_stall_secs",
+            120,
+            1..=86_400,
+        )?;
+        let max_connections = ranged(
+            args.max_connections
+                .or_else(|| t.int("max_connections").map(|v| v as usize)),
+            "max_connections",
+            8192,
+            1..=1_000_000,
+        )?;
         Ok(Config {
+            request_read_timeout: Duration::from_secs(request_read_secs),
+            write_stall: Duration::from_secs(write_stall_secs),
+            max_connections,
             accounts,
             account_limits: Limits {
                 start,
@@ -588,6 +627,9 @@ fn unreachable_config() -> Config {
             grow_after: Duration::from_secs(30),
         },
         queue_timeout: Duration::from_secs(300),
+        request_read_timeout: Duration::from_secs(60),
+        write_stall: Duration::from_secs(120),
+        max_connections: 8192,
     }
 }
 
