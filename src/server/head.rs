@@ -148,9 +148,9 @@ pub(crate) fn protocol_guess(buf: &[u8]) -> Protocol {
     }
 }
 
-/// Answer with `err` (a 4xx about the head) and close: the client may still be sending, so
-/// its bytes are read and discarded for a moment, lest the close reset the connection and
-/// destroy the answer before it is read.
+/// Answer with `err` (a 4xx about the head or the body) and close: the client may still be
+/// sending, so its bytes are read and discarded for a moment, lest the close reset the
+/// connection and destroy the answer before it is read.
 pub(crate) async fn answer(stream: &mut TcpStream, err: &Error, protocol: Protocol) {
     let body = err.body(protocol);
     let status = err.status(protocol);
@@ -164,7 +164,7 @@ pub(crate) async fn answer(stream: &mut TcpStream, err: &Error, protocol: Protoc
     )
     .into_bytes();
     out.extend_from_slice(&body);
-    tracing::info!(status, message = %err.message, "refused a request head");
+    tracing::info!(status, message = %err.message, "refused a request");
     let write = async {
         let _ = stream.write_all(&out).await;
         let _ = stream.shutdown().await;

@@ -70,7 +70,7 @@ pub fn error_response(err: &Error, protocol: Protocol, request_id: &str) -> Resp
 }
 
 /// Anthropic shape for `/v1/messages*` and for requests that carry Anthropic headers.
-fn protocol_of(path: &str, headers: &HeaderMap) -> Protocol {
+pub(crate) fn protocol_of(path: &str, headers: &HeaderMap) -> Protocol {
     if path.starts_with("/v1/messages")
         || path.starts_with("/messages")
         || headers.contains_key("anthropic-version")
