@@ -10,10 +10,12 @@
 //! CRLF, no control character in an extension or trailer, size lines and the trailer
 //! section are limited, trailers count against the body limit; a refused body gets its
 //! 400/413/431 before the close; `Expect: 100-continue`; fed to the router while it runs),
-//! keep-alive and `Connection: close`, HTTP/1.0 clients, HEAD, writing the response head
-//! and body (the framing headers are ours: `Content-Length` when the size is known, else
-//! chunked, never both; each frame written straight from the body's bytes), noticing a
-//! client that goes away mid-stream (its
+//! the request's read deadline (head and body within `--request-read-timeout-secs`, a body
+//! earning more at `MIN_BODY_RATE`; 408 in the protocol's shape), keep-alive and
+//! `Connection: close`, HTTP/1.0 clients, HEAD, writing the response head and body (the
+//! framing headers are ours: `Content-Length` when the size is known, else chunked, never
+//! both; each frame written straight from the body's bytes; a client that reads nothing for
+//! `--write-stall-secs` is dropped), noticing a client that goes away mid-stream (its
 //! response body is dropped at once), a request pipelined during a stream (the stream
 //! finishes, then a lingering close), and graceful shutdown (an idle connection closes, a
 //! busy one after its response).
@@ -39,6 +41,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use super::State;
 use super::head::{self, FirstHead};
@@ -56,8 +59,12 @@ pub(crate) const MAX_TRAILER_BYTES: usize = 16 * 1024;
 const BODY_AHEAD: usize = 64 * 1024;
 /// Longest wait for a client to read an error answer before its connection is dropped.
 const LINGER: Duration = Duration::from_secs(2);
+/// Bytes per second at which a request body earns time beyond `--request-read-timeout-secs`
+/// (a large upload at a sane rate is never cut; one sent a byte at a time is).
+pub(crate) const MIN_BODY_RATE: u64 = 8 * 1024;
 
-/// Serve one HTTP/1.x connection whose first head (and maybe more) is in `buf`.
+/// Serve one HTTP/1.x connection whose first head (and maybe more) is in `buf`; its first
+/// byte arrived at `started` (a request's read deadline counts from its first byte).
 /// `_open` is held until the connection ends (graceful shutdown waits for it).
 pub async fn serve(
     mut stream: TcpStream,
@@ -66,6 +73,7 @@ pub async fn serve(
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
     _open: mpsc::Sender<()>,
+    mut started: Instant,
 ) {
     let config = &state.config;
     loop {
@@ -99,10 +107,18 @@ pub async fn serve(
             shared,
             expect_continue: expect,
             continue_sent: 0,
+            received: 0,
             data: 0,
             trailers: 0,
             limit: config.max_body_bytes,
         };
+        // The request's read deadline, while there is a body to read (on the heap: only
+        // requests with a body pay for it).
+        let mut deadline = (framing != Framing::None).then(|| {
+            Box::pin(tokio::time::sleep_until(
+                started + config.request_read_timeout,
+            ))
+        });
         // Boxed: the router's future is large and lives only until the response head; held
         // inline it would size this connection's task for as long as the connection lives.
         let mut handler = Box::pin(route::handle(Arc::clone(&state), req, peer));
@@ -113,13 +129,31 @@ pub async fn serve(
                 }
                 match feeder.poll_feed(cx, &mut stream) {
                     Poll::Ready(Ok(true)) => continue,
-                    Poll::Ready(Ok(false)) | Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(false)) | Poll::Pending => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 }
+                if feeder.finished() {
+                    deadline = None;
+                }
+                if let Some(timer) = deadline.as_mut()
+                    && timer.as_mut().poll(cx).is_ready()
+                {
+                    // The body earns time as it arrives; past what it earned, it is too slow.
+                    let due = started + config.request_read_timeout + earned(feeder.received);
+                    if Instant::now() >= due {
+                        return Poll::Ready(Err(FeedError::Refused(too_slow(
+                            config.request_read_timeout,
+                        ))));
+                    }
+                    timer.as_mut().reset(due);
+                    continue;
+                }
+                return Poll::Pending;
             }
         })
         .await;
         drop(handler);
+        drop(deadline);
         let resp = match outcome {
             Ok(resp) => resp,
             Err(FeedError::Gone) => return,
@@ -137,9 +171,17 @@ pub async fn serve(
             // Nothing read ahead: hold no buffer while the response streams.
             buf = Vec::new();
         }
-        let written = write_response(&mut stream, resp, head_only, version, keep_alive).await;
+        let written = write_response(
+            &mut stream,
+            resp,
+            head_only,
+            version,
+            keep_alive,
+            config.write_stall,
+        )
+        .await;
         match written {
-            // The client went away: drop the connection (and the body).
+            // The client went away or stopped reading: drop the connection (and the body).
             Err(_) | Ok(Written::Gone) => return,
             // A request pipelined during a stream is not served: close without destroying
             // the response just sent.
@@ -162,14 +204,40 @@ pub async fn serve(
             buf.shrink_to(4096);
         }
         let next = tokio::select! {
-            next = Box::pin(head::read_head(&mut stream, buf, config.header_timeout, head::MAX_HEAD_BYTES)) => next,
+            next = Box::pin(head::read_head(&mut stream, buf, head_timeout(config), head::MAX_HEAD_BYTES)) => next,
             _ = stop.wait_for(|s| *s) => return,
         };
         buf = match next {
-            FirstHead::Ready(b) => Vec::from(b),
+            FirstHead::Ready(b, since) => {
+                started = since;
+                Vec::from(b)
+            }
             FirstHead::Gone | FirstHead::Refused => return,
         };
     }
+}
+
+/// The time a head may take: the header timeout, within the request's read deadline.
+pub(crate) fn head_timeout(config: &crate::config::Config) -> Duration {
+    config.header_timeout.min(config.request_read_timeout)
+}
+
+/// The time a body that has sent `received` bytes has earned beyond the read deadline, at
+/// [`MIN_BODY_RATE`].
+pub(crate) fn earned(received: u64) -> Duration {
+    Duration::from_secs_f64(received as f64 / MIN_BODY_RATE as f64)
+}
+
+/// The answer to a request whose body did not arrive in time.
+pub(crate) fn too_slow(timeout: Duration) -> Error {
+    Error::new(
+        ErrorKind::RequestTimeout,
+        format!(
+            "the request body did not arrive within {} s (or at {} KiB/s after that)",
+            timeout.as_secs_f64(),
+            MIN_BODY_RATE / 1024
+        ),
+    )
 }
 
 /// How the request body is delimited.
@@ -489,6 +557,9 @@ struct Feeder {
     expect_continue: bool,
     /// Bytes of `100 Continue` written.
     continue_sent: usize,
+    /// Body bytes read from the socket so far (framing included): what earns a slow body
+    /// more time at [`MIN_BODY_RATE`].
+    received: u64,
     /// Body data handed to the router, and trailer bytes consumed: together they count
     /// against `limit` (the router counts only the data).
     data: usize,
@@ -646,6 +717,7 @@ impl Feeder {
                     self.fail("the client closed the connection mid-body".into());
                     return Poll::Ready(Err(FeedError::Gone));
                 }
+                self.received += filled.len() as u64;
                 self.buf.extend_from_slice(filled);
                 Poll::Ready(Ok(true))
             }
@@ -830,13 +902,14 @@ enum Written {
     Gone,
 }
 
-/// Write `resp`.
+/// Write `resp`; a client that takes none of it for `stall` fails the write (`TimedOut`).
 async fn write_response(
     stream: &mut TcpStream,
     resp: Response<RespBody>,
     head_only: bool,
     version: Version,
     keep_alive: bool,
+    stall: Duration,
 ) -> io::Result<Written> {
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
@@ -903,7 +976,7 @@ async fn write_response(
         head.extend_from_slice(b"connection: keep-alive\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    let wrote = stream.write_all(&head).await;
+    let wrote = write_parts(stream, &[&head], stall).await;
     // The head buffer is not kept while the body streams.
     drop(head);
     wrote?;
@@ -944,9 +1017,9 @@ async fn write_response(
                 if chunked {
                     let mut size = [0u8; 18];
                     let size = chunk_size_line(&mut size, data.len());
-                    write_parts(stream, &[size, &data, b"\r\n"]).await?;
+                    write_parts(stream, &[size, &data, b"\r\n"], stall).await?;
                 } else {
-                    write_parts(stream, &[&data]).await?;
+                    write_parts(stream, &[&data], stall).await?;
                 }
             }
             Some(Err(never)) => match never {},
@@ -954,7 +1027,7 @@ async fn write_response(
         }
     }
     if chunked {
-        stream.write_all(b"0\r\n\r\n").await?;
+        write_parts(stream, &[b"0\r\n\r\n"], stall).await?;
     }
     Ok(if pipelined { Written::Pipelined } else { ended })
 }
@@ -1000,8 +1073,9 @@ fn client_gone(cx: &mut Context<'_>, stream: &mut TcpStream, pipelined: &mut boo
     }
 }
 
-/// Write all of `parts` with vectored writes (no copy into a buffer).
-async fn write_parts(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+/// Write all of `parts` with vectored writes (no copy into a buffer). A client that takes
+/// no byte for `stall` fails it with `TimedOut` (it stopped reading; its stream is dropped).
+async fn write_parts(stream: &mut TcpStream, parts: &[&[u8]], stall: Duration) -> io::Result<()> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut written = 0;
     while written < total {
@@ -1019,9 +1093,17 @@ async fn write_parts(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> 
             }
             skip = 0;
         }
-        let n = stream
-            .write_vectored(slices.get(..k).unwrap_or_default())
-            .await?;
+        let write = stream.write_vectored(slices.get(..k).unwrap_or_default());
+        let n = match tokio::time::timeout(stall, write).await {
+            Ok(n) => n?,
+            Err(_) => {
+                tracing::info!(
+                    secs = stall.as_secs(),
+                    "a client read nothing of its response for the write stall time; dropped"
+                );
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+        };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -1059,6 +1141,7 @@ mod tests {
             shared: Arc::new(Mutex::new(Shared::default())),
             expect_continue: false,
             continue_sent: 0,
+            received: 0,
             data: 0,
             trailers: 0,
             limit: 1 << 20,
@@ -1092,9 +1175,16 @@ mod tests {
             String::from_utf8(out).unwrap().to_ascii_lowercase()
         });
         let (mut server, _) = listener.accept().await.unwrap();
-        let w = write_response(&mut server, resp, head_only, Version::HTTP_11, true)
-            .await
-            .unwrap();
+        let w = write_response(
+            &mut server,
+            resp,
+            head_only,
+            Version::HTTP_11,
+            true,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         assert_eq!(w, Written::KeepAlive);
         drop(server);
         client.await.unwrap()

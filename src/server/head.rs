@@ -29,8 +29,9 @@ pub const MAX_HEAD_BYTES: usize = 256 * 1024;
 
 /// What reading the first head gave.
 pub enum FirstHead {
-    /// The head is complete (or the client spoke h2): serve these bytes and the rest.
-    Ready(Bytes),
+    /// The head is complete (or the client spoke h2): serve these bytes and the rest; the
+    /// first of them arrived at this instant (where a request's read deadline starts).
+    Ready(Bytes, tokio::time::Instant),
     /// The client closed, or sent nothing before the timeout: nothing to answer.
     Gone,
     /// Answered with an error; close the connection.
@@ -50,10 +51,15 @@ pub async fn read_head(
     max: usize,
 ) -> FirstHead {
     let deadline = tokio::time::Instant::now() + timeout;
+    // Bytes read ahead (a pipelined request) arrived before this call: count from now.
+    let mut first_byte = (!buf.is_empty()).then(tokio::time::Instant::now);
     let mut scanned = 0;
     loop {
         match progress(&buf, &mut scanned, max) {
-            Ok(true) => return FirstHead::Ready(Bytes::from(buf)),
+            Ok(true) => {
+                let since = first_byte.unwrap_or_else(tokio::time::Instant::now);
+                return FirstHead::Ready(Bytes::from(buf), since);
+            }
             Ok(false) => {}
             Err((err, protocol)) => {
                 answer(stream, &err, protocol).await;
@@ -66,7 +72,9 @@ pub async fn read_head(
         let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return FirstHead::Gone,
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => {
+                first_byte.get_or_insert_with(tokio::time::Instant::now);
+            }
             Err(_) if buf.is_empty() => return FirstHead::Gone,
             Err(_) => {
                 let err = Error::new(
@@ -277,7 +285,7 @@ mod tests {
             c
         });
         let (mut server, _) = listener.accept().await.unwrap();
-        let FirstHead::Ready(prefix) =
+        let FirstHead::Ready(prefix, _) =
             read_first(&mut server, Duration::from_secs(30), MAX_HEAD_BYTES).await
         else {
             panic!("the head was not found");

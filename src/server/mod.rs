@@ -5,10 +5,12 @@
 //! safety rule for non-loopback addresses, the accept loop (back-off on accept errors; the
 //! first head of each connection goes through `head` so a slow or huge one gets a
 //! protocol-shaped 408/431; then HTTP/1.x connections are served by `h1` and h2 ones by
-//! hyper with its header limit) and graceful shutdown (stop accepting, drain in-flight
-//! streams for a bounded time).
+//! hyper with its header limit, keep-alive pings that drop a client reading nothing for
+//! the write stall time, and the request body bounded as `h1` bounds it) and graceful
+//! shutdown (stop accepting, drain in-flight streams for a bounded time).
 //!
-//! Does not own: routing and guards (`route`), running one proxied request (`pipeline`),
+//! Does not own: routing and guards (`route`), an h2 client's body bounds and stalled
+//! streams (`h2`), running one proxied request (`pipeline`),
 //! unary backend calls and the live catalog (`backend`), the non-protocol endpoints
 //! (`endpoints`), the exchange store for `previous_response_id` (`history`), the
 //! per-request log line (`reqlog`).
@@ -16,6 +18,7 @@
 pub mod backend;
 pub mod endpoints;
 pub mod h1;
+pub mod h2;
 pub mod head;
 pub mod history;
 pub mod pipeline;
@@ -150,10 +153,15 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
     // Every `h1` connection holds a sender; all dropped = all drained.
     let (open, mut drained) = tokio::sync::mpsc::channel::<()>(1);
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // An h2 client that reads nothing (not even a ping) for the write stall time is dropped
+    // with all its streams: a ping after half of it, its answer due within the other half.
+    let half_stall = (state.config.write_stall / 2).max(Duration::from_secs(1));
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(4 * head::MAX_HEAD_BYTES as u32);
+        .max_header_list_size(4 * head::MAX_HEAD_BYTES as u32)
+        .keep_alive_interval(half_stall)
+        .keep_alive_timeout(half_stall);
     let builder = Arc::new(builder);
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -182,26 +190,35 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         let mut stopping = stop.clone();
         tokio::spawn(async move {
             let mut stream = stream;
-            let limit = st.config.header_timeout;
+            let limit = h1::head_timeout(&st.config);
             // A connection still sending its first head when shutdown starts is not in flight.
             let first = tokio::select! {
                 first = Box::pin(head::read_first(&mut stream, limit, head::MAX_HEAD_BYTES)) => first,
                 _ = stopping.changed() => return,
             };
-            let prefix = match first {
-                head::FirstHead::Ready(prefix) => prefix,
+            let (prefix, started) = match first {
+                head::FirstHead::Ready(prefix, since) => (prefix, since),
                 head::FirstHead::Gone | head::FirstHead::Refused => return,
             };
             if !prefix.starts_with(b"PRI * HTTP/2.0") {
                 drop(watcher);
-                h1::serve(stream, Vec::from(prefix), st, peer, stopping, open).await;
+                h1::serve(stream, Vec::from(prefix), st, peer, stopping, open, started).await;
                 return;
             }
             drop(open);
-            let service = hyper::service::service_fn(move |req| {
-                let st = Arc::clone(&st);
-                async move { Ok::<_, std::convert::Infallible>(route::handle(st, req, peer).await) }
-            });
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let st = Arc::clone(&st);
+                    async move {
+                        // The h1 rules: the request's body has a read deadline at a minimum
+                        // rate and bounded trailers; a stream the client stops taking is
+                        // dropped.
+                        let req = req.map(|body| h2::Bounded::new(body, &st.config));
+                        let stall = st.config.write_stall;
+                        let resp = route::handle(st, req, peer).await;
+                        Ok::<_, std::convert::Infallible>(resp.map(|b| h2::Watched::wrap(b, stall)))
+                    }
+                });
             let io = TokioIo::new(head::Rewind::new(prefix, stream));
             let conn = builder.serve_connection_with_upgrades(io, service);
             // Boxed so that the (rarer) h2 connection does not size every connection's task.

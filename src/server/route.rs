@@ -4,7 +4,8 @@
 //! size on keep-alive connections, Host check against DNS rebinding on loopback binds, the
 //! inbound API key compared in constant time, the body size limit), CORS (only for origins
 //! on the configured allow-list: preflights and response headers; none at all by default),
-//! reading the body, `/health`, and rendering an `Error` as a response. The non-protocol
+//! reading the body (a refusal its body already made in the client's terms, such as
+//! `h2::Bounded`'s 408, is kept), `/health`, and rendering an `Error` as a response. The non-protocol
 //! endpoints (models, images, inspect, compaction, usage) live in `endpoints`.
 
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ pub type RespBody = UnsyncBoxBody<Bytes, std::convert::Infallible>;
 pub trait ReqBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send {}
 impl<B> ReqBody for B where B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send {}
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub fn full(bytes: impl Into<Bytes>) -> RespBody {
     UnsyncBoxBody::new(Full::new(bytes.into()))
@@ -249,9 +250,13 @@ async fn read_body<B: ReqBody>(
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => Ok((parts.headers, c.to_bytes().to_vec())),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(Error::bad_request(format!(
-            "could not read the request body: {e}"
-        ))),
+        // A refusal already in the client's terms (`h2::Bounded`: too slow, trailers too large).
+        Err(e) => match e.downcast::<Error>() {
+            Ok(err) => Err(*err),
+            Err(e) => Err(Error::bad_request(format!(
+                "could not read the request body: {e}"
+            ))),
+        },
     }
 }
 
