@@ -1,13 +1,15 @@
 //! Slow and hostile clients: one read deadline for a request's head and body (with a
 //! minimum rate), for HTTP/1.1 and h2; a client that stops reading is dropped after the
-//! write stall time and its upstream stream released.
+//! write stall time and its upstream stream released; the connection limit.
 //! Real server + emulator over loopback; waits are for events (a socket closing, a counter
 //! reaching its value).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -352,4 +354,77 @@ async fn an_h2_stream_its_client_stops_taking_is_dropped_after_the_write_stall_a
     // The connection serves on.
     let r = stream("EMU:deltas:5").await.unwrap();
     assert!(r.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+}
+
+/// A keep-alive connection that has had one `/health` answered (so the server holds it).
+async fn held_connection(addr: SocketAddr) -> TcpStream {
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    health_on(&mut sock).await;
+    sock
+}
+
+/// Sends `GET /health` on `sock` and reads its answer (the connection stays open).
+async fn health_on(sock: &mut TcpStream) {
+    sock.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = sock.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+        let reply = raw::parse(&buf, End::Open);
+        if let Some(len) = reply
+            .head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map(|v| v.trim().parse::<usize>().unwrap())
+            && reply.body.len() >= len
+        {
+            assert_eq!(reply.status, 200);
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_get_503_and_the_open_ones_keep_working() {
+    let h = Harness::with(|c| c.max_connections = 4).await;
+    let addr = h.server.addr();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(held_connection(addr).await);
+    }
+    assert_eq!(h.server.state().connections.load(Ordering::Acquire), 4);
+    // The fifth gets a 503 at once and is closed.
+    let reply = raw::send(addr, b"", Duration::from_secs(5)).await;
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert!(reply.has("retry-after: 1"), "{}", reply.head);
+    let v = reply.json();
+    assert_eq!(v["error"]["code"], "server_is_overloaded");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-connections"),
+        "{v}"
+    );
+    assert_eq!(reply.end, End::Closed);
+    // The open ones keep working.
+    for sock in &mut held {
+        health_on(sock).await;
+    }
+    // One leaves: its place is given back, and a new connection is served.
+    drop(held.pop());
+    until(
+        "the closed connection's place given back",
+        Duration::from_secs(5),
+        || h.server.state().connections.load(Ordering::Acquire) == 3,
+    )
+    .await;
+    held.push(held_connection(addr).await);
+    for sock in &mut held {
+        health_on(sock).await;
+    }
 }

@@ -160,19 +160,8 @@ pub(crate) fn protocol_guess(buf: &[u8]) -> Protocol {
 /// sending, so its bytes are read and discarded for a moment, lest the close reset the
 /// connection and destroy the answer before it is read.
 pub(crate) async fn answer(stream: &mut TcpStream, err: &Error, protocol: Protocol) {
-    let body = err.body(protocol);
-    let status = err.status(protocol);
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(&body);
-    tracing::info!(status, message = %err.message, "refused a request");
+    let out = answer_bytes(err, protocol);
+    tracing::info!(status = err.status(protocol), message = %err.message, "refused a request");
     let write = async {
         let _ = stream.write_all(&out).await;
         let _ = stream.shutdown().await;
@@ -184,6 +173,28 @@ pub(crate) async fn answer(stream: &mut TcpStream, err: &Error, protocol: Protoc
         while let Ok(1..) = stream.read(&mut sink).await {}
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
+/// `err` as a complete HTTP/1.1 response in `protocol`'s shape, with `connection: close`
+/// (and `retry-after` when the error has one).
+pub(crate) fn answer_bytes(err: &Error, protocol: Protocol) -> Vec<u8> {
+    let body = err.body(protocol);
+    let status = err.status(protocol);
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let retry = err
+        .retry_after
+        .map(|s| format!("retry-after: {s}\r\n"))
+        .unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
 }
 
 /// A stream that first replays bytes already read from it.

@@ -3,6 +3,7 @@
 //! Owns: `State` (config, the pooled upstream client, the accounts with their credentials,
 //! windows and rate-limit snapshots, the catalog, live stream count, the exchange store), binding with the
 //! safety rule for non-loopback addresses, the accept loop (back-off on accept errors; the
+//! connection limit, beyond which a connection gets a 503 and is closed at once; the
 //! first head of each connection goes through `head` so a slow or huge one gets a
 //! protocol-shaped 408/431; then HTTP/1.x connections are served by `h1` and h2 ones by
 //! hyper with its header limit, keep-alive pings that drop a client reading nothing for
@@ -27,6 +28,7 @@ pub mod route;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -38,7 +40,7 @@ use tokio::task::JoinHandle;
 use crate::accounts::Accounts;
 use crate::body::StreamCounter;
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::upstream::client::{self, HttpClient};
 use crate::upstream::conn::Pool;
 
@@ -56,6 +58,8 @@ pub struct State {
     pub started: Instant,
     /// Recent exchanges for `previous_response_id`.
     pub history: history::History,
+    /// Client connections open now (at most `config.max_connections`).
+    pub connections: AtomicUsize,
 }
 
 impl State {
@@ -76,6 +80,7 @@ impl State {
             streams: Arc::new(StreamCounter::default()),
             started: Instant::now(),
             history: history::History::new(config.history_max_entries, config.history_max_bytes),
+            connections: AtomicUsize::new(0),
             config,
         })
     }
@@ -182,6 +187,13 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
                 continue;
             }
         };
+        let max = state.config.max_connections;
+        // Only this loop adds, so the check and the add cannot race past the limit.
+        if state.connections.load(Ordering::Acquire) >= max {
+            refuse_busy(&stream, max);
+            continue;
+        }
+        state.connections.fetch_add(1, Ordering::AcqRel);
         let _ = stream.set_nodelay(true);
         let st = Arc::clone(&state);
         let builder = Arc::clone(&builder);
@@ -189,6 +201,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         let open = open.clone();
         let mut stopping = stop.clone();
         tokio::spawn(async move {
+            let _slot = Slot(Arc::clone(&st));
             let mut stream = stream;
             let limit = h1::head_timeout(&st.config);
             // A connection still sending its first head when shutdown starts is not in flight.
@@ -238,6 +251,33 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         _ = all => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(drain) => tracing::warn!(secs = drain.as_secs(), "drain time over; closing remaining connections"),
     }
+}
+
+/// A connection's place under `--max-connections`, given back when its task ends.
+struct Slot(Arc<State>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection beyond `--max-connections`: a 503 (in the shape its first bytes suggest, if
+/// any have arrived) written without waiting, then closed. Nothing is spawned or read for
+/// it, so a flood of connections costs the accept loop only this.
+fn refuse_busy(stream: &tokio::net::TcpStream, max: usize) {
+    let mut seen = [0u8; 1024];
+    let n = stream.try_read(&mut seen).unwrap_or(0);
+    let protocol = head::protocol_guess(seen.get(..n).unwrap_or_default());
+    let err = Error::new(
+        ErrorKind::Overloaded,
+        format!(
+            "too many connections: this server holds at most {max} at once (--max-connections); retry shortly"
+        ),
+    )
+    .with_retry_after(1);
+    let _ = stream.try_write(&head::answer_bytes(&err, protocol));
+    tracing::debug!(max, "refused a connection over the connection limit");
 }
 
 /// Run until SIGINT/SIGTERM, then shut down gracefully.
