@@ -1,6 +1,7 @@
 //! Slow and hostile clients: one read deadline for a request's head and body (with a
 //! minimum rate), for HTTP/1.1 and h2; a client that stops reading is dropped after the
-//! write stall time and its upstream stream released; the connection limit.
+//! write stall time and its upstream stream released; the connection limit. (2,000
+//! trickling connections are in `tests/tricklers.rs`, a process of their own for its RSS.)
 //! Real server + emulator over loopback; waits are for events (a socket closing, a counter
 //! reaching its value).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
