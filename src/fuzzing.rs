@@ -1110,10 +1110,11 @@ pub fn h1_chunked(data: &[u8]) {
         };
         line.extend_from_slice(digits.as_bytes());
         // Whitespace after the size (the grammar's BWS before `;` included) is refused.
-        let mut line_ok = spelling & 8 == 0;
-        if !line_ok {
+        let bws = spelling & 8 != 0;
+        if bws {
             line.extend_from_slice(b" \t");
         }
+        let ext_start = line.len();
         match ext_kind % 5 {
             0 => {}
             1 => line.extend_from_slice(b";name"),
@@ -1123,18 +1124,19 @@ pub fn h1_chunked(data: &[u8]) {
                 let ext = c.bytes(usize::from(len));
                 line.push(b';');
                 line.extend(ext.iter().filter(|&&b| b != b'\n'));
-                line_ok &= !ext.iter().filter(|&&b| b != b'\n').any(ctl);
             }
             _ => {
                 line.push(b';');
                 line.resize(line.len() + usize::from(c.byte()) * 8, b'x');
             }
         }
-        // Without its CR the line ends in a bare LF.
-        line_ok &= spelling & 16 == 0;
-        if line_ok {
+        // Without its CR the line ends in a bare LF (unless the extension ended in one).
+        if spelling & 16 == 0 {
             line.push(b'\r');
         }
+        let content = line.strip_suffix(b"\r");
+        let ext = content.and_then(|c| c.get(ext_start..)).unwrap_or_default();
+        let line_ok = content.is_some() && !bws && !ext.iter().any(ctl);
         if refused_after.is_none()
             && (line.len() > h1::MAX_CHUNK_LINE
                 || !line_ok
