@@ -136,6 +136,16 @@ pub struct ServeArgs {
     /// Seconds a request may wait for an account's window before a 429.
     #[arg(long, env = "CODEX_AS_API_QUEUE_TIMEOUT_SECS")]
     pub queue_timeout_secs: Option<u64>,
+    /// Seconds a client has to send a request's head and body (408 after it; a large body
+    /// gets more time at the minimum rate).
+    #[arg(long, env = "CODEX_AS_API_REQUEST_READ_TIMEOUT_SECS")]
+    pub request_read_timeout_secs: Option<u64>,
+    /// Seconds a client may stop reading a response before it is dropped.
+    #[arg(long, env = "CODEX_AS_API_WRITE_STALL_SECS")]
+    pub write_stall_secs: Option<u64>,
+    /// Client connections held at once; more get 503 and are closed.
+    #[arg(long, env = "CODEX_AS_API_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 /// Resolved settings.
@@ -188,6 +198,12 @@ pub struct Config {
     pub account_limits: Limits,
     /// How long a request may wait for a window (`queue_timeout_secs`).
     pub queue_timeout: Duration,
+    /// How long a client has to send a request's head and body (`request_read_timeout_secs`).
+    pub request_read_timeout: Duration,
+    /// How long a client may stop reading a response (`write_stall_secs`).
+    pub write_stall: Duration,
+    /// Client connections held at once (`max_connections`).
+    pub max_connections: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -349,6 +365,10 @@ mod knobs {
     pub const HEADER_TIMEOUT_SECS: Knob = Knob::new("header_timeout_secs", 30, 1, MAX_SECS);
     pub const UPSTREAM_MAX_CONNECTIONS: Knob = Knob::new("upstream_max_connections", 32, 1, 4096);
     pub const UPSTREAM_IDLE_SECS: Knob = Knob::new("upstream_idle_secs", 90, 1, MAX_SECS);
+    pub const REQUEST_READ_TIMEOUT_SECS: Knob =
+        Knob::new("request_read_timeout_secs", 60, 1, MAX_SECS);
+    pub const WRITE_STALL_SECS: Knob = Knob::new("write_stall_secs", 120, 1, MAX_SECS);
+    pub const MAX_CONNECTIONS: Knob = Knob::new("max_connections", 8192, 1, 1_000_000);
     pub const HISTORY_MAX_ENTRIES: Knob = Knob::new("history_max_entries", 1024, 0, 1_000_000);
     pub const HISTORY_MAX_BYTES: Knob = Knob::new("history_max_bytes", 64 << 20, 0, 1 << 36);
     pub const ACCOUNT_MAX_STREAMS: Knob = Knob::new("account_max_streams", 3, 1, 1_000_000);
@@ -448,6 +468,15 @@ impl Config {
             ));
         }
         Ok(Config {
+            request_read_timeout: secs(
+                &knobs::REQUEST_READ_TIMEOUT_SECS,
+                args.request_read_timeout_secs,
+            )?,
+            write_stall: secs(&knobs::WRITE_STALL_SECS, args.write_stall_secs)?,
+            max_connections: size(num(
+                &knobs::MAX_CONNECTIONS,
+                usize_flag(args.max_connections),
+            )?),
             accounts,
             account_limits: Limits {
                 start: size(start),
@@ -702,6 +731,9 @@ fn unreachable_config() -> Config {
             grow_after: Duration::from_secs(30),
         },
         queue_timeout: Duration::from_secs(300),
+        request_read_timeout: Duration::from_secs(60),
+        write_stall: Duration::from_secs(120),
+        max_connections: 8192,
     }
 }
 

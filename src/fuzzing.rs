@@ -798,7 +798,7 @@ enum H1Step {
     Body(Vec<u8>),
     /// A head refused with this status (in this protocol's shape); the connection closes.
     Refused(u16, Protocol, String),
-    /// A broken body: the connection closes (the router sees a body error).
+    /// A broken body: answered with a 400 (431 for trailers over their cap), then closed.
     BodyFailed(String),
     /// The bytes end inside a head (a 408 once the header timeout passes).
     HeadStalled,
@@ -810,13 +810,15 @@ enum H1Step {
     H2,
 }
 
-/// A refused head: 431 for a size limit, 400 for anything else, with a JSON body.
+/// A refused head: 431 for a size limit, 501 for a transfer coding other than chunked, 400
+/// for anything else, with a JSON body.
 fn h1_refused(e: &Error, protocol: Protocol) -> H1Step {
     use crate::error::ErrorKind;
     let status = e.status(protocol);
     let expected = match e.kind {
         ErrorKind::HeadersTooLarge => 431,
         ErrorKind::BadRequest => 400,
+        ErrorKind::NotImplemented => 501,
         ref other => panic!("a head refused as {other:?}: {}", e.message),
     };
     assert_eq!(status, expected, "{}", e.message);
@@ -861,12 +863,19 @@ fn h1_check_request(parsed: &(http::Request<()>, Framing, bool, bool)) -> H1Step
     };
     let http10 = req.version() == Version::HTTP_10;
     let has_length = req.headers().contains_key(header::CONTENT_LENGTH);
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    assert!(
+        hosts == 1 || (http10 && hosts == 0),
+        "{hosts} Host headers in an accepted HTTP/{} request",
+        if http10 { "1.0" } else { "1.1" }
+    );
     if req.headers().contains_key(header::TRANSFER_ENCODING) {
         assert!(!http10, "an HTTP/1.0 request with a transfer-encoding");
-        assert_eq!(
-            tokens(header::TRANSFER_ENCODING).last().map(String::as_str),
-            Some("chunked")
-        );
+        let codings: Vec<String> = tokens(header::TRANSFER_ENCODING)
+            .into_iter()
+            .filter(|t| !t.is_empty())
+            .collect();
+        assert_eq!(codings, ["chunked"], "transfer codings accepted");
         assert_eq!(framing, Framing::Chunked(Chunk::Size));
         assert!(
             !(has_length && keep_alive),
@@ -948,16 +957,25 @@ fn h1_connection<'a>(reads: impl Iterator<Item = &'a [u8]>, max: usize) -> Vec<H
     // The request whose body is being read: its framing, keep-alive, the body so far, and
     // its Content-Length.
     let mut body: Option<(Framing, bool, Vec<u8>, Option<u64>)> = None;
+    let mut trailers = 0;
     for read in reads {
         buf.extend_from_slice(read);
         total += read.len();
         loop {
             if let Some((framing, keep_alive, data, declared)) = &mut body {
                 let declared = *declared;
-                if let Err(e) = framing.decode(&mut buf, |d| data.extend_from_slice(d)) {
-                    out.push(H1Step::BodyFailed(e));
+                if let Err(e) =
+                    framing.decode(&mut buf, &mut trailers, |d| data.extend_from_slice(d))
+                {
+                    let status = e.error().status(Protocol::OpenAi);
+                    assert!(
+                        status == 400 || status == 431,
+                        "a body refused with {status}"
+                    );
+                    out.push(H1Step::BodyFailed(e.message().to_owned()));
                     return out;
                 }
+                assert!(trailers <= h1::MAX_TRAILER_BYTES, "trailers over their cap");
                 assert!(data.len() <= total, "a body longer than the input");
                 if let Some(n) = declared {
                     assert!(data.len() as u64 <= n, "a body beyond its Content-Length");
@@ -988,6 +1006,8 @@ fn h1_connection<'a>(reads: impl Iterator<Item = &'a [u8]>, max: usize) -> Vec<H
                 out.push(H1Step::H2);
                 return out;
             }
+            let before = buf.len();
+            let head_copy = buf.clone();
             let parsed = match h1::parse_head(&mut buf) {
                 Ok(parsed) => parsed,
                 Err(e) => {
@@ -995,12 +1015,18 @@ fn h1_connection<'a>(reads: impl Iterator<Item = &'a [u8]>, max: usize) -> Vec<H
                     return out;
                 }
             };
+            let raw = head_copy.get(..before - buf.len()).unwrap_or_default();
+            assert!(
+                memchr::memchr_iter(b'\n', raw).all(|i| i > 0 && raw.get(i - 1) == Some(&b'\r')),
+                "a head with a bare LF was accepted"
+            );
             out.push(h1_check_request(&parsed));
             let declared = match parsed.1 {
                 Framing::Length(n) => Some(n),
                 _ => None,
             };
             body = Some((parsed.1, parsed.2, Vec::new(), declared));
+            trailers = 0;
         }
     }
     match body {
@@ -1012,9 +1038,10 @@ fn h1_connection<'a>(reads: impl Iterator<Item = &'a [u8]>, max: usize) -> Vec<H
 }
 
 /// Any bytes as what a client sends on one connection (pipelined requests, bodies of either
-/// framing): the heads accepted agree with RFC 9112 and parse the same when written back,
-/// refusals are 400 or 431, bodies never exceed their length, and reading the bytes in
-/// fuzzer-chosen pieces gives exactly what reading them at once gives.
+/// framing): the heads accepted agree with RFC 9112 (CRLF line ends, one Host, `chunked`
+/// the only transfer coding) and parse the same when written back, refusals are 400, 431
+/// or 501 (a transfer coding other than chunked), bodies never exceed their length, and
+/// reading the bytes in fuzzer-chosen pieces gives exactly what reading them at once gives.
 ///
 /// Layout of `data`: byte 0 = `k | limit << 3` where `k` (0..=7) is how many read-length
 /// bytes follow (used cyclically, `len = byte + 1`; `k == 0` means 1-byte reads) and
@@ -1040,11 +1067,14 @@ pub fn h1_requests(data: &[u8]) {
 }
 
 /// Chunked request bodies: a body cut into chunks of fuzzer-chosen sizes, their size lines
-/// spelled in any valid way (hex case, leading zeros, BWS, extensions, bare LF), then
-/// trailers and the next request, decodes (read in fuzzer-chosen pieces) to exactly the
-/// body and leaves exactly the next request. A size line longer than the limit, or one
-/// broken spelling when the fuzzer picks it (a sign, `0x`, a non-hex digit, no digits, a
-/// size beyond u64, no CRLF after the data), is refused after exactly the chunks before it.
+/// spelled in any valid way (hex case, leading zeros, extensions), then trailers and the next
+/// request, decodes (read in fuzzer-chosen pieces) to exactly the body and leaves exactly
+/// the next request. What RFC 9112 §7.1 does not allow is refused after exactly the chunks
+/// before it: a size line longer than the limit, a bare LF ending any line (size line, the
+/// end of a chunk's data, a trailer, the blank line), whitespace after the size, a control
+/// character (a bare CR among them) in an extension or a trailer, and one broken spelling
+/// when the fuzzer picks it (a sign, `0x`, a non-hex digit, no digits, a size beyond u64,
+/// no CRLF after the data).
 ///
 /// Layout of `data`: byte 0 = `broken | chunk << 4` (`broken` 1..=7 breaks chunk `chunk`
 /// as listed above, other values nothing); byte 1 = `k` (0..=7) read-length bytes follow,
@@ -1055,6 +1085,7 @@ pub fn h1_chunked(data: &[u8]) {
     let (broken, broken_chunk) = (flags % 16, usize::from(flags >> 4));
     let k = c.byte() % 8;
     let lens = c.bytes(usize::from(k));
+    let ctl = |b: &u8| (*b < 0x20 && *b != b'\t') || *b == 0x7f;
     let mut wire = Vec::new();
     let mut body = Vec::new();
     // The body decoded when the decoder refuses the wire, if it must.
@@ -1082,9 +1113,12 @@ pub fn h1_chunked(data: &[u8]) {
             _ => format!("{}{hex}", "0".repeat(zeros)),
         };
         line.extend_from_slice(digits.as_bytes());
-        if spelling & 8 != 0 {
+        // Whitespace after the size (the grammar's BWS before `;` included) is refused.
+        let bws = spelling & 8 != 0;
+        if bws {
             line.extend_from_slice(b" \t");
         }
+        let ext_start = line.len();
         match ext_kind % 5 {
             0 => {}
             1 => line.extend_from_slice(b";name"),
@@ -1100,11 +1134,17 @@ pub fn h1_chunked(data: &[u8]) {
                 line.resize(line.len() + usize::from(c.byte()) * 8, b'x');
             }
         }
+        // Without its CR the line ends in a bare LF (unless the extension ended in one).
         if spelling & 16 == 0 {
             line.push(b'\r');
         }
+        let content = line.strip_suffix(b"\r");
+        let ext = content.and_then(|c| c.get(ext_start..)).unwrap_or_default();
+        let line_ok = content.is_some() && !bws && !ext.iter().any(ctl);
         if refused_after.is_none()
-            && (line.len() > h1::MAX_CHUNK_LINE || (i == broken_chunk && (1..=6).contains(&broken)))
+            && (line.len() > h1::MAX_CHUNK_LINE
+                || !line_ok
+                || (i == broken_chunk && (1..=6).contains(&broken)))
         {
             refused_after = Some(body.len());
         }
@@ -1121,6 +1161,7 @@ pub fn h1_chunked(data: &[u8]) {
         } else if spelling & 32 == 0 {
             wire.extend_from_slice(b"\r\n");
         } else {
+            refused_after.get_or_insert(body.len());
             wire.push(b'\n');
         }
         i += 1;
@@ -1129,27 +1170,38 @@ pub fn h1_chunked(data: &[u8]) {
         wire.extend_from_slice(format!("x-trailer-{t}: ").as_bytes());
         let len = c.byte() % 16;
         let value = c.bytes(usize::from(len));
-        wire.extend(value.iter().filter(|&&b| b != b'\n'));
+        let value: Vec<u8> = value.iter().copied().filter(|&b| b != b'\n').collect();
+        if value.iter().any(ctl) {
+            refused_after.get_or_insert(body.len());
+        }
+        wire.extend_from_slice(&value);
         wire.extend_from_slice(b"\r\n");
     }
-    wire.extend_from_slice(if c.byte() & 1 == 0 { b"\r\n" } else { b"\n" });
-    let next = b"GET / HTTP/1.1\r\n\r\n";
+    if c.byte() & 1 == 0 {
+        wire.extend_from_slice(b"\r\n");
+    } else {
+        refused_after.get_or_insert(body.len());
+        wire.push(b'\n');
+    }
+    let next = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     wire.extend_from_slice(next);
 
     let decode = |reads: &mut dyn Iterator<Item = &[u8]>| {
         let mut framing = Framing::Chunked(Chunk::Size);
         let mut buf = Vec::new();
         let mut out = Vec::new();
+        let mut trailers = 0;
         for read in reads {
             buf.extend_from_slice(read);
-            let r = framing.decode(&mut buf, |d| out.extend_from_slice(d));
+            let r = framing.decode(&mut buf, &mut trailers, |d| out.extend_from_slice(d));
             assert!(out.len() <= body.len(), "decoded more than the body");
-            if r.is_err() {
-                return (out, None);
+            if let Err(e) = r {
+                return (out, Err(e));
             }
         }
-        (out, Some((framing, buf)))
+        (out, Ok((framing, buf)))
     };
+    let mut refusals = Vec::new();
     for reads in [
         &mut std::iter::once(&wire[..]) as &mut dyn Iterator<Item = &[u8]>,
         &mut pieces(&wire, lens),
@@ -1157,7 +1209,10 @@ pub fn h1_chunked(data: &[u8]) {
         let (out, rest) = decode(reads);
         match refused_after {
             Some(n) => {
-                assert!(rest.is_none(), "a broken chunked body was accepted");
+                let Err(refusal) = rest else {
+                    panic!("a broken chunked body was accepted");
+                };
+                refusals.push(refusal);
                 assert_eq!(
                     out,
                     body.get(..n).unwrap_or_default(),
@@ -1165,8 +1220,8 @@ pub fn h1_chunked(data: &[u8]) {
                 );
             }
             None => {
-                let Some((framing, rest)) = rest else {
-                    panic!("a valid chunked body was refused");
+                let Ok((framing, rest)) = rest else {
+                    panic!("a valid chunked body was refused: {rest:?}");
                 };
                 assert_eq!(framing, Framing::None, "the body did not end");
                 assert_eq!(out, body, "decoded body differs");
@@ -1174,9 +1229,12 @@ pub fn h1_chunked(data: &[u8]) {
             }
         }
     }
+    if let [whole, split] = refusals[..] {
+        assert_eq!(whole, split, "refused differently when read in pieces");
+    }
     if refused_after.is_none() {
         // The same body in a request on a connection, followed by the next request.
-        let mut conn = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let mut conn = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
         conn.extend_from_slice(&wire);
         let steps = h1_connection(pieces(&conn, lens), head::MAX_HEAD_BYTES);
         assert!(

@@ -46,9 +46,10 @@
 //! - [`body`]: `Translate<E>`, the streaming body: drains every upstream frame already
 //!   available and emits the translated bytes as one frame; keepalives and idle timeout.
 //! - [`tokens`]: o200k token counting (count_tokens, usage estimates).
-//! - [`server`]: accept loop and head limits (`head`: 408/431), the HTTP/1.1 client
-//!   connection (`h1`; h2 clients go to hyper), routing and guards
-//!   (`route`), the request pipeline with retries (`pipeline`), the unary endpoints
+//! - [`server`]: accept loop (connection limit) and head limits (`head`: 408/431), the
+//!   HTTP/1.1 client connection (`h1`: strict framing, read deadline, write stall; h2
+//!   clients go to hyper, with `h2`'s body bounds and stalled-stream watchdog), routing and
+//!   guards (`route`), the request pipeline with retries (`pipeline`), the unary endpoints
 //!   (`endpoints`: models, images, inspect, compaction, usage), unary backend calls and
 //!   the live catalog (`backend`), the `previous_response_id` store (`history`), and the one log line per request (`reqlog`).
 //! - [`cli`]: the user commands besides `serve`: `login` (browser PKCE and device code,

@@ -1227,7 +1227,7 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Value {
 
 /// Every numeric setting of `serve`: flag, smallest and largest accepted value, and other
 /// flags a value needs to be valid at all (a ceiling below the default start is refused).
-const NUMERIC_FLAGS: [(&str, u64, u64, &[&str]); 18] = [
+const NUMERIC_FLAGS: [(&str, u64, u64, &[&str]); 21] = [
     ("port", 0, 65_535, &[]),
     ("keepalive-secs", 1, 86_400, &[]),
     ("stream-idle-timeout-secs", 1, 86_400, &[]),
@@ -1239,6 +1239,9 @@ const NUMERIC_FLAGS: [(&str, u64, u64, &[&str]); 18] = [
     ("drain-secs", 0, 86_400, &[]),
     ("header-timeout-secs", 1, 86_400, &[]),
     ("upstream-max-connections", 1, 4096, &[]),
+    ("request-read-timeout-secs", 1, 86_400, &[]),
+    ("write-stall-secs", 1, 86_400, &[]),
+    ("max-connections", 1, 1_000_000, &[]),
     ("upstream-idle-secs", 1, 86_400, &[]),
     ("history-max-entries", 0, 1_000_000, &[]),
     ("history-max-bytes", 0, 1 << 36, &[]),

@@ -234,6 +234,9 @@ pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Vec<(&'static str, String
         account_max_streams_ceiling,
         account_window_grow_secs,
         queue_timeout_secs,
+        request_read_timeout_secs,
+        write_stall_secs,
+        max_connections,
     } = args;
     let mut argv: Vec<OsString> = vec!["serve".into()];
     let mut flag = |name: &str, value: Option<OsString>| {
@@ -277,6 +280,9 @@ pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Vec<(&'static str, String
     );
     flag("account-window-grow-secs", n(account_window_grow_secs));
     flag("queue-timeout-secs", n(queue_timeout_secs));
+    flag("request-read-timeout-secs", n(request_read_timeout_secs));
+    flag("write-stall-secs", n(write_stall_secs));
+    flag("max-connections", n(max_connections));
     if !accounts.is_empty() {
         let list: Vec<String> = accounts
             .iter()

@@ -1,16 +1,24 @@
 //! The HTTP/1.1 server connection for clients (h2 clients go to hyper).
 //!
 //! Owns: one client connection from its first complete head to its close: parsing each head
-//! (`httparse`; the head's size limit and header timeout with protocol-shaped 431/408 through
-//! `head`, for every request of the connection, not only the first; a `Content-Length` is
-//! digits only), request bodies (`Content-Length` and chunked, decoded by the sans-IO
-//! `Framing::decode`: chunk sizes are hex digits only, size and trailer lines are
-//! limited; `Expect: 100-continue`; fed to the router while it runs),
-//! keep-alive and `Connection: close`, HTTP/1.0 clients, HEAD, writing the response head and
-//! body (`Content-Length` when the size is known, else chunked, each frame written straight
-//! from the body's bytes), noticing a client that goes away mid-stream (its response body
-//! is dropped at once), and graceful shutdown (an idle connection closes, a busy one after its
-//! response).
+//! as strictly as RFC 9112 asks of an origin server (`httparse`, then: CRLF line ends only,
+//! exactly one valid Host in HTTP/1.1, `chunked` once and last, any other transfer coding a
+//! 501, a `Content-Length` digits only; the head's size limit and header timeout with
+//! protocol-shaped 431/408 through `head`, for every request of the connection, not only
+//! the first), request bodies (`Content-Length` and chunked, decoded by the sans-IO
+//! `Framing::decode`: chunk sizes are hex digits and nothing else, every line ends with
+//! CRLF, no control character in an extension or trailer, size lines and the trailer
+//! section are limited, trailers count against the body limit; a refused body gets its
+//! 400/413/431 before the close; `Expect: 100-continue`; fed to the router while it runs),
+//! the request's read deadline (head and body within `--request-read-timeout-secs`, a body
+//! earning more at `MIN_BODY_RATE`; 408 in the protocol's shape), keep-alive and
+//! `Connection: close`, HTTP/1.0 clients, HEAD, writing the response head and body (the
+//! framing headers are ours: `Content-Length` when the size is known, else chunked, never
+//! both; each frame written straight from the body's bytes; a client that reads nothing for
+//! `--write-stall-secs` is dropped), noticing a client that goes away mid-stream (its
+//! response body is dropped at once), a request pipelined during a stream (the stream
+//! finishes, then a lingering close), and graceful shutdown (an idle connection closes, a
+//! busy one after its response).
 //!
 //! Why not hyper here: hyper keeps an 8–16 KB read buffer, an 8 KB write buffer and its
 //! connection state for as long as a response streams; a slow stream here holds a stack
@@ -33,6 +41,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use super::State;
 use super::head::{self, FirstHead};
@@ -43,12 +52,19 @@ use crate::error::{Error, ErrorKind, Protocol};
 const MAX_HEADERS: usize = 100;
 /// Longest chunk-size line (extensions included) of a chunked request body.
 pub(crate) const MAX_CHUNK_LINE: usize = 1024;
+/// Largest trailer section (every line with its CRLF, the blank line too) of a chunked
+/// request body; trailers also count against the body limit.
+pub(crate) const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Request body bytes read ahead of the router.
 const BODY_AHEAD: usize = 64 * 1024;
 /// Longest wait for a client to read an error answer before its connection is dropped.
 const LINGER: Duration = Duration::from_secs(2);
+/// Bytes per second at which a request body earns time beyond `--request-read-timeout-secs`
+/// (a large upload at a sane rate is never cut; one sent a byte at a time is).
+pub(crate) const MIN_BODY_RATE: u64 = 8 * 1024;
 
-/// Serve one HTTP/1.x connection whose first head (and maybe more) is in `buf`.
+/// Serve one HTTP/1.x connection whose first head (and maybe more) is in `buf`; its first
+/// byte arrived at `started` (a request's read deadline counts from its first byte).
 /// `_open` is held until the connection ends (graceful shutdown waits for it).
 pub async fn serve(
     mut stream: TcpStream,
@@ -57,7 +73,9 @@ pub async fn serve(
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
     _open: mpsc::Sender<()>,
+    mut started: Instant,
 ) {
+    let config = &state.config;
     loop {
         let (req, framing, keep_alive, expect) = match parse_head(&mut buf) {
             Ok(parsed) => parsed,
@@ -75,6 +93,7 @@ pub async fn serve(
         };
         let head_only = req.method() == Method::HEAD;
         let version = req.version();
+        let protocol = route::protocol_of(req.uri().path(), req.headers());
         let mut keep_alive = keep_alive && !*stop.borrow();
         let shared = Arc::new(Mutex::new(Shared::default()));
         let body = Incoming {
@@ -88,27 +107,60 @@ pub async fn serve(
             shared,
             expect_continue: expect,
             continue_sent: 0,
+            received: 0,
+            data: 0,
+            trailers: 0,
+            limit: config.max_body_bytes,
         };
+        // The request's read deadline, while there is a body to read (on the heap: only
+        // requests with a body pay for it).
+        let mut deadline = (framing != Framing::None).then(|| {
+            Box::pin(tokio::time::sleep_until(
+                started + config.request_read_timeout,
+            ))
+        });
         // Boxed: the router's future is large and lives only until the response head; held
         // inline it would size this connection's task for as long as the connection lives.
         let mut handler = Box::pin(route::handle(Arc::clone(&state), req, peer));
-        let resp = std::future::poll_fn(|cx| {
+        let outcome = std::future::poll_fn(|cx| {
             loop {
                 if let Poll::Ready(resp) = handler.as_mut().poll(cx) {
-                    return Poll::Ready(Some(resp));
+                    return Poll::Ready(Ok(resp));
                 }
                 match feeder.poll_feed(cx, &mut stream) {
                     Poll::Ready(Ok(true)) => continue,
-                    Poll::Ready(Ok(false)) | Poll::Pending => return Poll::Pending,
-                    // The client is gone (or sent a broken body and will get nothing).
-                    Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(false)) | Poll::Pending => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 }
+                if feeder.finished() {
+                    deadline = None;
+                }
+                if let Some(timer) = deadline.as_mut()
+                    && timer.as_mut().poll(cx).is_ready()
+                {
+                    // The body earns time as it arrives; past what it earned, it is too slow.
+                    let due = started + config.request_read_timeout + earned(feeder.received);
+                    if Instant::now() >= due {
+                        return Poll::Ready(Err(FeedError::Refused(too_slow(
+                            config.request_read_timeout,
+                        ))));
+                    }
+                    timer.as_mut().reset(due);
+                    continue;
+                }
+                return Poll::Pending;
             }
         })
         .await;
         drop(handler);
-        let Some(resp) = resp else {
-            return;
+        drop(deadline);
+        let resp = match outcome {
+            Ok(resp) => resp,
+            Err(FeedError::Gone) => return,
+            Err(FeedError::Refused(err)) => {
+                Box::pin(head::answer(&mut stream, &err, protocol)).await;
+                return;
+            }
         };
         // A body the router did not read to its end makes the connection unusable.
         let body_done = feeder.finished();
@@ -119,31 +171,73 @@ pub async fn serve(
             // Nothing read ahead: hold no buffer while the response streams.
             buf = Vec::new();
         }
-        let written = write_response(&mut stream, resp, head_only, version, keep_alive).await;
-        if !written.unwrap_or(false) {
-            return;
-        }
-        if !keep_alive {
-            if !body_done {
+        let written = write_response(
+            &mut stream,
+            resp,
+            head_only,
+            version,
+            keep_alive,
+            config.write_stall,
+        )
+        .await;
+        match written {
+            // The client went away or stopped reading: drop the connection (and the body).
+            Err(_) | Ok(Written::Gone) => return,
+            // A request pipelined during a stream is not served: close without destroying
+            // the response just sent.
+            Ok(Written::Pipelined) => {
                 Box::pin(linger(&mut stream)).await;
-            } else {
-                let _ = stream.shutdown().await;
+                return;
             }
-            return;
+            Ok(Written::Close) => {
+                if body_done {
+                    let _ = stream.shutdown().await;
+                } else {
+                    Box::pin(linger(&mut stream)).await;
+                }
+                return;
+            }
+            Ok(Written::KeepAlive) => {}
         }
         // Next head: what was read ahead, then the socket. Idle connections close on shutdown.
         if buf.capacity() > 4096 && buf.len() <= 4096 {
             buf.shrink_to(4096);
         }
         let next = tokio::select! {
-            next = Box::pin(head::read_head(&mut stream, buf, state.config.header_timeout, head::MAX_HEAD_BYTES)) => next,
+            next = Box::pin(head::read_head(&mut stream, buf, head_timeout(config), head::MAX_HEAD_BYTES)) => next,
             _ = stop.wait_for(|s| *s) => return,
         };
         buf = match next {
-            FirstHead::Ready(b) => Vec::from(b),
+            FirstHead::Ready(b, since) => {
+                started = since;
+                Vec::from(b)
+            }
             FirstHead::Gone | FirstHead::Refused => return,
         };
     }
+}
+
+/// The time a head may take: the header timeout, within the request's read deadline.
+pub(crate) fn head_timeout(config: &crate::config::Config) -> Duration {
+    config.header_timeout.min(config.request_read_timeout)
+}
+
+/// The time a body that has sent `received` bytes has earned beyond the read deadline, at
+/// [`MIN_BODY_RATE`].
+pub(crate) fn earned(received: u64) -> Duration {
+    Duration::from_secs_f64(received as f64 / MIN_BODY_RATE as f64)
+}
+
+/// The answer to a request whose body did not arrive in time.
+pub(crate) fn too_slow(timeout: Duration) -> Error {
+    Error::new(
+        ErrorKind::RequestTimeout,
+        format!(
+            "the request body did not arrive within {} s (or at {} KiB/s after that)",
+            timeout.as_secs_f64(),
+            MIN_BODY_RATE / 1024
+        ),
+    )
 }
 
 /// How the request body is delimited.
@@ -163,20 +257,118 @@ pub(crate) enum Chunk {
     Data(u64),
     /// The CRLF after a chunk's data.
     DataEnd,
-    /// Trailer lines after the last chunk, until the blank line.
-    Trailers,
+    /// Trailer lines after the last chunk, until the blank line; this many bytes so far.
+    Trailers(usize),
+}
+
+/// Why a request body is refused (the connection then closes): a `Copy` value with a
+/// static message, as `httparse` does it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum BodyRefusal {
+    /// Not chunked coding as RFC 9112 §7.1 spells it (400).
+    Malformed(&'static str),
+    /// The trailer section is larger than [`MAX_TRAILER_BYTES`] (431).
+    TrailersTooLarge,
+}
+
+impl BodyRefusal {
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            BodyRefusal::Malformed(m) => m,
+            BodyRefusal::TrailersTooLarge => "the chunked trailer section is too large",
+        }
+    }
+
+    /// The answer to the client.
+    pub(crate) fn error(self) -> Error {
+        match self {
+            BodyRefusal::Malformed(m) => {
+                Error::bad_request(format!("malformed chunked request body: {m}"))
+            }
+            BodyRefusal::TrailersTooLarge => Error::new(
+                ErrorKind::HeadersTooLarge,
+                format!(
+                    "the chunked request body's trailers are larger than the limit of {MAX_TRAILER_BYTES} bytes"
+                ),
+            ),
+        }
+    }
+}
+
+/// A control character other than HTAB: never in a chunk extension or a field value.
+fn is_ctl(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
+}
+
+/// `tchar` of RFC 9110 §5.6.2.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A chunk-size line without its CRLF: `1*HEXDIG [ ";" chunk-ext ]`, nothing around the
+/// digits (a sign, whitespace, `0x` are refused), no control character in the extension
+/// (a bare CR least of all). The extension itself is ignored (RFC 9112 §7.1.1).
+fn chunk_size(line: &[u8]) -> Result<u64, BodyRefusal> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(BodyRefusal::Malformed("a chunk size is not hex digits"));
+    }
+    let mut size: u64 = 0;
+    for &b in line.get(..digits).unwrap_or_default() {
+        let d = (b as char).to_digit(16).unwrap_or_default();
+        size = size
+            .checked_mul(16)
+            .and_then(|s| s.checked_add(u64::from(d)))
+            .ok_or(BodyRefusal::Malformed("a chunk size is beyond 64 bits"))?;
+    }
+    match line.get(digits..).unwrap_or_default() {
+        [] => Ok(size),
+        [b';', ext @ ..] => {
+            if ext.contains(&b'\r') {
+                Err(BodyRefusal::Malformed("a bare CR in a chunk extension"))
+            } else if ext.iter().any(|&b| is_ctl(b)) {
+                Err(BodyRefusal::Malformed(
+                    "a control character in a chunk extension",
+                ))
+            } else {
+                Ok(size)
+            }
+        }
+        _ => Err(BodyRefusal::Malformed(
+            "a chunk size is followed by something other than `;` or CRLF",
+        )),
+    }
+}
+
+/// A trailer line without its CRLF: `field-name ":" field-value` with no control
+/// character but HTAB in the value (no obs-fold either: a name never starts with space).
+fn trailer_field(line: &[u8]) -> Result<(), BodyRefusal> {
+    let bad = BodyRefusal::Malformed("a malformed trailer field");
+    let colon = memchr::memchr(b':', line).ok_or(bad)?;
+    let (name, value) = line.split_at(colon);
+    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+        return Err(bad);
+    }
+    if value.iter().any(|&b| is_ctl(b)) {
+        return Err(bad);
+    }
+    Ok(())
 }
 
 impl Framing {
     /// Decode body bytes from the front of `buf`, handing each run of body bytes to `body`
     /// and removing what was consumed; at the body's end the framing becomes `None` and the
-    /// rest of `buf` (the next head) is left. Ok(true): progress was made. Sans-IO, so it
-    /// is also what the `h1_*` fuzz targets drive.
+    /// rest of `buf` (the next head) is left. Ok(true): progress was made. The bytes of a
+    /// chunked body's trailer section are added to `trailers` as they are consumed (they
+    /// count against the body limit). Every line ends with CRLF (a bare LF is refused),
+    /// and a refusal does not depend on how the bytes were split. Sans-IO, so it is also
+    /// what the `h1_*` fuzz targets drive.
     pub(crate) fn decode(
         &mut self,
         buf: &mut Vec<u8>,
+        trailers: &mut usize,
         mut body: impl FnMut(&[u8]),
-    ) -> Result<bool, String> {
+    ) -> Result<bool, BodyRefusal> {
         let mut progressed = false;
         loop {
             match *self {
@@ -198,30 +390,20 @@ impl Framing {
                 Framing::Chunked(Chunk::Size) => {
                     let eol = memchr::memchr(b'\n', buf);
                     if eol.unwrap_or(buf.len()) > MAX_CHUNK_LINE {
-                        return Err("a chunk-size line is too long".into());
+                        return Err(BodyRefusal::Malformed("a chunk-size line is too long"));
                     }
                     let Some(eol) = eol else {
                         return Ok(progressed);
                     };
-                    let line = buf.get(..eol).unwrap_or_default();
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    let hex = line
-                        .split(|b| *b == b';')
-                        .next()
+                    let line = buf
+                        .get(..eol)
                         .unwrap_or_default()
-                        .trim_ascii();
-                    let size = std::str::from_utf8(hex)
-                        .ok()
-                        .filter(|h| {
-                            !h.is_empty()
-                                && h.len() <= 16
-                                && h.bytes().all(|b| b.is_ascii_hexdigit())
-                        })
-                        .and_then(|h| u64::from_str_radix(h, 16).ok())
-                        .ok_or_else(|| "invalid chunk size".to_owned())?;
+                        .strip_suffix(b"\r")
+                        .ok_or(BodyRefusal::Malformed("a bare LF ends a chunk-size line"))?;
+                    let size = chunk_size(line)?;
                     buf.drain(..=eol);
                     *self = Framing::Chunked(if size == 0 {
-                        Chunk::Trailers
+                        Chunk::Trailers(0)
                     } else {
                         Chunk::Data(size)
                     });
@@ -242,31 +424,47 @@ impl Framing {
                     progressed = true;
                 }
                 Framing::Chunked(Chunk::DataEnd) => {
-                    if buf.starts_with(b"\r\n") {
-                        buf.drain(..2);
-                    } else if buf.starts_with(b"\n") {
-                        buf.drain(..1);
-                    } else if buf.len() < 2 && buf.first().is_none_or(|b| *b == b'\r') {
-                        return Ok(progressed);
-                    } else {
-                        return Err("a chunk does not end with CRLF".into());
+                    match buf.get(..2) {
+                        Some(b"\r\n") => {}
+                        None if buf.first().is_none_or(|b| *b == b'\r') => {
+                            return Ok(progressed);
+                        }
+                        _ => {
+                            return Err(BodyRefusal::Malformed(
+                                "a chunk's data does not end with CRLF",
+                            ));
+                        }
                     }
+                    buf.drain(..2);
                     *self = Framing::Chunked(Chunk::Size);
                     progressed = true;
                 }
-                Framing::Chunked(Chunk::Trailers) => {
+                Framing::Chunked(Chunk::Trailers(used)) => {
                     let eol = memchr::memchr(b'\n', buf);
-                    if eol.unwrap_or(buf.len()) > head::MAX_HEAD_BYTES {
-                        return Err("a chunked trailer line is too long".into());
+                    // The line is at least this long, LF included, once it is complete.
+                    let len = eol.map_or(buf.len() + 1, |e| e + 1);
+                    if used + len > MAX_TRAILER_BYTES {
+                        return Err(BodyRefusal::TrailersTooLarge);
                     }
                     let Some(eol) = eol else {
                         return Ok(progressed);
                     };
-                    let blank = eol == 0 || (eol == 1 && buf.first() == Some(&b'\r'));
-                    buf.drain(..=eol);
-                    if blank {
-                        *self = Framing::None;
+                    let line = buf
+                        .get(..eol)
+                        .unwrap_or_default()
+                        .strip_suffix(b"\r")
+                        .ok_or(BodyRefusal::Malformed("a bare LF ends a trailer line"))?;
+                    let blank = line.is_empty();
+                    if !blank {
+                        trailer_field(line)?;
                     }
+                    buf.drain(..=eol);
+                    *trailers += len;
+                    *self = if blank {
+                        Framing::None
+                    } else {
+                        Framing::Chunked(Chunk::Trailers(used + len))
+                    };
                     progressed = true;
                 }
             }
@@ -359,6 +557,22 @@ struct Feeder {
     expect_continue: bool,
     /// Bytes of `100 Continue` written.
     continue_sent: usize,
+    /// Body bytes read from the socket so far (framing included): what earns a slow body
+    /// more time at [`MIN_BODY_RATE`].
+    received: u64,
+    /// Body data handed to the router, and trailer bytes consumed: together they count
+    /// against `limit` (the router counts only the data).
+    data: usize,
+    trailers: usize,
+    limit: usize,
+}
+
+/// Why feeding the router stopped early.
+enum FeedError {
+    /// The client closed or the socket failed: nobody to answer.
+    Gone,
+    /// The body is refused: answer this, then close.
+    Refused(Error),
 }
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -373,18 +587,39 @@ impl Feeder {
     }
 
     /// Move body bytes from `buf` to the router. Ok(true): progress was made.
-    fn decode(&mut self) -> Result<bool, String> {
+    fn decode(&mut self) -> Result<bool, Error> {
         let open = self.framing != Framing::None;
         let shared = &self.shared;
-        let progressed = self.framing.decode(&mut self.buf, |data| {
-            let chunk = Bytes::copy_from_slice(data);
-            let mut s = lock(shared);
-            s.queued += chunk.len();
-            s.chunks.push_back(chunk);
-            if let Some(w) = s.waker.take() {
-                w.wake();
+        let data = &mut self.data;
+        let decoded = self
+            .framing
+            .decode(&mut self.buf, &mut self.trailers, |bytes| {
+                *data += bytes.len();
+                let chunk = Bytes::copy_from_slice(bytes);
+                let mut s = lock(shared);
+                s.queued += chunk.len();
+                s.chunks.push_back(chunk);
+                if let Some(w) = s.waker.take() {
+                    w.wake();
+                }
+            });
+        let progressed = match decoded {
+            Ok(p) => p,
+            Err(refusal) => {
+                self.fail(refusal.message().to_owned());
+                return Err(refusal.error());
             }
-        })?;
+        };
+        if self.trailers > 0 && self.data.saturating_add(self.trailers) > self.limit {
+            self.fail("the request body is too large".to_owned());
+            return Err(Error::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "request body is larger than the limit of {} bytes (trailers count)",
+                    self.limit
+                ),
+            ));
+        }
         if open && self.framing == Framing::None {
             self.end();
         }
@@ -418,21 +653,19 @@ impl Feeder {
         &mut self,
         cx: &mut Context<'_>,
         stream: &mut TcpStream,
-    ) -> Poll<io::Result<bool>> {
+    ) -> Poll<Result<bool, FeedError>> {
         if self.buf.len() >= head::MAX_HEAD_BYTES {
             return Poll::Ready(Ok(false));
         }
         let mut tmp = [0u8; 1024];
         let mut rb = ReadBuf::new(&mut tmp);
         match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
-            Poll::Ready(Ok(())) if rb.filled().is_empty() => {
-                Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()))
-            }
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(Err(FeedError::Gone)),
             Poll::Ready(Ok(())) => {
                 self.buf.extend_from_slice(rb.filled());
                 Poll::Ready(Ok(true))
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Err(_)) => Poll::Ready(Err(FeedError::Gone)),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -441,7 +674,7 @@ impl Feeder {
         &mut self,
         cx: &mut Context<'_>,
         stream: &mut TcpStream,
-    ) -> Poll<io::Result<bool>> {
+    ) -> Poll<Result<bool, FeedError>> {
         if self.framing == Framing::None {
             return self.poll_close(cx, stream);
         }
@@ -457,9 +690,10 @@ impl Feeder {
             while self.continue_sent < CONTINUE.len() {
                 let rest = CONTINUE.get(self.continue_sent..).unwrap_or_default();
                 match Pin::new(&mut *stream).poll_write(cx, rest) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Err(FeedError::Gone));
+                    }
                     Poll::Ready(Ok(n)) => self.continue_sent += n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return Poll::Pending,
                 }
             }
@@ -468,10 +702,7 @@ impl Feeder {
         match self.decode() {
             Ok(true) => return Poll::Ready(Ok(true)),
             Ok(false) => {}
-            Err(message) => {
-                self.fail(message.clone());
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, message)));
-            }
+            Err(e) => return Poll::Ready(Err(FeedError::Refused(e))),
         }
         if queued >= BODY_AHEAD {
             // The router wakes this task when it takes a chunk.
@@ -484,14 +715,15 @@ impl Feeder {
                 let filled = rb.filled();
                 if filled.is_empty() {
                     self.fail("the client closed the connection mid-body".into());
-                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                    return Poll::Ready(Err(FeedError::Gone));
                 }
+                self.received += filled.len() as u64;
                 self.buf.extend_from_slice(filled);
                 Poll::Ready(Ok(true))
             }
             Poll::Ready(Err(e)) => {
                 self.fail(format!("reading the request body: {e}"));
-                Poll::Ready(Err(e))
+                Poll::Ready(Err(FeedError::Gone))
             }
             Poll::Pending => Poll::Pending,
         }
@@ -516,6 +748,12 @@ pub(crate) fn parse_head(buf: &mut Vec<u8>) -> Result<(Request<()>, Framing, boo
         }
         Err(e) => return Err(bad(&e.to_string())),
     };
+    // RFC 9112 §2.2 lets a server take a bare LF as a line end; this one refuses it, so
+    // that no other parser on the path can read the head differently.
+    let head = buf.get(..len).unwrap_or_default();
+    if memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head.get(i - 1) != Some(&b'\r')) {
+        return Err(bad("a line ends with a bare LF, not CRLF"));
+    }
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| bad("invalid method"))?;
     let uri: http::Uri = parsed
@@ -545,14 +783,54 @@ pub(crate) fn parse_head(buf: &mut Vec<u8>) -> Result<(Request<()>, Framing, boo
         _ => !has(&header::CONNECTION, "close"),
     };
     let expect = version == Version::HTTP_11 && has(&header::EXPECT, "100-continue");
-    let framing = if let Some(te) = map.get_all(header::TRANSFER_ENCODING).iter().next_back() {
-        let chunked_last = te
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
-        if !chunked_last || version == Version::HTTP_10 {
-            return Err(bad("unsupported transfer-encoding"));
+    // RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request, at most one in HTTP/1.0.
+    let mut hosts = map.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(bad("more than one Host header")),
+        (None, _) if version == Version::HTTP_11 => {
+            return Err(bad("no Host header (HTTP/1.1 requires one)"));
+        }
+        (Some(host), _) if !host.is_empty() && !valid_host(host) => {
+            return Err(bad("invalid Host header"));
+        }
+        _ => {}
+    }
+    let mut codings = map.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    let framing = if codings.peek().is_some() {
+        // RFC 9112 §6.1: an HTTP/1.0 message with a transfer-encoding has faulty framing.
+        if version == Version::HTTP_10 {
+            return Err(bad("transfer-encoding in an HTTP/1.0 request"));
+        }
+        let (mut chunked, mut last_chunked, mut other) = (0, false, None);
+        for value in codings {
+            let value = value
+                .to_str()
+                .map_err(|_| bad("invalid transfer-encoding"))?;
+            for coding in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                last_chunked = coding.eq_ignore_ascii_case("chunked");
+                if last_chunked {
+                    chunked += 1;
+                } else {
+                    other.get_or_insert(coding);
+                }
+            }
+        }
+        // §6.3: without `chunked` last the body's end cannot be known (400); §6.1: a
+        // coding the server does not implement is a 501.
+        if chunked > 1 {
+            return Err(bad(
+                "`chunked` is given more than once in transfer-encoding",
+            ));
+        }
+        if !last_chunked {
+            return Err(bad("`chunked` is not the last transfer coding"));
+        }
+        if let Some(coding) = other {
+            let coding: String = coding.chars().take(64).collect();
+            return Err(Error::new(
+                ErrorKind::NotImplemented,
+                format!("transfer coding {coding:?} is not implemented (only chunked is)"),
+            ));
         }
         if map.contains_key(header::CONTENT_LENGTH) {
             // Both: the length is ignored, and the connection is not reused (RFC 9112 §6.3).
@@ -593,6 +871,14 @@ pub(crate) fn parse_head(buf: &mut Vec<u8>) -> Result<(Request<()>, Framing, boo
     Ok((req, framing, keep_alive, expect && framing != Framing::None))
 }
 
+/// A Host value is `uri-host [ ":" port ]` (RFC 9110 §7.2), no user info.
+fn valid_host(host: &HeaderValue) -> bool {
+    host.to_str()
+        .ok()
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .is_some_and(|a| !a.as_str().contains('@'))
+}
+
 /// The protocol a malformed head was meant for (for the shape of the error).
 pub(crate) fn protocol_of_head(buf: &[u8]) -> Protocol {
     head::protocol_guess(buf)
@@ -603,14 +889,28 @@ async fn answer_and_close(stream: &mut TcpStream, err: &Error, protocol: Protoco
     head::answer(stream, err, protocol).await;
 }
 
-/// Write `resp`. Returns Ok(true) when the whole response was written.
+/// How writing a response ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    /// Complete; the connection may serve the next request.
+    KeepAlive,
+    /// Complete, with `connection: close` (or an HTTP/1.0 body ended by the close).
+    Close,
+    /// Complete, but the client sent more while it streamed: close without reading it.
+    Pipelined,
+    /// The client went away before the end.
+    Gone,
+}
+
+/// Write `resp`; a client that takes none of it for `stall` fails the write (`TimedOut`).
 async fn write_response(
     stream: &mut TcpStream,
     resp: Response<RespBody>,
     head_only: bool,
     version: Version,
     keep_alive: bool,
-) -> io::Result<bool> {
+    stall: Duration,
+) -> io::Result<Written> {
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     let bodiless = head_only
@@ -625,6 +925,13 @@ async fn write_response(
     // HTTP/1.0 has no chunked encoding: an unknown length ends with the connection.
     let chunked = known.is_none() && !bodiless && version == Version::HTTP_11;
     let keep_alive = keep_alive && (known.is_some() || chunked || bodiless);
+    // The framing headers are this function's: a handler's Content-Length is written only
+    // where no framing of ours is (a HEAD or 304 of a body of unknown size), so a length
+    // and chunked coding never meet, nor two lengths.
+    let framing_ours = chunked
+        || known.is_some()
+        || status == http::StatusCode::NO_CONTENT
+        || status.is_informational();
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(status.as_str().as_bytes());
@@ -632,13 +939,14 @@ async fn write_response(
     head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
     let mut has_date = false;
-    let mut has_length = false;
     for (name, value) in &parts.headers {
-        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
+        if name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || (name == header::CONTENT_LENGTH && framing_ours)
+        {
             continue;
         }
         has_date |= name == header::DATE;
-        has_length |= name == header::CONTENT_LENGTH;
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
@@ -655,7 +963,6 @@ async fn write_response(
         if chunked {
             head.extend_from_slice(b"transfer-encoding: chunked\r\n");
         } else if let Some(n) = known
-            && !has_length
             && status != http::StatusCode::NOT_MODIFIED
         {
             head.extend_from_slice(b"content-length: ");
@@ -669,13 +976,18 @@ async fn write_response(
         head.extend_from_slice(b"connection: keep-alive\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    let wrote = stream.write_all(&head).await;
+    let wrote = write_parts(stream, &[&head], stall).await;
     // The head buffer is not kept while the body streams.
     drop(head);
     wrote?;
+    let ended = if keep_alive {
+        Written::KeepAlive
+    } else {
+        Written::Close
+    };
     if bodiless || known == Some(0) {
         // Dropped unpolled, as hyper does (the request log counts it as ended).
-        return Ok(true);
+        return Ok(ended);
     }
     let mut body = Pin::new(&mut body);
     let mut pipelined = false;
@@ -692,7 +1004,7 @@ async fn write_response(
         })
         .await;
         let Some(frame) = frame else {
-            return Ok(false);
+            return Ok(Written::Gone);
         };
         match frame {
             Some(Ok(frame)) => {
@@ -705,9 +1017,9 @@ async fn write_response(
                 if chunked {
                     let mut size = [0u8; 18];
                     let size = chunk_size_line(&mut size, data.len());
-                    write_parts(stream, &[size, &data, b"\r\n"]).await?;
+                    write_parts(stream, &[size, &data, b"\r\n"], stall).await?;
                 } else {
-                    write_parts(stream, &[&data]).await?;
+                    write_parts(stream, &[&data], stall).await?;
                 }
             }
             Some(Err(never)) => match never {},
@@ -715,9 +1027,9 @@ async fn write_response(
         }
     }
     if chunked {
-        stream.write_all(b"0\r\n\r\n").await?;
+        write_parts(stream, &[b"0\r\n\r\n"], stall).await?;
     }
-    Ok(keep_alive && !pipelined)
+    Ok(if pipelined { Written::Pipelined } else { ended })
 }
 
 /// `len` as a chunk-size line (lower-case hex, CRLF), written into `buf`.
@@ -740,22 +1052,30 @@ fn chunk_size_line(buf: &mut [u8; 18], len: usize) -> &[u8] {
 
 /// Poll the socket of a streaming response: true when the client closed or failed. Bytes
 /// a client sends meanwhile (a pipelined request) are not expected from the clients served
-/// here and are discarded with the connection, which is then not reused.
+/// here: once some arrive the socket is no longer read (a client flooding it cannot keep
+/// this task reading instead of streaming, and a client that leaves is then noticed by a
+/// failed write), the response in progress finishes, and the connection closes with a
+/// lingering close (`Written::Pipelined`).
 fn client_gone(cx: &mut Context<'_>, stream: &mut TcpStream, pipelined: &mut bool) -> bool {
+    if *pipelined {
+        return false;
+    }
     let mut probe = [0u8; 64];
-    loop {
-        let mut rb = ReadBuf::new(&mut probe);
-        match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
-            Poll::Ready(Ok(())) if rb.filled().is_empty() => return true,
-            Poll::Ready(Ok(())) => *pipelined = true,
-            Poll::Ready(Err(_)) => return true,
-            Poll::Pending => return false,
+    let mut rb = ReadBuf::new(&mut probe);
+    match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+        Poll::Ready(Ok(())) if rb.filled().is_empty() => true,
+        Poll::Ready(Ok(())) => {
+            *pipelined = true;
+            false
         }
+        Poll::Ready(Err(_)) => true,
+        Poll::Pending => false,
     }
 }
 
-/// Write all of `parts` with vectored writes (no copy into a buffer).
-async fn write_parts(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+/// Write all of `parts` with vectored writes (no copy into a buffer). A client that takes
+/// no byte for `stall` fails it with `TimedOut` (it stopped reading; its stream is dropped).
+async fn write_parts(stream: &mut TcpStream, parts: &[&[u8]], stall: Duration) -> io::Result<()> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut written = 0;
     while written < total {
@@ -773,9 +1093,17 @@ async fn write_parts(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> 
             }
             skip = 0;
         }
-        let n = stream
-            .write_vectored(slices.get(..k).unwrap_or_default())
-            .await?;
+        let write = stream.write_vectored(slices.get(..k).unwrap_or_default());
+        let n = match tokio::time::timeout(stall, write).await {
+            Ok(n) => n?,
+            Err(_) => {
+                tracing::info!(
+                    secs = stall.as_secs(),
+                    "a client read nothing of its response for the write stall time; dropped"
+                );
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+        };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -813,7 +1141,81 @@ mod tests {
             shared: Arc::new(Mutex::new(Shared::default())),
             expect_continue: false,
             continue_sent: 0,
+            received: 0,
+            data: 0,
+            trailers: 0,
+            limit: 1 << 20,
         }
+    }
+
+    /// A body whose size is not known in advance (one frame, then the end).
+    struct Unsized(Option<Bytes>);
+
+    impl Body for Unsized {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    /// What `write_response` puts on a real loopback socket for `resp`.
+    async fn written(resp: Response<RespBody>, head_only: bool) -> String {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            let mut out = Vec::new();
+            c.read_to_end(&mut out).await.unwrap();
+            String::from_utf8(out).unwrap().to_ascii_lowercase()
+        });
+        let (mut server, _) = listener.accept().await.unwrap();
+        let w = write_response(
+            &mut server,
+            resp,
+            head_only,
+            Version::HTTP_11,
+            true,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(w, Written::KeepAlive);
+        drop(server);
+        client.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_handlers_content_length_never_meets_chunked_coding_nor_a_second_length() {
+        use http_body_util::BodyExt;
+        let with_length = |body: RespBody, length: &'static str| {
+            let mut resp = Response::new(body);
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static(length));
+            resp
+        };
+        // Size unknown: chunked, and the handler's length is not written.
+        let unsized_body = Unsized(Some(Bytes::from_static(b"hello"))).boxed_unsync();
+        let out = written(with_length(unsized_body, "5"), false).await;
+        assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
+        assert!(!out.contains("content-length"), "{out}");
+        assert!(out.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{out}");
+        // Size known: one length, the body's own, whatever the handler said.
+        let out = written(with_length(route::full("hello"), "99"), false).await;
+        assert_eq!(out.matches("content-length").count(), 1, "{out}");
+        assert!(out.contains("content-length: 5\r\n"), "{out}");
+        assert!(!out.contains("transfer-encoding"), "{out}");
+        // HEAD of a body of unknown size: the handler's length stands alone.
+        let unsized_body = Unsized(Some(Bytes::from_static(b"hello"))).boxed_unsync();
+        let out = written(with_length(unsized_body, "5"), true).await;
+        assert!(out.contains("content-length: 5\r\n"), "{out}");
+        assert!(!out.contains("transfer-encoding"), "{out}");
+        assert!(out.ends_with("\r\n\r\n"), "{out}");
     }
 
     #[test]
@@ -850,22 +1252,22 @@ mod tests {
 
     #[test]
     fn connection_close_http_1_0_and_conflicting_lengths() {
-        let mut buf = b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec();
+        let mut buf = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec();
         assert!(!parse_head(&mut buf).unwrap().2);
         let mut buf = b"GET / HTTP/1.0\r\n\r\n".to_vec();
         assert!(!parse_head(&mut buf).unwrap().2);
         let mut buf = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".to_vec();
         assert!(parse_head(&mut buf).unwrap().2);
-        let mut buf = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n".to_vec();
+        let mut buf =
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"
+                .to_vec();
         assert_eq!(
             parse_head(&mut buf).unwrap_err().kind,
             ErrorKind::BadRequest
         );
-        let mut buf = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec();
-        assert!(parse_head(&mut buf).is_err());
         // Chunked wins over a length, and the connection is not reused.
         let mut buf =
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
         let (_, framing, keep_alive, _) = parse_head(&mut buf).unwrap();
         assert_eq!(framing, Framing::Chunked(Chunk::Size));
         assert!(!keep_alive);
@@ -877,7 +1279,7 @@ mod tests {
             Framing::Chunked(Chunk::Size),
             b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\nGET / HTTP/1.1",
         );
-        assert_eq!(f.decode(), Ok(true));
+        assert!(f.decode().unwrap());
         assert!(f.finished());
         assert_eq!(body_of(&f), b"hello world");
         assert!(f.lock().ended);
@@ -903,10 +1305,135 @@ mod tests {
         assert!(f.decode().is_err());
         let mut f = feeder(Framing::Chunked(Chunk::Size), b"3\r\nabcX\r\n");
         assert!(f.decode().is_err());
-        // A chunk size is hex digits only (`from_str_radix` alone takes a sign).
-        for line in [&b"+5\r\n"[..], b"-0\r\n", b"0x5\r\n", b";a\r\n"] {
+        // A chunk size is hex digits only (`from_str_radix` alone takes a sign), with
+        // nothing around them; lines end with CRLF; no bare CR in an extension.
+        for line in [
+            &b"+5\r\n"[..],
+            b"-0\r\n",
+            b"0x5\r\n",
+            b";a\r\n",
+            b" 5\r\n",
+            b"5 \r\n",
+            b"5\t;a\r\n",
+            b"5\n",
+            b"5;a\rb\r\n",
+            b"5;a\x00\r\n",
+            b"11111111111111111\r\n",
+        ] {
             let mut f = feeder(Framing::Chunked(Chunk::Size), line);
-            assert!(f.decode().is_err(), "{}", String::from_utf8_lossy(line));
+            let err = f.decode().unwrap_err();
+            assert_eq!(
+                err.kind,
+                ErrorKind::BadRequest,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        // Leading zeros are only zeros.
+        let mut f = feeder(
+            Framing::Chunked(Chunk::Size),
+            b"00000000000000000003\r\nabc\r\n0\r\n\r\n",
+        );
+        assert!(f.decode().unwrap());
+        assert_eq!(body_of(&f), b"abc");
+        // A bare LF after the data, in a trailer and as the blank line.
+        for wire in [
+            &b"3\r\nabc\n0\r\n\r\n"[..],
+            b"0\r\nx: y\n\r\n",
+            b"0\r\n\n",
+            b"0\r\nx: a\rb\r\n\r\n",
+            b"0\r\n folded\r\n\r\n",
+            b"0\r\nno colon\r\n\r\n",
+        ] {
+            let mut f = feeder(Framing::Chunked(Chunk::Size), wire);
+            let err = f.decode().unwrap_err();
+            assert_eq!(
+                err.kind,
+                ErrorKind::BadRequest,
+                "{}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+    }
+
+    #[test]
+    fn trailers_have_a_cap_and_count_against_the_body_limit() {
+        let trailer = |n: usize| format!("x-t: {}\r\n", "v".repeat(n));
+        // At the cap (every trailer line and the blank line) they are fine.
+        let line = trailer(MAX_TRAILER_BYTES - 2 - 7);
+        let wire = format!("3\r\nabc\r\n0\r\n{line}\r\n");
+        let mut f = feeder(Framing::Chunked(Chunk::Size), wire.as_bytes());
+        assert!(f.decode().unwrap());
+        assert!(f.finished());
+        // One byte more is a 431, and so is a line that cannot end under the cap.
+        let line = trailer(MAX_TRAILER_BYTES - 2 - 6);
+        for wire in [
+            format!("3\r\nabc\r\n0\r\n{line}\r\n"),
+            format!("3\r\nabc\r\n0\r\nx-t: {}", "v".repeat(MAX_TRAILER_BYTES)),
+        ] {
+            let mut f = feeder(Framing::Chunked(Chunk::Size), wire.as_bytes());
+            assert_eq!(f.decode().unwrap_err().kind, ErrorKind::HeadersTooLarge);
+        }
+        // Data and trailers together over the body limit: 413.
+        let mut f = feeder(
+            Framing::Chunked(Chunk::Size),
+            b"3\r\nabc\r\n0\r\nx: yz\r\n\r\n",
+        );
+        f.limit = 8;
+        assert_eq!(f.decode().unwrap_err().kind, ErrorKind::PayloadTooLarge);
+    }
+
+    #[test]
+    fn strict_framing_headers_and_host() {
+        let status = |head: &str| {
+            let mut buf = head.as_bytes().to_vec();
+            parse_head(&mut buf)
+                .map(|_| 200)
+                .unwrap_or_else(|e| e.status(Protocol::OpenAi))
+        };
+        for (head, want) in [
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+                200,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+                400,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                400,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+                400,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                400,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                501,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+                501,
+            ),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost:\r\n\r\n", 200),
+            ("GET / HTTP/1.0\r\n\r\n", 200),
+            ("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\nHost: a\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\n\n", 400),
+            ("\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", 200),
+        ] {
+            assert_eq!(status(head), want, "{head:?}");
         }
     }
 
@@ -919,12 +1446,12 @@ mod tests {
         line.extend_from_slice(b"\nhello\r\n0\r\n\r\n");
         let mut f = feeder(Framing::Chunked(Chunk::Size), &line);
         assert!(f.decode().is_err());
-        // At the limit it is fine.
+        // At the limit (its CR included) it is fine.
         let mut line = b"5;".to_vec();
-        line.resize(MAX_CHUNK_LINE, b'x');
-        line.extend_from_slice(b"\nhello\r\n0\r\n\r\n");
+        line.resize(MAX_CHUNK_LINE - 1, b'x');
+        line.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
         let mut f = feeder(Framing::Chunked(Chunk::Size), &line);
-        assert_eq!(f.decode(), Ok(true));
+        assert!(f.decode().unwrap());
         assert_eq!(body_of(&f), b"hello");
     }
 
@@ -932,17 +1459,18 @@ mod tests {
     fn a_content_length_is_digits_only() {
         for value in ["+3", "-0", " 3 x", "0x3", "3 3", ""] {
             let mut buf =
-                format!("POST / HTTP/1.1\r\nContent-Length: {value}\r\n\r\nabc").into_bytes();
+                format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {value}\r\n\r\nabc")
+                    .into_bytes();
             assert!(parse_head(&mut buf).is_err(), "{value:?}");
         }
-        let mut buf = b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc".to_vec();
+        let mut buf = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\nabc".to_vec();
         assert_eq!(parse_head(&mut buf).unwrap().1, Framing::Length(3));
     }
 
     #[test]
     fn a_length_body_stops_at_its_length() {
         let mut f = feeder(Framing::Length(3), b"abcGET");
-        assert_eq!(f.decode(), Ok(true));
+        assert!(f.decode().unwrap());
         assert!(f.finished());
         assert_eq!(body_of(&f), b"abc");
         assert_eq!(f.buf, b"GET");

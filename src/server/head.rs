@@ -29,8 +29,9 @@ pub const MAX_HEAD_BYTES: usize = 256 * 1024;
 
 /// What reading the first head gave.
 pub enum FirstHead {
-    /// The head is complete (or the client spoke h2): serve these bytes and the rest.
-    Ready(Bytes),
+    /// The head is complete (or the client spoke h2): serve these bytes and the rest; the
+    /// first of them arrived at this instant (where a request's read deadline starts).
+    Ready(Bytes, tokio::time::Instant),
     /// The client closed, or sent nothing before the timeout: nothing to answer.
     Gone,
     /// Answered with an error; close the connection.
@@ -50,10 +51,15 @@ pub async fn read_head(
     max: usize,
 ) -> FirstHead {
     let deadline = tokio::time::Instant::now() + timeout;
+    // Bytes read ahead (a pipelined request) arrived before this call: count from now.
+    let mut first_byte = (!buf.is_empty()).then(tokio::time::Instant::now);
     let mut scanned = 0;
     loop {
         match progress(&buf, &mut scanned, max) {
-            Ok(true) => return FirstHead::Ready(Bytes::from(buf)),
+            Ok(true) => {
+                let since = first_byte.unwrap_or_else(tokio::time::Instant::now);
+                return FirstHead::Ready(Bytes::from(buf), since);
+            }
             Ok(false) => {}
             Err((err, protocol)) => {
                 answer(stream, &err, protocol).await;
@@ -66,7 +72,9 @@ pub async fn read_head(
         let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return FirstHead::Gone,
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => {
+                first_byte.get_or_insert_with(tokio::time::Instant::now);
+            }
             Err(_) if buf.is_empty() => return FirstHead::Gone,
             Err(_) => {
                 let err = Error::new(
@@ -148,23 +156,12 @@ pub(crate) fn protocol_guess(buf: &[u8]) -> Protocol {
     }
 }
 
-/// Answer with `err` (a 4xx about the head) and close: the client may still be sending, so
-/// its bytes are read and discarded for a moment, lest the close reset the connection and
-/// destroy the answer before it is read.
+/// Answer with `err` (a 4xx about the head or the body) and close: the client may still be
+/// sending, so its bytes are read and discarded for a moment, lest the close reset the
+/// connection and destroy the answer before it is read.
 pub(crate) async fn answer(stream: &mut TcpStream, err: &Error, protocol: Protocol) {
-    let body = err.body(protocol);
-    let status = err.status(protocol);
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(&body);
-    tracing::info!(status, message = %err.message, "refused a request head");
+    let out = answer_bytes(err, protocol);
+    tracing::info!(status = err.status(protocol), message = %err.message, "refused a request");
     let write = async {
         let _ = stream.write_all(&out).await;
         let _ = stream.shutdown().await;
@@ -176,6 +173,28 @@ pub(crate) async fn answer(stream: &mut TcpStream, err: &Error, protocol: Protoc
         while let Ok(1..) = stream.read(&mut sink).await {}
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
+/// `err` as a complete HTTP/1.1 response in `protocol`'s shape, with `connection: close`
+/// (and `retry-after` when the error has one).
+pub(crate) fn answer_bytes(err: &Error, protocol: Protocol) -> Vec<u8> {
+    let body = err.body(protocol);
+    let status = err.status(protocol);
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let retry = err
+        .retry_after
+        .map(|s| format!("retry-after: {s}\r\n"))
+        .unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
 }
 
 /// A stream that first replays bytes already read from it.
@@ -277,7 +296,7 @@ mod tests {
             c
         });
         let (mut server, _) = listener.accept().await.unwrap();
-        let FirstHead::Ready(prefix) =
+        let FirstHead::Ready(prefix, _) =
             read_first(&mut server, Duration::from_secs(30), MAX_HEAD_BYTES).await
         else {
             panic!("the head was not found");

@@ -3,12 +3,16 @@
 //! Owns: `State` (config, the pooled upstream client, the accounts with their credentials,
 //! windows and rate-limit snapshots, the catalog, live stream count, the exchange store),
 //! the start-up safety rules (without an API key: no non-loopback bind, no CORS allow-list
-//! of `*`), the accept loop (back-off on accept errors; the first head of each connection
-//! goes through `head` so a slow or huge one gets a protocol-shaped 408/431; then HTTP/1.x
-//! connections are served by `h1` and h2 ones by hyper with its header limit) and graceful
+//! of `*`), the accept loop (back-off on accept errors; the connection limit, beyond which
+//! a connection gets a 503 and is closed at once; the first head of each connection goes
+//! through `head` so a slow or huge one gets a protocol-shaped 408/431; then HTTP/1.x
+//! connections are served by `h1` and h2 ones by hyper with its header limit, keep-alive
+//! pings that drop a client reading nothing for the write stall time, and the request body
+//! bounded as `h1` bounds it) and graceful
 //! shutdown (stop accepting, drain in-flight streams for a bounded time).
 //!
-//! Does not own: routing and guards (`route`), running one proxied request (`pipeline`),
+//! Does not own: routing and guards (`route`), an h2 client's body bounds and stalled
+//! streams (`h2`), running one proxied request (`pipeline`),
 //! unary backend calls and the live catalog (`backend`), the non-protocol endpoints
 //! (`endpoints`), the exchange store for `previous_response_id` (`history`), the
 //! per-request log line (`reqlog`).
@@ -16,6 +20,7 @@
 pub mod backend;
 pub mod endpoints;
 pub mod h1;
+pub mod h2;
 pub mod head;
 pub mod history;
 pub mod pipeline;
@@ -24,6 +29,7 @@ pub mod route;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -35,7 +41,7 @@ use tokio::task::JoinHandle;
 use crate::accounts::Accounts;
 use crate::body::StreamCounter;
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::upstream::client::{self, HttpClient};
 use crate::upstream::conn::Pool;
 
@@ -53,6 +59,8 @@ pub struct State {
     pub started: Instant,
     /// Recent exchanges for `previous_response_id`.
     pub history: history::History,
+    /// Client connections open now (at most `config.max_connections`).
+    pub connections: AtomicUsize,
 }
 
 impl State {
@@ -78,6 +86,7 @@ impl State {
             streams: Arc::new(StreamCounter::default()),
             started: Instant::now(),
             history: history::History::new(config.history_max_entries, config.history_max_bytes),
+            connections: AtomicUsize::new(0),
             config,
         })
     }
@@ -162,10 +171,15 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
     // Every `h1` connection holds a sender; all dropped = all drained.
     let (open, mut drained) = tokio::sync::mpsc::channel::<()>(1);
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // An h2 client that reads nothing (not even a ping) for the write stall time is dropped
+    // with all its streams: a ping after half of it, its answer due within the other half.
+    let half_stall = (state.config.write_stall / 2).max(Duration::from_secs(1));
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(4 * head::MAX_HEAD_BYTES as u32);
+        .max_header_list_size(4 * head::MAX_HEAD_BYTES as u32)
+        .keep_alive_interval(half_stall)
+        .keep_alive_timeout(half_stall);
     let builder = Arc::new(builder);
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -186,6 +200,13 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
                 continue;
             }
         };
+        let max = state.config.max_connections;
+        // Only this loop adds, so the check and the add cannot race past the limit.
+        if state.connections.load(Ordering::Acquire) >= max {
+            refuse_busy(&stream, max);
+            continue;
+        }
+        state.connections.fetch_add(1, Ordering::AcqRel);
         let _ = stream.set_nodelay(true);
         let st = Arc::clone(&state);
         let builder = Arc::clone(&builder);
@@ -193,27 +214,37 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         let open = open.clone();
         let mut stopping = stop.clone();
         tokio::spawn(async move {
+            let _slot = Slot(Arc::clone(&st));
             let mut stream = stream;
-            let limit = st.config.header_timeout;
+            let limit = h1::head_timeout(&st.config);
             // A connection still sending its first head when shutdown starts is not in flight.
             let first = tokio::select! {
                 first = Box::pin(head::read_first(&mut stream, limit, head::MAX_HEAD_BYTES)) => first,
                 _ = stopping.changed() => return,
             };
-            let prefix = match first {
-                head::FirstHead::Ready(prefix) => prefix,
+            let (prefix, started) = match first {
+                head::FirstHead::Ready(prefix, since) => (prefix, since),
                 head::FirstHead::Gone | head::FirstHead::Refused => return,
             };
             if !prefix.starts_with(b"PRI * HTTP/2.0") {
                 drop(watcher);
-                h1::serve(stream, Vec::from(prefix), st, peer, stopping, open).await;
+                h1::serve(stream, Vec::from(prefix), st, peer, stopping, open, started).await;
                 return;
             }
             drop(open);
-            let service = hyper::service::service_fn(move |req| {
-                let st = Arc::clone(&st);
-                async move { Ok::<_, std::convert::Infallible>(route::handle(st, req, peer).await) }
-            });
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let st = Arc::clone(&st);
+                    async move {
+                        // The h1 rules: the request's body has a read deadline at a minimum
+                        // rate and bounded trailers; a stream the client stops taking is
+                        // dropped.
+                        let req = req.map(|body| h2::Bounded::new(body, &st.config));
+                        let stall = st.config.write_stall;
+                        let resp = route::handle(st, req, peer).await;
+                        Ok::<_, std::convert::Infallible>(resp.map(|b| h2::Watched::wrap(b, stall)))
+                    }
+                });
             let io = TokioIo::new(head::Rewind::new(prefix, stream));
             let conn = builder.serve_connection_with_upgrades(io, service);
             // Boxed so that the (rarer) h2 connection does not size every connection's task.
@@ -233,6 +264,33 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         _ = all => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(drain) => tracing::warn!(secs = drain.as_secs(), "drain time over; closing remaining connections"),
     }
+}
+
+/// A connection's place under `--max-connections`, given back when its task ends.
+struct Slot(Arc<State>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection beyond `--max-connections`: a 503 (in the shape its first bytes suggest, if
+/// any have arrived) written without waiting, then closed. Nothing is spawned or read for
+/// it, so a flood of connections costs the accept loop only this.
+fn refuse_busy(stream: &tokio::net::TcpStream, max: usize) {
+    let mut seen = [0u8; 1024];
+    let n = stream.try_read(&mut seen).unwrap_or(0);
+    let protocol = head::protocol_guess(seen.get(..n).unwrap_or_default());
+    let err = Error::new(
+        ErrorKind::Overloaded,
+        format!(
+            "too many connections: this server holds at most {max} at once (--max-connections); retry shortly"
+        ),
+    )
+    .with_retry_after(1);
+    let _ = stream.try_write(&head::answer_bytes(&err, protocol));
+    tracing::debug!(max, "refused a connection over the connection limit");
 }
 
 /// Run until SIGINT/SIGTERM, then shut down gracefully.

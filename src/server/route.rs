@@ -7,9 +7,10 @@
 //! allow-list is a 403, on every route; the inbound API key compared in constant time),
 //! the body size limit, CORS (only for allow-listed origins: preflights with each path's
 //! methods and the Private Network Access grant, and response headers; none at all by
-//! default), reading the body, `/health` (only `{"status"}` on a non-loopback bind without
-//! the key), and rendering an `Error` as a response. The non-protocol endpoints (models,
-//! images, inspect, compaction, usage) live in `endpoints`.
+//! default), reading the body (a refusal its body already made in the client's terms, such
+//! as `h2::Bounded`'s 408, is kept), `/health` (only `{"status"}` on a non-loopback bind
+//! without the key), and rendering an `Error` as a response. The non-protocol endpoints
+//! (models, images, inspect, compaction, usage) live in `endpoints`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ pub type RespBody = UnsyncBoxBody<Bytes, std::convert::Infallible>;
 pub trait ReqBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send {}
 impl<B> ReqBody for B where B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send {}
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub fn full(bytes: impl Into<Bytes>) -> RespBody {
     UnsyncBoxBody::new(Full::new(bytes.into()))
@@ -74,7 +75,7 @@ pub fn error_response(err: &Error, protocol: Protocol, request_id: &str) -> Resp
 }
 
 /// Anthropic shape for `/v1/messages*` and for requests that carry Anthropic headers.
-fn protocol_of(path: &str, headers: &HeaderMap) -> Protocol {
+pub(crate) fn protocol_of(path: &str, headers: &HeaderMap) -> Protocol {
     if path.starts_with("/v1/messages")
         || path.starts_with("/messages")
         || headers.contains_key("anthropic-version")
@@ -373,9 +374,13 @@ async fn read_body<B: ReqBody>(
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => Ok((parts.headers, c.to_bytes().to_vec())),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(Error::bad_request(format!(
-            "could not read the request body: {e}"
-        ))),
+        // A refusal already in the client's terms (`h2::Bounded`: too slow, trailers too large).
+        Err(e) => match e.downcast::<Error>() {
+            Ok(err) => Err(*err),
+            Err(e) => Err(Error::bad_request(format!(
+                "could not read the request body: {e}"
+            ))),
+        },
     }
 }
 

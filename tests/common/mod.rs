@@ -1,6 +1,8 @@
 //! Shared harness for the integration tests: the emulator and the real server over loopback.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod raw;
+
 use std::path::PathBuf;
 
 use codex_as_api::config::Config;
