@@ -834,21 +834,12 @@ async fn usage_reports_every_account() {
 
 #[tokio::test]
 async fn an_h2_stream_refused_before_any_output_is_retried_on_the_tls_upstream() {
-    let emu = Emulator::start(EmulatorConfig {
-        tls: true,
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EmulatorConfig {
         account_concurrency: Some(3),
         ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, emu.ca_pem().unwrap()).unwrap();
-    let auth = dir.path().join("auth.json");
-    emu.issue_credentials(3600).write_auth_json(&auth).unwrap();
-    let mut config = Config::for_tests(&emu.base_url(), auth);
-    config.ca_file = Some(ca);
-    config.token_url = emu.token_url();
+    };
+    let (emu, config) = common::tls_emulator(cfg, dir.path(), 3600).await;
     let server = Server::start(config).await.unwrap();
     let base = format!("http://{}", server.addr());
     let http = reqwest::Client::new();

@@ -49,22 +49,12 @@ async fn h2_backend(
     codex_as_api::server::Server,
     tempfile::TempDir,
 ) {
-    use codex_as_api::emulator::{Emulator, EmulatorConfig};
-    let emu = Emulator::start(EmulatorConfig {
-        tls: true,
-        h2_max_concurrent_streams: limit,
-        ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, emu.ca_pem().unwrap()).unwrap();
-    let auth = dir.path().join("auth.json");
-    emu.issue_credentials(3600).write_auth_json(&auth).unwrap();
-    let mut config = codex_as_api::config::Config::for_tests(&emu.base_url(), auth);
-    config.ca_file = Some(ca);
-    config.token_url = emu.token_url();
+    let cfg = codex_as_api::emulator::EmulatorConfig {
+        h2_max_concurrent_streams: limit,
+        ..Default::default()
+    };
+    let (emu, mut config) = common::tls_emulator(cfg, dir.path(), 3600).await;
     config.account_limits.start = 1000;
     config.account_limits.ceiling = 1000;
     config.upstream_max_connections = max_connections;

@@ -5,6 +5,8 @@
 //! map every name to 127.0.0.1 and record what they were asked for.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -109,20 +111,9 @@ async fn socks5_proxy() -> (SocketAddr, Seen) {
 /// The emulator over TLS (h2), credentials whose access token has expired (so the first
 /// request refreshes through the proxy too), and a config reaching both by `NAME`.
 async fn backend(dir: &std::path::Path) -> (Emulator, Config) {
-    let emu = Emulator::start(EmulatorConfig {
-        tls: true,
-        ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap();
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, emu.ca_pem().unwrap()).unwrap();
-    let auth = dir.join("auth.json");
-    emu.issue_credentials(-60).write_auth_json(&auth).unwrap();
-    let by_name = |url: String| url.replace("127.0.0.1", NAME);
-    let mut config = Config::for_tests(&by_name(emu.base_url()), auth);
-    config.token_url = by_name(emu.token_url());
-    config.ca_file = Some(ca);
+    let (emu, mut config) = common::tls_emulator(EmulatorConfig::default(), dir, -60).await;
+    config.upstream_url = config.upstream_url.replace("127.0.0.1", NAME);
+    config.token_url = config.token_url.replace("127.0.0.1", NAME);
     (emu, config)
 }
 

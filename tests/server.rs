@@ -349,20 +349,8 @@ async fn keep_alive_chunked_bodies_continue_head_and_pipelining_on_one_connectio
 async fn stalled_clients_never_break_other_streams_on_the_shared_h2_upstream() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let emu = codex_as_api::emulator::Emulator::start(EmulatorConfig {
-        tls: true,
-        ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, emu.ca_pem().unwrap()).unwrap();
-    let auth = dir.path().join("auth.json");
-    emu.issue_credentials(3600).write_auth_json(&auth).unwrap();
-    let mut config = codex_as_api::config::Config::for_tests(&emu.base_url(), auth);
-    config.ca_file = Some(ca);
-    config.token_url = emu.token_url();
+    let (emu, mut config) = common::tls_emulator(EmulatorConfig::default(), dir.path(), 3600).await;
     // Room for every stream at once: this is about the shared h2 connection, not about an
     // account's window (where stalled clients would hold the slots and the rest queue).
     config.account_limits.start = 64;

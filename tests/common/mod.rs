@@ -119,6 +119,28 @@ impl Harness {
     }
 }
 
+/// The emulator over TLS (h2 and HTTP/1.1 by ALPN, its test CA written to `dir`), credentials
+/// valid for `access_ttl` seconds, and a server config that reaches and trusts it.
+pub async fn tls_emulator(
+    cfg: EmulatorConfig,
+    dir: &std::path::Path,
+    access_ttl: i64,
+) -> (Emulator, Config) {
+    let emu = Emulator::start(EmulatorConfig { tls: true, ..cfg })
+        .await
+        .expect("emulator starts");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, emu.ca_pem().unwrap()).unwrap();
+    let auth = dir.join("auth.json");
+    emu.issue_credentials(access_ttl)
+        .write_auth_json(&auth)
+        .unwrap();
+    let mut config = Config::for_tests(&emu.base_url(), auth);
+    config.ca_file = Some(ca);
+    config.token_url = emu.token_url();
+    (emu, config)
+}
+
 /// `error.message` of an OpenAI- or Anthropic-shaped error body.
 pub fn error_message(v: &Value) -> &str {
     v["error"]["message"]
