@@ -37,6 +37,11 @@ pub const MAX_EVENT_BYTES: usize = 64 * 1024 * 1024;
 /// First capacity of the per-stream output buffer (it grows to what a wake-up produces).
 const OUT_CAPACITY: usize = 1024;
 
+/// The most translated bytes handed to the client in one frame. Past it the body stops
+/// reading the upstream until the frame is written, so a client that reads slowly holds
+/// back the upstream (flow control) instead of making the proxy buffer a whole answer.
+pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+
 /// Counts live streams; the guard decrements on drop, whatever way the stream ends.
 #[derive(Default)]
 pub struct StreamCounter {
@@ -316,7 +321,10 @@ impl<E: Encoder, B: Source> Translate<E, B> {
     /// at all happened; `Ready(())` when bytes were processed or the stream finished.
     fn pump(&mut self, cx: &mut Context<'_>, committed: bool) -> Poll<()> {
         let mut progressed = false;
-        while self.phase == Phase::Streaming && (committed || !self.output_started) {
+        while self.phase == Phase::Streaming
+            && (committed || !self.output_started)
+            && self.out.len() < MAX_FRAME_BYTES
+        {
             let Some(upstream) = self.upstream.as_mut() else {
                 break;
             };
@@ -488,5 +496,82 @@ impl<E: Encoder, B: Source> Body for Translate<E, B> {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+
+    use super::*;
+    use crate::dialect::{Plan, chat, translate_json};
+
+    /// An upstream that has everything buffered already.
+    struct Buffered(VecDeque<Bytes>);
+
+    impl Body for Buffered {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_holds_at_most_max_frame_bytes_however_much_the_upstream_buffered() {
+        let plan = translate_json(
+            chat::translate,
+            &serde_json::json!({"model": "gpt-5.5", "stream": true,
+                "messages": [{"role": "user", "content": "hi"}]}),
+            &http::HeaderMap::new(),
+        )
+        .expect("a valid request");
+        let delta = format!(
+            "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"output_index\":0,\"content_index\":0,\"delta\":\"{}\"}}\n\n",
+            "x".repeat(1000)
+        );
+        let mut reads = VecDeque::new();
+        reads.push_back(Bytes::from_static(
+            b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\"}}\n\n",
+        ));
+        for _ in 0..4000 {
+            reads.push_back(Bytes::from(delta.clone()));
+        }
+        let timing = Timing {
+            keepalive: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(3600),
+        };
+        let prompt = PromptSize {
+            tokens: 1,
+            window: 272_000,
+        };
+        let mut body = Box::pin(Translate::new(
+            Buffered(reads),
+            plan.encoder(),
+            Protocol::OpenAi,
+            prompt,
+            timing,
+            None,
+        ));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut total = 0;
+        let mut frames = 0;
+        while let Poll::Ready(Some(Ok(frame))) = body.as_mut().poll_frame(&mut cx) {
+            let n = frame.into_data().map_or(0, |d| d.len());
+            // One event's output may cross the line; never much more.
+            assert!(n <= MAX_FRAME_BYTES + 4096, "a frame of {n} bytes");
+            total += n;
+            frames += 1;
+        }
+        assert!(total > 4_000_000, "everything arrived: {total}");
+        assert!(
+            frames >= total / (MAX_FRAME_BYTES + 4096),
+            "{frames} frames"
+        );
     }
 }
