@@ -12,8 +12,9 @@
 //!   never upstream.
 //! - A concurrency refusal (an upstream 429 that is not a usage limit) shrinks the window to
 //!   the number of *other* streams open when it came (never below 1), holds every grant for
-//!   [`REFUSAL_HOLD`] doubled per refusal in a row (at most [`MAX_HOLD`]), and the refused
-//!   request goes back to the head of its class.
+//!   [`REFUSAL_HOLD`] doubled per refusal in a row (at most [`MAX_HOLD`], and at least the
+//!   refusal's `Retry-After` up to [`MAX_RETRY_AFTER_HOLD`]), and the refused request goes
+//!   back to the head of its class.
 //! - When demand has exceeded the window (window full, someone queued) for `grow_after`
 //!   (default 30 s) since the last change, the window grows by one, up to the ceiling
 //!   (default 8). So a window that is too small costs at most one probe per `grow_after`.
@@ -23,7 +24,9 @@
 //! Hot path: when the window has room and nobody waits, `acquire` is one uncontended
 //! mutex lock and no allocation; the lock is never held across an `await`. A waiter that
 //! is dropped (client gone, deadline) leaves the queue at once; a grant it could not take
-//! is handed to the next waiter.
+//! is handed to the next waiter. The module's one timer (a spawned sleep, at most one
+//! pending) looks at the queue again when a hold ends or growth falls due, so waiters never
+//! depend on another request's events.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
