@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use codex_as_api::emulator::{Emulator, EmulatorConfig, clock_ns};
 use common::raw::{self, End};
+use common::{trickle, until};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -94,27 +95,6 @@ impl Server {
     fn fds(&self) -> usize {
         raw::open_fds(self.pid()).unwrap()
     }
-}
-
-/// Waits (bounded) until `cond` holds, re-checking as the runtime makes progress.
-async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Writes `bytes` one at a time, `every` apart, until the write fails; never returns
-/// earlier (select it against a read).
-async fn trickle(wr: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8], every: Duration) {
-    for b in bytes {
-        if wr.write_all(&[*b]).await.is_err() {
-            break;
-        }
-        tokio::time::sleep(every).await;
-    }
-    std::future::pending::<()>().await;
 }
 
 /// Stamps (`T@` + 16 digits, the emulator's send time) in `carry` + `data`: receive − send

@@ -225,3 +225,28 @@ pub fn codex() -> PathBuf {
     );
     p
 }
+
+/// Waits (bounded) until `cond` holds, re-checking as the runtime makes progress.
+pub async fn until(what: &str, limit: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Writes `bytes` one at a time, `every` apart, until the write fails; never returns
+/// earlier (select it against a read).
+pub async fn trickle(
+    wr: &mut (impl tokio::io::AsyncWriteExt + Unpin),
+    bytes: &[u8],
+    every: std::time::Duration,
+) {
+    for b in bytes {
+        if wr.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(every).await;
+    }
+    std::future::pending::<()>().await;
+}
