@@ -1313,7 +1313,7 @@ pub fn events_to_responses(data: &[u8]) {
 /// elements one to one) or a number (`parse_u64` agrees with serde_json on every u64).
 /// On input serde_json refuses, the scanner may answer anything but must not panic.
 pub fn json_spans(data: &[u8]) {
-    use crate::dialect::responses::span;
+    use crate::json::span;
     use serde_json::Value;
     let Some((&mode, b)) = data.split_first() else {
         return;

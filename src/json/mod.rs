@@ -4,7 +4,11 @@
 //! already-written values into an array, and writing a parsed `simd_json` value back out. Everything the proxy emits is written by hand with these
 //! helpers, so no intermediate tree is built per event.
 //!
+//! `span` finds a member's value or an array's elements as byte ranges without parsing.
+//!
 //! Does not own: parsing (callers use `simd_json` directly).
+
+pub mod span;
 
 use bytes::BufMut;
 use simd_json::prelude::*;
