@@ -25,6 +25,21 @@ use crate::admission::Limits;
 pub const CODEX_CLIENT_VERSION: &str = "0.169.0";
 
 /// Flags of `serve` (also accepted at the top level). Every flag names its env var.
+/// How streaming requests reach the backend (`--upstream-transport`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// The WebSocket; SSE for the rest of the process once the backend refuses the
+    /// upgrade (426, or no such endpoint), and for one request when the handshake fails
+    /// before the request was sent.
+    #[default]
+    Auto,
+    /// Only the WebSocket.
+    #[value(name = "websocket")]
+    WebSocket,
+    /// Only HTTP POST with an SSE answer.
+    Sse,
+}
+
 #[derive(Args, Clone, Debug, Default)]
 pub struct ServeArgs {
     /// Bind address.
@@ -58,6 +73,10 @@ pub struct ServeArgs {
     /// default: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY with NO_PROXY.
     #[arg(long, env = "CODEX_AS_API_UPSTREAM_PROXY", hide_env_values = true)]
     pub upstream_proxy: Option<String>,
+    /// How streaming requests reach the backend: `auto` (a WebSocket, falling back to
+    /// SSE when the backend refuses it), `websocket` or `sse`.
+    #[arg(long, env = "CODEX_AS_API_UPSTREAM_TRANSPORT", value_enum)]
+    pub upstream_transport: Option<Transport>,
     /// Key clients must present (Authorization: Bearer or x-api-key).
     #[arg(long, env = "CODEX_AS_API_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -163,6 +182,8 @@ pub struct Config {
     pub ca_file: Option<PathBuf>,
     /// `--upstream-proxy`; `None`: the environment's proxies (`upstream::proxy`).
     pub upstream_proxy: Option<String>,
+    /// `--upstream-transport` (default `auto`).
+    pub upstream_transport: Transport,
     pub api_key: Option<String>,
     pub insecure_no_auth: bool,
     pub demo: bool,
@@ -510,6 +531,17 @@ impl Config {
                 .clone()
                 .or_else(|| t.str("upstream_proxy"))
                 .filter(|p| !p.is_empty()),
+            upstream_transport: match args.upstream_transport {
+                Some(t) => t,
+                None => match t.str("upstream_transport") {
+                    None => Transport::Auto,
+                    Some(v) => <Transport as clap::ValueEnum>::from_str(&v, true).map_err(|_| {
+                        format!(
+                            "upstream_transport in config.toml: '{v}' is not one of auto, websocket, sse"
+                        )
+                    })?,
+                },
+            },
             ca_file: args
                 .ca_file
                 .clone()
@@ -609,6 +641,18 @@ impl Config {
     }
 
     /// `{root}/codex/responses`.
+    /// The WebSocket URL of the responses endpoint (`wss://` for an `https://` root).
+    pub fn responses_ws_url(&self) -> String {
+        let url = self.responses_url();
+        match url.strip_prefix("https://") {
+            Some(rest) => format!("wss://{rest}"),
+            None => match url.strip_prefix("http://") {
+                Some(rest) => format!("ws://{rest}"),
+                None => url,
+            },
+        }
+    }
+
     pub fn responses_url(&self) -> String {
         format!("{}/codex/responses", self.upstream_url)
     }
@@ -702,6 +746,7 @@ fn unreachable_config() -> Config {
         token_url: String::new(),
         ca_file: None,
         upstream_proxy: None,
+        upstream_transport: Transport::Auto,
         api_key: None,
         insecure_no_auth: false,
         demo: false,

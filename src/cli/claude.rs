@@ -210,6 +210,7 @@ pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Vec<(&'static str, String
         token_url,
         ca_file,
         upstream_proxy,
+        upstream_transport,
         api_key,
         insecure_no_auth,
         demo,
@@ -258,6 +259,14 @@ pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Vec<(&'static str, String
     flag("codex-home", p(codex_home));
     flag("upstream-url", s(upstream_url));
     flag("token-url", s(token_url));
+    flag(
+        "upstream-transport",
+        upstream_transport.map(|t| {
+            clap::ValueEnum::to_possible_value(&t)
+                .map(|v| OsString::from(v.get_name()))
+                .unwrap_or_default()
+        }),
+    );
     flag("ca-file", p(ca_file));
     flag("keepalive-secs", n(keepalive_secs));
     flag("stream-idle-timeout-secs", n(stream_idle_timeout_secs));

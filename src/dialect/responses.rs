@@ -1335,7 +1335,6 @@ mod names {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,6 +61,8 @@ pub struct State {
     pub history: history::History,
     /// Client connections open now (at most `config.max_connections`).
     pub connections: AtomicUsize,
+    /// `config.responses_ws_url()`, computed once.
+    pub ws_url: String,
 }
 
 impl State {
@@ -87,6 +89,7 @@ impl State {
             started: Instant::now(),
             history: history::History::new(config.history_max_entries, config.history_max_bytes),
             connections: AtomicUsize::new(0),
+            ws_url: config.responses_ws_url(),
             config,
         })
     }

@@ -25,6 +25,7 @@ use crate::accounts::{Account, Route, conversation_key, strip_reasoning};
 use crate::admission::{self, Class, Permit, Refused, Ticket};
 use crate::auth::AuthHeaders;
 use crate::body::{Prelude, Timing, Translate};
+use crate::config::Transport;
 use crate::dialect::Plan;
 use crate::error::{Error, ErrorKind, Protocol};
 use crate::server::State;
@@ -35,6 +36,7 @@ use crate::upstream::conn::Upstream;
 use crate::upstream::events::Decoder;
 use crate::upstream::failure::{self, PromptSize};
 use crate::upstream::request::UpstreamRequest;
+use crate::upstream::ws;
 
 thread_local! {
     /// This worker thread's zstd context, reused by every request it compresses.
@@ -123,46 +125,121 @@ fn backoff(err: &Error, attempt: u32) -> Option<Duration> {
     Some(Duration::from_millis(base + jitter))
 }
 
+/// The headers of §3.3 that the HTTP request and the WebSocket handshake share.
+fn common_headers(
+    state: &State,
+    auth: &AuthHeaders,
+    upstream: &UpstreamRequest,
+) -> Result<http::HeaderMap, Error> {
+    let conv = HeaderValue::from_str(&upstream.conversation_id)
+        .map_err(|_| Error::bad_request("conversation id is not a valid header value"))?;
+    let mut h = http::HeaderMap::with_capacity(12);
+    h.insert(header::AUTHORIZATION, auth.authorization.clone());
+    h.insert("chatgpt-account-id", auth.account_id.clone());
+    h.insert("originator", HeaderValue::from_static("codex_cli_rs"));
+    if let Ok(ua) = HeaderValue::from_str(&user_agent(&state.config)) {
+        h.insert(header::USER_AGENT, ua);
+    }
+    h.insert("session-id", conv.clone());
+    h.insert("thread-id", conv.clone());
+    h.insert("x-client-request-id", conv);
+    if let Some(sub) = &upstream.subagent
+        && let Ok(v) = HeaderValue::from_str(sub)
+    {
+        h.insert("x-openai-subagent", v);
+    }
+    Ok(h)
+}
+
 fn build_request(
     state: &State,
     url: &str,
     auth: &AuthHeaders,
-    upstream: &crate::upstream::request::UpstreamRequest,
+    upstream: &UpstreamRequest,
     body: Bytes,
     compressed: bool,
 ) -> Result<Request<Full<Bytes>>, Error> {
-    let conv = HeaderValue::from_str(&upstream.conversation_id)
-        .map_err(|_| Error::bad_request("conversation id is not a valid header value"))?;
-    let mut b = Request::post(url)
-        .header(header::AUTHORIZATION, auth.authorization.clone())
-        .header("chatgpt-account-id", auth.account_id.clone())
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::ACCEPT, "text/event-stream")
-        .header("originator", "codex_cli_rs")
-        .header(header::USER_AGENT, user_agent(&state.config))
-        .header("version", state.config.client_version.as_str())
-        .header("session-id", conv.clone())
-        .header("thread-id", conv.clone())
-        .header("x-client-request-id", conv);
-    if compressed {
-        b = b.header(header::CONTENT_ENCODING, "zstd");
-    }
-    if let Some(sub) = &upstream.subagent
-        && let Ok(v) = HeaderValue::from_str(sub)
-    {
-        b = b.header("x-openai-subagent", v);
-    }
-    if upstream.memgen {
-        b = b.header("x-openai-memgen-request", "true");
-    }
-    if upstream.compaction {
-        b = b.header("x-codex-beta-features", "remote_compaction_v2");
-    }
-    if upstream.lite {
-        b = b.header(crate::upstream::request::LITE_HEADER, "true");
+    let mut b = Request::post(url);
+    if let Some(h) = b.headers_mut() {
+        *h = common_headers(state, auth, upstream)?;
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&state.config.client_version) {
+            h.insert("version", v);
+        }
+        if compressed {
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+        }
+        if upstream.memgen {
+            h.insert("x-openai-memgen-request", HeaderValue::from_static("true"));
+        }
+        if upstream.compaction {
+            h.insert(
+                "x-codex-beta-features",
+                HeaderValue::from_static("remote_compaction_v2"),
+            );
+        }
+        if upstream.lite {
+            h.insert(
+                crate::upstream::request::LITE_HEADER,
+                HeaderValue::from_static("true"),
+            );
+        }
     }
     b.body(Full::new(body))
         .map_err(|e| Error::internal(format!("building the upstream request: {e}")))
+}
+
+/// Send one attempt: over the Responses WebSocket when the transport allows it (the
+/// answer of a refused or failed upgrade falls back to SSE in `auto`), else HTTP + SSE.
+async fn send(
+    state: &State,
+    url: &str,
+    auth: &AuthHeaders,
+    upstream: &UpstreamRequest,
+    body: &Prepared,
+    account: &Account,
+) -> Result<Response<Upstream>, Error> {
+    let transport = state.config.upstream_transport;
+    // Compaction and memory generation stay on HTTP, as their own request kinds.
+    if transport != Transport::Sse && !upstream.compaction && !upstream.memgen {
+        let mut headers = common_headers(state, auth, upstream)?;
+        headers.insert("openai-beta", HeaderValue::from_static(ws::BETA));
+        if let Ok(v) = HeaderValue::from_str(&format!("{}:0", upstream.conversation_id)) {
+            headers.insert("x-codex-window-id", v);
+        }
+        let call = ws::Call {
+            key: format!(
+                "{}\n{}\n{}",
+                account.label,
+                upstream.conversation_id,
+                upstream.subagent.as_deref().unwrap_or("")
+            ),
+            url: &state.ws_url,
+            headers,
+            body: &body.raw,
+            lite: upstream.lite,
+            fallback: transport == Transport::Auto,
+        };
+        if let ws::Outcome::Response(resp) = state.pool.websocket(call).await? {
+            return Ok(resp);
+        }
+    }
+    let req = build_request(
+        state,
+        url,
+        auth,
+        upstream,
+        body.wire.clone(),
+        body.compressed,
+    )?;
+    state.pool.request(req).await
 }
 
 async fn read_error_body(body: Upstream) -> Vec<u8> {
@@ -388,16 +465,10 @@ async fn run_inner<P: Plan>(
         let mut auth = account.tokens.headers().await?;
         let mut recovery = 0u8;
         let resp = loop {
-            let req = build_request(
-                state,
-                &url,
-                &auth,
-                upstream,
-                body.wire.clone(),
-                body.compressed,
-            )?;
-            let sent =
-                tokio::time::timeout(state.config.stream_idle_timeout, state.pool.request(req));
+            let sent = tokio::time::timeout(
+                state.config.stream_idle_timeout,
+                send(state, &url, &auth, upstream, &body, &account),
+            );
             let resp = match sent.await {
                 Ok(r) => r,
                 Err(_) => {

@@ -46,7 +46,7 @@ use tower_service::Service;
 use super::client::{ReqBody, error_chain};
 use crate::error::{Error, ErrorKind};
 
-type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+pub(super) type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 type Conn = http1::Connection<Io, ReqBody>;
 type Sender = http1::SendRequest<ReqBody>;
 
@@ -95,6 +95,8 @@ pub struct Pool {
     h2: Arc<H2Pool>,
     /// For `https://` upstreams that do not speak h2.
     shared: super::client::HttpClient,
+    /// Responses WebSockets kept between turns (`ws`).
+    sockets: Arc<super::ws::Sockets>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,6 +125,7 @@ impl Pool {
         Ok(Arc::new(Pool {
             connector: Mutex::new(https),
             idle: Mutex::new(Vec::new()),
+            sockets: super::ws::Sockets::new(h2_limits.idle),
             h2: H2Pool::new(h2, h2_limits),
             shared,
         }))
@@ -136,6 +139,26 @@ impl Pool {
     /// Idle connections now (for tests and stats).
     pub fn idle(&self) -> usize {
         lock(&self.idle).len()
+    }
+
+    /// The Responses WebSockets kept between turns.
+    pub fn sockets(&self) -> &Arc<super::ws::Sockets> {
+        &self.sockets
+    }
+
+    /// A connected stream (TLS for `https://`) on which a WebSocket handshake runs.
+    pub(super) async fn connect_io(&self, uri: &Uri) -> Result<Io, Error> {
+        let connecting = {
+            let mut c = lock(&self.connector);
+            c.call(uri.clone())
+        };
+        connecting.await.map_err(|e| {
+            Error::new(
+                ErrorKind::BadGateway,
+                format!("cannot reach the upstream at {uri}: {e}"),
+            )
+            .with_code("upstream_unreachable")
+        })
     }
 
     /// Sends `req` and returns the response head; its body drives the connection.
@@ -153,12 +176,7 @@ impl Pool {
                 let (parts, body) = resp.into_parts();
                 return Ok(Response::from_parts(
                     parts,
-                    Upstream {
-                        body,
-                        driven: None,
-                        pool: Arc::clone(self),
-                        _slot: Some(slot),
-                    },
+                    Upstream::http(body, None, self, Some(slot)),
                 ));
             }
             Sent::NotH2(req) => req,
@@ -180,12 +198,7 @@ impl Pool {
         let (parts, body) = resp.into_parts();
         Ok(Response::from_parts(
             parts,
-            Upstream {
-                body,
-                driven: None,
-                pool: Arc::clone(self),
-                _slot: None,
-            },
+            Upstream::http(body, None, self, None),
         ))
     }
 
@@ -233,27 +246,12 @@ impl Pool {
         let (parts, body) = resp.into_parts();
         Ok(Response::from_parts(
             parts,
-            Upstream {
-                body,
-                driven: Some(driven),
-                pool: Arc::clone(self),
-                _slot: None,
-            },
+            Upstream::http(body, Some(driven), self, None),
         ))
     }
 
     async fn connect(&self, uri: &Uri) -> Result<Box<Driven>, Error> {
-        let connecting = {
-            let mut c = lock(&self.connector);
-            c.call(uri.clone())
-        };
-        let io = connecting.await.map_err(|e| {
-            Error::new(
-                ErrorKind::BadGateway,
-                format!("cannot reach the upstream at {uri}: {e}"),
-            )
-            .with_code("upstream_unreachable")
-        })?;
+        let io = self.connect_io(uri).await?;
         // Nothing was written yet: a failure here is as retryable as a connect failure.
         let (send, conn) = http1::Builder::new().handshake(io).await.map_err(|e| {
             Error::new(
@@ -360,11 +358,12 @@ fn copy_request(req: &Request<ReqBody>) -> Request<ReqBody> {
     copy
 }
 
-/// An upstream response body that drives its own connection (plain HTTP) or reads a stream
-/// of the shared h2 client (TLS). At the end of a driven body the connection goes back to
-/// the pool; dropped early, the connection is closed.
+/// An upstream response body: a stream of the driven HTTP/1.1 connection (plain HTTP), of
+/// the h2 pool (TLS), or of a Responses WebSocket (`ws`), or a short answer already read.
+/// At the end of a driven body the connection goes back to the pool; dropped early, the
+/// connection (or socket) is closed.
 pub struct Upstream {
-    body: Incoming,
+    body: Source,
     /// Boxed once at connect (and moved, not copied, through the idle pool): the
     /// connection state is large, and an `https://` response has none.
     driven: Option<Box<Driven>>,
@@ -373,7 +372,70 @@ pub struct Upstream {
     _slot: Option<Slot>,
 }
 
+enum Source {
+    Http(Incoming),
+    WebSocket(Box<super::ws::WsBody>),
+    Bytes(Option<Bytes>),
+}
+
+/// Why an upstream body failed.
+#[derive(Debug)]
+pub enum UpstreamError {
+    Http(hyper::Error),
+    WebSocket(tokio_tungstenite::tungstenite::Error),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Http(e) => e.fmt(f),
+            UpstreamError::WebSocket(e) => write!(f, "WebSocket: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            UpstreamError::Http(e) => e.source(),
+            UpstreamError::WebSocket(e) => e.source(),
+        }
+    }
+}
+
 impl Upstream {
+    fn http(
+        body: Incoming,
+        driven: Option<Box<Driven>>,
+        pool: &Arc<Pool>,
+        slot: Option<Slot>,
+    ) -> Upstream {
+        Upstream {
+            body: Source::Http(body),
+            driven,
+            pool: Arc::clone(pool),
+            _slot: slot,
+        }
+    }
+
+    pub(super) fn websocket(body: super::ws::WsBody, pool: &Arc<Pool>) -> Upstream {
+        Upstream {
+            body: Source::WebSocket(Box::new(body)),
+            driven: None,
+            pool: Arc::clone(pool),
+            _slot: None,
+        }
+    }
+
+    pub(super) fn bytes(body: Bytes, pool: &Arc<Pool>) -> Upstream {
+        Upstream {
+            body: Source::Bytes(Some(body)),
+            driven: None,
+            pool: Arc::clone(pool),
+            _slot: None,
+        }
+    }
+
     fn finish(&mut self, cx: &mut Context<'_>) {
         if let Some(mut driven) = self.driven.take() {
             // Let the connection see the end of the message and turn idle.
@@ -385,24 +447,33 @@ impl Upstream {
 
 impl Body for Upstream {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = &mut *self;
+        let body = match &mut this.body {
+            Source::Http(body) => body,
+            Source::WebSocket(ws) => {
+                return ws
+                    .poll_data(cx)
+                    .map(|r| r.map(|d| d.map(Frame::data).map_err(UpstreamError::WebSocket)));
+            }
+            Source::Bytes(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        };
         // Body, then the connection (which reads the socket and queues the next chunk),
         // then the body again: a chunk already read never waits for another wake-up.
         for attempt in 0..2 {
-            match Pin::new(&mut this.body).poll_frame(cx) {
+            match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Ready(None) => {
                     this.finish(cx);
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.driven = None;
-                    return Poll::Ready(Some(Err(e)));
+                    return Poll::Ready(Some(Err(UpstreamError::Http(e))));
                 }
                 Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
                 Poll::Pending => {}
@@ -420,10 +491,18 @@ impl Body for Upstream {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.body {
+            Source::Http(b) => b.is_end_stream(),
+            Source::WebSocket(_) => false,
+            Source::Bytes(b) => b.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.body {
+            Source::Http(b) => b.size_hint(),
+            Source::WebSocket(_) => SizeHint::default(),
+            Source::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
     }
 }

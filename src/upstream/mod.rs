@@ -14,3 +14,4 @@ pub mod h2pool;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request;
+pub mod ws;
