@@ -769,6 +769,12 @@ impl ResponsesPlan {
     }
 
     /// The model name the client asked for.
+    /// Keep this exchange for `previous_response_id` whatever `store` says (the WebSocket
+    /// mode chains every turn to the last one).
+    pub fn keep_always(&mut self) {
+        self.keep = true;
+    }
+
     pub fn client_model(&self) -> &str {
         &self.client_model
     }

@@ -91,6 +91,23 @@ pub async fn serve(
                 return;
             }
         };
+        if super::ws::is_upgrade(&req) && framing == Framing::None {
+            let accepted =
+                route::upgrade_guard(&state, &req).and_then(|()| super::ws::accept_key(&req));
+            match accepted {
+                Ok(key) => {
+                    if stream.write_all(&super::ws::switching(&key)).await.is_ok() {
+                        let headers = req.into_parts().0.headers;
+                        super::ws::serve(state, stream, buf, headers, stop).await;
+                    }
+                }
+                Err(err) => {
+                    let protocol = route::protocol_of(req.uri().path(), req.headers());
+                    Box::pin(answer_and_close(&mut stream, &err, protocol, req.version())).await;
+                }
+            }
+            return;
+        }
         let head_only = req.method() == Method::HEAD;
         let version = req.version();
         let protocol = route::protocol_of(req.uri().path(), req.headers());

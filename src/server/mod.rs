@@ -26,6 +26,7 @@ pub mod history;
 pub mod pipeline;
 pub mod reqlog;
 pub mod route;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -275,6 +275,11 @@ fn preflight(origin: HeaderValue, headers: &HeaderMap, path: &str) -> Response<R
 }
 
 /// Every check a request passes before any work (its body is not read yet).
+/// The guards of a WebSocket upgrade (`server::ws`): those of every request.
+pub(crate) fn upgrade_guard<B>(state: &State, req: &Request<B>) -> Result<(), Error> {
+    guard(state, req, req.uri().path())
+}
+
 fn guard<B>(state: &State, req: &Request<B>, path: &str) -> Result<(), Error> {
     head_size_guard(req)?;
     host_guard(state, req)?;

@@ -776,7 +776,7 @@ async fn alive(mut s: Box<Socket>) -> Option<Box<Socket>> {
     if s.since.elapsed() < PING_AFTER {
         return Some(s);
     }
-    s.ws.send(Message::Ping(Bytes::from_static(b"p").into()))
+    s.ws.send(Message::Ping(Bytes::from_static(b"p")))
         .await
         .ok()?;
     let pong = tokio::time::timeout(PING_WAIT, async {
