@@ -11,6 +11,16 @@ use common::{Harness, codex};
 
 /// Run `codex exec <prompt>` in a fresh CODEX_HOME pointing at `h`; (success, stdout, stderr).
 async fn codex_exec(h: &Harness, prompt: &str, files: &[(&str, &str)]) -> (bool, String, String) {
+    codex_exec_with(h, prompt, files, "").await
+}
+
+/// `codex_exec` with extra lines for the provider's table (e.g. `supports_websockets = true`).
+async fn codex_exec_with(
+    h: &Harness,
+    prompt: &str,
+    files: &[(&str, &str)],
+    provider_extra: &str,
+) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("codex-home");
     let work = dir.path().join("work");
@@ -28,8 +38,9 @@ base_url = "{}/v1"
 wire_api = "responses"
 request_max_retries = 0
 stream_max_retries = 0
+{}
 "#,
-        h.base
+        h.base, provider_extra
     );
     std::fs::write(home.join("config.toml"), config).unwrap();
     for (name, text) in files {
@@ -95,4 +106,37 @@ async fn codex_exec_runs_a_shell_tool_round_trip() {
             .any(|i| i["type"] == "function_call" && i["name"] == "exec_command")
     );
     assert!(input.iter().any(|i| i["type"] == "function_call_output"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_exec_runs_a_tool_turn_over_the_responses_websocket() {
+    let h = Harness::start().await;
+    let nonce = format!("nonce-{}", fastrand::u64(..));
+    let prompt = r#"EMU:tool:exec_command {"cmd":"cat nonce.txt"}"#;
+    let (ok, stdout, stderr) = codex_exec_with(
+        &h,
+        prompt,
+        &[("nonce.txt", &nonce)],
+        "supports_websockets = true",
+    )
+    .await;
+    assert!(ok, "codex exec failed:\nstdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.contains("Tool output:") && stdout.contains(&nonce),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    // The CLI really talked to us over the WebSocket.
+    let health: serde_json::Value = h.get("/health").await.json().await.unwrap();
+    assert!(
+        health["websocket_sessions"].as_u64().unwrap() >= 1,
+        "{health}\nstderr: {stderr}"
+    );
+    // The tool's output went upstream (as a whole conversation or a continuation).
+    let bodies = h.upstream_bodies();
+    assert!(
+        bodies.iter().any(|b| b["input"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|i| i["type"] == "function_call_output"))),
+        "{bodies:?}"
+    );
 }

@@ -64,6 +64,8 @@ pub struct State {
     pub connections: AtomicUsize,
     /// `config.responses_ws_url()`, computed once.
     pub ws_url: String,
+    /// Client WebSocket sessions accepted since start (`server::ws`).
+    pub ws_sessions: std::sync::atomic::AtomicU64,
 }
 
 impl State {
@@ -91,6 +93,7 @@ impl State {
             history: history::History::new(config.history_max_entries, config.history_max_bytes),
             connections: AtomicUsize::new(0),
             ws_url: config.responses_ws_url(),
+            ws_sessions: std::sync::atomic::AtomicU64::new(0),
             config,
         })
     }

@@ -105,6 +105,9 @@ pub async fn serve(
     config.max_frame_size = Some(state.config.max_body_bytes);
     let mut ws =
         WebSocketStream::from_partially_read(stream, buf, Role::Server, Some(config)).await;
+    state
+        .ws_sessions
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     loop {
         let msg = tokio::select! {
             msg = ws.next() => Some(msg),
