@@ -5,8 +5,15 @@
 //! enforces the same rules, answering with the exact rejection bodies the real backend
 //! sends. It owns:
 //!
-//! * the accept loop (HTTP/1.1 and h2 through the hyper-util auto builder, optional TLS
-//!   with a CA generated at start: [`tls`]),
+//! * the accept loop (HTTP/1.1 and h2 through the hyper-util auto builder, with HTTP/1.1
+//!   upgrades, optional TLS with a CA generated at start: [`tls`]),
+//! * the Responses WebSocket transport (`protocol/codex-websocket.md`) at
+//!   `GET /backend-api/codex/responses` ([`Emulator::ws_url`], [`ws`]): the RFC 6455
+//!   handshake through hyper's upgrade, one `response.create` text frame per request and
+//!   one event per text frame, `previous_response_id` continuation from the socket's last
+//!   response, `generate: false` warm-ups, wrapped `error` frames, the `codex.rate_limits`
+//!   and `response.metadata` frames, a per-socket response limit and a refusal mode
+//!   ([`WebSocketMode`]); requests take the same path as the SSE route's,
 //! * routing and the unary endpoints (models, images, compaction v1, usage, token
 //!   refresh: [`routes`]),
 //! * the issued-token registry and JWT minting ([`tokens`]),
@@ -41,11 +48,12 @@ mod script;
 mod stream;
 mod tls;
 mod tokens;
+mod ws;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -57,6 +65,7 @@ use tokio::task::JoinHandle;
 pub use accounts::AccountStats;
 pub use stream::STAMP_PLACEHOLDER;
 pub use tokens::TestCredentials;
+pub use ws::{WsClient, WsClientError};
 
 /// Requests kept for [`Emulator::requests`] (the oldest are dropped): a load run must not
 /// grow the emulator without bound.
@@ -100,6 +109,23 @@ pub struct EmulatorConfig {
     /// The h2 `SETTINGS_MAX_CONCURRENT_STREAMS` advertised per connection (like common CDN
     /// front ends: 100).
     pub h2_max_concurrent_streams: u32,
+    /// How a WebSocket upgrade of `/codex/responses` is answered.
+    pub websocket: WebSocketMode,
+    /// Responses one WebSocket serves; the next `response.create` gets the wrapped
+    /// `websocket_connection_limit_reached` error and the socket is closed (the real
+    /// backend's limit is 60 minutes). `None`: unlimited.
+    pub websocket_responses_per_socket: Option<u32>,
+}
+
+/// How the emulator answers a WebSocket upgrade of `/codex/responses`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WebSocketMode {
+    /// Upgrade (after the auth and `OpenAI-Beta` checks).
+    #[default]
+    Accept,
+    /// Refuse every handshake with this status and a JSON body: 426 is how the real
+    /// backend tells a client to use HTTP SSE instead.
+    Refuse(u16),
 }
 
 impl Default for EmulatorConfig {
@@ -112,6 +138,8 @@ impl Default for EmulatorConfig {
             device_poll_interval_secs: 5,
             account_concurrency: None,
             h2_max_concurrent_streams: 100,
+            websocket: WebSocketMode::Accept,
+            websocket_responses_per_socket: None,
         }
     }
 }
@@ -137,17 +165,34 @@ pub struct Stats {
     pub concurrency_refusals: u64,
     /// SSE body bytes handed to the HTTP layer, over every stream.
     pub sse_bytes_sent: u64,
+    /// Request body bytes of `POST /codex/responses` as they arrived on the wire
+    /// (compressed when zstd).
+    pub responses_body_bytes: u64,
+    /// Accepted WebSocket upgrades of `/codex/responses`.
+    pub ws_handshakes: u64,
+    /// `response.create` frames received.
+    pub ws_requests: u64,
+    /// Text payload bytes of the `response.create` frames received.
+    pub ws_request_bytes: u64,
+    /// `response.create` frames that chained from a known `previous_response_id`.
+    pub ws_continuations: u64,
+    /// Text payload bytes of the event frames sent over WebSockets.
+    pub ws_bytes_sent: u64,
 }
 
-/// One `POST /codex/responses` as received (body after zstd decoding).
+/// One `POST /codex/responses` as received (body after zstd decoding), or one
+/// `response.create` frame of a WebSocket.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
-    /// Header names in lower case, in arrival order.
+    /// Header names in lower case, in arrival order (of the handshake, for a WebSocket).
     pub headers: Vec<(String, String)>,
-    /// The JSON body (`null` when it was not JSON).
+    /// The JSON body (`null` when it was not JSON). For a WebSocket frame: as received,
+    /// without `type` (a continuation keeps `previous_response_id` and only its new items).
     pub body: serde_json::Value,
     /// Whether the body arrived with `Content-Encoding: zstd`.
     pub zstd: bool,
+    /// Whether it came as a `response.create` frame over a WebSocket.
+    pub websocket: bool,
 }
 
 /// A running emulator. Dropping it stops the accept loop and every connection.
@@ -171,8 +216,8 @@ impl Emulator {
         } else {
             (None, None)
         };
-        let shared = Arc::new(Shared::new(&cfg)?);
         let (stop, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared::new(&cfg, stop_rx.clone())?);
         let accept = tokio::spawn(accept_loop(listener, acceptor, shared.clone(), stop_rx));
         Ok(Emulator {
             addr,
@@ -197,6 +242,31 @@ impl Emulator {
     /// The upstream root, e.g. `http://127.0.0.1:4242/backend-api`.
     pub fn base_url(&self) -> String {
         format!("{}/backend-api", self.origin())
+    }
+
+    /// The WebSocket endpoint of the Responses transport, e.g.
+    /// `ws://127.0.0.1:4242/backend-api/codex/responses` (`wss://` with TLS).
+    pub fn ws_url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!(
+            "{scheme}://127.0.0.1:{}/backend-api/codex/responses",
+            self.addr.port()
+        )
+    }
+
+    /// Changes [`EmulatorConfig::websocket`] at run time (sockets already open stay open).
+    pub fn set_websocket_mode(&self, mode: WebSocketMode) {
+        self.shared
+            .ws_refuse
+            .store(ws_refuse_code(mode), Ordering::Release);
+    }
+
+    /// Changes [`EmulatorConfig::websocket_responses_per_socket`] at run time; open
+    /// sockets are checked against the new limit at their next `response.create`.
+    pub fn set_websocket_responses_per_socket(&self, limit: Option<u32>) {
+        self.shared
+            .ws_per_socket
+            .store(limit.unwrap_or(u32::MAX), Ordering::Release);
     }
 
     /// The token endpoint, e.g. `http://127.0.0.1:4242/oauth/token`.
@@ -301,6 +371,12 @@ impl Emulator {
             models_requests: c.models.load(Ordering::Relaxed),
             concurrency_refusals: c.concurrency_refusals.load(Ordering::Relaxed),
             sse_bytes_sent: self.shared.sse_bytes.load(Ordering::Relaxed),
+            responses_body_bytes: c.responses_body_bytes.load(Ordering::Relaxed),
+            ws_handshakes: c.ws_handshakes.load(Ordering::Relaxed),
+            ws_requests: c.ws_requests.load(Ordering::Relaxed),
+            ws_request_bytes: c.ws_request_bytes.load(Ordering::Relaxed),
+            ws_continuations: c.ws_continuations.load(Ordering::Relaxed),
+            ws_bytes_sent: self.shared.ws_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -312,6 +388,7 @@ impl Emulator {
                 headers: r.headers.clone(),
                 body: r.body.clone(),
                 zstd: r.zstd,
+                websocket: r.websocket,
             })
             .collect()
     }
@@ -334,6 +411,7 @@ impl Emulator {
                         headers: r.headers.clone(),
                         body: r.body.clone(),
                         zstd: r.zstd,
+                        websocket: r.websocket,
                     },
                 )
             })
@@ -365,6 +443,7 @@ struct Recorded {
     headers: Vec<(String, String)>,
     body: serde_json::Value,
     zstd: bool,
+    websocket: bool,
 }
 
 #[derive(Default)]
@@ -375,6 +454,11 @@ struct Counters {
     images: AtomicU64,
     models: AtomicU64,
     concurrency_refusals: AtomicU64,
+    responses_body_bytes: AtomicU64,
+    ws_handshakes: AtomicU64,
+    ws_requests: AtomicU64,
+    ws_request_bytes: AtomicU64,
+    ws_continuations: AtomicU64,
 }
 
 /// State shared by every connection.
@@ -393,6 +477,14 @@ struct Shared {
     live_streams: Arc<AtomicUsize>,
     /// SSE body bytes handed to hyper, over every stream.
     sse_bytes: Arc<AtomicU64>,
+    /// WebSocket event payload bytes handed to the socket.
+    ws_bytes: Arc<AtomicU64>,
+    /// [`WebSocketMode`]: 0 accepts, anything else is the refusal status.
+    ws_refuse: AtomicU32,
+    /// Responses per WebSocket (`u32::MAX`: unlimited).
+    ws_per_socket: AtomicU32,
+    /// Turns true when the emulator stops: upgraded sockets end with it.
+    stop: watch::Receiver<bool>,
     /// The latest [`MAX_RECORDED`] requests.
     recorded: Mutex<VecDeque<Arc<Recorded>>>,
     /// The latest [`MAX_RECORDED`] unary POSTs (images, compaction v1) with their paths.
@@ -436,7 +528,40 @@ impl Shared {
 }
 
 impl Shared {
-    fn new(cfg: &EmulatorConfig) -> std::io::Result<Shared> {
+    /// Keeps a request for [`Emulator::requests`].
+    fn record(&self, recorded: Arc<Recorded>) {
+        let mut all = lock(&self.recorded);
+        if all.len() >= MAX_RECORDED {
+            all.pop_front();
+        }
+        all.push_back(recorded);
+    }
+
+    fn websocket_mode(&self) -> WebSocketMode {
+        match self.ws_refuse.load(Ordering::Acquire) {
+            0 => WebSocketMode::Accept,
+            s => WebSocketMode::Refuse(u16::try_from(s).unwrap_or(u16::MAX)),
+        }
+    }
+
+    /// Responses one socket may serve (`None`: unlimited).
+    fn ws_responses_per_socket(&self) -> Option<u32> {
+        match self.ws_per_socket.load(Ordering::Acquire) {
+            u32::MAX => None,
+            n => Some(n),
+        }
+    }
+}
+
+fn ws_refuse_code(mode: WebSocketMode) -> u32 {
+    match mode {
+        WebSocketMode::Accept => 0,
+        WebSocketMode::Refuse(s) => u32::from(s.max(1)),
+    }
+}
+
+impl Shared {
+    fn new(cfg: &EmulatorConfig, stop: watch::Receiver<bool>) -> std::io::Result<Shared> {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| std::io::Error::other(e.to_string()))?;
         let default_account = Arc::new(accounts::Account::new(uuid_like()));
@@ -451,6 +576,10 @@ impl Shared {
             counters: Counters::default(),
             live_streams: Arc::new(AtomicUsize::new(0)),
             sse_bytes: Arc::new(AtomicU64::new(0)),
+            ws_bytes: Arc::new(AtomicU64::new(0)),
+            ws_refuse: AtomicU32::new(ws_refuse_code(cfg.websocket)),
+            ws_per_socket: AtomicU32::new(cfg.websocket_responses_per_socket.unwrap_or(u32::MAX)),
+            stop,
             recorded: Mutex::new(VecDeque::new()),
             unary: Mutex::new(VecDeque::new()),
             tokens: Mutex::new(tokens::Registry::default()),
@@ -526,7 +655,8 @@ where
         .http2()
         .max_concurrent_streams(h2_max_streams)
         .initial_connection_window_size((1 << 31) - 1);
-    let conn = builder.serve_connection(io, service);
+    // HTTP/1.1 upgrades for the WebSocket transport (h2 does not carry WebSockets here).
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::select! {
         _ = conn => {}
         _ = stop.changed() => {}

@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -15,9 +16,10 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
+use super::accounts::{Account, OpenStream};
 use super::rules::{self, seal};
 use super::script::{self, Reply};
-use super::stream::{EmuBody, LiveStream};
+use super::stream::{EmuBody, LiveStream, Sse};
 use super::{Recorded, Shared, lock, now_secs, random_hex};
 
 /// Bodies above this are refused (the real backend's limit is far below it).
@@ -26,7 +28,7 @@ const MAX_BODY: usize = 64 << 20;
 /// A small valid PNG (8x8, red), base64.
 const PNG_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEUlEQVR42mP4z8CAFTEMLQkAKP8/wc53yE8AAAAASUVORK5CYII=";
 
-type Resp = Response<EmuBody>;
+pub(super) type Resp = Response<EmuBody>;
 
 /// A request answered with nothing (`EMU:flakyreset`): the service fails, so hyper closes
 /// an HTTP/1.1 connection without a response (after the request was read: the client
@@ -54,7 +56,7 @@ impl std::error::Error for Abort {
     }
 }
 
-fn json_response(status: u16, body: &Value) -> Resp {
+pub(super) fn json_response(status: u16, body: &Value) -> Resp {
     bytes_response(status, "application/json", Bytes::from(body.to_string()))
 }
 
@@ -68,7 +70,7 @@ fn bytes_response(status: u16, content_type: &'static str, body: Bytes) -> Resp 
     resp
 }
 
-fn set(resp: &mut Resp, name: &'static str, value: &str) {
+pub(super) fn set(resp: &mut Resp, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         resp.headers_mut().insert(HeaderName::from_static(name), v);
     }
@@ -79,37 +81,161 @@ fn not_found() -> Resp {
 }
 
 fn unauthorized() -> Resp {
-    let mut resp = json_response(401, &script::token_expired());
-    set(&mut resp, "x-openai-authorization-error", "token_expired");
-    // base64 of {"error":{"code":"token_expired"}}
-    set(
-        &mut resp,
-        "x-error-json",
-        "eyJlcnJvciI6eyJjb2RlIjoidG9rZW5fZXhwaXJlZCJ9fQ==",
-    );
-    resp
+    Refusal::unauthorized().into_response()
+}
+
+/// The account's rate-limit picture, as the `x-codex-*` headers of an SSE answer and the
+/// `codex.rate_limits` event of a WebSocket answer both show it (one source for both).
+pub(super) struct RateLimits {
+    primary_used: f64,
+    primary_reset: i64,
+    secondary_used: f64,
+    secondary_reset: i64,
+    limited: bool,
+}
+
+impl RateLimits {
+    /// `limit_resets_at`: the primary window is used up until then.
+    pub(super) fn now(limit_resets_at: Option<i64>) -> RateLimits {
+        let now = now_secs();
+        let (primary_used, primary_reset) = match limit_resets_at {
+            Some(t) => (100.0, t),
+            None => (12.0, now + 3600),
+        };
+        RateLimits {
+            primary_used,
+            primary_reset,
+            secondary_used: 3.0,
+            secondary_reset: now + 259_200,
+            limited: limit_resets_at.is_some(),
+        }
+    }
+
+    /// The `x-codex-*` headers.
+    fn headers(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "x-codex-primary-used-percent",
+                format!("{:.1}", self.primary_used),
+            ),
+            ("x-codex-primary-window-minutes", "300".to_owned()),
+            ("x-codex-primary-reset-at", self.primary_reset.to_string()),
+            (
+                "x-codex-secondary-used-percent",
+                format!("{:.1}", self.secondary_used),
+            ),
+            ("x-codex-secondary-window-minutes", "10080".to_owned()),
+            (
+                "x-codex-secondary-reset-at",
+                self.secondary_reset.to_string(),
+            ),
+            ("x-codex-credits-has-credits", "true".to_owned()),
+            ("x-codex-credits-unlimited", "false".to_owned()),
+            ("x-codex-credits-balance", "9.99".to_owned()),
+        ]
+    }
+
+    /// The WebSocket-only `codex.rate_limits` event.
+    pub(super) fn event(&self) -> Value {
+        json!({
+            "type": "codex.rate_limits",
+            "plan_type": "plus",
+            "rate_limits": {
+                "allowed": !self.limited,
+                "limit_reached": self.limited,
+                "primary": {"used_percent": self.primary_used, "window_minutes": 300, "reset_at": self.primary_reset},
+                "secondary": {"used_percent": self.secondary_used, "window_minutes": 10080, "reset_at": self.secondary_reset},
+            },
+            "credits": {"has_credits": true, "unlimited": false, "balance": "9.99"},
+        })
+    }
+}
+
+/// A `/responses` request answered without a stream: the status, the JSON body and the
+/// headers of the HTTP answer. The SSE route sends it as is; the WebSocket route wraps it
+/// in an `error` frame (`status`, `error`, `headers`).
+pub(super) struct Refusal {
+    pub(super) status: u16,
+    pub(super) body: Value,
+    pub(super) headers: Vec<(&'static str, String)>,
+}
+
+impl Refusal {
+    fn new(status: u16, body: Value) -> Refusal {
+        Refusal {
+            status,
+            body,
+            headers: vec![("x-request-id", format!("req_{}", random_hex(32)))],
+        }
+    }
+
+    pub(super) fn unauthorized() -> Refusal {
+        Refusal {
+            status: 401,
+            body: script::token_expired(),
+            headers: vec![
+                ("x-openai-authorization-error", "token_expired".to_owned()),
+                // base64 of {"error":{"code":"token_expired"}}
+                (
+                    "x-error-json",
+                    "eyJlcnJvciI6eyJjb2RlIjoidG9rZW5fZXhwaXJlZCJ9fQ==".to_owned(),
+                ),
+            ],
+        }
+    }
+
+    fn rate_limited(mut self, limit_resets_at: Option<i64>) -> Refusal {
+        self.headers
+            .extend(RateLimits::now(limit_resets_at).headers());
+        self
+    }
+
+    /// The answer to a [`Reply::Status`].
+    fn from_status(reply: script::Status) -> Refusal {
+        let script::Status {
+            status,
+            body,
+            retry_after,
+            limit_resets_at,
+        } = reply;
+        let mut r = if status == 401 {
+            let mut r = Refusal::unauthorized();
+            r.headers
+                .push(("x-request-id", format!("req_{}", random_hex(32))));
+            r
+        } else {
+            Refusal::new(status, body)
+        };
+        if let Some(secs) = retry_after {
+            r.headers.push(("retry-after", secs.to_string()));
+        }
+        if limit_resets_at.is_some() {
+            r = r.rate_limited(limit_resets_at);
+            r.headers.push(("x-codex-active-limit", "codex".to_owned()));
+        }
+        r
+    }
+
+    /// 429 for a request over the account's limit of open streams: no `Retry-After`, the
+    /// usual rate-limit headers.
+    fn too_many_streams() -> Refusal {
+        Refusal::new(429, script::too_many_streams()).rate_limited(None)
+    }
+
+    pub(super) fn into_response(self) -> Resp {
+        let mut resp = json_response(self.status, &self.body);
+        for (name, value) in &self.headers {
+            set(&mut resp, name, value);
+        }
+        resp
+    }
 }
 
 /// The `x-codex-*` headers; `limit_resets_at`: the primary window is used up until then.
 fn rate_limit_headers(resp: &mut Resp, limit_resets_at: Option<i64>) {
-    let now = now_secs();
-    let (used, reset) = match limit_resets_at {
-        Some(t) => ("100.0", t),
-        None => ("12.0", now + 3600),
-    };
-    set(resp, "x-codex-primary-used-percent", used);
-    set(resp, "x-codex-primary-window-minutes", "300");
-    set(resp, "x-codex-primary-reset-at", &reset.to_string());
-    set(resp, "x-codex-secondary-used-percent", "3.0");
-    set(resp, "x-codex-secondary-window-minutes", "10080");
-    set(
-        resp,
-        "x-codex-secondary-reset-at",
-        &(now + 259_200).to_string(),
-    );
-    set(resp, "x-codex-credits-has-credits", "true");
-    set(resp, "x-codex-credits-unlimited", "false");
-    set(resp, "x-codex-credits-balance", "9.99");
+    for (name, value) in RateLimits::now(limit_resets_at).headers() {
+        set(resp, name, &value);
+    }
 }
 
 fn request_id(resp: &mut Resp) {
@@ -122,6 +248,7 @@ pub(super) async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Resul
     let method = req.method().clone();
     Ok(match (method, path.as_str()) {
         (Method::POST, "/backend-api/codex/responses") => return responses(req, &shared).await,
+        (Method::GET, "/backend-api/codex/responses") => super::ws::handshake(req, &shared),
         (Method::GET, "/backend-api/codex/models") => models(&req, &shared),
         (Method::POST, "/backend-api/codex/images/generations") => images(req, &shared).await,
         (Method::POST, "/backend-api/codex/responses/compact") => compact(req, &shared).await,
@@ -144,18 +271,10 @@ pub(super) async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Resul
 /// Keeps a unary POST for `Emulator::unary_requests`.
 fn record_unary(shared: &Shared, path: &str, parts: &hyper::http::request::Parts, raw: &[u8]) {
     let recorded = Recorded {
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: header_list(&parts.headers),
         body: serde_json::from_slice(raw).unwrap_or(Value::Null),
         zstd: false,
+        websocket: false,
     };
     let mut unary = lock(&shared.unary);
     if unary.len() >= super::MAX_RECORDED {
@@ -194,9 +313,10 @@ fn decode_zstd(raw: &[u8]) -> std::io::Result<Vec<u8>> {
 }
 
 /// Reads the body, undoing `Content-Encoding: zstd`. `Err` is the response to send.
+/// Also returns whether it was zstd and its length as it arrived.
 async fn read_body(
     req: Request<Incoming>,
-) -> Result<(hyper::http::request::Parts, Bytes, bool), Resp> {
+) -> Result<(hyper::http::request::Parts, Bytes, bool, usize), Resp> {
     let (parts, body) = req.into_parts();
     let limited = http_body_util::Limited::new(body, MAX_BODY);
     let raw = match limited.collect().await {
@@ -213,11 +333,14 @@ async fn read_body(
         .get(hyper::header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("zstd"));
+    let wire_len = raw.len();
     if !zstd {
-        return Ok((parts, raw, false));
+        return Ok((parts, raw, false, wire_len));
     }
     match decode_zstd(&raw) {
-        Ok(decoded) if decoded.len() <= MAX_BODY => Ok((parts, Bytes::from(decoded), true)),
+        Ok(decoded) if decoded.len() <= MAX_BODY => {
+            Ok((parts, Bytes::from(decoded), true, wire_len))
+        }
         Ok(_) => Err(json_response(
             413,
             &json!({"detail": "Request body too large"}),
@@ -229,34 +352,110 @@ async fn read_body(
     }
 }
 
+/// What the path shared by both transports decided for one `/responses` body.
+pub(super) enum Admission {
+    /// An answer without a stream.
+    Refused(Refusal),
+    /// No answer at all (`EMU:flakyreset`).
+    Reset,
+    /// A scripted stream, after `delay`, holding the account's open-stream slot.
+    Stream {
+        sse: Sse,
+        delay: Option<Duration>,
+        open: OpenStream,
+    },
+}
+
+/// One `/responses` body of an authorized account, whichever transport carried it.
+pub(super) struct Admit<'a> {
+    pub(super) account: &'a Arc<Account>,
+    pub(super) body: &'a Value,
+    /// The length of the full body (decoded), for the usage numbers.
+    pub(super) body_len: usize,
+    pub(super) session_id: Option<&'a str>,
+    /// `generate: false` (a WebSocket warm-up): an empty response instead of the script.
+    pub(super) warmup: bool,
+}
+
+/// The path both transports share once the body is parsed: the rules, the account's usage
+/// limit, then its limit of open streams, then the script.
+pub(super) fn admit(shared: &Shared, a: &Admit<'_>) -> Admission {
+    let secret = shared.account_secret(&a.account.id);
+    if let Err(reject) = rules::check(shared, &secret, a.body) {
+        return Admission::Refused(Refusal::new(reject.status, reject.body));
+    }
+    // A limited account refuses without opening a stream.
+    if let Some(resets_at) = a.account.usage_limit() {
+        a.account.refused_for_usage();
+        return Admission::Refused(Refusal::from_status(script::usage_limit(resets_at)));
+    }
+    // Held until the stream ends or is dropped; a unary answer releases it at once.
+    let Some(open) = a.account.try_open(shared.stream_limit()) else {
+        shared
+            .counters
+            .concurrency_refusals
+            .fetch_add(1, Ordering::Relaxed);
+        return Admission::Refused(Refusal::too_many_streams());
+    };
+    let script_req = script::Request {
+        body: a.body,
+        session_id: a.session_id,
+        body_len: a.body_len,
+        secret,
+    };
+    if a.warmup {
+        return Admission::Stream {
+            sse: script::warmup(shared, &script_req),
+            delay: None,
+            open,
+        };
+    }
+    match script::respond(shared, &script_req) {
+        Reply::Status(reply) => Admission::Refused(Refusal::from_status(reply)),
+        Reply::Reset => Admission::Reset,
+        Reply::Stream { sse, delay } => Admission::Stream { sse, delay, open },
+    }
+}
+
+/// Header names in lower case and values, in arrival order.
+pub(super) fn header_list(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// `session-id` (or the older `session_id`).
+pub(super) fn session_id(headers: &hyper::HeaderMap) -> Option<&str> {
+    headers
+        .get("session-id")
+        .or_else(|| headers.get("session_id"))
+        .and_then(|v| v.to_str().ok())
+}
+
 async fn responses(req: Request<Incoming>, shared: &Shared) -> Result<Resp, Abort> {
     shared.counters.responses.fetch_add(1, Ordering::Relaxed);
-    let (parts, raw, zstd) = match read_body(req).await {
+    let (parts, raw, zstd, wire_len) = match read_body(req).await {
         Ok(v) => v,
         Err(resp) => return Ok(resp),
     };
+    shared
+        .counters
+        .responses_body_bytes
+        .fetch_add(wire_len as u64, Ordering::Relaxed);
     let parsed: Option<Value> = serde_json::from_slice(&raw).ok();
     let recorded = Arc::new(Recorded {
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: header_list(&parts.headers),
         body: parsed.unwrap_or(Value::Null),
         zstd,
+        websocket: false,
     });
-    {
-        let mut recorded_all = lock(&shared.recorded);
-        if recorded_all.len() >= super::MAX_RECORDED {
-            recorded_all.pop_front();
-        }
-        recorded_all.push_back(recorded.clone());
-    }
+    shared.record(recorded.clone());
 
     let Some(account) = shared.authorized(&parts.headers) else {
         return Ok(unauthorized());
@@ -269,40 +468,20 @@ async fn responses(req: Request<Incoming>, shared: &Shared) -> Result<Resp, Abor
             &json!({"detail": "We could not parse the JSON body of your request."}),
         ));
     }
-    let secret = shared.account_secret(&account.id);
-    if let Err(reject) = rules::check(shared, &secret, body) {
-        let mut resp = json_response(reject.status, &reject.body);
-        request_id(&mut resp);
-        return Ok(resp);
-    }
-    // A limited account refuses without opening a stream.
-    if let Some(resets_at) = account.usage_limit() {
-        account.refused_for_usage();
-        return Ok(status_reply(script::usage_limit(resets_at)));
-    }
-    // Held until the SSE body is dropped; a unary answer releases it at once.
-    let Some(open) = account.try_open(shared.stream_limit()) else {
-        shared
-            .counters
-            .concurrency_refusals
-            .fetch_add(1, Ordering::Relaxed);
-        return Ok(too_many_streams());
-    };
-    let session_id = parts
-        .headers
-        .get("session-id")
-        .or_else(|| parts.headers.get("session_id"))
-        .and_then(|v| v.to_str().ok());
-    let script_req = script::Request {
-        body,
-        session_id,
-        body_len: raw.len(),
-        secret,
-    };
-    Ok(match script::respond(shared, &script_req) {
-        Reply::Status(reply) => status_reply(reply),
-        Reply::Reset => return Err(Abort::refused()),
-        Reply::Stream { sse, delay } => {
+    let admission = admit(
+        shared,
+        &Admit {
+            account: &account,
+            body,
+            body_len: raw.len(),
+            session_id: session_id(&parts.headers),
+            warmup: false,
+        },
+    );
+    Ok(match admission {
+        Admission::Refused(refusal) => refusal.into_response(),
+        Admission::Reset => return Err(Abort::refused()),
+        Admission::Stream { sse, delay, open } => {
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }
@@ -330,39 +509,6 @@ async fn responses(req: Request<Incoming>, shared: &Shared) -> Result<Resp, Abor
     })
 }
 
-/// The answer to a [`Reply::Status`].
-fn status_reply(reply: script::Status) -> Resp {
-    let script::Status {
-        status,
-        body,
-        retry_after,
-        limit_resets_at,
-    } = reply;
-    let mut resp = if status == 401 {
-        unauthorized()
-    } else {
-        json_response(status, &body)
-    };
-    request_id(&mut resp);
-    if let Some(secs) = retry_after {
-        set(&mut resp, "retry-after", &secs.to_string());
-    }
-    if limit_resets_at.is_some() {
-        rate_limit_headers(&mut resp, limit_resets_at);
-        set(&mut resp, "x-codex-active-limit", "codex");
-    }
-    resp
-}
-
-/// 429 for a request over the account's limit of open streams: no `Retry-After`, the
-/// usual rate-limit headers.
-fn too_many_streams() -> Resp {
-    let mut resp = json_response(429, &script::too_many_streams());
-    request_id(&mut resp);
-    rate_limit_headers(&mut resp, None);
-    resp
-}
-
 fn models(req: &Request<Incoming>, shared: &Shared) -> Resp {
     shared.counters.models.fetch_add(1, Ordering::Relaxed);
     if shared.authorized(req.headers()).is_none() {
@@ -387,7 +533,7 @@ fn models(req: &Request<Incoming>, shared: &Shared) -> Resp {
 
 async fn images(req: Request<Incoming>, shared: &Shared) -> Resp {
     shared.counters.images.fetch_add(1, Ordering::Relaxed);
-    let (parts, raw, _) = match read_body(req).await {
+    let (parts, raw, _, _) = match read_body(req).await {
         Ok(v) => v,
         Err(resp) => return resp,
     };
@@ -437,7 +583,7 @@ async fn images(req: Request<Incoming>, shared: &Shared) -> Resp {
 }
 
 async fn compact(req: Request<Incoming>, shared: &Shared) -> Resp {
-    let (parts, raw, _) = match read_body(req).await {
+    let (parts, raw, _, _) = match read_body(req).await {
         Ok(v) => v,
         Err(resp) => return resp,
     };
@@ -525,7 +671,7 @@ fn accounts(req: &Request<Incoming>, shared: &Shared) -> Resp {
 
 async fn token(req: Request<Incoming>, shared: &Shared) -> Resp {
     shared.counters.token.fetch_add(1, Ordering::Relaxed);
-    let (parts, raw, _) = match read_body(req).await {
+    let (parts, raw, _, _) = match read_body(req).await {
         Ok(v) => v,
         Err(resp) => return resp,
     };
@@ -557,7 +703,7 @@ async fn device(
     shared: &Shared,
     endpoint: fn(&Shared, &[u8]) -> (u16, Value),
 ) -> Resp {
-    let (_, raw, _) = match read_body(req).await {
+    let (_, raw, _, _) = match read_body(req).await {
         Ok(v) => v,
         Err(resp) => return resp,
     };
@@ -576,7 +722,7 @@ fn device_page(message: Option<&str>) -> Resp {
 }
 
 async fn device_approve(req: Request<Incoming>, shared: &Shared) -> Resp {
-    let (_, raw, _) = match read_body(req).await {
+    let (_, raw, _, _) = match read_body(req).await {
         Ok(v) => v,
         Err(resp) => return resp,
     };

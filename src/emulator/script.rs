@@ -931,6 +931,16 @@ pub(super) fn respond(shared: &Shared, req: &Request<'_>) -> Reply {
     stream(t, delay)
 }
 
+/// The answer to a warm-up (`generate: false` over the WebSocket transport): a response
+/// created and completed at once, with no output.
+pub(super) fn warmup(shared: &Shared, req: &Request<'_>) -> Sse {
+    let mut t = Turn::new(shared, req, None);
+    let r = t.response("in_progress");
+    t.sse.event("response.created", &json!({ "response": r }));
+    t.finish("completed", None);
+    t.sse
+}
+
 /// `response.failed` with `server_is_overloaded` (`EMU:overloaded_event`, `EMU:flakyevent`).
 fn overloaded_event(t: &mut Turn<'_>) {
     t.failed(

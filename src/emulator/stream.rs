@@ -143,6 +143,26 @@ impl Sse {
         self.steps.push(Step::Cut);
     }
 
+    /// The steps for the WebSocket transport: each event's `data` JSON alone (one text
+    /// frame each, no SSE framing), pauses, gates and the cut as they are.
+    pub(super) fn into_ws_steps(self) -> VecDeque<Step> {
+        self.steps
+            .into_iter()
+            .map(|step| match step {
+                Step::Data(b) => {
+                    let (from, to) = sse_data_span(&b);
+                    Step::Data(b.slice(from..to))
+                }
+                Step::Stamped(b, at) => {
+                    let (from, to) = sse_data_span(&b);
+                    let json = b.get(from..to).unwrap_or_default().to_vec();
+                    Step::Stamped(json, at.into_iter().map(|i| i - from).collect())
+                }
+                other => other,
+            })
+            .collect()
+    }
+
     /// The body; `live` and `open` (the account's open-stream slot) are released when it
     /// is dropped.
     pub(super) fn into_body(
@@ -170,7 +190,7 @@ impl LiveStream {
         LiveStream(Arc::clone(counter), Arc::clone(sent))
     }
 
-    fn sent(&self, n: usize) {
+    pub(super) fn sent(&self, n: usize) {
         self.1.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
@@ -282,12 +302,7 @@ impl Body for ScriptBody {
                     return Poll::Ready(Some(Ok(Frame::data(b))));
                 }
                 Some(Step::Stamped(mut b, at)) => {
-                    let digits = stamp_digits(super::clock_ns());
-                    for i in at {
-                        if let Some(slot) = b.get_mut(i..i + digits.len()) {
-                            slot.copy_from_slice(&digits);
-                        }
-                    }
+                    fill_stamps(&mut b, &at);
                     this.yield_next = this.per_event && !this.steps.is_empty();
                     this.live.sent(b.len());
                     return Poll::Ready(Some(Ok(Frame::data(Bytes::from(b)))));
@@ -311,6 +326,23 @@ impl Body for ScriptBody {
 
     fn is_end_stream(&self) -> bool {
         self.steps.is_empty() && self.sleep.is_none()
+    }
+}
+
+/// Where the JSON of one `event: …\ndata: <json>\n\n` block lies.
+fn sse_data_span(b: &[u8]) -> (usize, usize) {
+    let from = memchr::memmem::find(b, b"\ndata: ").map_or(0, |i| i + 7);
+    let to = b.len().saturating_sub(2).max(from);
+    (from, to)
+}
+
+/// Writes the send time into the stamp digits at `at` (see [`STAMP_PLACEHOLDER`]).
+pub(super) fn fill_stamps(b: &mut [u8], at: &[usize]) {
+    let digits = stamp_digits(super::clock_ns());
+    for &i in at {
+        if let Some(slot) = b.get_mut(i..i + digits.len()) {
+            slot.copy_from_slice(&digits);
+        }
     }
 }
 
