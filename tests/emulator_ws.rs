@@ -621,3 +621,47 @@ async fn a_tls_handshake_serves_wss() {
     assert_eq!(text_of(&turn(&mut ws).await), "You said: twice");
     assert_eq!(emu.stats().ws_handshakes, 1);
 }
+
+/// The bench's comparison of upstream bytes per turn: the SSE route counts request bodies
+/// as they arrived (compressed when zstd), the WebSocket route its frames' text.
+#[tokio::test]
+async fn request_bytes_are_counted_per_transport() {
+    let (emu, creds) = emulator(EmulatorConfig::default()).await;
+    let http = reqwest::Client::new();
+    let plain = body("counted plain").to_string();
+    let compressed = zstd::encode_all(body("counted zstd").to_string().as_bytes(), 3).unwrap();
+    for (bytes, zstd) in [
+        (plain.clone().into_bytes(), false),
+        (compressed.clone(), true),
+    ] {
+        let mut req = http
+            .post(format!("{}/codex/responses", emu.base_url()))
+            .header("authorization", format!("Bearer {}", creds.access_token))
+            .header("chatgpt-account-id", &creds.account_id)
+            .header("content-type", "application/json");
+        if zstd {
+            req = req.header("content-encoding", "zstd");
+        }
+        let resp = req.body(bytes).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap();
+    }
+    let stats = emu.stats();
+    assert_eq!(
+        stats.responses_body_bytes,
+        (plain.len() + compressed.len()) as u64
+    );
+    assert!(emu.requests().iter().all(|r| !r.websocket));
+    assert_eq!((stats.ws_requests, stats.ws_request_bytes), (0, 0));
+
+    let mut ws = connect(&emu, &creds).await;
+    let frame = create(body("counted ws"));
+    ws.send_json(&frame).await.unwrap();
+    completed(&turn(&mut ws).await);
+    let stats = emu.stats();
+    assert_eq!(stats.ws_request_bytes, frame.to_string().len() as u64);
+    assert_eq!(
+        stats.responses_body_bytes,
+        (plain.len() + compressed.len()) as u64
+    );
+}

@@ -2,6 +2,10 @@
 //! (models §15, images §18, compaction v1 §17.1, usage §19, accounts check §16, token
 //! §12.3, sign-in §13 via `oauth`), the account checks of `/responses` (usage limit, then
 //! open streams per account) and its response heads (rate-limit headers §10.2).
+//!
+//! The path a parsed `/responses` body takes ([`admit`]: rules, usage limit, open streams,
+//! script) and its refusals ([`Refusal`]: status, body, headers) are shared with the
+//! WebSocket transport (`ws`), which wraps a refusal in an `error` frame instead.
 
 use std::cell::RefCell;
 use std::fmt;

@@ -427,6 +427,34 @@ mod tests {
         assert_eq!(d["sequence_number"], 2);
     }
 
+    #[test]
+    fn websocket_steps_are_the_bare_json_with_stamps_moved() {
+        let mut s = Sse::new();
+        s.event("response.created", &json!({"response": {"id": "resp_1"}}));
+        s.pause(Duration::from_millis(1));
+        s.text_delta("msg_1", 0, &format!("{STAMP_PLACEHOLDER}a"));
+        let steps: Vec<Step> = s.into_ws_steps().into_iter().collect();
+        match &steps[0] {
+            Step::Data(b) => assert_eq!(
+                &b[..],
+                br#"{"type":"response.created","sequence_number":0,"response":{"id":"resp_1"}}"#
+            ),
+            _ => panic!("not data"),
+        }
+        assert!(matches!(steps[1], Step::Pause(_)));
+        match &steps[2] {
+            Step::Stamped(b, at) => {
+                let mut b = b.clone();
+                fill_stamps(&mut b, at);
+                let v: Value = serde_json::from_slice(&b).unwrap();
+                assert_eq!(v["type"], "response.output_text.delta");
+                assert_eq!(stamps_in(&b).len(), 1);
+                assert!(!String::from_utf8(b).unwrap().contains(STAMP_PLACEHOLDER));
+            }
+            _ => panic!("not stamped"),
+        }
+    }
+
     fn stamps_in(b: &[u8]) -> Vec<u64> {
         memchr::memmem::find_iter(b, b"T@")
             .map(|i| {
