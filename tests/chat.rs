@@ -3,6 +3,7 @@
 
 mod common;
 
+use codex_as_api::config::Transport;
 use common::{Harness, error_message, frames};
 use serde_json::{Value, json};
 
@@ -66,7 +67,14 @@ async fn non_stream_answer_has_openai_shape_and_the_clients_model() {
     assert_eq!(up.body["instructions"], "Be brief.");
     assert_eq!(up.body["store"], false);
     assert_eq!(up.body["stream"], true);
-    assert!(up.zstd, "bodies are zstd-compressed by default");
+    // Over a WebSocket (the default) frames are never zstd; over HTTP bodies are.
+    assert!(up.websocket() && !up.zstd);
+    let h = Harness::with(|c| c.upstream_transport = Transport::Sse).await;
+    h.post("/v1/chat/completions", &user("over http")).await;
+    assert!(
+        h.last_upstream().zstd,
+        "bodies are zstd-compressed by default"
+    );
 }
 
 #[tokio::test]
@@ -496,7 +504,8 @@ async fn unsupported_openai_fields_are_accepted_and_never_forwarded() {
 
 #[tokio::test]
 async fn cache_key_subagent_and_session_headers_go_upstream() {
-    let h = Harness::start().await;
+    // The HTTP request's headers (the WebSocket handshake's: tests/upstream_ws.rs).
+    let h = Harness::with(|c| c.upstream_transport = Transport::Sse).await;
     h.post_with(
         "/v1/chat/completions",
         &json!({

@@ -1262,6 +1262,50 @@ const NUMERIC_ROOT_KEYS: [(&str, u64, u64); 2] = [
     ("model_auto_compact_token_limit", 1, u32::MAX as u64),
 ];
 
+/// Requests in turn on a single HTTP/1.1 connection.
+struct OneConnection {
+    send: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    addr: std::net::SocketAddr,
+}
+
+impl OneConnection {
+    async fn open(addr: std::net::SocketAddr) -> OneConnection {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        OneConnection { send, addr }
+    }
+
+    async fn call(&mut self, method: &str, path: &str, body: String) -> (http::StatusCode, String) {
+        use http_body_util::BodyExt;
+        // A refusal that left the body unread (413) closes the connection: open another.
+        if self.send.ready().await.is_err() {
+            *self = OneConnection::open(self.addr).await;
+        }
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let resp = self.send.send_request(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn post(&mut self, path: &str, body: String) -> (http::StatusCode, String) {
+        self.call("POST", path, body).await
+    }
+
+    async fn get(&mut self, path: &str) -> (http::StatusCode, String) {
+        self.call("GET", path, String::new()).await
+    }
+}
+
 /// A server on `config` (numeric settings as resolved; upstream, credentials and port from
 /// the harness: a checked port is the OS's to bind) answers the main kinds of work, at the
 /// nesting limit too, and shuts down.
@@ -1277,6 +1321,9 @@ async fn serves_on(resolved: codex_as_api::config::Config, what: &str) {
         c.port = 0;
     })
     .await;
+    // One keep-alive connection for every request: with `--max-connections 1` a client
+    // pool that opened a second one while the first turns idle would be refused.
+    let mut one = OneConnection::open(h.server.addr()).await;
     // `metadata` nested to the limit: the request's own depth is exactly `depth`.
     let nested = format!(
         r#"{{"model":"gpt-5.5","stream":true,"messages":[{{"role":"user","content":"hi"}}],"metadata":{}{}}}"#,
@@ -1295,23 +1342,15 @@ async fn serves_on(resolved: codex_as_api::config::Config, what: &str) {
         ("/v1/messages", msg.to_string()),
         ("/v1/messages/count_tokens", msg.to_string()),
     ] {
-        let r = h
-            .http
-            .post(h.url(path))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{what}: {path}: {e}"));
-        let status = r.status();
-        let text = r.text().await.unwrap();
+        let (status, text) = one.post(path, body).await;
         assert!(
             status.is_success() || status.is_client_error(),
             "{what}: {path}: {status} {text}"
         );
     }
-    let health = h.get("/health").await;
-    assert_eq!(health.status(), 200, "{what}");
+    let (status, _) = one.get("/health").await;
+    assert_eq!(status, 200, "{what}");
+    drop(one);
     let common::Harness { server, http, .. } = h;
     drop(http);
     tokio::time::timeout(Duration::from_secs(10), server.shutdown())

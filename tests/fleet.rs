@@ -17,7 +17,7 @@ use codex_as_api::admission::Limits;
 use codex_as_api::config::Config;
 use codex_as_api::emulator::{Emulator, EmulatorConfig};
 use codex_as_api::server::Server;
-use common::frames;
+use common::{frames, until};
 use serde_json::{Value, json};
 
 /// An emulator with `accounts` registered accounts and a server spending all of them.
@@ -190,7 +190,10 @@ async fn twenty_four_agents_on_a_three_stream_account_queue_and_none_sees_a_429(
         })
         .await;
     assert_eq!(h["accounts"][0]["window"], 3, "{h}");
-    assert_eq!(f.emu.account_stats(&f.ids[0]).open_streams, 3);
+    until("3 open streams upstream", Duration::from_secs(10), || {
+        f.emu.account_stats(&f.ids[0]).open_streams == 3
+    })
+    .await;
     assert_eq!(
         f.emu.stats().responses_requests,
         3,
@@ -255,7 +258,10 @@ async fn a_full_window_with_waiters_grows_by_itself_up_to_the_ceiling() {
         })
         .await;
     assert_eq!(h["accounts"][0]["refused"], 0, "{h}");
-    assert_eq!(f.emu.account_stats(&f.ids[0]).open_streams, 3);
+    until("3 open streams upstream", Duration::from_secs(10), || {
+        f.emu.account_stats(&f.ids[0]).open_streams == 3
+    })
+    .await;
     f.emu.open_gate("grow");
     all_complete(agents).await;
 }
@@ -500,9 +506,17 @@ async fn two_accounts_share_the_load() {
         })
         .await;
     assert_ne!(h["accounts"][0]["label"], h["accounts"][1]["label"], "{h}");
-    for id in &f.ids {
-        assert_eq!(f.emu.account_stats(id).open_streams, 3);
-    }
+    // The backend sees the same: three streams open on each account.
+    until(
+        "3 open streams upstream on each account",
+        Duration::from_secs(10),
+        || {
+            f.ids
+                .iter()
+                .all(|id| f.emu.account_stats(id).open_streams == 3)
+        },
+    )
+    .await;
     f.emu.open_gate("pair");
     all_complete(agents).await;
     let (a, b) = (
@@ -839,7 +853,9 @@ async fn an_h2_stream_refused_before_any_output_is_retried_on_the_tls_upstream()
         account_concurrency: Some(3),
         ..EmulatorConfig::default()
     };
-    let (emu, config) = common::tls_emulator(cfg, dir.path(), 3600).await;
+    let (emu, mut config) = common::tls_emulator(cfg, dir.path(), 3600).await;
+    // The h2 path: a refused stream is provably unprocessed.
+    config.upstream_transport = codex_as_api::config::Transport::Sse;
     let server = Server::start(config).await.unwrap();
     let base = format!("http://{}", server.addr());
     let http = reqwest::Client::new();

@@ -18,10 +18,17 @@ fn header<'a>(r: &'a RecordedRequest, name: &str) -> Option<&'a str> {
 /// Asserts the lite layout and returns the tools of the `functions` namespace.
 fn assert_lite(r: &RecordedRequest, instructions: &str) -> Vec<Value> {
     let b = &r.body;
-    assert_eq!(
-        header(r, "x-openai-internal-codex-responses-lite"),
-        Some("true")
-    );
+    // Over HTTP a header; over a WebSocket (the default) the frame's client_metadata.
+    match &r.frame {
+        None => assert_eq!(
+            header(r, "x-openai-internal-codex-responses-lite"),
+            Some("true")
+        ),
+        Some(f) => assert_eq!(
+            f["client_metadata"]["ws_request_header_x_openai_internal_codex_responses_lite"],
+            "true"
+        ),
+    }
     assert!(b.get("tools").is_none(), "{b}");
     assert!(b.get("instructions").is_none(), "{b}");
     assert_eq!(b["parallel_tool_calls"], false);

@@ -58,6 +58,8 @@ async fn h2_backend(
     config.account_limits.start = 1000;
     config.account_limits.ceiling = 1000;
     config.upstream_max_connections = max_connections;
+    // The h2 pool is the SSE transport's.
+    config.upstream_transport = codex_as_api::config::Transport::Sse;
     let server = codex_as_api::server::Server::start(config).await.unwrap();
     (emu, server, dir)
 }

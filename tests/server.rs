@@ -355,6 +355,7 @@ async fn stalled_clients_never_break_other_streams_on_the_shared_h2_upstream() {
     // account's window (where stalled clients would hold the slots and the rest queue).
     config.account_limits.start = 64;
     config.account_limits.ceiling = 64;
+    config.upstream_transport = codex_as_api::config::Transport::Sse;
     let server = codex_as_api::server::Server::start(config).await.unwrap();
     let addr = server.addr();
 

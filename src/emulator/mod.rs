@@ -156,6 +156,7 @@ pub enum Chunking {
 /// Counters since start (a snapshot).
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
+    /// Responses requests over either transport (HTTP POSTs and WebSocket frames).
     pub responses_requests: u64,
     pub token_calls: u64,
     pub connections_accepted: u64,
@@ -186,13 +187,22 @@ pub struct Stats {
 pub struct RecordedRequest {
     /// Header names in lower case, in arrival order (of the handshake, for a WebSocket).
     pub headers: Vec<(String, String)>,
-    /// The JSON body (`null` when it was not JSON). For a WebSocket frame: as received,
-    /// without `type` (a continuation keeps `previous_response_id` and only its new items).
+    /// The JSON body (`null` when it was not JSON) as the backend processes it: for a
+    /// WebSocket continuation, the whole conversation (the previous input and output, then
+    /// the new items) without `previous_response_id`.
     pub body: serde_json::Value,
     /// Whether the body arrived with `Content-Encoding: zstd`.
     pub zstd: bool,
+    /// The `response.create` frame as it arrived over a WebSocket (without `type`; a
+    /// continuation has `previous_response_id` and only its new items); `None` over HTTP.
+    pub frame: Option<serde_json::Value>,
+}
+
+impl RecordedRequest {
     /// Whether it came as a `response.create` frame over a WebSocket.
-    pub websocket: bool,
+    pub fn websocket(&self) -> bool {
+        self.frame.is_some()
+    }
 }
 
 /// A running emulator. Dropping it stops the accept loop and every connection.
@@ -364,7 +374,8 @@ impl Emulator {
     pub fn stats(&self) -> Stats {
         let c = &self.shared.counters;
         Stats {
-            responses_requests: c.responses.load(Ordering::Relaxed),
+            responses_requests: c.responses.load(Ordering::Relaxed)
+                + c.ws_requests.load(Ordering::Relaxed),
             token_calls: c.token.load(Ordering::Relaxed),
             connections_accepted: c.connections.load(Ordering::Relaxed),
             images_requests: c.images.load(Ordering::Relaxed),
@@ -388,7 +399,7 @@ impl Emulator {
                 headers: r.headers.clone(),
                 body: r.body.clone(),
                 zstd: r.zstd,
-                websocket: r.websocket,
+                frame: r.frame.clone(),
             })
             .collect()
     }
@@ -411,7 +422,7 @@ impl Emulator {
                         headers: r.headers.clone(),
                         body: r.body.clone(),
                         zstd: r.zstd,
-                        websocket: r.websocket,
+                        frame: r.frame.clone(),
                     },
                 )
             })
@@ -443,7 +454,8 @@ struct Recorded {
     headers: Vec<(String, String)>,
     body: serde_json::Value,
     zstd: bool,
-    websocket: bool,
+    /// A WebSocket `response.create` frame as received (without `type`).
+    frame: Option<serde_json::Value>,
 }
 
 #[derive(Default)]

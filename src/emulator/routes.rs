@@ -278,7 +278,7 @@ fn record_unary(shared: &Shared, path: &str, parts: &hyper::http::request::Parts
         headers: header_list(&parts.headers),
         body: serde_json::from_slice(raw).unwrap_or(Value::Null),
         zstd: false,
-        websocket: false,
+        frame: None,
     };
     let mut unary = lock(&shared.unary);
     if unary.len() >= super::MAX_RECORDED {
@@ -457,7 +457,7 @@ async fn responses(req: Request<Incoming>, shared: &Shared) -> Result<Resp, Abor
         headers: header_list(&parts.headers),
         body: parsed.unwrap_or(Value::Null),
         zstd,
-        websocket: false,
+        frame: None,
     });
     shared.record(recorded.clone());
 

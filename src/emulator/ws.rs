@@ -435,6 +435,17 @@ impl Conn {
     }
 
     /// A wrapped 400 `invalid_request_error` with `code`.
+    /// Keep a request for `Emulator::requests`: `body` as the backend processes it (a
+    /// continuation expanded), `frame` as it arrived.
+    fn record(&self, body: Value, frame: Value) {
+        self.shared.record(Arc::new(Recorded {
+            headers: self.headers.clone(),
+            body,
+            zstd: false,
+            frame: Some(frame),
+        }));
+    }
+
     fn send_error(&mut self, status: u16, code: &str, message: &str) {
         self.send_json(&json!({"type": "error", "status": status,
             "error": {"type": "invalid_request_error", "code": code, "message": message}}));
@@ -484,13 +495,9 @@ impl Conn {
         c.ws_request_bytes
             .fetch_add(text.len() as u64, Ordering::Relaxed);
         obj.remove("type");
-        self.shared.record(Arc::new(Recorded {
-            headers: self.headers.clone(),
-            body: Value::Object(obj.clone()),
-            zstd: false,
-            websocket: true,
-        }));
+        let frame = Value::Object(obj.clone());
         if self.playing.is_some() {
+            self.record(frame.clone(), frame);
             self.send_error(
                 400,
                 "conversation_already_has_active_response",
@@ -501,6 +508,7 @@ impl Conn {
         if let Some(limit) = self.shared.ws_responses_per_socket()
             && self.served >= limit
         {
+            self.record(frame.clone(), frame);
             self.send_error(
                 400,
                 "websocket_connection_limit_reached",
@@ -522,6 +530,7 @@ impl Conn {
             Some(prev) => {
                 let id = prev.as_str().unwrap_or_default();
                 let Some(last) = self.last.as_ref().filter(|l| l.id == id) else {
+                    self.record(frame.clone(), frame);
                     let message = format!("Previous response with id '{id}' not found.");
                     self.send_json(&json!({"type": "error", "status": 400, "error": {
                         "type": "invalid_request_error", "code": "previous_response_not_found",
@@ -535,6 +544,10 @@ impl Conn {
                 c.ws_continuations.fetch_add(1, Ordering::Relaxed);
             }
         }
+        // What the backend processes: the whole conversation; `client_metadata` is
+        // metadata, not prompt.
+        obj.remove("client_metadata");
+        self.record(Value::Object(obj.clone()), frame);
         let warmup = obj.remove("generate") == Some(Value::Bool(false));
         let body = Value::Object(obj);
         let admission = routes::admit(
