@@ -155,4 +155,20 @@ async fn claude_code_runs_a_bash_tool_round_trip() {
             })
     });
     assert!(tool_used, "{out}");
+    // The turn after the tool ran went upstream as a continuation over the WebSocket:
+    // only the tool's result, chained to the first answer.
+    let stats = h.emu.stats();
+    assert!(stats.ws_continuations >= 1, "{stats:?}");
+    let chained = h
+        .emu
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.frame)
+        .find(|f| f.get("previous_response_id").is_some())
+        .expect("a chained frame");
+    let input = chained["input"].as_array().unwrap();
+    assert!(
+        input.iter().all(|i| i["type"] == "function_call_output"),
+        "{chained}"
+    );
 }

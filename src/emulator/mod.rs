@@ -279,6 +279,12 @@ impl Emulator {
             .store(limit.unwrap_or(u32::MAX), Ordering::Release);
     }
 
+    /// Every open socket forgets its last response (as after a backend restart): a
+    /// `previous_response_id` sent next is `previous_response_not_found`.
+    pub fn forget_responses(&self) {
+        self.shared.ws_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// The token endpoint, e.g. `http://127.0.0.1:4242/oauth/token`.
     pub fn token_url(&self) -> String {
         format!("{}/oauth/token", self.origin())
@@ -495,6 +501,8 @@ struct Shared {
     ws_refuse: AtomicU32,
     /// Responses per WebSocket (`u32::MAX`: unlimited).
     ws_per_socket: AtomicU32,
+    /// Bumped by `forget_responses`: a socket's last response of an older epoch is unknown.
+    ws_epoch: AtomicU64,
     /// Turns true when the emulator stops: upgraded sockets end with it.
     stop: watch::Receiver<bool>,
     /// The latest [`MAX_RECORDED`] requests.
@@ -591,6 +599,7 @@ impl Shared {
             ws_bytes: Arc::new(AtomicU64::new(0)),
             ws_refuse: AtomicU32::new(ws_refuse_code(cfg.websocket)),
             ws_per_socket: AtomicU32::new(cfg.websocket_responses_per_socket.unwrap_or(u32::MAX)),
+            ws_epoch: AtomicU64::new(0),
             stop,
             recorded: Mutex::new(VecDeque::new()),
             unary: Mutex::new(VecDeque::new()),

@@ -253,6 +253,8 @@ struct Last {
     id: String,
     input: Vec<Value>,
     output: Vec<Value>,
+    /// `Shared::ws_epoch` when it completed: [`super::Emulator::forget_responses`] bumps it.
+    epoch: u64,
 }
 
 /// A response being played.
@@ -396,6 +398,7 @@ impl Conn {
                 id,
                 input: p.input,
                 output: p.output,
+                epoch: self.shared.ws_epoch.load(Ordering::Acquire),
             });
         }
     }
@@ -529,7 +532,12 @@ impl Conn {
             None | Some(Value::Null) => {}
             Some(prev) => {
                 let id = prev.as_str().unwrap_or_default();
-                let Some(last) = self.last.as_ref().filter(|l| l.id == id) else {
+                let epoch = self.shared.ws_epoch.load(Ordering::Acquire);
+                let Some(last) = self
+                    .last
+                    .as_ref()
+                    .filter(|l| l.id == id && l.epoch == epoch)
+                else {
                     self.record(frame.clone(), frame);
                     let message = format!("Previous response with id '{id}' not found.");
                     self.send_json(&json!({"type": "error", "status": 400, "error": {

@@ -1,0 +1,429 @@
+//! The Responses WebSocket as the upstream transport (`--upstream-transport`), end to end:
+//! clients over HTTP, the real server, the emulator's WebSocket route over loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use codex_as_api::config::Transport;
+use codex_as_api::emulator::{EmulatorConfig, RecordedRequest, WebSocketMode};
+use common::{Harness, error_message, frames, until};
+use serde_json::{Value, json};
+
+fn bash() -> Value {
+    json!({"name": "Bash", "description": "Run a command", "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}})
+}
+
+async fn messages(h: &Harness, body: &Value, session: &str) -> (u16, Value) {
+    let r = h
+        .post_with(
+            "/v1/messages",
+            body,
+            &[
+                ("anthropic-version", "2023-06-01"),
+                ("x-claude-code-session-id", session),
+            ],
+        )
+        .await;
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+fn header<'a>(r: &'a RecordedRequest, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn frame(r: &RecordedRequest) -> &Value {
+    r.frame.as_ref().expect("sent over the WebSocket")
+}
+
+/// A Claude Code-like tool loop of `turns` tool calls in one session; returns the final
+/// answer and the messages sent last.
+async fn tool_loop(h: &Harness, session: &str, turns: usize) -> (Value, Vec<Value>) {
+    let mut msgs = vec![json!({"role": "user", "content": "EMU:tool:Bash {\"command\":\"ls\"}"})];
+    let mut last = Value::Null;
+    for i in 0..=turns {
+        let (status, m) = messages(
+            h,
+            &json!({"model": "claude-sonnet-4-5", "max_tokens": 1024, "tools": [bash()], "messages": msgs}),
+            session,
+        )
+        .await;
+        assert_eq!(status, 200, "{m}");
+        last = m.clone();
+        if i == turns {
+            break;
+        }
+        assert_eq!(m["stop_reason"], "tool_use", "{m}");
+        let id = m["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["type"] == "tool_use")
+            .unwrap()["id"]
+            .clone();
+        msgs.push(json!({"role": "assistant", "content": m["content"]}));
+        msgs.push(json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": id, "content": format!("file-{i}.txt")},
+            {"type": "text", "text": if i + 1 < turns { "EMU:tool:Bash {\"command\":\"ls\"}" } else { "done?" }}
+        ]}));
+    }
+    (last, msgs)
+}
+
+#[tokio::test]
+async fn a_request_goes_as_one_frame_with_the_clis_handshake_headers() {
+    let h = Harness::start().await;
+    let r = h
+        .post_with(
+            "/v1/chat/completions",
+            &json!({"model": "gpt-5.5", "prompt_cache_key": "conv-ws",
+                    "messages": [{"role": "user", "content": "hello ws"}]}),
+            &[("x-openai-subagent", "review")],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "You said: hello ws");
+    let up = h.last_upstream();
+    assert!(up.websocket() && !up.zstd);
+    assert_eq!(
+        header(&up, "openai-beta"),
+        Some("responses_websockets=2026-02-06")
+    );
+    assert!(header(&up, "authorization").unwrap().starts_with("Bearer "));
+    assert_eq!(
+        header(&up, "chatgpt-account-id"),
+        Some(h.creds.account_id.as_str())
+    );
+    assert_eq!(header(&up, "originator"), Some("codex_cli_rs"));
+    assert!(
+        header(&up, "user-agent")
+            .unwrap()
+            .starts_with("codex_cli_rs/")
+    );
+    for k in ["session-id", "thread-id", "x-client-request-id"] {
+        assert_eq!(header(&up, k), Some("conv-ws"), "{k}");
+    }
+    assert_eq!(header(&up, "x-codex-window-id"), Some("conv-ws:0"));
+    assert_eq!(header(&up, "x-openai-subagent"), Some("review"));
+    assert_eq!(
+        header(&up, "version"),
+        None,
+        "no version header on the WebSocket"
+    );
+    let f = frame(&up);
+    assert_eq!(f["model"], "gpt-5.5");
+    assert_eq!(f["store"], false);
+    assert_eq!(f["stream"], true);
+    assert_eq!(f["prompt_cache_key"], "conv-ws");
+    assert!(f.get("previous_response_id").is_none());
+    // codex.rate_limits became the account's snapshot.
+    let health: Value = h.get("/health").await.json().await.unwrap();
+    assert_eq!(health["upstream_transport"], "websocket");
+    assert!(
+        health["rate_limits"]["primary"]["used_percent"].is_number(),
+        "{health}"
+    );
+    assert_eq!(
+        health["upstream_websockets_idle"], 1,
+        "the socket is kept for the next turn"
+    );
+    let stats = h.emu.stats();
+    assert_eq!((stats.ws_handshakes, stats.ws_requests), (1, 1));
+}
+
+#[tokio::test]
+async fn a_claude_code_tool_loop_sends_only_new_items_after_the_first_turn() {
+    let h = Harness::start().await;
+    let (last, msgs) = tool_loop(&h, "sess-loop", 3).await;
+    assert_eq!(last["content"][0]["text"], "You said: done?");
+    let stats = h.emu.stats();
+    assert_eq!(stats.ws_handshakes, 1, "one socket for the whole session");
+    assert_eq!(stats.ws_continuations, 3, "{stats:?}");
+    let reqs = h.emu.requests();
+    assert_eq!(reqs.len(), 4);
+    assert!(frame(&reqs[0]).get("previous_response_id").is_none());
+    for r in &reqs[1..] {
+        let f = frame(r);
+        assert!(
+            f["previous_response_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("resp_")
+        );
+        let types: Vec<&str> = f["input"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["function_call_output", "message"], "{f}");
+    }
+    // What the backend processed is the whole conversation, as SSE would have sent it.
+    let sse = Harness::with(|c| c.upstream_transport = Transport::Sse).await;
+    let (_, again) = messages(
+        &sse,
+        &json!({"model": "claude-sonnet-4-5", "max_tokens": 1024, "tools": [bash()], "messages": msgs}),
+        "sess-loop",
+    )
+    .await;
+    let whole = sse.last_upstream().body;
+    let processed = &reqs[3].body;
+    let strip = |v: &Value| -> Vec<Value> {
+        v["input"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let mut i = i.clone();
+                if let Some(o) = i.as_object_mut() {
+                    o.remove("id");
+                    o.remove("status");
+                }
+                i
+            })
+            .collect()
+    };
+    assert_eq!(strip(processed).len(), strip(&whole).len());
+    assert_eq!(again["content"], last["content"]);
+    // Fewer bytes on the wire than the last full frame would have been.
+    let full_bytes = serde_json::to_vec(&whole).unwrap().len();
+    let chained_bytes = serde_json::to_vec(frame(&reqs[3])).unwrap().len();
+    assert!(
+        chained_bytes < full_bytes,
+        "{chained_bytes} vs {full_bytes}"
+    );
+}
+
+#[tokio::test]
+async fn an_edited_history_or_a_changed_setting_is_sent_in_full() {
+    let h = Harness::start().await;
+    let first = json!({"model": "gpt-5.5", "prompt_cache_key": "edit",
+        "messages": [{"role": "user", "content": "one"}]});
+    h.post("/v1/chat/completions", &first).await;
+    // The history says something else than the answer did.
+    let edited = json!({"model": "gpt-5.5", "prompt_cache_key": "edit",
+        "messages": [{"role": "user", "content": "one"},
+                     {"role": "assistant", "content": "not what you said"},
+                     {"role": "user", "content": "two"}]});
+    let r = h.post("/v1/chat/completions", &edited).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        frame(&h.last_upstream())
+            .get("previous_response_id")
+            .is_none()
+    );
+    // The true history chains…
+    let true_history = json!({"model": "gpt-5.5", "prompt_cache_key": "edit",
+        "messages": [{"role": "user", "content": "one"},
+                     {"role": "assistant", "content": "not what you said"},
+                     {"role": "user", "content": "two"},
+                     {"role": "assistant", "content": "You said: two"},
+                     {"role": "user", "content": "three"}]});
+    h.post("/v1/chat/completions", &true_history).await;
+    let f = frame(&h.last_upstream()).clone();
+    assert!(f.get("previous_response_id").is_some(), "{f}");
+    assert_eq!(f["input"].as_array().unwrap().len(), 1);
+    // …but not with other instructions.
+    let mut other = true_history.clone();
+    other["messages"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, json!({"role": "system", "content": "Be terse."}));
+    h.post("/v1/chat/completions", &other).await;
+    assert!(
+        frame(&h.last_upstream())
+            .get("previous_response_id")
+            .is_none()
+    );
+    assert_eq!(h.emu.stats().ws_continuations, 1);
+}
+
+#[tokio::test]
+async fn an_unknown_previous_response_is_sent_again_in_full() {
+    let h = Harness::start().await;
+    let turn = |text: &str, history: &[(&str, &str)]| {
+        let mut msgs: Vec<Value> = history
+            .iter()
+            .map(|(role, content)| json!({"role": role, "content": content}))
+            .collect();
+        msgs.push(json!({"role": "user", "content": text}));
+        json!({"model": "gpt-5.5", "prompt_cache_key": "forget", "messages": msgs})
+    };
+    h.post("/v1/chat/completions", &turn("a", &[])).await;
+    h.emu.forget_responses();
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &turn("b", &[("user", "a"), ("assistant", "You said: a")]),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "You said: b");
+    let reqs = h.emu.requests();
+    assert_eq!(reqs.len(), 3, "the chained try, then the full one");
+    assert!(frame(&reqs[1]).get("previous_response_id").is_some());
+    assert!(frame(&reqs[2]).get("previous_response_id").is_none());
+    assert_eq!(frame(&reqs[2])["input"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_426_switches_auto_to_sse_for_good_and_websocket_mode_fails_clearly() {
+    let cfg = EmulatorConfig {
+        websocket: WebSocketMode::Refuse(426),
+        ..EmulatorConfig::default()
+    };
+    let h = Harness::build(cfg.clone(), 3600, |_| {}).await;
+    for text in ["first", "second"] {
+        let r = h
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": text}]}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        let up = h.last_upstream();
+        assert!(!up.websocket() && up.zstd, "over HTTP");
+    }
+    let health: Value = h.get("/health").await.json().await.unwrap();
+    assert_eq!(health["upstream_transport"], "sse");
+    assert_eq!(h.emu.stats().ws_handshakes, 0);
+
+    let strict = Harness::build(cfg, 3600, |c| c.upstream_transport = Transport::WebSocket).await;
+    let r = strict
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 502);
+    let e: Value = r.json().await.unwrap();
+    assert!(error_message(&e).contains("WebSocket"), "{e}");
+    assert!(strict.emu.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_socket_at_its_connection_limit_is_replaced_at_once() {
+    let cfg = EmulatorConfig {
+        websocket_responses_per_socket: Some(1),
+        ..EmulatorConfig::default()
+    };
+    let h = Harness::build(cfg, 3600, |_| {}).await;
+    let body =
+        |msgs: Value| json!({"model": "gpt-5.5", "prompt_cache_key": "limit", "messages": msgs});
+    h.post(
+        "/v1/chat/completions",
+        &body(json!([{"role": "user", "content": "a"}])),
+    )
+    .await;
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &body(json!([{"role": "user", "content": "a"}, {"role": "assistant", "content": "You said: a"}, {"role": "user", "content": "b"}])),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "You said: b");
+    assert_eq!(h.emu.stats().ws_handshakes, 2, "a new socket");
+    // On the new socket nothing chains: the full conversation.
+    assert!(
+        frame(&h.last_upstream())
+            .get("previous_response_id")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn wrapped_refusals_are_handled_like_http_statuses() {
+    let h = Harness::start().await;
+    // The usage limit: a 429 with the reset, in the client's shape.
+    h.emu
+        .set_usage_limit(&h.emu.account_id(), Some(4_000_000_000));
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "insufficient_quota", "{e}");
+    h.emu.set_usage_limit(&h.emu.account_id(), None);
+    // A transient failure before output is retried (on a new socket: the CLI drops a socket
+    // after any error).
+    let r = h
+        .post("/v1/chat/completions", &json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": "EMU:flaky:1 then fine"}]}))
+        .await;
+    assert_eq!(r.status(), 200);
+    // A dead access token at the handshake: refreshed, then the socket opens.
+    h.emu.revoke_access_tokens();
+    let before = h.emu.stats().token_calls;
+    let r = h
+        .post("/v1/chat/completions", &json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": "after refresh"}]}))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(h.emu.stats().token_calls, before + 1);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_closes_its_socket_and_idle_sockets_close_on_time() {
+    let h = Harness::with(|c| c.upstream_idle = Duration::from_secs(1)).await;
+    let resp = h
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gpt-5.5", "stream": true, "messages": [{"role": "user", "content": "EMU:gate:leave hello"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let mut resp = resp;
+    // The first delta arrived: the upstream response is live.
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(!frames(&String::from_utf8_lossy(&first)).is_empty());
+    assert_eq!(h.emu.live_streams(), 1);
+    drop(resp);
+    until(
+        "the upstream response to be dropped",
+        Duration::from_secs(10),
+        || h.emu.live_streams() == 0,
+    )
+    .await;
+    h.emu.open_gate("leave");
+    // A finished turn keeps its socket, for --upstream-idle-secs only.
+    h.post(
+        "/v1/chat/completions",
+        &json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": "kept"}]}),
+    )
+    .await;
+    let sockets = h.server.state().pool.sockets();
+    assert_eq!(sockets.idle(), 1);
+    until("the idle socket to close", Duration::from_secs(10), || {
+        sockets.idle() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn wss_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, config) = common::tls_emulator(EmulatorConfig::default(), dir.path(), 3600).await;
+    let server = codex_as_api::server::Server::start(config).await.unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", server.addr()))
+        .json(&json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": "over wss"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "You said: over wss");
+    assert_eq!(emu.stats().ws_handshakes, 1);
+    assert!(emu.requests()[0].websocket());
+}
