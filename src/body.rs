@@ -169,7 +169,6 @@ impl<E: Encoder, B: Source> Translate<E, B> {
         protocol: Protocol,
         prompt: PromptSize,
         timing: Timing,
-        guard: Option<StreamGuard>,
     ) -> Self {
         let now = Instant::now();
         // Small on purpose: `split().freeze()` hands each frame to hyper, and a later
@@ -193,7 +192,7 @@ impl<E: Encoder, B: Source> Translate<E, B> {
             held_failure: None,
             output_started: false,
             recorder: None,
-            _guard: guard,
+            _guard: None,
             meter: None,
         }
     }
@@ -424,11 +423,6 @@ impl<E: Encoder, B: Source> Translate<E, B> {
         self._guard = guard;
         self
     }
-
-    /// The estimate of the prompt size, for errors.
-    pub fn prompt(&self) -> &PromptSize {
-        &self.prompt
-    }
 }
 
 impl<E: Encoder, B: Source> Body for Translate<E, B> {
@@ -556,7 +550,6 @@ mod tests {
             Protocol::OpenAi,
             prompt,
             timing,
-            None,
         ));
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut total = 0;

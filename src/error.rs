@@ -129,6 +129,12 @@ impl Error {
         Self::new(ErrorKind::Internal, message)
     }
 
+    /// The upstream could not be reached or its connection failed (502
+    /// `upstream_unreachable`; retryable unless marked otherwise).
+    pub fn unreachable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadGateway, message).with_code("upstream_unreachable")
+    }
+
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
         self.code = Some(code.into());
         self

@@ -139,7 +139,6 @@ impl<E: Encoder> Pipe<E> {
             Protocol::OpenAi,
             prompt,
             timing,
-            None,
         );
         Pipe {
             body: Box::pin(body),

@@ -76,16 +76,7 @@ fn error(status: u16, code: &str, message: &str) -> (u16, Value) {
 
 /// `application/x-www-form-urlencoded` escaping of one value.
 pub(super) fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(char::from(b))
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 fn is_loopback_callback(uri: &str) -> bool {
@@ -303,6 +294,6 @@ mod tests {
         assert!(is_loopback_callback("http://localhost:1455/auth/callback"));
         assert!(!is_loopback_callback("http://evil.com:1455/auth/callback"));
         assert!(!is_loopback_callback("http://127.0.0.1:1455/other"));
-        assert_eq!(form_encode("a b/c"), "a%20b%2Fc");
+        assert_eq!(form_encode("a b/c"), "a+b%2Fc");
     }
 }

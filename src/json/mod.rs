@@ -170,11 +170,6 @@ pub fn write_value(out: &mut Vec<u8>, v: &simd_json::BorrowedValue<'_>) {
     let _ = v.write(out);
 }
 
-/// Serialize a parsed value to a compact JSON string.
-pub fn value_to_string(v: &simd_json::BorrowedValue<'_>) -> String {
-    v.encode()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

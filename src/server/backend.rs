@@ -82,14 +82,10 @@ pub async fn send(
         let resp = match tokio::time::timeout(timeout, state.client.request(req)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                return Err(Error::new(
-                    ErrorKind::BadGateway,
-                    format!(
-                        "cannot reach the upstream at {url}: {}",
-                        crate::upstream::client::error_chain(&e)
-                    ),
-                )
-                .with_code("upstream_unreachable"));
+                return Err(Error::unreachable(format!(
+                    "cannot reach the upstream at {url}: {}",
+                    crate::upstream::client::error_chain(&e)
+                )));
             }
             Err(_) => {
                 return Err(Error::new(

@@ -30,7 +30,7 @@ use crate::dialect::Plan;
 use crate::error::{Error, ErrorKind, Protocol};
 use crate::server::State;
 use crate::server::reqlog::Meter;
-use crate::server::route::{RespBody, full, json_response};
+use crate::server::route::{RespBody, json_response};
 use crate::upstream::collect::{Collected, Finish};
 use crate::upstream::conn::Upstream;
 use crate::upstream::events::Decoder;
@@ -534,16 +534,10 @@ async fn run_inner<P: Plan>(
             window: prompt_size_window(state, &upstream.model),
         };
         if plan.stream() {
-            let mut t = Translate::new(
-                resp.into_body(),
-                plan.encoder(),
-                protocol,
-                estimate,
-                timing,
-                None,
-            )
-            .with_meter(meter.clone())
-            .with_recorder(recorder(state, &plan));
+            let mut t =
+                Translate::new(resp.into_body(), plan.encoder(), protocol, estimate, timing)
+                    .with_meter(meter.clone())
+                    .with_recorder(recorder(state, &plan));
             let held = tokio::time::timeout(
                 state.config.head_hold,
                 std::future::poll_fn(|cx| t.poll_prelude(cx)),
@@ -738,9 +732,4 @@ async fn collect(body: Upstream, idle: Duration) -> Result<Collected, Error> {
             return Ok(collected);
         }
     }
-}
-
-/// Placeholder body used when a route has nothing to stream.
-pub fn empty() -> RespBody {
-    full(Bytes::new())
 }

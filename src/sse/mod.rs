@@ -1,3 +1,3 @@
-//! Server-sent events: the incremental zero-copy parser (`parse`) and the frame encoder (`write`).
+//! Server-sent events: the incremental zero-copy SSE parser (`parse`). The dialects write
+//! their own frames.
 pub mod parse;
-pub mod write;

@@ -44,7 +44,7 @@ use tokio::net::TcpStream;
 use tower_service::Service;
 
 use super::client::{ReqBody, error_chain};
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 
 pub(super) type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 type Conn = http1::Connection<Io, ReqBody>;
@@ -136,11 +136,6 @@ impl Pool {
         self.h2.connections()
     }
 
-    /// Idle connections now (for tests and stats).
-    pub fn idle(&self) -> usize {
-        lock(&self.idle).len()
-    }
-
     /// The Responses WebSockets kept between turns.
     pub fn sockets(&self) -> &Arc<super::ws::Sockets> {
         &self.sockets
@@ -152,13 +147,9 @@ impl Pool {
             let mut c = lock(&self.connector);
             c.call(uri.clone())
         };
-        connecting.await.map_err(|e| {
-            Error::new(
-                ErrorKind::BadGateway,
-                format!("cannot reach the upstream at {uri}: {e}"),
-            )
-            .with_code("upstream_unreachable")
-        })
+        connecting
+            .await
+            .map_err(|e| Error::unreachable(format!("cannot reach the upstream at {uri}: {e}")))
     }
 
     /// Sends `req` and returns the response head; its body drives the connection.
@@ -182,11 +173,7 @@ impl Pool {
             Sent::NotH2(req) => req,
         };
         let resp = self.shared.request(req).await.map_err(|e| {
-            let err = Error::new(
-                ErrorKind::BadGateway,
-                format!("cannot reach the upstream: {}", error_chain(&e)),
-            )
-            .with_code("upstream_unreachable");
+            let err = Error::unreachable(format!("cannot reach the upstream: {}", error_chain(&e)));
             // Retried only when provably not processed: no connection, or the h2 stream
             // refused (RFC 9113 §8.7). Anything else may have started a generation.
             if e.is_connect() || refused_stream(&e) {
@@ -254,11 +241,7 @@ impl Pool {
         let io = self.connect_io(uri).await?;
         // Nothing was written yet: a failure here is as retryable as a connect failure.
         let (send, conn) = http1::Builder::new().handshake(io).await.map_err(|e| {
-            Error::new(
-                ErrorKind::BadGateway,
-                format!("upstream connection failed: {}", error_chain(&e)),
-            )
-            .with_code("upstream_unreachable")
+            Error::unreachable(format!("upstream connection failed: {}", error_chain(&e)))
         })?;
         Ok(Box::new(Driven {
             send,
@@ -307,11 +290,7 @@ impl Pool {
 /// A failed h2 stream of the pool: retryable only when refused (`REFUSED_STREAM`: not
 /// processed) or never sent.
 pub(super) fn h2_failure(e: &hyper::Error) -> Error {
-    let err = Error::new(
-        ErrorKind::BadGateway,
-        format!("cannot reach the upstream: {}", error_chain(e)),
-    )
-    .with_code("upstream_unreachable");
+    let err = Error::unreachable(format!("cannot reach the upstream: {}", error_chain(e)));
     if unsent(e) || refused_stream(e) {
         err
     } else {
@@ -341,11 +320,7 @@ fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
 /// A transport failure of the plain-HTTP path: retryable only when the request was never
 /// sent (the handshake failed, or hyper had not dispatched it).
 fn transport(e: hyper::Error) -> Error {
-    let err = Error::new(
-        ErrorKind::BadGateway,
-        format!("upstream connection failed: {}", error_chain(&e)),
-    )
-    .with_code("upstream_unreachable");
+    let err = Error::unreachable(format!("upstream connection failed: {}", error_chain(&e)));
     if unsent(&e) { err } else { err.not_retryable() }
 }
 

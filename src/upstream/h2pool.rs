@@ -28,7 +28,7 @@ use tower_service::Service;
 
 use super::client::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, ReqBody, error_chain};
 use super::proxy::Connector;
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 
 /// The most streams used on one connection, whatever the peer allows.
 const MAX_STREAMS_PER_CONNECTION: usize = 1000;
@@ -197,13 +197,9 @@ impl H2Pool {
         }
         let _opening = Opening(self);
         let connecting = lock(&self.connector).call(uri.clone());
-        let io = connecting.await.map_err(|e| {
-            Error::new(
-                ErrorKind::BadGateway,
-                format!("cannot reach the upstream at {uri}: {e}"),
-            )
-            .with_code("upstream_unreachable")
-        })?;
+        let io = connecting
+            .await
+            .map_err(|e| Error::unreachable(format!("cannot reach the upstream at {uri}: {e}")))?;
         if !io.connected().is_negotiated_h2() {
             tracing::info!(%uri, "the upstream chose HTTP/1.1 over h2: streams use the shared client");
             self.unsupported.store(true, Ordering::Release);
@@ -219,11 +215,7 @@ impl H2Pool {
             .handshake(io)
             .await
             .map_err(|e| {
-                Error::new(
-                    ErrorKind::BadGateway,
-                    format!("upstream h2 handshake failed: {}", error_chain(&e)),
-                )
-                .with_code("upstream_unreachable")
+                Error::unreachable(format!("upstream h2 handshake failed: {}", error_chain(&e)))
             })?;
         // The connection task keeps `peer_limit` current (hyper reads the peer's SETTINGS
         // on the connection, not on `SendRequest`).

@@ -449,10 +449,6 @@ fn rate_limit_headers(data: &[u8], out: &mut HeaderMap) {
     }
 }
 
-fn unreachable_err(msg: String) -> Error {
-    Error::new(ErrorKind::BadGateway, msg).with_code("upstream_unreachable")
-}
-
 /// How a handshake ended.
 enum Handshake {
     Open(Box<Socket>, HeaderMap),
@@ -525,7 +521,9 @@ impl Pool {
                 tracing::debug!(error = %e, "WebSocket send failed; reconnecting");
                 reconnects += 1;
                 if reconnects > MAX_RECONNECTS {
-                    return Err(unreachable_err(format!("upstream WebSocket failed: {e}")));
+                    return Err(Error::unreachable(format!(
+                        "upstream WebSocket failed: {e}"
+                    )));
                 }
                 continue;
             }
@@ -563,14 +561,14 @@ impl Pool {
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        return Err(unreachable_err(format!(
+                        return Err(Error::unreachable(format!(
                             "upstream WebSocket failed before the answer: {e}"
                         ))
                         .not_retryable());
                     }
                     None => {
-                        return Err(unreachable_err(
-                            "the upstream WebSocket closed before the answer".into(),
+                        return Err(Error::unreachable(
+                            "the upstream WebSocket closed before the answer",
                         )
                         .not_retryable());
                     }
@@ -634,7 +632,9 @@ impl Pool {
     async fn handshake(self: &Arc<Self>, call: &Call<'_>) -> Handshake {
         let url: Uri = match call.url.parse() {
             Ok(u) => u,
-            Err(e) => return Handshake::Failed(unreachable_err(format!("bad upstream URL: {e}"))),
+            Err(e) => {
+                return Handshake::Failed(Error::unreachable(format!("bad upstream URL: {e}")));
+            }
         };
         // The connector speaks http(s); the WebSocket runs over the stream it returns.
         let tcp_uri: Uri = {
@@ -651,7 +651,7 @@ impl Pool {
             {
                 Ok(u) => u,
                 Err(e) => {
-                    return Handshake::Failed(unreachable_err(format!("bad upstream URL: {e}")));
+                    return Handshake::Failed(Error::unreachable(format!("bad upstream URL: {e}")));
                 }
             }
         };
@@ -675,7 +675,7 @@ impl Pool {
             }
         }
         let Ok(req) = req.body(()) else {
-            return Handshake::Failed(unreachable_err("bad WebSocket request".into()));
+            return Handshake::Failed(Error::unreachable("bad WebSocket request"));
         };
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
             let io = self.connect_io(&tcp_uri).await?;
@@ -690,8 +690,8 @@ impl Pool {
         .await;
         let result = match connected {
             Err(_) => {
-                return Handshake::Failed(unreachable_err(
-                    "the upstream WebSocket handshake timed out".into(),
+                return Handshake::Failed(Error::unreachable(
+                    "the upstream WebSocket handshake timed out",
                 ));
             }
             Ok(Err(err)) => return Handshake::Failed(err),
@@ -716,7 +716,7 @@ impl Pool {
                 let body = resp.into_body().unwrap_or_default();
                 Handshake::Status(status_response(status, headers, body, self))
             }
-            Err(e) => Handshake::Failed(unreachable_err(format!(
+            Err(e) => Handshake::Failed(Error::unreachable(format!(
                 "upstream WebSocket handshake failed: {e}"
             ))),
         }
@@ -732,7 +732,7 @@ fn fallback(call: &Call<'_>, why: &str) -> Result<Outcome, Error> {
     if call.fallback {
         Ok(Outcome::Sse)
     } else {
-        Err(unreachable_err(format!(
+        Err(Error::unreachable(format!(
             "{why} (--upstream-transport websocket; use auto or sse)"
         )))
     }
