@@ -60,6 +60,31 @@ pub enum ErrorKind {
     Internal,
 }
 
+impl ErrorKind {
+    /// The OpenAI error `code` of each kind: the one table for error bodies and stream
+    /// error events.
+    pub fn openai_code(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "invalid_request_error",
+            ErrorKind::ContextLengthExceeded => "context_length_exceeded",
+            ErrorKind::Unauthorized | ErrorKind::AuthUnavailable => "invalid_api_key",
+            ErrorKind::Forbidden => "permission_denied",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::ModelNotFound => "model_not_found",
+            ErrorKind::PayloadTooLarge => "request_too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
+            ErrorKind::HeadersTooLarge => "request_header_fields_too_large",
+            ErrorKind::UsageLimit | ErrorKind::QuotaExceeded => "insufficient_quota",
+            ErrorKind::RateLimited => "rate_limit_exceeded",
+            ErrorKind::Overloaded => "server_is_overloaded",
+            ErrorKind::UpstreamServer | ErrorKind::Internal => "server_error",
+            ErrorKind::BadGateway => "bad_gateway",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::NotImplemented => "not_implemented",
+        }
+    }
+}
+
 /// The client protocol an error is rendered in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -207,21 +232,16 @@ impl Error {
     }
 
     /// OpenAI `error.code` when none was set explicitly.
+    /// The `code` of an HTTP error body: the kind's code, except where OpenAI answers with
+    /// `code: null` (a generic invalid request, a refusal, a server error).
     fn openai_default_code(&self) -> Option<&'static str> {
         match self.kind {
-            ErrorKind::ContextLengthExceeded => Some("context_length_exceeded"),
-            ErrorKind::Unauthorized | ErrorKind::AuthUnavailable => Some("invalid_api_key"),
-            ErrorKind::ModelNotFound => Some("model_not_found"),
-            ErrorKind::NotFound => Some("not_found"),
-            ErrorKind::PayloadTooLarge => Some("request_too_large"),
-            ErrorKind::RequestTimeout => Some("request_timeout"),
-            ErrorKind::HeadersTooLarge => Some("request_header_fields_too_large"),
-            ErrorKind::UsageLimit | ErrorKind::QuotaExceeded => Some("insufficient_quota"),
-            ErrorKind::RateLimited => Some("rate_limit_exceeded"),
-            ErrorKind::Overloaded => Some("server_is_overloaded"),
-            ErrorKind::BadGateway => Some("bad_gateway"),
-            ErrorKind::Timeout => Some("timeout"),
-            _ => None,
+            ErrorKind::BadRequest
+            | ErrorKind::Forbidden
+            | ErrorKind::UpstreamServer
+            | ErrorKind::Internal
+            | ErrorKind::NotImplemented => None,
+            kind => Some(kind.openai_code()),
         }
     }
 
@@ -302,6 +322,45 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_body_and_a_stream_error_event_agree_on_the_code() {
+        use ErrorKind::*;
+        for kind in [
+            BadRequest,
+            ContextLengthExceeded,
+            Unauthorized,
+            AuthUnavailable,
+            Forbidden,
+            NotFound,
+            ModelNotFound,
+            PayloadTooLarge,
+            RequestTimeout,
+            HeadersTooLarge,
+            UsageLimit,
+            RateLimited,
+            QuotaExceeded,
+            Overloaded,
+            UpstreamServer,
+            BadGateway,
+            Timeout,
+            Internal,
+            NotImplemented,
+        ] {
+            let body: serde_json::Value =
+                serde_json::from_slice(&Error::new(kind, "m").openai_json()).unwrap_or_default();
+            let code = &body["error"]["code"];
+            // Either OpenAI's null, or the one code the stream events use too.
+            assert!(
+                code.is_null() || code == kind.openai_code(),
+                "{kind:?}: {code} vs {}",
+                kind.openai_code()
+            );
+        }
+        let limited: serde_json::Value =
+            serde_json::from_slice(&Error::new(RateLimited, "m").openai_json()).unwrap_or_default();
+        assert_eq!(limited["error"]["code"], "rate_limit_exceeded");
+    }
 
     #[test]
     fn overload_is_529_for_anthropic_and_503_for_openai() {

@@ -42,7 +42,7 @@ use super::{
     Ctx, Encoder, Plan, bad, field, opt_bool, opt_str, parse_object, req_model, req_str, type_name,
     unix_now, want_array, want_object, want_str,
 };
-use crate::error::{Error, ErrorKind, Protocol};
+use crate::error::{Error, Protocol};
 use crate::json::{join_array, write_opt_str, write_str, write_u64, write_value};
 use crate::upstream::catalog::ModelInfo;
 use crate::upstream::collect::{Collected, Finish, Item};
@@ -1177,28 +1177,6 @@ fn frame(out: &mut BytesMut, kind: &[u8], data: &[u8]) {
     out.extend_from_slice(b"\n\n");
 }
 
-/// The OpenAI error code for an error that carries none.
-fn kind_code(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::BadRequest => "invalid_request_error",
-        ErrorKind::ContextLengthExceeded => "context_length_exceeded",
-        ErrorKind::Unauthorized | ErrorKind::AuthUnavailable => "invalid_api_key",
-        ErrorKind::Forbidden => "permission_denied",
-        ErrorKind::NotFound => "not_found",
-        ErrorKind::ModelNotFound => "model_not_found",
-        ErrorKind::PayloadTooLarge => "request_too_large",
-        ErrorKind::RequestTimeout => "request_timeout",
-        ErrorKind::HeadersTooLarge => "request_header_fields_too_large",
-        ErrorKind::UsageLimit | ErrorKind::QuotaExceeded => "insufficient_quota",
-        ErrorKind::RateLimited => "rate_limit_exceeded",
-        ErrorKind::Overloaded => "server_is_overloaded",
-        ErrorKind::UpstreamServer | ErrorKind::Internal => "server_error",
-        ErrorKind::BadGateway => "bad_gateway",
-        ErrorKind::Timeout => "timeout",
-        ErrorKind::NotImplemented => "not_implemented",
-    }
-}
-
 impl Encoder for ResponsesEncoder {
     /// Responses streams open with the upstream's own `response.created`.
     fn begin(&mut self, _out: &mut BytesMut) {}
@@ -1270,7 +1248,7 @@ impl Encoder for ResponsesEncoder {
             return;
         }
         self.done = true;
-        let code = err.code.as_deref().unwrap_or(kind_code(err.kind));
+        let code = err.code.as_deref().unwrap_or(err.kind.openai_code());
         out.extend_from_slice(b"event: error\ndata: {\"type\":\"error\",\"code\":");
         write_str(out, code);
         out.extend_from_slice(b",\"message\":");
@@ -1345,6 +1323,7 @@ mod names {
 mod tests {
     use super::*;
     use crate::dialect::STREAM_B_ITEMS;
+    use crate::error::ErrorKind;
     use crate::sse::parse::SseParser;
     use crate::upstream::collect::OwnedCitation;
     use crate::upstream::events::Decoder;
