@@ -39,22 +39,10 @@ fn invalid(msg: impl Into<String>, param: &str, code: Value) -> Reject {
     }
 }
 
-const ALLOWED: &[&str] = &[
-    "model",
-    "instructions",
-    "input",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "reasoning",
-    "store",
-    "stream",
-    "include",
-    "prompt_cache_key",
-    "text",
-    "service_tier",
-    "client_metadata",
-];
+/// The backend's fields, and `client_metadata` (WebSocket frames carry it).
+fn allowed(key: &str) -> bool {
+    crate::upstream::request::BODY_FIELDS.contains(&key) || key == "client_metadata"
+}
 
 const SEAL_PREFIX: &str = "gAAAAA";
 const MAC_LEN: usize = 32;
@@ -261,7 +249,7 @@ pub(super) fn check(shared: &Shared, secret: &[u8; 32], body: &Value) -> Result<
     let Some(obj) = body.as_object() else {
         return Err(detail("Invalid JSON body"));
     };
-    if let Some(key) = obj.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
+    if let Some(key) = obj.keys().find(|k| !allowed(k)) {
         return Err(detail(format!("Unsupported parameter: {key}")));
     }
     if obj.get("store") != Some(&Value::Bool(false)) {

@@ -65,6 +65,25 @@ pub const LITE_HEADER: &str = "x-openai-internal-codex-responses-lite";
 /// it on the calls it returns (`"namespace":"functions"`).
 pub const LITE_NAMESPACE: &str = "functions";
 
+/// The top-level fields the backend accepts in a `/codex/responses` body (§5.3): the body
+/// writer emits no other, and the emulator rejects any other (besides `client_metadata`,
+/// which only travels in WebSocket frames).
+pub const BODY_FIELDS: &[&str] = &[
+    "model",
+    "instructions",
+    "input",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "reasoning",
+    "store",
+    "stream",
+    "include",
+    "prompt_cache_key",
+    "text",
+    "service_tier",
+];
+
 /// Used when the client gave no system prompt: the backend requires `instructions`.
 pub const DEFAULT_INSTRUCTIONS: &str = "You are a helpful assistant.";
 
@@ -427,25 +446,7 @@ mod tests {
         assert_eq!(v["prompt_cache_key"], "conv");
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
         for k in keys {
-            assert!(
-                [
-                    "model",
-                    "instructions",
-                    "input",
-                    "tools",
-                    "tool_choice",
-                    "parallel_tool_calls",
-                    "reasoning",
-                    "store",
-                    "stream",
-                    "include",
-                    "prompt_cache_key",
-                    "text",
-                    "service_tier"
-                ]
-                .contains(&k.as_str()),
-                "{k}"
-            );
+            assert!(BODY_FIELDS.contains(&k.as_str()), "{k}");
         }
     }
 
