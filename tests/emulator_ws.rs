@@ -695,3 +695,54 @@ async fn request_bytes_are_counted_per_transport() {
         (plain.len() + compressed.len()) as u64
     );
 }
+
+/// The socket is read while a response plays: a ping between paced deltas is answered at
+/// once, and the response goes on whole.
+#[tokio::test]
+async fn a_ping_while_a_response_plays_is_answered_between_its_frames() {
+    let (emu, creds) = emulator(EmulatorConfig::default()).await;
+    let mut ws = connect(&emu, &creds).await;
+    send(&mut ws, &create(body("paced EMU:deltas:6 EMU:pace:40"))).await;
+    loop {
+        if next(&mut ws).await.unwrap()["type"] == "response.output_text.delta" {
+            break;
+        }
+    }
+    ws.send(Message::Ping(b"mid".to_vec().into()))
+        .await
+        .unwrap();
+    let mut pong_at = None;
+    let mut frames = Vec::new();
+    loop {
+        match recv(&mut ws).await {
+            Some(Ok(Message::Pong(p))) => {
+                assert_eq!(p.as_ref(), b"mid");
+                pong_at = Some(frames.len());
+            }
+            Some(Ok(Message::Text(t))) => {
+                let f: Value = serde_json::from_str(t.as_str()).unwrap();
+                let end = f["type"] == "response.completed";
+                frames.push(f);
+                if end {
+                    break;
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let deltas = frames
+        .iter()
+        .filter(|f| f["type"] == "response.output_text.delta")
+        .count();
+    let pong_at = pong_at.expect("a pong");
+    assert!(
+        frames
+            .get(pong_at..)
+            .unwrap()
+            .iter()
+            .any(|f| f["type"] == "response.output_text.delta"),
+        "the pong came before the last delta: {pong_at} of {frames:#?}"
+    );
+    assert!(deltas >= 4, "{frames:#?}");
+    assert_eq!(emu.live_streams(), 0);
+}
