@@ -8,13 +8,15 @@
 
 use std::time::Duration;
 
-use codex_as_api::emulator::{
-    Emulator, EmulatorConfig, TestCredentials, WebSocketMode, WsClient, WsClientError,
-};
+use codex_as_api::emulator::{Emulator, EmulatorConfig, TestCredentials, WebSocketMode};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// Bound on any single wait for a frame (a hang fails the test instead of blocking it).
 const WAIT: Duration = Duration::from_secs(20);
@@ -45,20 +47,67 @@ fn headers(creds: &TestCredentials) -> Vec<(String, String)> {
     ]
 }
 
+/// The client handshake over `io` (plain or TLS) with extra `headers`; the socket and the
+/// 101's headers.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    url: &str,
+    headers: &[(String, String)],
+) -> Result<(WebSocketStream<S>, Vec<(String, String)>), WsError> {
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let (ws, resp) = tokio_tungstenite::client_async(req, io).await?;
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+        .collect();
+    Ok((ws, headers))
+}
+
 async fn connect_with(
     emu: &Emulator,
     headers: &[(String, String)],
-) -> Result<(WsClient<TcpStream>, Vec<(String, String)>), WsClientError> {
+) -> Result<(WebSocketStream<TcpStream>, Vec<(String, String)>), WsError> {
     let tcp = TcpStream::connect(emu.addr()).await.unwrap();
-    let h: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    WsClient::connect(tcp, &emu.ws_url(), &h).await
+    handshake(tcp, &emu.ws_url(), headers).await
 }
 
-async fn connect(emu: &Emulator, creds: &TestCredentials) -> WsClient<TcpStream> {
+async fn connect(emu: &Emulator, creds: &TestCredentials) -> WebSocketStream<TcpStream> {
     connect_with(emu, &headers(creds)).await.unwrap().0
+}
+
+/// A refused handshake: its status and JSON body.
+async fn refused(emu: &Emulator, headers: &[(String, String)]) -> (u16, Value) {
+    match connect_with(emu, headers).await {
+        Err(WsError::Http(resp)) => {
+            let body = resp.body().as_deref().unwrap_or_default();
+            (
+                resp.status().as_u16(),
+                serde_json::from_slice(body).unwrap(),
+            )
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
+/// Sends `v` as one text frame.
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, v: &Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+/// The next message (pongs to the server's pings go out on the way), in time.
+async fn recv<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+) -> Option<Result<Message, WsError>> {
+    tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("a message in time")
 }
 
 fn body(text: &str) -> Value {
@@ -98,15 +147,22 @@ fn with_tools(mut b: Value) -> Value {
     b
 }
 
-async fn next<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WsClient<S>) -> Option<Value> {
-    tokio::time::timeout(WAIT, ws.recv_json())
-        .await
-        .expect("a frame in time")
-        .unwrap()
+/// The next text frame as JSON, skipping pings and pongs; `None` on a close frame or a
+/// clean end.
+async fn next<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> Option<Value> {
+    loop {
+        match recv(ws).await {
+            Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+            Some(Ok(Message::Close(_))) | None => return None,
+            Some(Ok(Message::Binary(_))) => panic!("unexpected binary frame"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("websocket: {e}"),
+        }
+    }
 }
 
 /// Frames up to and including a terminal event or a wrapped error.
-async fn turn<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WsClient<S>) -> Vec<Value> {
+async fn turn<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> Vec<Value> {
     let mut frames = Vec::new();
     loop {
         let f = next(ws).await.expect("the socket stays open until the end");
@@ -144,7 +200,7 @@ fn output_items(frames: &[Value]) -> Vec<Value> {
 }
 
 /// One wrapped error frame: `(status, error)`.
-async fn error<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WsClient<S>) -> (u64, Value) {
+async fn error<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> (u64, Value) {
     let f = next(ws).await.expect("an error frame");
     assert_eq!(f["type"], "error", "{f}");
     (f["status"].as_u64().unwrap(), f)
@@ -165,7 +221,7 @@ async fn a_text_turn_streams_one_event_per_frame_and_the_socket_is_reused() {
     assert!(resp_headers.iter().any(|(k, _)| k == "x-models-etag"));
 
     let first = create(body("hello there"));
-    ws.send_json(&first).await.unwrap();
+    send(&mut ws, &first).await;
     let frames = turn(&mut ws).await;
     let rl = &frames[0];
     assert_eq!(rl["type"], "codex.rate_limits", "{frames:#?}");
@@ -194,7 +250,7 @@ async fn a_text_turn_streams_one_event_per_frame_and_the_socket_is_reused() {
 
     // The same socket serves the next request; the turn state is the socket's.
     let second = create(body("again"));
-    ws.send_json(&second).await.unwrap();
+    send(&mut ws, &second).await;
     let frames = turn(&mut ws).await;
     assert_eq!(text_of(&frames), "You said: again");
     assert_eq!(
@@ -232,7 +288,7 @@ async fn a_continuation_sends_only_new_items_and_the_script_sees_the_full_input(
     let (emu, creds) = emulator(EmulatorConfig::default()).await;
     let mut ws = connect(&emu, &creds).await;
     let first = with_tools(body("run it EMU:tool"));
-    ws.send_json(&create(first.clone())).await.unwrap();
+    send(&mut ws, &create(first.clone())).await;
     let frames = turn(&mut ws).await;
     let id = completed(&frames)["id"].as_str().unwrap().to_owned();
     let items = output_items(&frames);
@@ -248,7 +304,7 @@ async fn a_continuation_sends_only_new_items_and_the_script_sees_the_full_input(
     delta["input"] = json!([output]);
     delta["previous_response_id"] = json!(id);
     let delta_frame = create(delta);
-    ws.send_json(&delta_frame).await.unwrap();
+    send(&mut ws, &delta_frame).await;
     let frames = turn(&mut ws).await;
     assert_eq!(text_of(&frames), "Tool output: 42", "{frames:#?}");
     let chained = completed(&frames);
@@ -261,7 +317,7 @@ async fn a_continuation_sends_only_new_items_and_the_script_sees_the_full_input(
     all.push(output.clone());
     full["input"] = Value::Array(all);
     let mut fresh = connect(&emu, &creds).await;
-    fresh.send_json(&create(full)).await.unwrap();
+    send(&mut fresh, &create(full)).await;
     let whole = turn(&mut fresh).await;
     assert_eq!(
         completed(&whole)["usage"]["input_tokens"],
@@ -300,7 +356,7 @@ async fn an_unknown_previous_response_is_not_found_and_sockets_do_not_share_ids(
     let mut a = connect(&emu, &creds).await;
     let mut b = body("x");
     b["previous_response_id"] = json!("resp_nope");
-    a.send_json(&create(b)).await.unwrap();
+    send(&mut a, &create(b)).await;
     let (status, f) = error(&mut a).await;
     assert_eq!(status, 400);
     assert_eq!(f["error"]["type"], "invalid_request_error");
@@ -312,7 +368,7 @@ async fn an_unknown_previous_response_is_not_found_and_sockets_do_not_share_ids(
     );
 
     // A completed response on socket A is unknown to a new socket B.
-    a.send_json(&create(body("first"))).await.unwrap();
+    send(&mut a, &create(body("first"))).await;
     let id = completed(&turn(&mut a).await)["id"]
         .as_str()
         .unwrap()
@@ -320,11 +376,11 @@ async fn an_unknown_previous_response_is_not_found_and_sockets_do_not_share_ids(
     let mut b_sock = connect(&emu, &creds).await;
     let mut chained = body("second");
     chained["previous_response_id"] = json!(id);
-    b_sock.send_json(&create(chained.clone())).await.unwrap();
+    send(&mut b_sock, &create(chained.clone())).await;
     let (_, f) = error(&mut b_sock).await;
     assert_eq!(f["error"]["code"], "previous_response_not_found");
     // …while socket A chains from it.
-    a.send_json(&create(chained)).await.unwrap();
+    send(&mut a, &create(chained)).await;
     assert_eq!(text_of(&turn(&mut a).await), "You said: second");
     assert_eq!(emu.stats().ws_continuations, 1);
 }
@@ -335,7 +391,7 @@ async fn a_warm_up_answers_an_empty_response_that_the_next_request_chains_from()
     let mut ws = connect(&emu, &creds).await;
     let mut warm = body("warm words");
     warm["generate"] = json!(false);
-    ws.send_json(&create(warm)).await.unwrap();
+    send(&mut ws, &create(warm)).await;
     let frames = turn(&mut ws).await;
     let types: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap()).collect();
     assert_eq!(
@@ -356,7 +412,7 @@ async fn a_warm_up_answers_an_empty_response_that_the_next_request_chains_from()
     let mut first = body("unused");
     first["input"] = json!([]);
     first["previous_response_id"] = json!(id);
-    ws.send_json(&create(first)).await.unwrap();
+    send(&mut ws, &create(first)).await;
     assert_eq!(text_of(&turn(&mut ws).await), "You said: warm words");
     assert_eq!(emu.requests()[0].body["generate"], false);
     assert_eq!(emu.stats().ws_continuations, 1);
@@ -369,18 +425,13 @@ async fn refuse_mode_answers_the_handshake_with_426_until_switched_back() {
         ..EmulatorConfig::default()
     })
     .await;
-    match connect_with(&emu, &headers(&creds)).await {
-        Err(WsClientError::Rejected { status, body, .. }) => {
-            assert_eq!(status, 426);
-            let v: Value = serde_json::from_slice(&body).unwrap();
-            assert!(v["error"]["message"].is_string(), "{v}");
-        }
-        other => panic!("expected a 426, got {:?}", other.map(|_| ())),
-    }
+    let (status, v) = refused(&emu, &headers(&creds)).await;
+    assert_eq!(status, 426);
+    assert!(v["error"]["message"].is_string(), "{v}");
     assert_eq!(emu.stats().ws_handshakes, 0);
     emu.set_websocket_mode(WebSocketMode::Accept);
     let mut ws = connect(&emu, &creds).await;
-    ws.send_json(&create(body("now"))).await.unwrap();
+    send(&mut ws, &create(body("now"))).await;
     assert_eq!(text_of(&turn(&mut ws).await), "You said: now");
     assert_eq!(emu.stats().ws_handshakes, 1);
 }
@@ -393,9 +444,9 @@ async fn the_connection_limit_answers_a_wrapped_error_and_closes_the_socket() {
     })
     .await;
     let mut ws = connect(&emu, &creds).await;
-    ws.send_json(&create(body("one"))).await.unwrap();
+    send(&mut ws, &create(body("one"))).await;
     completed(&turn(&mut ws).await);
-    ws.send_json(&create(body("two"))).await.unwrap();
+    send(&mut ws, &create(body("two"))).await;
     let (status, f) = error(&mut ws).await;
     assert_eq!(status, 400);
     assert_eq!(f["error"]["type"], "invalid_request_error");
@@ -405,16 +456,13 @@ async fn the_connection_limit_answers_a_wrapped_error_and_closes_the_socket() {
         "Responses websocket connection limit reached (60 minutes). Create a new websocket connection to continue."
     );
     // Then the server closes the socket.
-    let end = tokio::time::timeout(WAIT, ws.recv()).await.unwrap();
-    assert!(
-        matches!(end, Ok(Some(Message::Close(_))) | Ok(None)),
-        "{end:?}"
-    );
+    let end = recv(&mut ws).await;
+    assert!(matches!(end, Some(Ok(Message::Close(_))) | None), "{end:?}");
     // A new socket serves again; the limit can change at run time.
     emu.set_websocket_responses_per_socket(None);
     let mut ws = connect(&emu, &creds).await;
     for text in ["a", "b"] {
-        ws.send_json(&create(body(text))).await.unwrap();
+        send(&mut ws, &create(body(text))).await;
         completed(&turn(&mut ws).await);
     }
 }
@@ -425,7 +473,7 @@ async fn a_rules_rejection_and_bad_frames_are_wrapped_400s_and_the_socket_lives_
     let mut ws = connect(&emu, &creds).await;
     let mut bad = body("x");
     bad["store"] = json!(true);
-    ws.send_json(&create(bad)).await.unwrap();
+    send(&mut ws, &create(bad)).await;
     let (status, f) = error(&mut ws).await;
     assert_eq!(status, 400);
     assert_eq!(f["error"]["message"], "Store must be set to false");
@@ -433,15 +481,13 @@ async fn a_rules_rejection_and_bad_frames_are_wrapped_400s_and_the_socket_lives_
 
     let mut unknown = body("x");
     unknown["bogus"] = json!(1);
-    ws.send_json(&create(unknown)).await.unwrap();
+    send(&mut ws, &create(unknown)).await;
     let (_, f) = error(&mut ws).await;
     assert_eq!(f["error"]["message"], "Unsupported parameter: bogus");
 
     ws.send(Message::text("{not json")).await.unwrap();
     assert_eq!(error(&mut ws).await.1["error"]["code"], "invalid_json");
-    ws.send_json(&json!({"type": "response.append", "input": []}))
-        .await
-        .unwrap();
+    send(&mut ws, &json!({"type": "response.append", "input": []})).await;
     assert_eq!(
         error(&mut ws).await.1["error"]["code"],
         "unsupported_message_type"
@@ -453,16 +499,13 @@ async fn a_rules_rejection_and_bad_frames_are_wrapped_400s_and_the_socket_lives_
     );
     // Pings are answered.
     ws.send(Message::Ping(b"hi".to_vec().into())).await.unwrap();
-    let pong = tokio::time::timeout(WAIT, ws.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let pong = recv(&mut ws).await;
     assert!(
-        matches!(pong, Some(Message::Pong(ref p)) if p.as_ref() == b"hi"),
+        matches!(pong, Some(Ok(Message::Pong(ref p))) if p.as_ref() == b"hi"),
         "{pong:?}"
     );
 
-    ws.send_json(&create(body("still here"))).await.unwrap();
+    send(&mut ws, &create(body("still here"))).await;
     assert_eq!(text_of(&turn(&mut ws).await), "You said: still here");
     // Only response.create frames count.
     assert_eq!(emu.stats().ws_requests, 3);
@@ -476,9 +519,7 @@ async fn account_limits_are_wrapped_429s_and_a_busy_socket_refuses_a_second_requ
     })
     .await;
     let mut a = connect(&emu, &creds).await;
-    a.send_json(&create(body("hold EMU:gate:g1")))
-        .await
-        .unwrap();
+    send(&mut a, &create(body("hold EMU:gate:g1"))).await;
     // Wait for the first delta: the stream is open and parked at the gate.
     loop {
         let f = next(&mut a).await.unwrap();
@@ -490,7 +531,7 @@ async fn account_limits_are_wrapped_429s_and_a_busy_socket_refuses_a_second_requ
     assert_eq!(emu.live_streams(), 1);
 
     // One request in flight per socket.
-    a.send_json(&create(body("too soon"))).await.unwrap();
+    send(&mut a, &create(body("too soon"))).await;
     let (status, f) = error(&mut a).await;
     assert_eq!(status, 400);
     assert_eq!(
@@ -500,7 +541,7 @@ async fn account_limits_are_wrapped_429s_and_a_busy_socket_refuses_a_second_requ
 
     // The account's other socket is over its limit of open streams.
     let mut b = connect(&emu, &creds).await;
-    b.send_json(&create(body("second"))).await.unwrap();
+    send(&mut b, &create(body("second"))).await;
     let (status, f) = error(&mut b).await;
     assert_eq!(status, 429);
     assert_eq!(f["error"]["code"], "rate_limit_exceeded");
@@ -512,13 +553,13 @@ async fn account_limits_are_wrapped_429s_and_a_busy_socket_refuses_a_second_requ
     let rest = turn(&mut a).await;
     completed(&rest);
     assert_eq!(emu.account_stats(&creds.account_id).open_streams, 0);
-    b.send_json(&create(body("second"))).await.unwrap();
+    send(&mut b, &create(body("second"))).await;
     assert_eq!(text_of(&turn(&mut b).await), "You said: second");
 
     // A usage limit: 429 usage_limit_reached with the reset time and the limit headers.
     let resets_at = 1_900_000_000;
     emu.set_usage_limit(&creds.account_id, Some(resets_at));
-    b.send_json(&create(body("limited"))).await.unwrap();
+    send(&mut b, &create(body("limited"))).await;
     let (status, f) = error(&mut b).await;
     assert_eq!(status, 429);
     assert_eq!(f["error"]["type"], "usage_limit_reached");
@@ -531,9 +572,7 @@ async fn account_limits_are_wrapped_429s_and_a_busy_socket_refuses_a_second_requ
 async fn a_dropped_socket_releases_the_stream_and_a_reset_drops_without_close() {
     let (emu, creds) = emulator(EmulatorConfig::default()).await;
     let mut a = connect(&emu, &creds).await;
-    a.send_json(&create(body("hold EMU:gate:never")))
-        .await
-        .unwrap();
+    send(&mut a, &create(body("hold EMU:gate:never"))).await;
     loop {
         if next(&mut a).await.unwrap()["type"] == "response.output_text.delta" {
             break;
@@ -550,11 +589,9 @@ async fn a_dropped_socket_releases_the_stream_and_a_reset_drops_without_close() 
     .expect("the slot is released when the socket drops");
 
     let mut b = connect(&emu, &creds).await;
-    b.send_json(&create(body("EMU:flakyreset:1")))
-        .await
-        .unwrap();
-    let end = tokio::time::timeout(WAIT, b.recv()).await.unwrap();
-    assert!(end.is_err(), "no close frame: {end:?}");
+    send(&mut b, &create(body("EMU:flakyreset:1"))).await;
+    let end = recv(&mut b).await;
+    assert!(matches!(end, Some(Err(_))), "no close frame: {end:?}");
 }
 
 #[tokio::test]
@@ -562,26 +599,16 @@ async fn the_handshake_checks_the_token_and_the_beta_header() {
     let (emu, creds) = emulator(EmulatorConfig::default()).await;
     let mut h = headers(&creds);
     h[0].1 = "Bearer not-a-token".into();
-    match connect_with(&emu, &h).await {
-        Err(WsClientError::Rejected { status, body, .. }) => {
-            assert_eq!(status, 401);
-            let v: Value = serde_json::from_slice(&body).unwrap();
-            assert_eq!(v["error"]["code"], "token_expired");
-        }
-        other => panic!("expected a 401, got {:?}", other.map(|_| ())),
-    }
+    let (status, v) = refused(&emu, &h).await;
+    assert_eq!(status, 401);
+    assert_eq!(v["error"]["code"], "token_expired");
     let h: Vec<(String, String)> = headers(&creds)
         .into_iter()
         .filter(|(k, _)| k != "openai-beta")
         .collect();
-    match connect_with(&emu, &h).await {
-        Err(WsClientError::Rejected { status, body, .. }) => {
-            assert_eq!(status, 400);
-            let v: Value = serde_json::from_slice(&body).unwrap();
-            assert!(v["detail"].as_str().unwrap().contains("OpenAI-Beta"), "{v}");
-        }
-        other => panic!("expected a 400, got {:?}", other.map(|_| ())),
-    }
+    let (status, v) = refused(&emu, &h).await;
+    assert_eq!(status, 400);
+    assert!(v["detail"].as_str().unwrap().contains("OpenAI-Beta"), "{v}");
     assert_eq!(emu.stats().ws_handshakes, 0);
 }
 
@@ -613,14 +640,14 @@ async fn a_tls_handshake_serves_wss() {
         .connect(name, tcp)
         .await
         .unwrap();
-    let h = headers(&creds);
-    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (mut ws, _) = WsClient::connect(tls, &emu.ws_url(), &h).await.unwrap();
-    ws.send_json(&create(body("over tls"))).await.unwrap();
+    let (mut ws, _) = handshake(tls, &emu.ws_url(), &headers(&creds))
+        .await
+        .unwrap();
+    send(&mut ws, &create(body("over tls"))).await;
     let frames = turn(&mut ws).await;
     assert_eq!(frames[0]["type"], "codex.rate_limits");
     assert_eq!(text_of(&frames), "You said: over tls");
-    ws.send_json(&create(body("twice"))).await.unwrap();
+    send(&mut ws, &create(body("twice"))).await;
     assert_eq!(text_of(&turn(&mut ws).await), "You said: twice");
     assert_eq!(emu.stats().ws_handshakes, 1);
 }
@@ -659,7 +686,7 @@ async fn request_bytes_are_counted_per_transport() {
 
     let mut ws = connect(&emu, &creds).await;
     let frame = create(body("counted ws"));
-    ws.send_json(&frame).await.unwrap();
+    send(&mut ws, &frame).await;
     completed(&turn(&mut ws).await);
     let stats = emu.stats();
     assert_eq!(stats.ws_request_bytes, frame.to_string().len() as u64);
@@ -667,4 +694,55 @@ async fn request_bytes_are_counted_per_transport() {
         stats.responses_body_bytes,
         (plain.len() + compressed.len()) as u64
     );
+}
+
+/// The socket is read while a response plays: a ping between paced deltas is answered at
+/// once, and the response goes on whole.
+#[tokio::test]
+async fn a_ping_while_a_response_plays_is_answered_between_its_frames() {
+    let (emu, creds) = emulator(EmulatorConfig::default()).await;
+    let mut ws = connect(&emu, &creds).await;
+    send(&mut ws, &create(body("paced EMU:deltas:6 EMU:pace:40"))).await;
+    loop {
+        if next(&mut ws).await.unwrap()["type"] == "response.output_text.delta" {
+            break;
+        }
+    }
+    ws.send(Message::Ping(b"mid".to_vec().into()))
+        .await
+        .unwrap();
+    let mut pong_at = None;
+    let mut frames = Vec::new();
+    loop {
+        match recv(&mut ws).await {
+            Some(Ok(Message::Pong(p))) => {
+                assert_eq!(p.as_ref(), b"mid");
+                pong_at = Some(frames.len());
+            }
+            Some(Ok(Message::Text(t))) => {
+                let f: Value = serde_json::from_str(t.as_str()).unwrap();
+                let end = f["type"] == "response.completed";
+                frames.push(f);
+                if end {
+                    break;
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let deltas = frames
+        .iter()
+        .filter(|f| f["type"] == "response.output_text.delta")
+        .count();
+    let pong_at = pong_at.expect("a pong");
+    assert!(
+        frames
+            .get(pong_at..)
+            .unwrap()
+            .iter()
+            .any(|f| f["type"] == "response.output_text.delta"),
+        "the pong came before the last delta: {pong_at} of {frames:#?}"
+    );
+    assert!(deltas >= 4, "{frames:#?}");
+    assert_eq!(emu.live_streams(), 0);
 }

@@ -65,7 +65,6 @@ use tokio::task::JoinHandle;
 pub use accounts::AccountStats;
 pub use stream::STAMP_PLACEHOLDER;
 pub use tokens::TestCredentials;
-pub use ws::{WsClient, WsClientError};
 
 /// Requests kept for [`Emulator::requests`] (the oldest are dropped): a load run must not
 /// grow the emulator without bound.

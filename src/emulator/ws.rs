@@ -18,129 +18,51 @@
 //!   is playing is a wrapped 400 `conversation_already_has_active_response`,
 //! * a per-socket response limit (`websocket_connection_limit_reached`, then close).
 //!
-//! The protocol state is tungstenite's [`WebSocketContext`] over an in-memory [`Pipe`]; one
-//! task per socket moves bytes between the pipe and the socket, so reading (pings, a
-//! second request, a hang-up) goes on while a response plays. permessage-deflate is never
-//! negotiated (an offered `Sec-WebSocket-Extensions` goes unanswered).
-//!
-//! [`WsClient`] is the same pipe on the client side, for tests and benches: the crate has
-//! no `futures` traits, which tokio-tungstenite's `Stream`/`Sink` need.
+//! The socket is tokio-tungstenite's [`WebSocketStream`] over hyper's upgraded connection,
+//! split in two halves; one task per socket `select!`s between the next client message
+//! (tungstenite answers pings while reading; a second request is refused, a hang-up ends
+//! the task and releases the account's open-stream slot and the live-stream count at once)
+//! and [`Conn::play`], the next step of the response being played (a frame, a pause, a
+//! gate). Frames go out with `feed` and a `flush` per event (`Chunking::PerEvent`) or at
+//! each pause and at the end (coalesced), so a burst is one write. permessage-deflate is
+//! never negotiated (an offered `Sec-WebSocket-Extensions` goes unanswered).
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::future::Future;
-use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue};
+use hyper::upgrade::Upgraded;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::accounts::{Account, OpenStream};
 use super::routes::{self, Admission, Refusal, Resp};
 use super::stream::{EmuBody, LiveStream, Step};
 use super::{Recorded, Shared, WebSocketMode, random_hex};
 
-/// Outgoing bytes buffered before the player stops handing frames to the socket.
-const TX_HIGH_WATER: usize = 256 << 10;
+/// Outgoing bytes tungstenite buffers before it writes them out unasked (and, while the
+/// client does not read, the player waits).
+const WRITE_BUFFER: usize = 256 << 10;
 /// How long a closing socket may take to write what it still holds.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(5);
 
-/// The bytes between tungstenite (which reads and writes it like a non-blocking socket)
-/// and the real socket: `rx` received, not yet parsed; `tx` framed, not yet written.
-#[derive(Default)]
-struct Pipe {
-    rx: Vec<u8>,
-    rx_pos: usize,
-    tx: Vec<u8>,
-    eof: bool,
-}
-
-impl Read for Pipe {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let avail = self.rx.get(self.rx_pos..).unwrap_or_default();
-        if avail.is_empty() {
-            return if self.eof {
-                Ok(0)
-            } else {
-                Err(io::ErrorKind::WouldBlock.into())
-            };
-        }
-        let n = avail.len().min(buf.len());
-        if let (Some(dst), Some(src)) = (buf.get_mut(..n), avail.get(..n)) {
-            dst.copy_from_slice(src);
-        }
-        self.rx_pos += n;
-        if self.rx_pos >= self.rx.len() {
-            self.rx.clear();
-            self.rx_pos = 0;
-        }
-        Ok(n)
-    }
-}
-
-impl Write for Pipe {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tx.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Pipe {
-    fn consumed(&mut self, n: usize) {
-        self.tx.drain(..n.min(self.tx.len()));
-    }
-}
-
-fn would_block(e: &tungstenite::Error) -> bool {
-    matches!(e, tungstenite::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock)
-}
-
-/// Writes one chunk of `tx`; never completes while `tx` is empty (a `select!` branch).
-async fn write_some<W: AsyncWrite + Unpin>(wr: &mut W, tx: &[u8]) -> io::Result<usize> {
-    if tx.is_empty() {
-        std::future::pending::<()>().await;
-    }
-    let n = wr.write(tx).await?;
-    if n == 0 {
-        return Err(io::ErrorKind::WriteZero.into());
-    }
-    Ok(n)
-}
-
-/// Writes everything `pipe` holds and flushes.
-async fn write_all<W: AsyncWrite + Unpin>(wr: &mut W, pipe: &mut Pipe) -> io::Result<()> {
-    while !pipe.tx.is_empty() {
-        let n = write_some(wr, &pipe.tx).await?;
-        pipe.consumed(n);
-    }
-    wr.flush().await
-}
-
-type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// Completes when the pause or gate in `wait` does; never when there is none.
-async fn wait_on(wait: &mut Option<Wait>) {
-    match wait.as_mut() {
-        Some(w) => w.await,
-        None => std::future::pending().await,
-    }
-}
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type Tx = SplitSink<Socket, Message>;
+type Rx = SplitStream<Socket>;
 
 fn has_token(headers: &HeaderMap, name: hyper::header::HeaderName, token: &str) -> bool {
     headers
@@ -212,9 +134,8 @@ pub(super) fn handshake(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
         last: None,
         served: 0,
         playing: None,
-        ctx: WebSocketContext::new(Role::Server, None),
-        pipe: Pipe::default(),
-        end: End::Open,
+        wait: None,
+        unflushed: false,
     };
     shared
         .counters
@@ -222,7 +143,14 @@ pub(super) fn handshake(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
         .fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         if let Ok(upgraded) = hyper::upgrade::on(req).await {
-            conn.run(TokioIo::new(upgraded)).await;
+            let config = WebSocketConfig::default().write_buffer_size(WRITE_BUFFER);
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            conn.run(ws).await;
         }
     });
     let mut resp = Response::new(EmuBody::Full(None));
@@ -274,14 +202,16 @@ struct Playing {
     completed: Option<String>,
 }
 
-/// How the socket ends.
-#[derive(PartialEq, Eq)]
+/// Why the socket ends.
 enum End {
-    Open,
     /// Write what is buffered, then drop the connection (after a close frame, or without
     /// one for `EMU:flakyreset` and `EMU:cut`).
     Drop,
+    /// The client left, the socket failed or the emulator stops: drop it at once.
+    Gone,
 }
+
+type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// One upgraded socket.
 struct Conn {
@@ -295,96 +225,114 @@ struct Conn {
     /// Responses served (for the per-socket limit).
     served: u32,
     playing: Option<Playing>,
-    ctx: WebSocketContext,
-    pipe: Pipe,
-    end: End,
+    /// The pause or gate the player waits on (kept here: [`Conn::play`] is cancelled
+    /// whenever a client message comes first, and must resume where it was).
+    wait: Option<Wait>,
+    /// Frames fed to the socket and not flushed yet.
+    unflushed: bool,
 }
 
 impl Conn {
-    async fn run<S>(mut self, io: S)
-    where
-        S: AsyncRead + AsyncWrite + Send + 'static,
-    {
-        let (mut rd, mut wr) = tokio::io::split(io);
+    async fn run(mut self, ws: Socket) {
+        let (mut tx, mut rx): (Tx, Rx) = ws.split();
         let mut stop = self.shared.stop.clone();
-        let mut buf = vec![0u8; 16 << 10];
-        let mut wait: Option<Wait> = None;
-        loop {
-            if wait.is_none() {
-                wait = self.pump();
-            }
-            let _ = self.ctx.flush(&mut self.pipe);
-            if self.end == End::Drop {
-                let _ =
-                    tokio::time::timeout(FLUSH_ON_CLOSE, write_all(&mut wr, &mut self.pipe)).await;
-                return;
-            }
+        let end = loop {
             tokio::select! {
-                r = rd.read(&mut buf) => match r {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        self.pipe.rx.extend_from_slice(buf.get(..n).unwrap_or_default());
-                        self.read_frames();
-                    }
-                },
-                r = write_some(&mut wr, &self.pipe.tx) => match r {
-                    Ok(n) => {
-                        self.pipe.consumed(n);
-                        if self.pipe.tx.is_empty() && wr.flush().await.is_err() {
-                            return;
+                msg = rx.next() => {
+                    let done = match msg {
+                        Some(Ok(Message::Text(t))) => self.on_request(&mut tx, t.as_str()).await,
+                        Some(Ok(Message::Binary(_))) => {
+                            self.send_error(
+                                &mut tx,
+                                400,
+                                "binary_frame_not_supported",
+                                "Binary frames are not supported; send response.create as a text frame.",
+                            )
+                            .await
                         }
+                        // tungstenite queued the reply; the flush below sends it.
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) => Err(End::Drop),
+                        // Pongs are queued (and written) by tungstenite itself.
+                        Some(Ok(_)) => Ok(()),
+                        None => Err(End::Gone),
+                    };
+                    if let Err(end) = done {
+                        break end;
                     }
-                    Err(_) => return,
-                },
-                () = wait_on(&mut wait) => wait = None,
-                _ = stop.changed() => return,
+                }
+                end = self.play(&mut tx) => break end,
+                _ = stop.changed() => break End::Gone,
             }
+        };
+        // Whatever the end, the response stops here: its slot and live count go now.
+        self.playing = None;
+        self.wait = None;
+        if let End::Drop = end {
+            let _ = tokio::time::timeout(FLUSH_ON_CLOSE, tx.flush()).await;
         }
     }
 
-    /// Hands the playing response's frames to the protocol, up to a pause or gate (returned
-    /// to be waited on), the end, or a full send buffer.
-    fn pump(&mut self) -> Option<Wait> {
+    /// Plays the current response: feeds its frames, flushes per event or before a pause
+    /// and at the end, waits out pauses and gates; pending while there is nothing to do.
+    /// Returns only when the socket must end. Cancel-safe: a step leaves the queue once
+    /// fed, the wait and the flush still owed are kept in `self`.
+    async fn play(&mut self, tx: &mut Tx) -> End {
         loop {
-            let playing = self.playing.as_mut()?;
-            if self.pipe.tx.len() >= TX_HIGH_WATER
-                || (playing.per_event && !self.pipe.tx.is_empty())
-            {
-                return None;
+            // Flush per event, and whatever is queued before waiting (a pause, a gate, the
+            // next request).
+            let waiting = self.wait.is_some() || self.playing.is_none();
+            if self.unflushed && (waiting || self.playing.as_ref().is_some_and(|p| p.per_event)) {
+                if tx.flush().await.is_err() {
+                    return End::Gone;
+                }
+                self.unflushed = false;
             }
-            let Some(step) = playing.steps.pop_front() else {
-                self.finish();
-                return None;
-            };
-            let frame = match step {
-                Step::Data(b) => b,
-                Step::Stamped(mut b, at) => {
-                    super::stream::fill_stamps(&mut b, &at);
-                    Bytes::from(b)
-                }
-                Step::Pause(d) => return Some(Box::pin(tokio::time::sleep(d))),
-                Step::Gate(mut g) => {
-                    return Some(Box::pin(async move {
-                        let _ = g.wait_for(|open| *open).await;
-                    }));
-                }
-                Step::Cut => {
-                    self.playing = None;
-                    self.end = End::Drop;
-                    return None;
-                }
-            };
-            observe(playing, &frame);
-            playing.live.sent(frame.len());
-            let Ok(text) = tungstenite::Utf8Bytes::try_from(frame) else {
+            if let Some(w) = self.wait.as_mut() {
+                w.await;
+                self.wait = None;
+            }
+            let Some(p) = self.playing.as_mut() else {
+                std::future::pending::<()>().await;
                 continue;
             };
-            let last = playing.steps.is_empty();
-            self.put(Message::Text(text));
-            if last {
+            if p.steps.is_empty() {
+                // Handed over whole (the flush follows): the slot is released now.
                 self.finish();
-                return None;
+                continue;
             }
+            let frame = match p.steps.front_mut() {
+                None => continue,
+                Some(Step::Data(b)) => b.clone(),
+                Some(Step::Stamped(b, at)) => {
+                    super::stream::fill_stamps(b, at);
+                    Bytes::copy_from_slice(b)
+                }
+                Some(Step::Pause(d)) => {
+                    self.wait = Some(Box::pin(tokio::time::sleep(*d)));
+                    p.steps.pop_front();
+                    continue;
+                }
+                Some(Step::Gate(_)) => {
+                    if let Some(Step::Gate(mut g)) = p.steps.pop_front() {
+                        self.wait = Some(Box::pin(async move {
+                            let _ = g.wait_for(|open| *open).await;
+                        }));
+                    }
+                    continue;
+                }
+                Some(Step::Cut) => return End::Drop,
+            };
+            let Ok(text) = Utf8Bytes::try_from(frame.clone()) else {
+                p.steps.pop_front();
+                continue;
+            };
+            if tx.feed(Message::Text(text)).await.is_err() {
+                return End::Gone;
+            }
+            p.steps.pop_front();
+            self.unflushed = true;
+            observe(p, &frame);
+            p.live.sent(frame.len());
         }
     }
 
@@ -403,41 +351,15 @@ impl Conn {
         }
     }
 
-    /// Parses every complete frame received so far.
-    fn read_frames(&mut self) {
-        loop {
-            match self.ctx.read(&mut self.pipe) {
-                Ok(Message::Text(t)) => self.on_request(t.as_str()),
-                Ok(Message::Binary(_)) => self.send_error(
-                    400,
-                    "binary_frame_not_supported",
-                    "Binary frames are not supported; send response.create as a text frame.",
-                ),
-                // Pongs (and close replies) are queued by tungstenite itself.
-                Ok(_) => {}
-                Err(e) if would_block(&e) => return,
-                Err(_) => {
-                    self.end = End::Drop;
-                    return;
-                }
-            }
-            if self.end == End::Drop {
-                return;
-            }
-        }
+    /// Queues `v` as one text frame; [`Conn::play`] flushes it.
+    async fn send_json(&mut self, tx: &mut Tx, v: &Value) -> Result<(), End> {
+        tx.feed(Message::text(v.to_string()))
+            .await
+            .map_err(|_| End::Gone)?;
+        self.unflushed = true;
+        Ok(())
     }
 
-    /// Frames `msg` into the pipe at once (errors: the socket is closing anyway).
-    fn put(&mut self, msg: Message) {
-        let _ = self.ctx.write(&mut self.pipe, msg);
-        let _ = self.ctx.flush(&mut self.pipe);
-    }
-
-    fn send_json(&mut self, v: &Value) {
-        self.put(Message::text(v.to_string()));
-    }
-
-    /// A wrapped 400 `invalid_request_error` with `code`.
     /// Keep a request for `Emulator::requests`: `body` as the backend processes it (a
     /// continuation expanded), `frame` as it arrived.
     fn record(&self, body: Value, frame: Value) {
@@ -449,13 +371,24 @@ impl Conn {
         }));
     }
 
-    fn send_error(&mut self, status: u16, code: &str, message: &str) {
-        self.send_json(&json!({"type": "error", "status": status,
-            "error": {"type": "invalid_request_error", "code": code, "message": message}}));
+    /// A wrapped `invalid_request_error` with `code`.
+    async fn send_error(
+        &mut self,
+        tx: &mut Tx,
+        status: u16,
+        code: &str,
+        message: &str,
+    ) -> Result<(), End> {
+        self.send_json(
+            tx,
+            &json!({"type": "error", "status": status,
+                "error": {"type": "invalid_request_error", "code": code, "message": message}}),
+        )
+        .await
     }
 
     /// A refusal of the shared path as a wrapped error frame.
-    fn send_refusal(&mut self, r: Refusal) {
+    async fn send_refusal(&mut self, tx: &mut Tx, r: Refusal) -> Result<(), End> {
         let error = match r.body.get("error") {
             Some(e @ Value::Object(_)) => e.clone(),
             _ => {
@@ -472,16 +405,20 @@ impl Conn {
             .map(|(k, v)| (k.to_owned(), Value::String(v)))
             .collect();
         self.send_json(
+            tx,
             &json!({"type": "error", "status": r.status, "error": error, "headers": headers}),
-        );
+        )
+        .await
     }
 
-    fn on_request(&mut self, text: &str) {
+    /// One text frame from the client. `Err` when the socket must end.
+    async fn on_request(&mut self, tx: &mut Tx, text: &str) -> Result<(), End> {
         let shared = Arc::clone(&self.shared);
         let c = &shared.counters;
         let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(text) else {
-            self.send_error(400, "invalid_json", "The message is not a JSON object.");
-            return;
+            return self
+                .send_error(tx, 400, "invalid_json", "The message is not a JSON object.")
+                .await;
         };
         match obj.get("type").and_then(Value::as_str) {
             Some("response.create") => {}
@@ -490,8 +427,9 @@ impl Conn {
                     "Unsupported message type '{}'; expected 'response.create'.",
                     other.unwrap_or("")
                 );
-                self.send_error(400, "unsupported_message_type", &message);
-                return;
+                return self
+                    .send_error(tx, 400, "unsupported_message_type", &message)
+                    .await;
             }
         }
         c.ws_requests.fetch_add(1, Ordering::Relaxed);
@@ -501,31 +439,31 @@ impl Conn {
         let frame = Value::Object(obj.clone());
         if self.playing.is_some() {
             self.record(frame.clone(), frame);
-            self.send_error(
+            return self.send_error(
+                tx,
                 400,
                 "conversation_already_has_active_response",
                 "A response is already in progress on this connection; send response.create after it completes.",
-            );
-            return;
+            )
+            .await;
         }
         if let Some(limit) = self.shared.ws_responses_per_socket()
             && self.served >= limit
         {
             self.record(frame.clone(), frame);
             self.send_error(
+                tx,
                 400,
                 "websocket_connection_limit_reached",
                 "Responses websocket connection limit reached (60 minutes). Create a new websocket connection to continue.",
-            );
-            let _ = self.ctx.close(
-                &mut self.pipe,
-                Some(CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: "websocket connection limit reached".into(),
-                }),
-            );
-            self.end = End::Drop;
-            return;
+            )
+            .await?;
+            let close = CloseFrame {
+                code: CloseCode::Normal,
+                reason: "websocket connection limit reached".into(),
+            };
+            let _ = tx.feed(Message::Close(Some(close))).await;
+            return Err(End::Drop);
         }
         self.account.count_request();
         match obj.remove("previous_response_id") {
@@ -540,10 +478,14 @@ impl Conn {
                 else {
                     self.record(frame.clone(), frame);
                     let message = format!("Previous response with id '{id}' not found.");
-                    self.send_json(&json!({"type": "error", "status": 400, "error": {
-                        "type": "invalid_request_error", "code": "previous_response_not_found",
-                        "param": "previous_response_id", "message": message}}));
-                    return;
+                    return self
+                        .send_json(
+                            tx,
+                            &json!({"type": "error", "status": 400, "error": {
+                                "type": "invalid_request_error", "code": "previous_response_not_found",
+                                "param": "previous_response_id", "message": message}}),
+                        )
+                        .await;
                 };
                 let mut full = last.input.clone();
                 full.extend(last.output.iter().cloned());
@@ -569,8 +511,8 @@ impl Conn {
             },
         );
         match admission {
-            Admission::Refused(r) => self.send_refusal(r),
-            Admission::Reset => self.end = End::Drop,
+            Admission::Refused(r) => self.send_refusal(tx, r).await,
+            Admission::Reset => Err(End::Drop),
             Admission::Stream { sse, delay, open } => {
                 self.served += 1;
                 let per_event =
@@ -579,11 +521,13 @@ impl Conn {
                 if let Some(d) = delay {
                     steps.push_front(Step::Pause(d));
                 }
-                self.send_json(&routes::RateLimits::now(None).event());
+                self.send_json(tx, &routes::RateLimits::now(None).event())
+                    .await?;
                 let model = body.get("model").cloned().unwrap_or(Value::Null);
-                self.send_json(&json!({"type": "response.metadata",
+                let metadata = json!({"type": "response.metadata",
                     "headers": {"x-codex-turn-state": self.turn_state, "openai-model": model},
-                    "metadata": {}}));
+                    "metadata": {}});
+                self.send_json(tx, &metadata).await?;
                 self.playing = Some(Playing {
                     steps,
                     per_event,
@@ -593,6 +537,7 @@ impl Conn {
                     output: Vec::new(),
                     completed: None,
                 });
+                Ok(())
             }
         }
     }
@@ -626,183 +571,5 @@ fn input_items(input: Option<&Value>) -> Vec<Value> {
         Some(Value::String(s)) => vec![json!({"type": "message", "role": "user",
             "content": [{"type": "input_text", "text": s}]})],
         _ => Vec::new(),
-    }
-}
-
-/// Why [`WsClient`] failed.
-#[derive(Debug)]
-pub enum WsClientError {
-    /// The server answered the handshake with a status other than 101.
-    Rejected {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: Vec<u8>,
-    },
-    Io(io::Error),
-    Ws(tungstenite::Error),
-}
-
-impl fmt::Display for WsClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WsClientError::Rejected { status, body, .. } => write!(
-                f,
-                "handshake rejected with {status}: {}",
-                String::from_utf8_lossy(body)
-            ),
-            WsClientError::Io(e) => write!(f, "websocket i/o: {e}"),
-            WsClientError::Ws(e) => write!(f, "websocket: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for WsClientError {}
-
-impl From<io::Error> for WsClientError {
-    fn from(e: io::Error) -> Self {
-        WsClientError::Io(e)
-    }
-}
-
-impl From<tungstenite::Error> for WsClientError {
-    fn from(e: tungstenite::Error) -> Self {
-        WsClientError::Ws(e)
-    }
-}
-
-/// A small WebSocket client over any tokio stream (plain or TLS), for tests and benches:
-/// a real RFC 6455 client (tungstenite's handshake and framing), driven without the
-/// `futures` traits. Pings are answered while reading.
-pub struct WsClient<S> {
-    io: S,
-    ws: tungstenite::WebSocket<Pipe>,
-    buf: Vec<u8>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> WsClient<S> {
-    /// Runs the handshake for `url` (`ws://` or `wss://`; the stream is already connected,
-    /// TLS included) with extra `headers`. Returns the client and the 101's headers.
-    pub async fn connect(
-        mut io: S,
-        url: &str,
-        headers: &[(&str, &str)],
-    ) -> Result<(WsClient<S>, Vec<(String, String)>), WsClientError> {
-        use tungstenite::client::IntoClientRequest;
-        use tungstenite::handshake::HandshakeError;
-        let mut req = url.into_client_request()?;
-        for (k, v) in headers {
-            let name = hyper::header::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| WsClientError::Io(io::Error::other(e)))?;
-            let value =
-                HeaderValue::from_str(v).map_err(|e| WsClientError::Io(io::Error::other(e)))?;
-            req.headers_mut().append(name, value);
-        }
-        let mut buf = vec![0u8; 16 << 10];
-        // Everything received during the handshake: the body of a refusal is cut from it.
-        let mut seen: Vec<u8> = Vec::new();
-        let mut attempt = tungstenite::client::client(req, Pipe::default());
-        loop {
-            match attempt {
-                Ok((mut ws, resp)) => {
-                    write_all(&mut io, ws.get_mut()).await?;
-                    let headers = routes::header_list(resp.headers());
-                    return Ok((WsClient { io, ws, buf }, headers));
-                }
-                Err(HandshakeError::Interrupted(mut mid)) => {
-                    let pipe = mid.get_mut().get_mut();
-                    write_all(&mut io, pipe).await?;
-                    let n = io.read(&mut buf).await?;
-                    let got = buf.get(..n).unwrap_or_default();
-                    seen.extend_from_slice(got);
-                    pipe.rx.extend_from_slice(got);
-                    pipe.eof = n == 0;
-                    attempt = mid.handshake();
-                }
-                Err(HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
-                    let headers = routes::header_list(resp.headers());
-                    let mut body = memchr::memmem::find(&seen, b"\r\n\r\n")
-                        .and_then(|i| seen.get(i + 4..))
-                        .unwrap_or_default()
-                        .to_vec();
-                    let want = resp
-                        .headers()
-                        .get(hyper::header::CONTENT_LENGTH)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<usize>().ok())
-                        .unwrap_or(0);
-                    while body.len() < want {
-                        let n = io.read(&mut buf).await?;
-                        if n == 0 {
-                            break;
-                        }
-                        body.extend_from_slice(buf.get(..n).unwrap_or_default());
-                    }
-                    return Err(WsClientError::Rejected {
-                        status: resp.status().as_u16(),
-                        headers,
-                        body,
-                    });
-                }
-                Err(HandshakeError::Failure(e)) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// Sends one message.
-    pub async fn send(&mut self, msg: Message) -> Result<(), WsClientError> {
-        self.ws.send(msg)?;
-        write_all(&mut self.io, self.ws.get_mut()).await?;
-        Ok(())
-    }
-
-    /// Sends `v` as one text frame.
-    pub async fn send_json(&mut self, v: &Value) -> Result<(), WsClientError> {
-        self.send(Message::text(v.to_string())).await
-    }
-
-    /// The next message (pongs to the server's pings are sent on the way); `Ok(None)` once
-    /// the connection closed cleanly, an error when it ended without a close handshake.
-    pub async fn recv(&mut self) -> Result<Option<Message>, WsClientError> {
-        loop {
-            match self.ws.read() {
-                Ok(m) => {
-                    write_all(&mut self.io, self.ws.get_mut()).await?;
-                    return Ok(Some(m));
-                }
-                Err(e) if would_block(&e) => {
-                    write_all(&mut self.io, self.ws.get_mut()).await?;
-                    let n = self.io.read(&mut self.buf).await?;
-                    let got = self.buf.get(..n).unwrap_or_default();
-                    let pipe = self.ws.get_mut();
-                    pipe.rx.extend_from_slice(got);
-                    pipe.eof = n == 0;
-                }
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    return Ok(None);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// The next text frame as JSON, skipping pings and pongs; `Ok(None)` on a close frame
-    /// or a clean end.
-    pub async fn recv_json(&mut self) -> Result<Option<Value>, WsClientError> {
-        loop {
-            match self.recv().await? {
-                Some(Message::Text(t)) => {
-                    return serde_json::from_str(t.as_str())
-                        .map(Some)
-                        .map_err(|e| WsClientError::Io(io::Error::other(e)));
-                }
-                Some(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                Some(Message::Binary(_)) => {
-                    return Err(WsClientError::Io(io::Error::other(
-                        "unexpected binary frame",
-                    )));
-                }
-                Some(Message::Close(_)) | None => return Ok(None),
-            }
-        }
     }
 }
