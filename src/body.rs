@@ -24,11 +24,11 @@ use tokio::time::{Instant, Sleep};
 
 use crate::dialect::Encoder;
 use crate::error::{Error, ErrorKind, Protocol};
-use crate::server::reqlog::Meter;
 use crate::sse::parse::SseParser;
 use crate::upstream::conn::Upstream;
 use crate::upstream::events::{Decoder, Delta};
 use crate::upstream::failure::{self, PromptSize};
+use crate::upstream::meter::Meter;
 
 /// Largest single upstream event accepted (reasoning items with encrypted content are KBs;
 /// a compaction item can be large).

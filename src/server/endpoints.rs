@@ -23,7 +23,7 @@ use crate::accounts::Account;
 use crate::dialect::compact::CompactPlan;
 use crate::dialect::{Ctx, Plan, chat, messages, responses};
 use crate::error::{Error, ErrorKind, Protocol};
-use crate::server::route::{RespBody, json_response};
+use crate::server::respond::{RespBody, json_response};
 use crate::server::{State, backend, pipeline};
 use crate::upstream::catalog::{Catalog, ModelInfo};
 use crate::upstream::collect::{Collected, Item};

@@ -45,7 +45,8 @@ use tokio::time::Instant;
 
 use super::State;
 use super::head::{self, FirstHead};
-use super::route::{self, RespBody};
+use super::respond::RespBody;
+use super::route;
 use crate::error::{Error, ErrorKind, Protocol};
 
 /// Most headers in one request head (hyper's default).
@@ -1223,7 +1224,11 @@ mod tests {
         assert!(!out.contains("content-length"), "{out}");
         assert!(out.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{out}");
         // Size known: one length, the body's own, whatever the handler said.
-        let out = written(with_length(route::full("hello"), "99"), false).await;
+        let out = written(
+            with_length(super::super::respond::full("hello"), "99"),
+            false,
+        )
+        .await;
         assert_eq!(out.matches("content-length").count(), 1, "{out}");
         assert!(out.contains("content-length: 5\r\n"), "{out}");
         assert!(!out.contains("transfer-encoding"), "{out}");

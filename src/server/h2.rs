@@ -21,7 +21,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
 use super::h1;
-use super::route::{BoxError, RespBody};
+use super::respond::RespBody;
+use super::route::BoxError;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
 

@@ -25,6 +25,7 @@ pub mod head;
 pub mod history;
 pub mod pipeline;
 pub mod reqlog;
+pub mod respond;
 pub mod route;
 pub mod ws;
 

@@ -30,7 +30,7 @@ use crate::dialect::Plan;
 use crate::error::{Error, ErrorKind, Protocol};
 use crate::server::State;
 use crate::server::reqlog::Meter;
-use crate::server::route::{RespBody, json_response};
+use crate::server::respond::{RespBody, error_response, json_response, stream_response};
 use crate::upstream::collect::{Collected, Finish};
 use crate::upstream::conn::Upstream;
 use crate::upstream::events::Decoder;
@@ -77,7 +77,7 @@ pub async fn run<P: Plan>(state: &Arc<State>, plan: P, request_id: &str) -> Resp
         Ok(resp) => resp,
         Err(err) => {
             meter.record_error(&err);
-            super::route::error_response(&err, protocol, request_id)
+            error_response(&err, protocol, request_id)
         }
     };
     resp.extensions_mut().insert(meter);
@@ -647,23 +647,6 @@ async fn exact_context(
         window: prompt_size_window(state, model),
     };
     failure::context_exceeded(protocol, &size)
-}
-
-fn stream_response<E: crate::dialect::Encoder>(
-    t: Translate<E>,
-    content_type: &'static str,
-    request_id: &str,
-) -> Response<RespBody> {
-    let mut resp = Response::new(RespBody::new(t));
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert("x-request-id", v.clone());
-        h.insert("request-id", v);
-    }
-    resp
 }
 
 /// Read a whole upstream stream into a `Collected`.

@@ -17,62 +17,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use http_body_util::BodyExt;
 
 use crate::dialect::{Ctx, chat, messages, responses};
 use crate::error::{Error, ErrorKind, Protocol};
+use crate::server::respond::{RespBody, error_response, full, json_response};
 use crate::server::{State, endpoints, pipeline};
-
-/// The response body type of every route.
-pub type RespBody = UnsyncBoxBody<Bytes, std::convert::Infallible>;
 
 /// A request body the router can read: hyper's (h2 clients) or `h1`'s.
 pub trait ReqBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send {}
 impl<B> ReqBody for B where B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send {}
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-pub fn full(bytes: impl Into<Bytes>) -> RespBody {
-    UnsyncBoxBody::new(Full::new(bytes.into()))
-}
-
-/// A JSON response with the request id headers.
-pub fn json_response(status: StatusCode, body: Vec<u8>, request_id: &str) -> Response<RespBody> {
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert("x-request-id", v.clone());
-        h.insert("request-id", v);
-    }
-    resp
-}
-
-/// Render an error in `protocol`'s shape with its status and `Retry-After`.
-pub fn error_response(err: &Error, protocol: Protocol, request_id: &str) -> Response<RespBody> {
-    let status =
-        StatusCode::from_u16(err.status(protocol)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = json_response(status, err.body(protocol), request_id);
-    if let Some(secs) = err.retry_after
-        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
-    {
-        resp.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    if protocol == Protocol::Anthropic {
-        let retry = if err.retryable || err.retry_after.is_some() {
-            "true"
-        } else {
-            "false"
-        };
-        resp.headers_mut()
-            .insert("x-should-retry", HeaderValue::from_static(retry));
-    }
-    resp
-}
 
 /// Anthropic shape for `/v1/messages*` and for requests that carry Anthropic headers.
 pub(crate) fn protocol_of(path: &str, headers: &HeaderMap) -> Protocol {

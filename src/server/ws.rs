@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::State;
-use super::route::RespBody;
+use super::respond::RespBody;
 use crate::dialect::{Ctx, Plan, responses};
 use crate::error::{Error, Protocol};
 use crate::sse::parse::SseParser;

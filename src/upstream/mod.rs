@@ -11,6 +11,7 @@ pub mod conn;
 pub mod events;
 pub mod failure;
 pub mod h2pool;
+pub mod meter;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request;
