@@ -372,7 +372,7 @@ async fn read_body<B: ReqBody>(
     }
     let (parts, body) = req.into_parts();
     match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(c) => Ok((parts.headers, c.to_bytes().to_vec())),
+        Ok(c) => Ok((parts.headers, collected_to_vec(c))),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         // A refusal already in the client's terms (`h2::Bounded`: too slow, trailers too large).
         Err(e) => match e.downcast::<Error>() {
@@ -382,6 +382,13 @@ async fn read_body<B: ReqBody>(
             ))),
         },
     }
+}
+
+/// A collected request body as the one mutable buffer the parser works in place on.
+/// Public for the `large_request` bench.
+#[doc(hidden)]
+pub fn collected_to_vec(c: http_body_util::Collected<Bytes>) -> Vec<u8> {
+    c.to_bytes().to_vec()
 }
 
 /// Read the body and run a dialect's `translate` over it with a `Ctx` (the config, the
