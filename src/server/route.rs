@@ -384,11 +384,16 @@ async fn read_body<B: ReqBody>(
     }
 }
 
-/// A collected request body as the one mutable buffer the parser works in place on.
+/// A collected request body as the one mutable buffer the parser works in place on, with
+/// at most one copy: a body of several frames is joined into a fresh buffer that is then
+/// taken over as is; a single frame shared with hyper's read buffer is copied once.
 /// Public for the `large_request` bench.
 #[doc(hidden)]
 pub fn collected_to_vec(c: http_body_util::Collected<Bytes>) -> Vec<u8> {
-    c.to_bytes().to_vec()
+    match c.to_bytes().try_into_mut() {
+        Ok(unique) => Vec::from(unique),
+        Err(shared) => shared.to_vec(),
+    }
 }
 
 /// Read the body and run a dialect's `translate` over it with a `Ctx` (the config, the
