@@ -183,7 +183,7 @@ impl<'r> RawStrings<'r> {
                 .rev()
                 .take_while(|&&b| b == b'\\')
                 .count();
-            if run % 2 == 0 {
+            if run.is_multiple_of(2) {
                 break;
             }
             end += 1;
@@ -238,7 +238,7 @@ fn escapes(text: &[u8], at: usize) -> bool {
     let run = text
         .get(..at)
         .map_or(0, |t| t.iter().rev().take_while(|&&b| b == b'\\').count());
-    run % 2 == 0
+    run.is_multiple_of(2)
 }
 
 /// Whether the four hex digits of a `\u` escape are the way `write_str` writes that
