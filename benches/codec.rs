@@ -4,7 +4,13 @@
 //! * `sse/parse` — bytes/s through `SseParser` for chunk sizes 1, 16, 256 and whole;
 //! * `translate/chat`, `translate/messages` — upstream bytes → client bytes (parse, decode,
 //!   encode; exactly what `body::Translate` does per socket read), delta events/s;
-//! * `request/large` — a 100 KB and a 2 MB Claude Code-like Messages request → upstream body.
+//! * `request/large` — a 100 KB and a 2 MB Claude Code-like Messages request → upstream body
+//!   (`fixtures/claude_code.rs` makes them);
+//! * `large_request` — the proxy's whole CPU path for the 2 MB request: the body as hyper
+//!   delivers it (16 KB chunks) collected the way `server::route` reads it, parsed and
+//!   translated, the upstream JSON written and zstd-compressed (`pipeline::prepare_body`);
+//! * `zstd/2MB` — compressing that upstream body at levels -5 … 3 (bytes are printed once),
+//!   timed by thread CPU time like `large_request/2MB-cpu`.
 //!
 //! Every bench asserts its expected event count, so a broken parser cannot look fast.
 //! `cargo test --benches` runs each once as a smoke test.
@@ -12,6 +18,10 @@
 
 use std::hint::black_box;
 use std::path::PathBuf;
+
+#[path = "fixtures/claude_code.rs"]
+mod claude_code;
+use claude_code::claude_code_request;
 
 use bytes::BytesMut;
 use codex_as_api::config::Config;
@@ -193,49 +203,19 @@ fn translate_messages(c: &mut Criterion) {
     bench_translate(c, "translate/messages", &messages_plan(&env));
 }
 
-/// A Claude Code-like conversation of about `target` bytes: a long system prompt, tools, and
-/// turns of Bash calls whose results are file listings and file contents.
-pub fn large_request(target: usize) -> Vec<u8> {
-    let line = "    pub fn handle(&mut self, req: Request<Incoming>) -> Result<Response<Body>, Error> { /* \"quoted\" \\ path */ }\n";
-    let mut messages = vec![json!({"role": "user", "content": [
-        {"type": "text", "text": "<system-reminder>\nAs you answer the user's questions, you can use the following context.\n</system-reminder>"},
-        {"type": "text", "text": "Refactor the server module and run the tests."}]})];
-    let mut turn = 0;
-    let mut size = 0;
-    while size < target {
-        let id = format!("toolu_{turn:024}");
-        let output: String = line.repeat(40);
-        size += output.len() + 400;
-        messages.push(json!({"role": "assistant", "content": [
-            {"type": "text", "text": format!("Let me look at file {turn}.")},
-            {"type": "tool_use", "id": id, "name": "Bash", "input": {"command": format!("cat src/file_{turn}.rs")}}]}));
-        messages.push(json!({"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": id, "content": output}]}));
-        turn += 1;
-    }
-    messages.push(json!({"role": "user", "content": "Now run cargo test."}));
-    serde_json::to_vec(&json!({
-        "model": "claude-opus-5-5", "stream": true, "max_tokens": 32000,
-        "system": [{"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude.\n".repeat(200)}],
-        "messages": messages, "tools": bash_tool_messages(),
-        "thinking": {"type": "adaptive"},
-        "metadata": {"user_id": "{\"device_id\":\"6b20142b\",\"session_id\":\"a31f3bca-a60d-4b01-935a-96d1911167bb\"}"},
-    }))
-    .unwrap()
-}
-
 fn request_large(c: &mut Criterion) {
     let env = Env::new();
     let mut g = c.benchmark_group("request/large");
     for (label, target) in [("100KB", 100 << 10), ("2MB", 2 << 20)] {
-        let body = large_request(target);
+        let body = claude_code_request(target);
         g.throughput(Throughput::Bytes(body.len() as u64));
         let mut work = body.clone();
         let plan = messages::translate(&mut work, &env.ctx()).unwrap();
         let up: Value = serde_json::from_slice(&plan.upstream().body()).unwrap();
         let items = up["input"].as_array().unwrap().len();
-        // Each assistant turn becomes a message + a function_call, each result a function_call_output.
-        let turns = (body.len() / 4000).max(1);
+        // Each turn (under 8 KB on average) becomes a function_call and a
+        // function_call_output, often with a message and a reasoning item.
+        let turns = (body.len() / 8000).max(1);
         assert!(
             items >= turns,
             "{label}: {items} input items for ~{turns} turns"
@@ -254,11 +234,143 @@ fn request_large(c: &mut Criterion) {
     g.finish();
 }
 
+/// A request body as hyper hands it over: `chunk`-byte frames.
+struct Chunked(std::collections::VecDeque<bytes::Bytes>);
+
+impl http_body::Body for Chunked {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// Read like `server::route::read_body` does (collect under the size limit, one `Vec`).
+fn read_body(wire: &bytes::Bytes, chunk: usize) -> Vec<u8> {
+    use http_body_util::BodyExt;
+    let frames = (0..wire.len())
+        .step_by(chunk)
+        .map(|at| wire.slice(at..(at + chunk).min(wire.len())))
+        .collect();
+    let body = http_body_util::Limited::new(Chunked(frames), 64 << 20);
+    let collected = futures_lite_block_on(body.collect()).unwrap();
+    codex_as_api::server::route::collected_to_vec(collected)
+}
+
+/// Poll a future that never waits (the chunks are all there) to completion.
+fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+/// Client bytes → compressed upstream bytes for the 2 MB request, all of the proxy's CPU
+/// work before the upstream send.
+fn large_request(c: &mut Criterion) {
+    use codex_as_api::server::pipeline::prepare_body;
+    let env = Env::new();
+    let body = bytes::Bytes::from(claude_code_request(2 << 20));
+    let run = || {
+        let mut buf = read_body(&body, 16 << 10);
+        let plan = messages::translate(&mut buf, &env.ctx()).unwrap();
+        prepare_body(plan.upstream(), true)
+    };
+    let (raw, wire, compressed) = run();
+    if let Ok(path) = std::env::var("LARGE_REQUEST_DUMP") {
+        std::fs::write(format!("{path}.client.json"), &body).unwrap();
+        std::fs::write(format!("{path}.upstream.json"), &raw).unwrap();
+    }
+    assert!(compressed && raw.len() > body.len() / 2 && wire.len() < raw.len() / 4);
+    eprintln!(
+        "large_request: client {} B → upstream JSON {} B → zstd {} B",
+        body.len(),
+        raw.len(),
+        wire.len()
+    );
+    let mut g = c.benchmark_group("large_request");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.sample_size(30);
+    g.bench_function("2MB", |b| b.iter(|| black_box(run().1.len())));
+    // The same, timed by this thread's CPU time: on a loaded machine wall time also counts
+    // the time the thread waited for a core.
+    g.bench_function("2MB-cpu", |b| {
+        b.iter_custom(|iters| {
+            let start = thread_cpu();
+            for _ in 0..iters {
+                black_box(run().1.len());
+            }
+            thread_cpu().saturating_sub(start)
+        })
+    });
+    g.finish();
+}
+
+/// This thread's CPU time (`/proc/thread-self/schedstat`, nanoseconds on a core); zero where
+/// that file does not exist.
+fn thread_cpu() -> std::time::Duration {
+    let ns = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    std::time::Duration::from_nanos(ns)
+}
+
+/// The 2 MB upstream body compressed at several levels: time here, bytes printed once.
+fn zstd_levels(c: &mut Criterion) {
+    let env = Env::new();
+    let mut body = claude_code_request(2 << 20);
+    let raw = messages::translate(&mut body, &env.ctx())
+        .unwrap()
+        .upstream()
+        .body();
+    let mut g = c.benchmark_group("zstd/2MB");
+    g.throughput(Throughput::Bytes(raw.len() as u64));
+    g.sample_size(20);
+    use zstd::zstd_safe::CParameter as P;
+    let variants: &[(&str, i32, &[P])] = &[
+        ("-5", -5, &[]),
+        ("-1", -1, &[]),
+        ("1", 1, &[]),
+        ("2", 2, &[]),
+        ("3", 3, &[]),
+        // The level-1 table at 2^16 entries (default for 2 MB: 2^13).
+        ("1-hashlog16", 1, &[P::HashLog(16)]),
+    ];
+    for &(level, l, params) in variants {
+        let mut z = zstd::bulk::Compressor::new(l).unwrap();
+        for &p in params {
+            z.set_parameter(p).unwrap();
+        }
+        let n = z.compress(&raw).unwrap().len();
+        eprintln!("zstd level {level}: {} B → {n} B", raw.len());
+        // Timed by thread CPU time (see `large_request`).
+        g.bench_function(BenchmarkId::from_parameter(level), |b| {
+            b.iter_custom(|iters| {
+                let start = thread_cpu();
+                for _ in 0..iters {
+                    black_box(z.compress(&raw).unwrap().len());
+                }
+                thread_cpu().saturating_sub(start)
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     sse_parse,
     translate_chat,
     translate_messages,
-    request_large
+    request_large,
+    large_request,
+    zstd_levels
 );
 criterion_main!(benches);

@@ -34,7 +34,7 @@ use simd_json::prelude::*;
 use super::responses::{lite_namespace, write_tool_call_head};
 use super::{Ctx, Encoder, Plan, is_base64, parse_body};
 use crate::error::{Error, Protocol};
-use crate::json::{write_str, write_str_body, write_u64};
+use crate::json::{RawStrings, write_str, write_u64};
 use crate::upstream::collect::{Collected, Finish, Item, OwnedCitation};
 use crate::upstream::events::{Citation, Delta, Source, Usage};
 use crate::upstream::request::{ToolChoice, ToolNames, UpstreamRequest, random_id, stable_id};
@@ -122,17 +122,18 @@ fn type_error(path: &str, expected: &str, got: &Value<'_>) -> Error {
 /// Write a parsed value as compact JSON. Objects keep the client's key order (simd-json keeps
 /// insertion order up to 32 keys); larger objects are written with sorted keys, so the bytes
 /// sent upstream stay stable between requests (prompt caching) whatever the map's hasher does.
-fn write_json(out: &mut Vec<u8>, v: &Value<'_>) {
+/// Strings are copied from the request's text where they can be (`raw`).
+fn write_json(out: &mut Vec<u8>, v: &Value<'_>, raw: &RawStrings<'_>) {
     match v {
         Value::Static(_) => crate::json::write_value(out, v),
-        Value::String(s) => write_str(out, s),
+        Value::String(s) => raw.write_str(out, s),
         Value::Array(a) => {
             out.push(b'[');
             for (i, x) in a.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_json(out, x);
+                write_json(out, x, raw);
             }
             out.push(b']');
         }
@@ -143,9 +144,9 @@ fn write_json(out: &mut Vec<u8>, v: &Value<'_>) {
                     if i > 0 {
                         out.push(b',');
                     }
-                    write_str(out, k);
+                    raw.write_str(out, k);
                     out.push(b':');
-                    write_json(out, x);
+                    write_json(out, x, raw);
                 }
             } else {
                 let mut entries: Vec<_> = o.iter().collect();
@@ -154,9 +155,9 @@ fn write_json(out: &mut Vec<u8>, v: &Value<'_>) {
                     if i > 0 {
                         out.push(b',');
                     }
-                    write_str(out, k);
+                    raw.write_str(out, k);
                     out.push(b':');
-                    write_json(out, x);
+                    write_json(out, x, raw);
                 }
             }
             out.push(b'}');
@@ -171,10 +172,10 @@ fn push_sep(buf: &mut Vec<u8>, count: &mut usize) {
     *count += 1;
 }
 
-fn push_text_part(buf: &mut Vec<u8>, count: &mut usize, text: &str) {
+fn push_text_part(buf: &mut Vec<u8>, count: &mut usize, text: &str, raw: &RawStrings<'_>) {
     push_sep(buf, count);
     buf.extend_from_slice(br#"{"type":"input_text","text":"#);
-    write_str(buf, text);
+    raw.write_str(buf, text);
     buf.push(b'}');
 }
 
@@ -230,7 +231,9 @@ enum Want {
     Lowest,
 }
 
-struct Translator {
+struct Translator<'r> {
+    /// The request's original text, for copying strings (`RawStrings`).
+    raw: RawStrings<'r>,
     lenient: bool,
     input: Vec<u8>,
     items: usize,
@@ -252,13 +255,14 @@ struct Translator {
     lite: bool,
 }
 
-impl Translator {
+impl<'r> Translator<'r> {
     /// `capacity`: the request body's size; the input items are about as long (mostly
     /// the same strings), so reserving it up front saves the growth copies.
-    fn new(lenient: bool, capacity: usize) -> Self {
+    fn new(lenient: bool, capacity: usize, raw: RawStrings<'r>) -> Self {
         let mut input = Vec::with_capacity(capacity.max(4096));
         input.push(b'[');
         Translator {
+            raw,
             lenient,
             input,
             items: 0,
@@ -320,7 +324,7 @@ impl Translator {
         self.msg_parts += 1;
         self.input
             .extend_from_slice(br#"{"type":"output_text","text":"#);
-        write_str(&mut self.input, text);
+        self.raw.write_str(&mut self.input, text);
         self.input.push(b'}');
     }
 
@@ -367,7 +371,7 @@ impl Translator {
                 item.extend_from_slice(br#""summary":["#);
                 if let Some(t) = str_field(block, "thinking").filter(|t| !t.is_empty()) {
                     item.extend_from_slice(br#"{"type":"summary_text","text":"#);
-                    write_str(&mut item, t);
+                    self.raw.write_str(&mut item, t);
                     item.push(b'}');
                 }
                 item.extend_from_slice(br#"],"content":null,"encrypted_content":"#);
@@ -389,7 +393,7 @@ impl Translator {
                 self.flush_reasoning();
                 self.scratch.clear();
                 match field(block, "input") {
-                    Some(v) => write_json(&mut self.scratch, v),
+                    Some(v) => write_json(&mut self.scratch, v, &self.raw),
                     None => self.scratch.extend_from_slice(b"{}"),
                 }
                 let up = self.names.add(name).into_owned();
@@ -442,7 +446,7 @@ impl Translator {
                 self.begin_item();
                 self.input
                     .extend_from_slice(br#"{"type":"compaction","encrypted_content":"#);
-                write_str(&mut self.input, enc);
+                self.raw.write_str(&mut self.input, enc);
                 self.input.push(b'}');
             }
             // redacted_thinking, other server-tool results, unknown blocks: nothing to replay.
@@ -457,7 +461,9 @@ impl Translator {
         let mut count = 0;
         match content {
             None => {}
-            Some(Value::String(s)) if !s.is_empty() => push_text_part(&mut parts, &mut count, s),
+            Some(Value::String(s)) if !s.is_empty() => {
+                push_text_part(&mut parts, &mut count, s, &self.raw)
+            }
             Some(Value::String(_)) => {}
             Some(Value::Array(blocks)) => {
                 for t in blocks
@@ -465,7 +471,7 @@ impl Translator {
                     .filter_map(|b| str_field(b, "text"))
                     .filter(|t| !t.is_empty() && !t.starts_with(BILLING_HEADER))
                 {
-                    push_text_part(&mut parts, &mut count, t);
+                    push_text_part(&mut parts, &mut count, t, &self.raw);
                 }
             }
             Some(other) => {
@@ -493,7 +499,7 @@ impl Translator {
         match content {
             None => {}
             Some(Value::String(s)) if !s.is_empty() => {
-                push_text_part(&mut self.user_parts, &mut self.user_count, s)
+                push_text_part(&mut self.user_parts, &mut self.user_count, s, &self.raw)
             }
             Some(Value::String(_)) => {}
             Some(Value::Array(blocks)) => {
@@ -525,7 +531,7 @@ impl Translator {
         match str_field(block, "type") {
             Some("text") => {
                 if let Some(t) = str_field(block, "text").filter(|t| !t.is_empty()) {
-                    push_text_part(&mut self.user_parts, &mut self.user_count, t);
+                    push_text_part(&mut self.user_parts, &mut self.user_count, t, &self.raw);
                 }
             }
             Some("image") => {
@@ -540,7 +546,7 @@ impl Translator {
             Some("document") => self.document(block, &path)?,
             Some("search_result") => {
                 let t = search_result_text(block);
-                push_text_part(&mut self.user_parts, &mut self.user_count, &t);
+                push_text_part(&mut self.user_parts, &mut self.user_count, &t, &self.raw);
             }
             Some("tool_result") => self.tool_result(block, &path)?,
             _ => {}
@@ -573,7 +579,7 @@ impl Translator {
         }
         for t in document_texts(block) {
             if !t.is_empty() {
-                push_text_part(&mut self.user_parts, &mut self.user_count, t);
+                push_text_part(&mut self.user_parts, &mut self.user_count, t, &self.raw);
             }
         }
         Ok(())
@@ -612,6 +618,7 @@ impl Translator {
             // The common case (a large part of a long conversation): the output text is
             // written straight into `input`, one piece at a time.
             self.begin_item();
+            let raw = &self.raw;
             let out = &mut self.input;
             out.extend_from_slice(br#"{"type":"function_call_output","call_id":"#);
             write_str(out, id);
@@ -630,7 +637,7 @@ impl Translator {
                     out.extend_from_slice(b": ");
                 }
                 any = true;
-                write_str_body(out, t);
+                raw.write_str_body(out, t);
             };
             match field(block, "content") {
                 Some(Value::String(s)) => piece(out, s),
@@ -667,16 +674,16 @@ impl Translator {
             let Some(text) = text else { continue };
             if !prefixed {
                 prefixed = true;
-                push_text_part(&mut parts, &mut count, &format!("Error: {text}"));
+                push_text_part(&mut parts, &mut count, &format!("Error: {text}"), &self.raw);
             } else {
-                push_text_part(&mut parts, &mut count, &text);
+                push_text_part(&mut parts, &mut count, &text, &self.raw);
             }
         }
         if !prefixed {
             // An error result with only images or files: say so before them.
             let mut with = Vec::new();
             let mut c = 0;
-            push_text_part(&mut with, &mut c, "Error");
+            push_text_part(&mut with, &mut c, "Error", &self.raw);
             if count > 0 {
                 with.push(b',');
             }
@@ -875,6 +882,9 @@ pub fn count_tokens(body: &mut [u8], ctx: &Ctx<'_>) -> Result<Vec<u8>, Error> {
 
 fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, Error> {
     let body_len = body.len();
+    // The text as it arrived, so long strings are copied rather than escaped again.
+    let original = super::Original::copy(body);
+    let raw = RawStrings::new(&original, body);
     let root = parse_body(body, ctx.config.max_json_depth)?;
     if !matches!(root, Value::Object(_)) {
         return Err(Error::bad_request("request body must be a JSON object"));
@@ -927,7 +937,7 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
         }
     }
 
-    let mut t = Translator::new(lenient, body_len);
+    let mut t = Translator::new(lenient, body_len, raw);
     t.lite = ctx.catalog.find(&backend).is_some_and(|m| m.responses_lite);
 
     // Tools first, so the history's tool names map the same way.
@@ -991,7 +1001,7 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
                 if i == 0
                     && let Some(c) = content
                 {
-                    write_json(&mut first_content, c);
+                    write_json(&mut first_content, c, &t.raw);
                 }
                 let role = str_field(m, "role").unwrap_or("user");
                 if !lenient && !matches!(role, "user" | "assistant" | "system" | "developer") {
@@ -1072,7 +1082,7 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
         out.extend_from_slice(
             br#"{"format":{"type":"json_schema","name":"codex_output_schema","strict":false,"schema":"#,
         );
-        write_json(&mut out, schema);
+        write_json(&mut out, schema, &t.raw);
         out.extend_from_slice(b"}}");
         out
     });
@@ -1219,10 +1229,11 @@ fn translate_tool(
         out.extend_from_slice(br#"{"type":"function","name":"#);
         write_str(out, &up);
         out.extend_from_slice(br#","description":"#);
-        write_str(out, str_field(tool, "description").unwrap_or(""));
+        t.raw
+            .write_str(out, str_field(tool, "description").unwrap_or(""));
         out.extend_from_slice(br#","parameters":"#);
         match schema {
-            Some(s) => write_json(out, s),
+            Some(s) => write_json(out, s, &t.raw),
             None => out.extend_from_slice(br#"{"type":"object","properties":{}}"#),
         }
         out.extend_from_slice(br#","strict":false}"#);

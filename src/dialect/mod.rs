@@ -337,6 +337,52 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+/// Bodies from this size on keep their original text (`Original`) for `json::RawStrings`;
+/// below it, escaping the few strings costs less than the copy.
+const KEEP_ORIGINAL_FROM: usize = 16 << 10;
+
+thread_local! {
+    /// The buffer `Original` copies a request body into, kept per thread like `PARSE_BUFFERS`
+    /// (a fresh 2 MB buffer page-faults on every request).
+    static ORIGINAL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A copy of a request body taken before it is parsed in place (empty for a small body);
+/// the buffer goes back to the thread when dropped.
+pub(crate) struct Original(Vec<u8>);
+
+impl Original {
+    pub(crate) fn copy(body: &[u8]) -> Original {
+        if body.len() < KEEP_ORIGINAL_FROM {
+            return Original(Vec::new());
+        }
+        let mut buf = if body.len() <= REUSE_BUFFERS_UP_TO {
+            ORIGINAL.with(|cell| cell.take())
+        } else {
+            Vec::new()
+        };
+        buf.clear();
+        buf.extend_from_slice(body);
+        Original(buf)
+    }
+}
+
+impl std::ops::Deref for Original {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Original {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        if buf.capacity() > 0 && buf.capacity() <= REUSE_BUFFERS_UP_TO {
+            ORIGINAL.with(|cell| *cell.borrow_mut() = buf);
+        }
+    }
+}
+
 /// Parse a JSON request body with simd-json in place (strings are unescaped inside `body`),
 /// enforcing the nesting limit while parsing (stage 2 is iterative, so deep input gets a
 /// clear 400 before the recursive tree building could overflow the stack). UTF-8 is

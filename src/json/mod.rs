@@ -121,6 +121,149 @@ pub fn write_str_body<B: BufMut>(out: &mut B, s: &str) {
     }
 }
 
+/// The client's request body as it arrived, next to the buffer simd-json parsed it in:
+/// a string of the parsed document is written upstream by copying its original JSON text
+/// when that text is exactly what [`write_str`] would write (true of nearly every string a
+/// JavaScript client such as Claude Code sends: `JSON.stringify` escapes the same bytes the
+/// same way), instead of escaping the unescaped copy again. Large tool results make up most
+/// of a long conversation, so this is most of the translation's writing.
+///
+/// It relies on how simd-json parses in place: a string's unescaped bytes are written over
+/// its own text, starting right after its opening quote, so a parsed `&str` that lies inside
+/// the parsed buffer starts at the same offset as its original text. Callers pass whole
+/// strings of the document (never a slice of one); every use checks that the string lies in
+/// the parsed buffer right after a quote, and falls back to [`write_str`] for anything else
+/// (a string the parser had to own, a copy, a non-canonical escape such as `\/` or
+/// `\u00e9`). simd-json rejects raw control characters inside strings, so only the escapes
+/// need checking.
+pub struct RawStrings<'r> {
+    raw: &'r [u8],
+    /// Address of the parsed buffer's first byte.
+    base: usize,
+    /// Finders for `\u` and `\/`, built once per request.
+    unicode: memchr::memmem::Finder<'static>,
+    solidus: memchr::memmem::Finder<'static>,
+}
+
+impl<'r> RawStrings<'r> {
+    /// Strings shorter than this are escaped directly (checking costs about as much).
+    const MIN_LEN: usize = 48;
+
+    /// `raw`: the body before parsing; `parsed`: the buffer it was copied into and is parsed
+    /// in place (only its address is kept).
+    pub fn new(raw: &'r [u8], parsed: &[u8]) -> RawStrings<'r> {
+        RawStrings {
+            raw,
+            base: parsed.as_ptr() as usize,
+            unicode: memchr::memmem::Finder::new(b"\\u"),
+            solidus: memchr::memmem::Finder::new(b"\\/"),
+        }
+    }
+
+    /// No original text: every string is escaped.
+    pub fn none() -> RawStrings<'static> {
+        RawStrings::new(&[], &[])
+    }
+
+    /// The original JSON text of the parsed string `s` (without quotes) when it is exactly
+    /// what `write_str_body` would write for `s`.
+    fn span(&self, s: &str) -> Option<&'r [u8]> {
+        if s.len() < Self::MIN_LEN {
+            return None;
+        }
+        let off = (s.as_ptr() as usize).checked_sub(self.base)?;
+        if off == 0 || self.raw.get(off - 1) != Some(&b'"') {
+            return None;
+        }
+        let text = self.raw.get(off..)?;
+        // The text is at least as long as `s`: its closing quote is the first quote from
+        // there on that an odd run of backslashes does not escape.
+        let mut end = s.len();
+        loop {
+            end += memchr::memchr(b'"', text.get(end..)?)?;
+            let run = text
+                .get(..end)?
+                .iter()
+                .rev()
+                .take_while(|&&b| b == b'\\')
+                .count();
+            if run.is_multiple_of(2) {
+                break;
+            }
+            end += 1;
+        }
+        let text = text.get(..end)?;
+        // Every escape is then one of the short ones (`\"`, `\\`, `\n`, …), which is how
+        // `write_str` writes those bytes, except a `\/` (never canonical) and a `\u` (only
+        // as `\u00XX`, lower-case, for a control character without a short form); no other
+        // byte needs escaping (the parser rejected raw control characters). A `\u` or `\/`
+        // after an escaped backslash is text, not an escape.
+        let mut from = 0;
+        while let Some(at) = self.unicode.find(text.get(from..)?).map(|k| from + k) {
+            if escapes(text, at) && !canonical_unicode(text.get(at + 2..at + 6)?) {
+                return None;
+            }
+            from = at + 2;
+        }
+        let mut from = 0;
+        while let Some(at) = self.solidus.find(text.get(from..)?).map(|k| from + k) {
+            if escapes(text, at) {
+                return None;
+            }
+            from = at + 2;
+        }
+        Some(text)
+    }
+
+    /// [`write_str`] for a whole string of the parsed document.
+    pub fn write_str(&self, out: &mut Vec<u8>, s: &str) {
+        match self.span(s) {
+            Some(text) => {
+                out.reserve(text.len() + 2);
+                out.push(b'"');
+                out.extend_from_slice(text);
+                out.push(b'"');
+            }
+            None => write_str(out, s),
+        }
+    }
+
+    /// [`write_str_body`] for a whole string of the parsed document.
+    pub fn write_str_body(&self, out: &mut Vec<u8>, s: &str) {
+        match self.span(s) {
+            Some(text) => out.extend_from_slice(text),
+            None => write_str_body(out, s),
+        }
+    }
+}
+
+/// Whether the backslash at `at` starts an escape (an even run of backslashes precedes it).
+fn escapes(text: &[u8], at: usize) -> bool {
+    let run = text
+        .get(..at)
+        .map_or(0, |t| t.iter().rev().take_while(|&&b| b == b'\\').count());
+    run.is_multiple_of(2)
+}
+
+/// Whether the four hex digits of a `\u` escape are the way `write_str` writes that
+/// character: `00XX` in lower case, for a control character without a short form.
+fn canonical_unicode(hex: &[u8]) -> bool {
+    let &[b'0', b'0', hi, lo] = hex else {
+        return false;
+    };
+    let lo = match lo {
+        b'0'..=b'9' => lo - b'0',
+        b'a'..=b'f' => lo - b'a' + 10,
+        _ => return false,
+    };
+    let c = match hi {
+        b'0' => lo,
+        b'1' => 16 + lo,
+        _ => return false,
+    };
+    !matches!(c, 0x08 | 0x09 | 0x0a | 0x0c | 0x0d)
+}
+
 /// Write `Some(s)` as a string and `None` as `null`.
 pub fn write_opt_str<B: BufMut>(out: &mut B, s: Option<&str>) {
     match s {
@@ -206,6 +349,75 @@ mod tests {
                 assert_eq!(out, serde_json::to_vec(&s).unwrap(), "{s:?}");
             }
         }
+    }
+
+    #[test]
+    fn raw_strings_write_what_write_str_writes() {
+        let long = "x".repeat(60);
+        // Canonical text (as JSON.stringify and serde_json write it) and every kind of
+        // non-canonical escape, each inside a string long enough to be copied.
+        let pieces = [
+            r#"plain"#,
+            r#"quote \" backslash \\ newline \n tab \t cr \r bs \b ff \f"#,
+            r#"ctl \u0001 \u001f \u001b"#,
+            r#"del \u007f"#,
+            r#"solidus \/ here"#,
+            r#"upper \u001F hex"#,
+            r#"short form spelled long \u000a"#,
+            r#"non-ascii \u00e9 escaped"#,
+            r#"surrogates \ud83d\ude00"#,
+            "raw non-ascii é ✓ 😀",
+            r#"ends in an escape \\"#,
+        ];
+        let mut doc = String::from("{\"a\":[");
+        for (i, p) in pieces.iter().enumerate() {
+            if i > 0 {
+                doc.push(',');
+            }
+            doc.push_str(&format!(
+                "\"{p} {long}\",\"{p}\",{{\"{long} {p}\":\"{p}{long}\"}}"
+            ));
+        }
+        doc.push_str("]}");
+        let original = doc.clone().into_bytes();
+        let mut parsed = original.clone();
+        let raw = RawStrings::new(&original, &parsed);
+        let v = simd_json::to_borrowed_value(&mut parsed).unwrap();
+        fn walk<'v>(v: &'v simd_json::BorrowedValue<'_>, out: &mut Vec<&'v str>) {
+            match v {
+                simd_json::BorrowedValue::String(s) => out.push(s),
+                simd_json::BorrowedValue::Array(a) => a.iter().for_each(|x| walk(x, out)),
+                simd_json::BorrowedValue::Object(o) => o.iter().for_each(|(k, x)| {
+                    out.push(k);
+                    walk(x, out)
+                }),
+                simd_json::BorrowedValue::Static(_) => {}
+            }
+        }
+        let mut strings = Vec::new();
+        walk(&v, &mut strings);
+        // Four strings per piece, and the key "a".
+        assert_eq!(strings.len(), pieces.len() * 4 + 1);
+        let mut copied = 0;
+        for &s in &strings {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            raw.write_str(&mut a, s);
+            write_str(&mut b, s);
+            assert_eq!(String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            raw.write_str_body(&mut a, s);
+            write_str_body(&mut b, s);
+            assert_eq!(a, b);
+            copied += usize::from(raw.span(s).is_some());
+        }
+        // The canonical long strings (plain, short escapes, control escapes, raw
+        // non-ASCII, a trailing escape) are copied: three long strings each, plus the short
+        // escapes piece alone, which is long enough by itself.
+        assert_eq!(copied, 5 * 3 + 1);
+        // A copy (outside the parsed buffer) and a missing original are escaped.
+        let owned = strings[0].to_owned();
+        assert!(raw.span(&owned).is_none());
+        assert!(RawStrings::none().span(strings[0]).is_none());
     }
 
     #[test]

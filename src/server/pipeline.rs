@@ -43,18 +43,40 @@ thread_local! {
     static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
 }
 
-/// zstd level 3 (the backend ignores the level; 3 is zstd's default) with the thread's
-/// reused context: a fresh context per request (`zstd::bulk::compress`) allocated and set
-/// up its tables on every request (`ZSTD_createCCtx` alone was 1.4 % of the proxy's CPU in
-/// a profile of the load bench, all of it before the first byte). The output is the same
-/// single frame, content size included.
+/// zstd level 1 with the thread's reused context: a fresh context per request
+/// (`zstd::bulk::compress`) allocated and set up its tables on every request
+/// (`ZSTD_createCCtx` alone was 1.4 % of the proxy's CPU in a profile of the load bench, all
+/// of it before the first byte). The output is the same single frame, content size included;
+/// the backend decodes any level.
+///
+/// Why level 1 (issue 15): compression is the largest part of a large request's CPU. The
+/// 2 MB Claude Code-like request of `benches/fixtures/claude_code.rs` (2,094,964 bytes of
+/// upstream JSON), thread CPU time per compression (`cargo bench --bench codec zstd/2MB`, a
+/// loaded 2-core AMD EPYC VM) and instructions (callgrind):
+///
+/// | level | bytes sent | ratio | CPU    | instructions |
+/// |-------|-----------:|------:|-------:|-------------:|
+/// | -5    |    573,670 |  3.65 | 3.5 ms |       33.1 M |
+/// | -1    |    500,577 |  4.19 | 3.8 ms |       37.0 M |
+/// | 1     |    432,534 |  4.84 | 4.0 ms |       37.0 M |
+/// | 2     |    421,199 |  4.97 | 4.5 ms |       39.0 M |
+/// | 3     |    397,346 |  5.27 | 5.8 ms |       41.7 M |
+///
+/// Level 1 takes a third less CPU than level 3 for 9 % more bytes (fewer instructions, and
+/// its 2^13-entry table stays in cache where level 3's two tables do not); the negative
+/// levels save little more CPU (this text is match-dense, so the cost is in encoding
+/// sequences, not in searching) for 16–44 % more bytes. zstd's multithreading (`NbWorkers`, the `zstdmt`
+/// feature) does not lower the CPU, it moves it to worker threads: a 2 MB body is one job
+/// at these levels (the job size is at least 4 windows), so it only adds a handoff and a
+/// thread pool per context, and on two cores the workers compete with the tokio workers.
 fn compress(raw: &[u8]) -> std::io::Result<Vec<u8>> {
+    const LEVEL: i32 = 1;
     COMPRESSOR.with(|slot| {
         let mut slot = slot
             .try_borrow_mut()
             .map_err(|_| std::io::Error::other("zstd context in use"))?;
         if slot.is_none() {
-            *slot = Some(zstd::bulk::Compressor::new(3)?);
+            *slot = Some(zstd::bulk::Compressor::new(LEVEL)?);
         }
         match slot.as_mut() {
             Some(z) => z.compress(raw),
@@ -259,20 +281,32 @@ struct Prepared {
 
 impl Prepared {
     fn new(state: &State, upstream: &UpstreamRequest) -> Prepared {
-        let raw = upstream.body();
-        let (wire, compressed) = if state.config.compress {
-            match compress(&raw) {
-                Ok(z) => (Bytes::from(z), true),
-                Err(_) => (Bytes::from(raw.clone()), false),
-            }
-        } else {
-            (Bytes::from(raw.clone()), false)
-        };
-        Prepared {
-            raw,
-            wire,
-            compressed,
+        prepare(upstream, state.config.compress)
+    }
+}
+
+/// The upstream body of `upstream` as `(JSON, wire bytes, compressed)`: what `Prepared`
+/// holds. Public for the `large_request` bench, which runs this exact path.
+#[doc(hidden)]
+pub fn prepare_body(upstream: &UpstreamRequest, compress: bool) -> (Vec<u8>, Bytes, bool) {
+    let p = prepare(upstream, compress);
+    (p.raw, p.wire, p.compressed)
+}
+
+fn prepare(upstream: &UpstreamRequest, zstd: bool) -> Prepared {
+    let raw = upstream.body();
+    let (wire, compressed) = if zstd {
+        match compress(&raw) {
+            Ok(z) => (Bytes::from(z), true),
+            Err(_) => (Bytes::from(raw.clone()), false),
         }
+    } else {
+        (Bytes::from(raw.clone()), false)
+    };
+    Prepared {
+        raw,
+        wire,
+        compressed,
     }
 }
 
