@@ -309,6 +309,22 @@ fn large_request(c: &mut Criterion) {
             thread_cpu().saturating_sub(start)
         })
     });
+    // The WebSocket transport (the default) sends the JSON uncompressed in its frame: the
+    // same path without zstd.
+    let ws = || {
+        let mut buf = read_body(&body, 16 << 10);
+        let plan = messages::translate(&mut buf, &env.ctx()).unwrap();
+        prepare_body(plan.upstream(), false)
+    };
+    g.bench_function("2MB-websocket-cpu", |b| {
+        b.iter_custom(|iters| {
+            let start = thread_cpu();
+            for _ in 0..iters {
+                black_box(ws().1.len());
+            }
+            thread_cpu().saturating_sub(start)
+        })
+    });
     g.finish();
 }
 

@@ -32,7 +32,7 @@ fn upstream_body(target: usize) -> (Vec<u8>, Vec<u8>, bool) {
     let mut body = claude_code::claude_code_request(target);
     let plan = messages::translate(&mut body, &ctx).unwrap();
     let (raw, wire, compressed) = prepare_body(plan.upstream(), true);
-    (raw, wire.to_vec(), compressed)
+    (raw.to_vec(), wire.to_vec(), compressed)
 }
 
 /// SHA-256 of the upstream JSON for `claude_code_request(2 << 20)`.

@@ -245,7 +245,7 @@ async fn send(
             ),
             url: &state.ws_url,
             headers,
-            body: &body.raw,
+            body: body.raw.clone(),
             lite: upstream.lite,
             fallback: transport == Transport::Auto,
         };
@@ -253,14 +253,8 @@ async fn send(
             return Ok(resp);
         }
     }
-    let req = build_request(
-        state,
-        url,
-        auth,
-        upstream,
-        body.wire.clone(),
-        body.compressed,
-    )?;
+    let (wire, compressed) = body.wire();
+    let req = build_request(state, url, auth, upstream, wire, compressed)?;
     state.pool.request(req).await
 }
 
@@ -272,42 +266,46 @@ async fn read_error_body(body: Upstream) -> Vec<u8> {
     }
 }
 
-/// The body as sent to one account: the JSON (for token counts) and its wire form.
+/// The body as sent to one account: the JSON (a WebSocket frame is built from it; token
+/// counts read it) and, for HTTP, its wire form, compressed on first use: a request that
+/// goes over the WebSocket never pays for zstd.
 struct Prepared {
-    raw: Vec<u8>,
-    wire: Bytes,
-    compressed: bool,
+    raw: Bytes,
+    zstd: bool,
+    wire: std::sync::OnceLock<(Bytes, bool)>,
 }
 
 impl Prepared {
     fn new(state: &State, upstream: &UpstreamRequest) -> Prepared {
-        prepare(upstream, state.config.compress)
-    }
-}
-
-/// The upstream body of `upstream` as `(JSON, wire bytes, compressed)`: what `Prepared`
-/// holds. Public for the `large_request` bench, which runs this exact path.
-#[doc(hidden)]
-pub fn prepare_body(upstream: &UpstreamRequest, compress: bool) -> (Vec<u8>, Bytes, bool) {
-    let p = prepare(upstream, compress);
-    (p.raw, p.wire, p.compressed)
-}
-
-fn prepare(upstream: &UpstreamRequest, zstd: bool) -> Prepared {
-    let raw = upstream.body();
-    let (wire, compressed) = if zstd {
-        match compress(&raw) {
-            Ok(z) => (Bytes::from(z), true),
-            Err(_) => (Bytes::from(raw.clone()), false),
+        Prepared {
+            raw: Bytes::from(upstream.body()),
+            zstd: state.config.compress,
+            wire: std::sync::OnceLock::new(),
         }
-    } else {
-        (Bytes::from(raw.clone()), false)
-    };
-    Prepared {
-        raw,
-        wire,
-        compressed,
     }
+
+    /// The HTTP body and whether it is zstd-compressed.
+    fn wire(&self) -> (Bytes, bool) {
+        self.wire
+            .get_or_init(|| wire_form(&self.raw, self.zstd))
+            .clone()
+    }
+}
+
+fn wire_form(raw: &Bytes, zstd: bool) -> (Bytes, bool) {
+    if zstd && let Ok(z) = compress(raw) {
+        return (Bytes::from(z), true);
+    }
+    (raw.clone(), false)
+}
+
+/// The upstream body of `upstream` as `(JSON, wire bytes, compressed)`, as an HTTP attempt
+/// sends it. Public for the `large_request` bench, which runs this exact path.
+#[doc(hidden)]
+pub fn prepare_body(upstream: &UpstreamRequest, compress: bool) -> (Bytes, Bytes, bool) {
+    let raw = Bytes::from(upstream.body());
+    let (wire, compressed) = wire_form(&raw, compress);
+    (raw, wire, compressed)
 }
 
 /// Interactive turns go first; sub-agents, memory generation and the small model wait.

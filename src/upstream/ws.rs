@@ -72,11 +72,8 @@ pub struct Socket {
 
 /// The last completed exchange on a socket.
 struct Last {
-    /// The request body without its `input` array.
-    shape: Vec<u8>,
-    /// The full input array as the backend holds it, and its elements.
-    input: Bytes,
-    items: Vec<Range<usize>>,
+    /// The request as sent in full (its input is what the backend holds).
+    sent: Parts,
     /// The response's output items, canonical.
     output: Vec<Value>,
     id: String,
@@ -158,8 +155,8 @@ pub struct Call<'a> {
     pub url: &'a str,
     /// Handshake headers besides the WebSocket ones.
     pub headers: HeaderMap,
-    /// The JSON body as for HTTP (uncompressed).
-    pub body: &'a [u8],
+    /// The JSON body as for HTTP (uncompressed); kept for the next turn's comparison.
+    pub body: Bytes,
     /// A Responses-lite body (§7.1): said in `client_metadata`.
     pub lite: bool,
     /// `auto`: fall back to SSE instead of failing when the transport is unavailable.
@@ -174,25 +171,34 @@ pub enum Outcome {
     Sse,
 }
 
-/// The body split for continuation.
-struct Parts<'a> {
-    shape: Vec<u8>,
-    input: &'a [u8],
+/// A request body seen as its `input` array's elements and the rest (its "shape": every
+/// other field), without copying: ranges into the shared body.
+struct Parts {
+    body: Bytes,
+    /// The `input` array.
+    input: Range<usize>,
+    /// Its elements, relative to `input`.
     items: Vec<Range<usize>>,
 }
 
-fn split(body: &[u8]) -> Option<Parts<'_>> {
-    let r = span::member(body, b"input")?;
-    let input = &body[r.clone()];
-    let items = span::elements(input)?;
-    let mut shape = Vec::with_capacity(body.len() - input.len());
-    shape.extend_from_slice(&body[..r.start]);
-    shape.extend_from_slice(&body[r.end..]);
-    Some(Parts {
-        shape,
-        input,
-        items,
-    })
+impl Parts {
+    fn split(body: Bytes) -> Option<Parts> {
+        let input = span::member(&body, b"input")?;
+        let items = span::elements(&body[input.clone()])?;
+        Some(Parts { body, input, items })
+    }
+
+    fn item(&self, i: usize) -> Option<&[u8]> {
+        let r = self.items.get(i)?;
+        self.body
+            .get(self.input.start + r.start..self.input.start + r.end)
+    }
+
+    /// Every field but `input` is the same.
+    fn same_shape(&self, other: &Parts) -> bool {
+        self.body[..self.input.start] == other.body[..other.input.start]
+            && self.body[self.input.end..] == other.body[other.input.end..]
+    }
 }
 
 /// A request item or an output item in a form both sides agree on: no ids or statuses,
@@ -276,24 +282,24 @@ fn merged(items: impl IntoIterator<Item = Value>) -> Vec<Value> {
 /// The number of new items when `now` continues `last` (its input, then its output, then
 /// new items), else `None`. Output reasoning items the client did not send back are
 /// allowed to be missing: a chain carries them anyway.
-fn continues(last: &Last, now: &Parts<'_>) -> Option<usize> {
-    if last.shape != now.shape || now.items.len() < last.items.len() {
+fn continues(last: &Last, now: &Parts) -> Option<usize> {
+    let before = &last.sent;
+    if !before.same_shape(now) || now.items.len() < before.items.len() {
         return None;
     }
-    for (a, b) in last.items.iter().zip(&now.items) {
-        if last.input.get(a.clone())? != now.input.get(b.clone())? {
+    for i in 0..before.items.len() {
+        if before.item(i)? != now.item(i)? {
             return None;
         }
     }
     let want = merged(last.output.iter().cloned());
     let want_plain = merged(want.iter().filter(|v| !is_reasoning(v)).cloned());
-    let start = last.items.len();
+    let start = before.items.len();
     let limit = (start + 2 * want.len() + 2).min(now.items.len());
     let mut got: Vec<Value> = Vec::new();
     for k in start..=limit {
         if k > start {
-            let raw = now.input.get(now.items[k - 1].clone())?;
-            got.push(canon(serde_json::from_slice(raw).ok()?));
+            got.push(canon(serde_json::from_slice(now.item(k - 1)?).ok()?));
         }
         let g = merged(got.iter().cloned());
         if g == want || (!g.iter().any(is_reasoning) && g == want_plain) {
@@ -307,7 +313,7 @@ fn continues(last: &Last, now: &Parts<'_>) -> Option<usize> {
 /// socket's turn state echoed.
 fn frame(
     body: &[u8],
-    chain: Option<(&str, &Parts<'_>, usize)>,
+    chain: Option<(&str, &Parts, usize)>,
     turn: Option<&str>,
     lite: bool,
 ) -> Vec<u8> {
@@ -319,18 +325,17 @@ fn frame(
             out.extend_from_slice(b"\"previous_response_id\":");
             crate::json::write_str(&mut out, id);
             out.push(b',');
-            let r = span::member(body, b"input").unwrap_or(0..0);
-            out.extend_from_slice(&body[1..r.start]);
+            out.extend_from_slice(&body[1..parts.input.start]);
             out.push(b'[');
             let first = parts.items.len() - new;
-            for (i, it) in parts.items[first..].iter().enumerate() {
-                if i > 0 {
+            for i in first..parts.items.len() {
+                if i > first {
                     out.push(b',');
                 }
-                out.extend_from_slice(&parts.input[it.clone()]);
+                out.extend_from_slice(parts.item(i).unwrap_or_default());
             }
             out.push(b']');
-            out.extend_from_slice(&body[r.end..body.len() - 1]);
+            out.extend_from_slice(&body[parts.input.end..body.len() - 1]);
         }
         None => out.extend_from_slice(inner),
     }
@@ -467,7 +472,7 @@ impl Pool {
         if sockets.refused() {
             return fallback(&call, "the backend refused the WebSocket transport earlier");
         }
-        let parts = split(call.body);
+        let parts = Parts::split(call.body.clone());
         let mut reconnects = 0;
         let mut full = false;
         let mut reused = sockets.take(&call.key);
@@ -501,7 +506,7 @@ impl Pool {
                 _ => None,
             };
             let msg = frame(
-                call.body,
+                &call.body,
                 chain
                     .as_ref()
                     .and_then(|(id, n)| Some((id.as_str(), parts.as_ref()?, *n))),
@@ -608,17 +613,12 @@ impl Pool {
                     return Ok(Outcome::Response(status_response(status, h, w.body, self)));
                 }
             };
-            let pending = parts.map(|p| Pending {
-                shape: p.shape,
-                input: Bytes::copy_from_slice(p.input),
-                items: p.items,
-            });
             let body = WsBody {
                 socket: Some(socket),
                 first: Some(data),
                 sockets,
                 key: call.key,
-                pending,
+                pending: parts,
                 output: Vec::new(),
                 id: None,
                 end: End::Open,
@@ -792,13 +792,6 @@ async fn alive(mut s: Box<Socket>) -> Option<Box<Socket>> {
     (pong == Ok(true)).then_some(s)
 }
 
-/// The request as sent, kept until its answer completes.
-struct Pending {
-    shape: Vec<u8>,
-    input: Bytes,
-    items: Vec<Range<usize>>,
-}
-
 #[derive(PartialEq, Eq)]
 enum End {
     Open,
@@ -814,7 +807,8 @@ pub struct WsBody {
     first: Option<Bytes>,
     sockets: Arc<Sockets>,
     key: String,
-    pending: Option<Pending>,
+    /// The request as sent, kept until its answer completes.
+    pending: Option<Parts>,
     output: Vec<Value>,
     id: Option<String>,
     end: End,
@@ -864,10 +858,8 @@ impl WsBody {
             return;
         }
         socket.last = match (self.pending.take(), self.id.take()) {
-            (Some(p), Some(id)) => Some(Last {
-                shape: p.shape,
-                input: p.input,
-                items: p.items,
+            (Some(sent), Some(id)) => Some(Last {
+                sent,
                 output: std::mem::take(&mut self.output),
                 id,
             }),
@@ -938,20 +930,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn body(input: Value) -> Vec<u8> {
-        serde_json::to_vec(
-            &json!({"model":"m","instructions":"i","input":input,"tools":[],"store":false}),
+    fn body(input: Value) -> Bytes {
+        Bytes::from(
+            serde_json::to_vec(
+                &json!({"model":"m","instructions":"i","input":input,"tools":[],"store":false}),
+            )
+            .unwrap_or_default(),
         )
-        .unwrap_or_default()
+    }
+
+    fn split(b: &Bytes) -> Option<Parts> {
+        Parts::split(b.clone())
     }
 
     fn last_of(input: Value, output: Vec<Value>) -> Last {
         let b = body(input);
-        let p = split(&b).unwrap_or_else(|| panic!("split"));
         Last {
-            shape: p.shape,
-            input: Bytes::copy_from_slice(p.input),
-            items: p.items,
+            sent: split(&b).unwrap_or_else(|| panic!("split")),
             output: output.into_iter().map(canon).collect(),
             id: "resp_1".into(),
         }
@@ -1028,7 +1023,7 @@ mod tests {
         // A changed setting.
         let mut changed: Value = serde_json::from_slice(&body(json!([user("hi"), {"type":"message","role":"assistant","content":[{"type":"output_text","text":"Hello"}]}, user("x")]))).unwrap_or_default();
         changed["instructions"] = json!("other");
-        let changed = serde_json::to_vec(&changed).unwrap_or_default();
+        let changed = Bytes::from(serde_json::to_vec(&changed).unwrap_or_default());
         assert_eq!(
             continues(&last, &split(&changed).unwrap_or_else(|| panic!())),
             None
