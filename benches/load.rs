@@ -1689,10 +1689,12 @@ fn rebuild_content(sse: &[u8]) -> Vec<Value> {
                     _ => {}
                 }
             }
-            Some("content_block_stop") if i < blocks.len() => {
-                if blocks[i]["type"] == "tool_use" && !partial[i].is_empty() {
-                    blocks[i]["input"] = serde_json::from_str(&partial[i]).unwrap_or(Value::Null);
-                }
+            Some("content_block_stop")
+                if i < blocks.len()
+                    && blocks[i]["type"] == "tool_use"
+                    && !partial[i].is_empty() =>
+            {
+                blocks[i]["input"] = serde_json::from_str(&partial[i]).unwrap_or(Value::Null);
             }
             _ => {}
         }
