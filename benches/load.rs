@@ -10,21 +10,32 @@
 //!   arguments), each stamped with its send time on this process's monotonic clock
 //!   (`EMU:stamp`, `emulator::clock_ns`); a client computes receive − stamp per delta.
 //!   `EMU:perevent` sends each SSE event as its own HTTP chunk, `EMU:coalesce` one per burst.
-//! * Reported per scenario: requests/s, p50 time to the first content byte (request sent
-//!   → first stamped delta), p50/p99 per-delta latency (receive − stamp), proxy CPU per
-//!   request; then ratios and overheads (proxy − direct).
-//! * Also: process start → first served `/health` (5 runs), idle RSS, peak RSS, and N slow
-//!   streams (one delta every 50 ms) held at once over an h2 (TLS) upstream, with RSS per
-//!   stream and the error count.
+//! * Rows per scenario (dialect × kind × chunking × stream count): `direct` (the harness
+//!   → the emulator over plain HTTP/1.1, the reference), then three proxies: `tls` (the
+//!   default row: the emulator over TLS, its test CA given with `--ca-file`, h2 by ALPN on
+//!   the shared client), `plain` (the emulator over plain HTTP/1.1, the driven connections)
+//!   — both pinned to `--upstream-transport sse` — and `tls ws` (TLS, the default transport:
+//!   the Responses WebSocket). The two emulators are separate instances in this process.
+//! * Reported per row: requests/s, p50 time to the first content byte (request sent →
+//!   first stamped delta), p50/p99 per-delta latency (receive − stamp), proxy CPU per
+//!   request; then per proxy row the ratio ÷ direct, the overheads (proxy − direct) and,
+//!   for the TLS rows, the ratio ÷ plain.
+//! * Also: process start → first served `/health` (5 runs, the TLS proxy), idle RSS, peak
+//!   RSS, and N slow streams (one delta every 50 ms) held at once over an h2 (TLS)
+//!   upstream (`--upstream-transport sse`), with RSS per stream and the error count.
+//! * The summary states each target of issue 15 and whether it was met: tls ÷ plain
+//!   throughput ≥ 0.9 at each stream count, plain ÷ direct ≥ 0.7 (one chunk per event),
+//!   p99 added per-chunk latency ≤ 0.5 ms and p50 TTFB overhead ≤ 0.3 ms on tls and plain
+//!   (judged on the paced rows; the closed-loop figures are printed next to them).
 //!
 //! Knobs (env): `LOAD_STREAMS` (default `16,256`), `LOAD_REQUESTS` (per scenario, default
 //! 640), `LOAD_SLOW` (slow streams, default 10000; 0 skips), `LOAD_SLOW_DELTAS` (default 100),
 //! `LOAD_SLOW_PACE_MS` (the slow streams' delta interval, default 50),
 //! `LOAD_PROXY_WORKERS` (the proxy child's tokio worker threads; default: one per core),
 //! `LOAD_PROXY_WRAP` (a command the proxy runs under, e.g. `valgrind --tool=massif`).
-//! * The production path: the same streams through a proxy whose emulator serves TLS + h2
-//!   (rustls, the shared client) and one whose emulator serves plain HTTP/1.1, as a ratio
-//!   (`LOAD_TLS_ONLY=1` runs only that).
+//! * `LOAD_TLS_ONLY=1`: only the one-chunk-per-event rows of the matrix (closed loop and
+//!   paced, all four rows) and their summary: no coalesced rows, single start-up, no slow
+//!   streams, no other scenario.
 //! * Token counting off the async workers: 16 paced streams alone and with a 32 MB
 //!   `count_tokens` in flight, their p99 per-chunk latency both ways (`LOAD_COUNT_ONLY=1`).
 //! * Paced rows start their streams spread evenly over one stream's length (pace × deltas),
@@ -43,6 +54,21 @@
 //! account's peak of open upstream streams as the emulator counted them. Errors and a peak
 //! above 3 fail the run; the timing targets are only printed. `LOAD_FLEET_ONLY=1` runs the
 //! fleet scenario alone (also in the smoke version).
+//!
+//! Tool loop (the WebSocket's continuation): a Claude Code-like `/v1/messages` session
+//! (`fixtures/tool_loop.rs`: system prompt, Claude Code's core tools, earlier Bash
+//! `tool_use` / `tool_result` turns of code; `LOAD_WS_HISTORY_KB`, default 300) then
+//! `LOAD_WS_TURNS` (default 20) streaming turns on one keep-alive connection with the same
+//! `x-claude-code-session-id`, each answered with a Bash call (`EMU:tool:Bash`) whose
+//! result the next request appends to the whole history, as Claude Code sends it. Run once
+//! through a proxy with `--upstream-transport websocket` and once with `sse`, both over
+//! TLS, a fresh emulator each. Reported per turn and summarized: upstream bytes (the
+//! emulator's `ws_request_bytes` vs `responses_body_bytes` deltas, the SSE body zstd
+//! compressed as on the wire, its uncompressed JSON size for context), continuations, TTFB
+//! (request sent → first `content_block_start`). Targets: ≥ 80 % fewer upstream bytes per
+//! turn over turns 2–N (mean), TTFB p50 over the turns not worse. A turn after the first
+//! that is not a continuation fails the run. `LOAD_WS_ONLY=1` runs it alone; the smoke
+//! version runs 3 turns on a 30 KB history.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -60,6 +86,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+#[path = "fixtures/tool_loop.rs"]
+mod tool_loop;
 
 const DELTAS: usize = 200;
 
@@ -403,7 +432,7 @@ async fn health_ok(addr: SocketAddr) -> bool {
 /// The proxy for the throughput, latency and slow-stream rows. Their emulator has no
 /// per-account stream limit, so the account window is opened wide: these rows measure the
 /// translation path with room in the window (admission's fast path, no queueing).
-async fn start_proxy(emu: &Emulator, dir: &Path, ca: Option<&Path>) -> Proxy {
+async fn start_proxy(emu: &Emulator, dir: &Path, ca: Option<&Path>, transport: &str) -> Proxy {
     // Up to 10,000 slow streams at the emulator's 100 per h2 connection: room for 100+.
     let wide = [
         "--account-max-streams",
@@ -412,6 +441,8 @@ async fn start_proxy(emu: &Emulator, dir: &Path, ca: Option<&Path>) -> Proxy {
         "100000",
         "--upstream-max-connections",
         "1024",
+        "--upstream-transport",
+        transport,
     ]
     .map(String::from);
     start_proxy_with(emu, dir, &dir.join("auth.json"), ca, &wide, None).await
@@ -601,18 +632,132 @@ fn main() {
 }
 
 async fn async_main(full: bool) {
-    if std::env::var("LOAD_FLEET_ONLY").is_ok_and(|v| v == "1") {
+    let only = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
+    if only("LOAD_FLEET_ONLY") {
         fleet(full).await;
         return;
     }
-    if std::env::var("LOAD_TLS_ONLY").is_ok_and(|v| v == "1") {
-        tls_vs_plain(full).await;
-        return;
-    }
-    if std::env::var("LOAD_COUNT_ONLY").is_ok_and(|v| v == "1") {
+    if only("LOAD_COUNT_ONLY") {
         count_tokens_isolation(full).await;
         return;
     }
+    if only("LOAD_WS_ONLY") {
+        ws_tool_loop(full).await;
+        return;
+    }
+    let tls_only = only("LOAD_TLS_ONLY");
+    matrix(full, tls_only).await;
+    if tls_only {
+        return;
+    }
+    count_tokens_isolation(full).await;
+    fleet(full).await;
+    ws_tool_loop(full).await;
+}
+
+/// How a matrix proxy reaches the emulator.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Upstream {
+    /// TLS (rustls; h2 by ALPN, the shared client), HTTP POST + SSE: the default row.
+    Tls,
+    /// Plain HTTP/1.1 (the driven connections), HTTP POST + SSE.
+    Plain,
+    /// TLS, the default transport (the Responses WebSocket).
+    TlsWs,
+}
+
+impl Upstream {
+    const ALL: [Upstream; 3] = [Upstream::Tls, Upstream::Plain, Upstream::TlsWs];
+
+    fn label(self) -> &'static str {
+        match self {
+            Upstream::Tls => "tls",
+            Upstream::Plain => "plain",
+            Upstream::TlsWs => "tls ws",
+        }
+    }
+
+    fn transport(self) -> &'static str {
+        match self {
+            Upstream::Tls | Upstream::Plain => "sse",
+            Upstream::TlsWs => "auto",
+        }
+    }
+}
+
+/// The matrix's emulators (one plain, one TLS) and the credentials each proxy folder holds.
+struct Upstreams {
+    plain: Emulator,
+    tls: Emulator,
+    ca: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Upstreams {
+    async fn start() -> Upstreams {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = Emulator::start(EmulatorConfig::default()).await.unwrap();
+        let tls = Emulator::start(EmulatorConfig {
+            tls: true,
+            ..EmulatorConfig::default()
+        })
+        .await
+        .unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, tls.ca_pem().unwrap()).unwrap();
+        for u in Upstream::ALL {
+            let sub = dir.path().join(u.label().replace(' ', "-"));
+            std::fs::create_dir_all(&sub).unwrap();
+            let emu = if u == Upstream::Plain { &plain } else { &tls };
+            emu.issue_credentials(24 * 3600)
+                .write_auth_json(&sub.join("auth.json"))
+                .unwrap();
+        }
+        Upstreams {
+            plain,
+            tls,
+            ca,
+            dir,
+        }
+    }
+
+    async fn proxy(&self, u: Upstream) -> Proxy {
+        let sub = self.dir.path().join(u.label().replace(' ', "-"));
+        match u {
+            Upstream::Plain => start_proxy(&self.plain, &sub, None, u.transport()).await,
+            _ => start_proxy(&self.tls, &sub, Some(&self.ca), u.transport()).await,
+        }
+    }
+}
+
+/// The worst figures of one proxy row over dialects, kinds (and stream counts).
+#[derive(Clone, Copy)]
+struct Worst {
+    ratio: f64,
+    add_p99_ms: f64,
+    add_ttfb_ms: f64,
+}
+
+impl Worst {
+    const START: Worst = Worst {
+        ratio: f64::MAX,
+        add_p99_ms: f64::MIN,
+        add_ttfb_ms: f64::MIN,
+    };
+
+    fn add(&mut self, ratio: f64, add_p99_ms: f64, add_ttfb_ms: f64) {
+        self.ratio = self.ratio.min(ratio);
+        self.add_p99_ms = self.add_p99_ms.max(add_p99_ms);
+        self.add_ttfb_ms = self.add_ttfb_ms.max(add_ttfb_ms);
+    }
+}
+
+/// The direct-vs-proxy matrix: the harness talking to the (plain) emulator directly, and the
+/// same streams through three proxies: over TLS (the default row), over plain HTTP (both
+/// pinned to `--upstream-transport sse`) and over TLS with the default transport (the
+/// WebSocket). Then the paced rows, startup, RSS and the slow streams. `tls_only`
+/// (`LOAD_TLS_ONLY=1`): only the one-chunk-per-event rows, closed loop and paced.
+async fn matrix(full: bool, tls_only: bool) {
     let streams_list: Vec<usize> = if full {
         std::env::var("LOAD_STREAMS")
             .unwrap_or_else(|_| "16,256".into())
@@ -627,10 +772,10 @@ async fn async_main(full: bool) {
     } else {
         8
     };
-    let slow = if full {
-        env_usize("LOAD_SLOW", 10_000)
-    } else {
-        20
+    let slow = match (tls_only, full) {
+        (true, _) => 0,
+        (false, true) => env_usize("LOAD_SLOW", 10_000),
+        (false, false) => 20,
     };
     let slow_deltas = if full {
         env_usize("LOAD_SLOW_DELTAS", 100)
@@ -638,27 +783,27 @@ async fn async_main(full: bool) {
         5
     };
     let self_pid = std::process::id().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let ups = Upstreams::start().await;
+    let emu = &ups.plain;
     let creds = emu.issue_credentials(24 * 3600);
-    creds
-        .write_auth_json(&dir.path().join("auth.json"))
-        .unwrap();
 
-    // Start-up: five cold starts of the binary, to the first served request.
+    // Start-up: five cold starts of the binary (the default TLS row), to the first served
+    // request.
     let mut startups = Vec::new();
-    for _ in 0..if full { 5 } else { 1 } {
-        let p = start_proxy(&emu, dir.path(), None).await;
+    for _ in 0..if full && !tls_only { 5 } else { 1 } {
+        let p = ups.proxy(Upstream::Tls).await;
         startups.push(p.startup.as_secs_f64() * 1e3);
     }
     startups.sort_by(f64::total_cmp);
-    let proxy = start_proxy(&emu, dir.path(), None).await;
-    let pid = proxy.child.id();
-    let proxy_pid = pid.to_string();
+    let mut proxies = Vec::new();
+    for u in Upstream::ALL {
+        proxies.push(ups.proxy(u).await);
+    }
+    let pids: Vec<String> = proxies.iter().map(|p| p.child.id().to_string()).collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle_rss = status_kib(pid, "VmRSS:");
+    let idle_rss = status_kib(proxies[0].child.id(), "VmRSS:");
     println!(
-        "startup (spawn → first /health 200): median {:.1} ms, max {:.1} ms over {} runs",
+        "startup (spawn → first /health 200, TLS proxy): median {:.1} ms, max {:.1} ms over {} runs",
         startups[startups.len() / 2],
         startups[startups.len() - 1],
         startups.len()
@@ -666,17 +811,22 @@ async fn async_main(full: bool) {
     println!("idle RSS after start: {:.1} MB", idle_rss as f64 / 1024.0);
 
     // Warm-up: connections, pool, page cache.
-    let warm = proxy_target(
-        proxy.addr,
-        Dialect::Chat,
-        &directives(Kind::Text, Chunks::PerEvent, DELTAS, None),
-        DELTAS,
-    );
-    let _ = run(&warm, 4, 16, Duration::ZERO).await;
+    for p in &proxies {
+        let warm = proxy_target(
+            p.addr,
+            Dialect::Chat,
+            &directives(Kind::Text, Chunks::PerEvent, DELTAS, None),
+            DELTAS,
+        );
+        let _ = run(&warm, 4, 16, Duration::ZERO).await;
+    }
 
     println!();
     println!(
-        "{:<9} {:<5} {:<9} {:>7} | {:>8} {:>8} {:>9} {:>9} {:>9} {:>6} | {:>6} {:>9} {:>9} {:>9}",
+        "closed loop: direct = the harness → the plain emulator; tls / plain = proxy → emulator over TLS (h2) / plain HTTP/1.1, --upstream-transport sse; tls ws = proxy → emulator over TLS, default transport (WebSocket)"
+    );
+    println!(
+        "{:<9} {:<5} {:<9} {:>7} | {:>8} {:>8} {:>9} {:>9} {:>9} {:>6} | {:>6} {:>9} {:>9} {:>9} {:>7}",
         "dialect",
         "kind",
         "chunks",
@@ -687,38 +837,40 @@ async fn async_main(full: bool) {
         "lat p50",
         "lat p99",
         "errors",
-        "ratio",
+        "÷direct",
         "+ttfb p50",
         "+lat p50",
-        "+lat p99"
+        "+lat p99",
+        "÷plain"
     );
-    let mut worst_ratio = f64::MAX;
-    let mut worst_p99 = f64::MIN;
-    let mut worst_ttfb = f64::MIN;
+    let mut worst = [Worst::START; 3];
+    // Worst TLS ÷ plain throughput per stream count (one chunk per event).
+    let mut tls_plain: Vec<(usize, f64)> = Vec::new();
     let mut errors = 0;
     let mut cpu_rows = Vec::new();
+    let chunkings: &[Chunks] = if tls_only {
+        &[Chunks::PerEvent]
+    } else {
+        &[Chunks::PerEvent, Chunks::Coalesce]
+    };
     for &streams in &streams_list {
-        for chunks in [Chunks::PerEvent, Chunks::Coalesce] {
+        let mut tls_plain_worst = f64::MAX;
+        for &chunks in chunkings {
             for kind in [Kind::Text, Kind::Tool] {
                 let text = directives(kind, chunks, DELTAS, None);
                 let direct = direct_target(emu.addr(), &creds, &text);
                 let d = measure(&direct, streams, total, Duration::ZERO, &self_pid).await;
                 errors += d.errors;
                 for dialect in [Dialect::Chat, Dialect::Messages] {
-                    let target = proxy_target(proxy.addr, dialect, &text, DELTAS);
-                    let p = measure(&target, streams, total, Duration::ZERO, &proxy_pid).await;
-                    errors += p.errors;
-                    let ratio = p.rps / d.rps;
-                    let add_ttfb = p.ttfb_p50_ms - d.ttfb_p50_ms;
-                    let add_p50 = (p.lat_p50_us - d.lat_p50_us) / 1e3;
-                    let add_p99 = (p.lat_p99_us - d.lat_p99_us) / 1e3;
-                    if chunks == Chunks::PerEvent {
-                        worst_ratio = worst_ratio.min(ratio);
-                        worst_p99 = worst_p99.max(add_p99);
-                        worst_ttfb = worst_ttfb.max(add_ttfb);
+                    let mut rows = Vec::new();
+                    for (i, p) in proxies.iter().enumerate() {
+                        let target = proxy_target(p.addr, dialect, &text, DELTAS);
+                        let r = measure(&target, streams, total, Duration::ZERO, &pids[i]).await;
+                        errors += r.errors;
+                        rows.push(r);
                     }
-                    for (label, r) in [("direct", &d), ("proxy", &p)] {
-                        print!(
+                    let cols = |label: &str, r: &Row| {
+                        format!(
                             "{:<9} {:<5} {:<9} {:>7} | {:>8} {:>8.0} {:>6.2} ms {:>6.0} us {:>6.0} us {:>6}",
                             format!("{dialect:?}").to_lowercase(),
                             format!("{kind:?}").to_lowercase(),
@@ -730,37 +882,59 @@ async fn async_main(full: bool) {
                             r.lat_p50_us,
                             r.lat_p99_us,
                             r.errors
-                        );
-                        if label == "proxy" {
-                            println!(
-                                " | {:>5.2}x {:>6.2} ms {:>6.2} ms {:>6.2} ms",
-                                ratio, add_ttfb, add_p50, add_p99
-                            );
-                        } else {
-                            println!(" |");
+                        )
+                    };
+                    println!("{} |", cols("direct", &d));
+                    let plain_rps = rows[1].rps;
+                    for (u, p) in Upstream::ALL.into_iter().zip(&rows) {
+                        let ratio = p.rps / d.rps;
+                        let add_ttfb = p.ttfb_p50_ms - d.ttfb_p50_ms;
+                        let add_p50 = (p.lat_p50_us - d.lat_p50_us) / 1e3;
+                        let add_p99 = (p.lat_p99_us - d.lat_p99_us) / 1e3;
+                        if chunks == Chunks::PerEvent {
+                            worst[u as usize].add(ratio, add_p99, add_ttfb);
+                            if u == Upstream::Tls {
+                                tls_plain_worst = tls_plain_worst.min(p.rps / plain_rps);
+                            }
                         }
+                        let vs_plain = if u == Upstream::Plain {
+                            String::new()
+                        } else {
+                            format!("{:>6.2}x", p.rps / plain_rps)
+                        };
+                        println!(
+                            "{} | {:>6.2}x {:>6.2} ms {:>6.2} ms {:>6.2} ms {vs_plain:>7}",
+                            cols(u.label(), p),
+                            ratio,
+                            add_ttfb,
+                            add_p50,
+                            add_p99
+                        );
+                        cpu_rows.push((
+                            dialect,
+                            kind,
+                            chunks,
+                            streams,
+                            u,
+                            p.cpu_us_per_req,
+                            d.cpu_us_per_req,
+                        ));
                     }
-                    cpu_rows.push((
-                        dialect,
-                        kind,
-                        chunks,
-                        streams,
-                        p.cpu_us_per_req,
-                        d.cpu_us_per_req,
-                    ));
                 }
             }
         }
+        tls_plain.push((streams, tls_plain_worst));
     }
     println!();
     println!("CPU per request (proxy process; harness process = emulator + clients, direct run):");
-    for (dialect, kind, chunks, streams, proxy_cpu, direct_cpu) in &cpu_rows {
+    for (dialect, kind, chunks, streams, u, proxy_cpu, direct_cpu) in &cpu_rows {
         println!(
-            "  {:<9} {:<5} {:<9} {:>4} streams: proxy {:>6.0} us/req   (direct harness {:>6.0} us/req)",
+            "  {:<9} {:<5} {:<9} {:>4} streams {:<6}: proxy {:>6.0} us/req   (direct harness {:>6.0} us/req)",
             format!("{dialect:?}").to_lowercase(),
             format!("{kind:?}").to_lowercase(),
             format!("{chunks:?}").to_lowercase(),
             streams,
+            u.label(),
             proxy_cpu,
             direct_cpu
         );
@@ -772,8 +946,7 @@ async fn async_main(full: bool) {
     // In the closed-loop rows above the CPU is saturated and latency is mostly queueing.
     println!();
     println!("paced (one chunk per event, ~16k events/s in total), latency added by the proxy:");
-    let mut paced_p99 = f64::MIN;
-    let mut paced_ttfb = f64::MIN;
+    let mut paced = [Worst::START; 3];
     for &streams in &streams_list {
         let pace = (streams as u64 / 16).max(1);
         // Requests arrive spread over one stream's length, as in the steady state of
@@ -786,132 +959,103 @@ async fn async_main(full: bool) {
         for kind in [Kind::Text, Kind::Tool] {
             let text = directives(kind, Chunks::PerEvent, DELTAS, Some(pace));
             let direct = direct_target(emu.addr(), &creds, &text);
-            let paced_total = streams * (32 / streams).max(2);
+            // The smoke version: two requests per stream, to stay short.
+            let paced_total = streams * if full { (32 / streams).max(2) } else { 2 };
             let d = measure(&direct, streams, paced_total, spread, &self_pid).await;
             errors += d.errors;
+            println!(
+                "  {:<5} {:>4} streams, delta every {pace} ms: direct ttfb p50 {:.2} ms, lat p50/p99 {:.0}/{:.0} us",
+                format!("{kind:?}").to_lowercase(),
+                streams,
+                d.ttfb_p50_ms,
+                d.lat_p50_us,
+                d.lat_p99_us,
+            );
             for dialect in [Dialect::Chat, Dialect::Messages] {
-                let target = proxy_target(proxy.addr, dialect, &text, DELTAS);
-                let p = measure(&target, streams, paced_total, spread, &proxy_pid).await;
-                errors += p.errors;
-                let add_ttfb = p.ttfb_p50_ms - d.ttfb_p50_ms;
-                let add_p50 = (p.lat_p50_us - d.lat_p50_us) / 1e3;
-                let add_p99 = (p.lat_p99_us - d.lat_p99_us) / 1e3;
-                paced_p99 = paced_p99.max(add_p99);
-                paced_ttfb = paced_ttfb.max(add_ttfb);
-                println!(
-                    "  {:<9} {:<5} {:>4} streams, delta every {pace} ms: direct ttfb p50 {:.2} ms, lat p50/p99 {:.0}/{:.0} us; proxy ttfb p50 {:.2} ms, lat p50/p99 {:.0}/{:.0} us; added ttfb p50 {add_ttfb:.3} ms, lat p50 {add_p50:.3} ms, p99 {add_p99:.3} ms",
-                    format!("{dialect:?}").to_lowercase(),
-                    format!("{kind:?}").to_lowercase(),
-                    streams,
-                    d.ttfb_p50_ms,
-                    d.lat_p50_us,
-                    d.lat_p99_us,
-                    p.ttfb_p50_ms,
-                    p.lat_p50_us,
-                    p.lat_p99_us,
-                );
+                for (i, u) in Upstream::ALL.into_iter().enumerate() {
+                    let target = proxy_target(proxies[i].addr, dialect, &text, DELTAS);
+                    let p = measure(&target, streams, paced_total, spread, &pids[i]).await;
+                    errors += p.errors;
+                    let add_ttfb = p.ttfb_p50_ms - d.ttfb_p50_ms;
+                    let add_p50 = (p.lat_p50_us - d.lat_p50_us) / 1e3;
+                    let add_p99 = (p.lat_p99_us - d.lat_p99_us) / 1e3;
+                    paced[i].add(p.rps / d.rps, add_p99, add_ttfb);
+                    println!(
+                        "    {:<9} {:<6}: ttfb p50 {:.2} ms, lat p50/p99 {:.0}/{:.0} us; added ttfb p50 {add_ttfb:.3} ms, lat p50 {add_p50:.3} ms, p99 {add_p99:.3} ms",
+                        format!("{dialect:?}").to_lowercase(),
+                        u.label(),
+                        p.ttfb_p50_ms,
+                        p.lat_p50_us,
+                        p.lat_p99_us,
+                    );
+                }
             }
         }
     }
-    let peak_rss = status_kib(pid, "VmHWM:");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle_after = status_kib(pid, "VmRSS:");
-    println!(
-        "proxy peak RSS (load matrix): {:.1} MB; idle RSS after load: {:.1} MB",
-        peak_rss as f64 / 1024.0,
-        idle_after as f64 / 1024.0
-    );
-    drop(proxy);
-
-    if slow > 0 {
-        slow_streams(slow, slow_deltas, dir.path()).await;
-    }
-
-    println!();
-    println!("summary (one chunk per event; worst over dialects, kinds and stream counts):");
-    if !streams_list.is_empty() {
+    for (u, p) in Upstream::ALL.into_iter().zip(&proxies) {
+        let pid = p.child.id();
+        let peak_rss = status_kib(pid, "VmHWM:");
         println!(
-            "  throughput ratio proxy/direct: {worst_ratio:.2}x (target ≥ 0.70x)\n  p99 added per-chunk latency, paced: {paced_p99:.3} ms; saturated: {worst_p99:.3} ms (target ≤ 0.5 ms)\n  p50 TTFB overhead, paced: {paced_ttfb:.3} ms; saturated: {worst_ttfb:.3} ms (target ≤ 0.3 ms)"
+            "proxy ({}) peak RSS (load matrix): {:.1} MB; RSS now: {:.1} MB",
+            u.label(),
+            peak_rss as f64 / 1024.0,
+            status_kib(pid, "VmRSS:") as f64 / 1024.0
         );
     }
-    println!(
-        "  start → first served request: {:.1} ms median (target ≤ 50 ms)\n  idle RSS: {:.1} MB (target ≤ 12 MB)\n  errors: {errors}",
-        startups[startups.len() / 2],
-        idle_rss as f64 / 1024.0
-    );
-    assert_eq!(errors, 0, "requests failed during the load run");
-    tls_vs_plain(full).await;
-    count_tokens_isolation(full).await;
-    fleet(full).await;
-}
+    drop(proxies);
 
-/// The production path: the same streams through the proxy with the emulator over plain
-/// HTTP (the driven HTTP/1.1 connections) and over TLS (rustls, h2 on the shared client),
-/// one HTTP chunk (one h2 DATA frame) per event. Target (issue 15): TLS ≥ 0.9 × plain.
-async fn tls_vs_plain(full: bool) {
-    let (streams_list, total) = if full {
-        (vec![16, 256], env_usize("LOAD_REQUESTS", 640))
-    } else {
-        (vec![4], 8)
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let plain_dir = dir.path().join("plain");
-    let tls_dir = dir.path().join("tls");
-    std::fs::create_dir_all(&plain_dir).unwrap();
-    std::fs::create_dir_all(&tls_dir).unwrap();
-    let plain_emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let tls_emu = Emulator::start(EmulatorConfig {
-        tls: true,
-        ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap();
-    for (emu, d) in [(&plain_emu, &plain_dir), (&tls_emu, &tls_dir)] {
-        emu.issue_credentials(24 * 3600)
-            .write_auth_json(&d.join("auth.json"))
-            .unwrap();
+    if slow > 0 {
+        slow_streams(slow, slow_deltas, ups.dir.path()).await;
     }
-    let ca = tls_dir.join("ca.pem");
-    std::fs::write(&ca, tls_emu.ca_pem().unwrap()).unwrap();
-    let plain = start_proxy(&plain_emu, &plain_dir, None).await;
-    let tls = start_proxy(&tls_emu, &tls_dir, Some(&ca)).await;
-    let (plain_pid, tls_pid) = (plain.child.id().to_string(), tls.child.id().to_string());
+
     println!();
     println!(
-        "production path: proxy → emulator over TLS + h2 vs over plain HTTP/1.1, one chunk per event, {DELTAS} deltas:"
+        "summary (one chunk per event, {DELTAS} deltas; worst over dialects and kinds; the latency targets are judged on the paced rows, the closed-loop figures are queueing on a saturated CPU):"
     );
-    let mut errors = 0;
-    let mut worst = f64::MAX;
-    for &streams in &streams_list {
-        for dialect in [Dialect::Chat, Dialect::Messages] {
-            let text = directives(Kind::Text, Chunks::PerEvent, DELTAS, None);
-            let p_target = proxy_target(plain.addr, dialect, &text, DELTAS);
-            let t_target = proxy_target(tls.addr, dialect, &text, DELTAS);
-            let _ = run(&t_target, 4, 8, Duration::ZERO).await;
-            let p = measure(&p_target, streams, total, Duration::ZERO, &plain_pid).await;
-            let t = measure(&t_target, streams, total, Duration::ZERO, &tls_pid).await;
-            errors += p.errors + t.errors;
-            let ratio = t.rps / p.rps;
-            worst = worst.min(ratio);
+    if !streams_list.is_empty() {
+        for (streams, r) in &tls_plain {
             println!(
-                "  {:<9} {:>4} streams: plain {:>7.1} req/s, ttfb p50 {:.2} ms, lat p50/p99 {:.0}/{:.0} us, {:.0} us CPU/req; TLS {:>7.1} req/s, ttfb p50 {:.2} ms, lat p50/p99 {:.0}/{:.0} us, {:.0} us CPU/req; TLS/plain {ratio:.2}x",
-                format!("{dialect:?}").to_lowercase(),
-                streams,
-                p.rps,
-                p.ttfb_p50_ms,
-                p.lat_p50_us,
-                p.lat_p99_us,
-                p.cpu_us_per_req,
-                t.rps,
-                t.ttfb_p50_ms,
-                t.lat_p50_us,
-                t.lat_p99_us,
-                t.cpu_us_per_req,
+                "  throughput tls ÷ plain, {streams} streams: {r:.2}x (target ≥ 0.90x): {}",
+                met(*r >= 0.9)
+            );
+        }
+        let [tls, plain, ws] = worst;
+        println!(
+            "  throughput plain ÷ direct: {:.2}x (target ≥ 0.70x): {}; tls ÷ direct {:.2}x; tls ws ÷ direct {:.2}x (no target)",
+            plain.ratio,
+            met(plain.ratio >= 0.7),
+            tls.ratio,
+            ws.ratio
+        );
+        for (i, u) in Upstream::ALL.into_iter().enumerate() {
+            let target = u != Upstream::TlsWs;
+            let verdict = |value: f64, limit: f64| {
+                if target {
+                    format!("(target ≤ {limit} ms): {}", met(value <= limit))
+                } else {
+                    "(no target)".to_owned()
+                }
+            };
+            println!(
+                "  {:<6}: p99 added per-chunk latency, paced {:.3} ms {}; closed loop {:.3} ms. p50 TTFB overhead, paced {:.3} ms {}; closed loop {:.3} ms",
+                u.label(),
+                paced[i].add_p99_ms,
+                verdict(paced[i].add_p99_ms, 0.5),
+                worst[i].add_p99_ms,
+                paced[i].add_ttfb_ms,
+                verdict(paced[i].add_ttfb_ms, 0.3),
+                worst[i].add_ttfb_ms,
             );
         }
     }
-    println!("  worst TLS/plain throughput: {worst:.2}x (target ≥ 0.9x); errors {errors}");
-    assert_eq!(errors, 0, "requests failed on the TLS or plain path");
+    let startup = startups[startups.len() / 2];
+    println!(
+        "  start → first served request: {startup:.1} ms median (target ≤ 50 ms): {}\n  idle RSS: {:.1} MB (target ≤ 12 MB): {}\n  errors: {errors}",
+        met(startup <= 50.0),
+        idle_rss as f64 / 1024.0,
+        met(idle_rss as f64 / 1024.0 <= 12.0)
+    );
+    assert_eq!(errors, 0, "requests failed during the load run");
 }
 
 /// `POST /v1/messages/count_tokens` with `text_bytes` of prose: (status, seconds).
@@ -952,7 +1096,7 @@ async fn count_tokens_isolation(full: bool) {
     emu.issue_credentials(24 * 3600)
         .write_auth_json(&dir.path().join("auth.json"))
         .unwrap();
-    let proxy = start_proxy(&emu, dir.path(), None).await;
+    let proxy = start_proxy(&emu, dir.path(), None, "auto").await;
     let text = directives(Kind::Text, Chunks::PerEvent, deltas, Some(pace));
     let target = proxy_target(proxy.addr, Dialect::Chat, &text, deltas);
     let spread = Duration::from_millis(pace * deltas as u64 / 4);
@@ -996,7 +1140,7 @@ async fn slow_streams(n: usize, deltas: usize, dir: &Path) {
     emu.issue_credentials(24 * 3600)
         .write_auth_json(&sub.join("auth.json"))
         .unwrap();
-    let proxy = start_proxy(&emu, &sub, Some(&ca)).await;
+    let proxy = start_proxy(&emu, &sub, Some(&ca), "sse").await;
     let pid = proxy.child.id();
     let pace = env_usize("LOAD_SLOW_PACE_MS", 50) as u64;
     let text = directives(Kind::Text, Chunks::PerEvent, deltas, Some(pace));
@@ -1493,4 +1637,276 @@ async fn fleet(full: bool) {
             r.peak()
         );
     }
+}
+
+/// One turn of the tool loop.
+struct LoopTurn {
+    /// Upstream request bytes of this turn as the emulator counted them: the
+    /// `response.create` text payload (WebSocket) or the POST body on the wire (SSE, zstd).
+    up_bytes: u64,
+    /// The recorded upstream body serialized (uncompressed JSON), SSE only.
+    uncompressed: u64,
+    /// The client's request body.
+    client_bytes: usize,
+    /// Request sent → the first `content_block_start` received.
+    ttfb_ns: u64,
+    /// Whether the emulator counted a continuation (`previous_response_id`).
+    continuation: bool,
+}
+
+/// The content blocks of a streamed Messages answer, rebuilt from its events as a client
+/// does (text, thinking and `tool_use` blocks, tool input parsed from its JSON deltas).
+fn rebuild_content(sse: &[u8]) -> Vec<Value> {
+    let mut blocks: Vec<Value> = Vec::new();
+    let mut partial: Vec<String> = Vec::new();
+    for line in sse.split(|&b| b == b'\n') {
+        let Some(data) = line.strip_prefix(b"data: ") else {
+            continue;
+        };
+        let Ok(ev) = serde_json::from_slice::<Value>(data) else {
+            continue;
+        };
+        let i = ev["index"].as_u64().unwrap_or(0) as usize;
+        match ev["type"].as_str() {
+            Some("content_block_start") => {
+                blocks.resize(i + 1, Value::Null);
+                partial.resize(i + 1, String::new());
+                blocks[i] = ev["content_block"].clone();
+            }
+            Some("content_block_delta") if i < blocks.len() => {
+                let d = &ev["delta"];
+                let add = |b: &mut Value, key: &str, s: &Value| {
+                    let old = b[key].as_str().unwrap_or("").to_owned();
+                    b[key] = Value::String(old + s.as_str().unwrap_or(""));
+                };
+                match d["type"].as_str() {
+                    Some("text_delta") => add(&mut blocks[i], "text", &d["text"]),
+                    Some("thinking_delta") => add(&mut blocks[i], "thinking", &d["thinking"]),
+                    Some("signature_delta") => add(&mut blocks[i], "signature", &d["signature"]),
+                    Some("input_json_delta") => {
+                        partial[i].push_str(d["partial_json"].as_str().unwrap_or(""));
+                    }
+                    _ => {}
+                }
+            }
+            Some("content_block_stop")
+                if i < blocks.len()
+                    && blocks[i]["type"] == "tool_use"
+                    && !partial[i].is_empty() =>
+            {
+                blocks[i]["input"] = serde_json::from_str(&partial[i]).unwrap_or(Value::Null);
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+/// One Claude Code-like session through a fresh TLS emulator and proxy with
+/// `--upstream-transport transport`: a history of about `history_bytes`, then `turns`
+/// streaming `/v1/messages` requests on one keep-alive connection, each answered with a
+/// Bash call whose result (and the next directive) the next request appends.
+async fn tool_loop_run(transport: &str, turns: usize, history_bytes: usize) -> Vec<LoopTurn> {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = Emulator::start(EmulatorConfig {
+        tls: true,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, emu.ca_pem().unwrap()).unwrap();
+    emu.issue_credentials(24 * 3600)
+        .write_auth_json(&dir.path().join("auth.json"))
+        .unwrap();
+    let proxy = start_proxy(&emu, dir.path(), Some(&ca), transport).await;
+    let ws = transport != "sse";
+    let system = tool_loop::system();
+    let tools = tool_loop::tools();
+    let fixed = system.to_string().len() + tools.to_string().len();
+    let mut msgs = tool_loop::history(history_bytes.saturating_sub(fixed));
+    let directive = json!({"type": "text", "text": "EMU:tool:Bash {\"command\":\"ls\"}"});
+    msgs.last_mut().unwrap()["content"]
+        .as_array_mut()
+        .unwrap()
+        .push(directive.clone());
+    let listing = "Cargo.lock\nCargo.toml\nREADME.md\nbenches\nsrc\ntests\ntarget\n".repeat(4);
+    let session = "3f0c8a52-bench-4b1e-9d2a-loop00000001";
+
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let _ = stream.set_nodelay(true);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut out = Vec::with_capacity(turns);
+    for turn in 0..turns {
+        let body = Bytes::from(
+            serde_json::to_vec(&json!({
+                "model": "claude-opus-5-5", "stream": true, "max_tokens": 32000,
+                "system": system, "tools": tools, "messages": msgs,
+                "metadata": {"user_id": format!("{{\"device_id\":\"6b20142b\",\"session_id\":\"{session}\"}}")},
+            }))
+            .unwrap(),
+        );
+        let client_bytes = body.len();
+        let s0 = emu.stats();
+        let n0 = emu.requests().len();
+        send.ready().await.unwrap();
+        let req = Request::post("/v1/messages")
+            .header("host", proxy.addr.to_string())
+            .header("content-type", "application/json")
+            .header("anthropic-version", "2023-06-01")
+            .header("x-claude-code-session-id", session)
+            .body(Full::new(body))
+            .unwrap();
+        let t0 = clock_ns();
+        let resp = send.send_request(req).await.unwrap();
+        assert!(
+            resp.status().is_success(),
+            "ws loop ({transport}) turn {}: {}",
+            turn + 1,
+            resp.status()
+        );
+        let mut body = resp.into_body();
+        let mut all = Vec::with_capacity(4096);
+        let mut first = None;
+        while let Some(frame) = body.frame().await {
+            let now = clock_ns();
+            if let Ok(data) = frame.unwrap().into_data() {
+                all.extend_from_slice(&data);
+                if first.is_none() && memchr::memmem::find(&all, b"content_block_start").is_some() {
+                    first = Some(now);
+                }
+            }
+        }
+        let content = rebuild_content(&all);
+        let Some(call) = content.iter().find(|b| b["type"] == "tool_use") else {
+            panic!(
+                "ws loop ({transport}) turn {}: no tool call in {}",
+                turn + 1,
+                String::from_utf8_lossy(&all)
+            );
+        };
+        let id = call["id"].clone();
+        let s1 = emu.stats();
+        let recorded = emu.requests();
+        let uncompressed = recorded[n0..]
+            .iter()
+            .filter(|r| !r.websocket())
+            .map(|r| serde_json::to_vec(&r.body).unwrap().len() as u64)
+            .sum();
+        let up_bytes = if ws {
+            s1.ws_request_bytes - s0.ws_request_bytes
+        } else {
+            s1.responses_body_bytes - s0.responses_body_bytes
+        };
+        out.push(LoopTurn {
+            up_bytes,
+            uncompressed,
+            client_bytes,
+            ttfb_ns: first.expect("a content block") - t0,
+            continuation: s1.ws_continuations > s0.ws_continuations,
+        });
+        msgs.push(json!({"role": "assistant", "content": content}));
+        msgs.push(json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": id, "content": format!("{listing}turn-{turn}.txt")},
+            directive
+        ]}));
+    }
+    let stats = emu.stats();
+    if ws {
+        assert_eq!(
+            stats.responses_body_bytes, 0,
+            "the WebSocket run fell back to SSE"
+        );
+    } else {
+        assert_eq!(stats.ws_requests, 0, "the SSE run used the WebSocket");
+    }
+    out
+}
+
+/// The Responses WebSocket in a Claude Code-like tool loop: the same session (a history of
+/// `LOAD_WS_HISTORY_KB`, default 300, then `LOAD_WS_TURNS` tool turns, default 20) through
+/// a proxy with `--upstream-transport websocket` and one with `sse`, both over TLS, a fresh
+/// emulator each. Targets (issue 15): ≥ 80 % fewer upstream bytes per turn after the
+/// first; TTFB per turn not worse.
+async fn ws_tool_loop(full: bool) {
+    let (turns, history_kb) = if full {
+        (
+            env_usize("LOAD_WS_TURNS", 20).max(2),
+            env_usize("LOAD_WS_HISTORY_KB", 300),
+        )
+    } else {
+        (3, 30)
+    };
+    let ws = tool_loop_run("websocket", turns, history_kb * 1000).await;
+    let sse = tool_loop_run("sse", turns, history_kb * 1000).await;
+    println!();
+    println!(
+        "tool loop: a Claude Code-like /v1/messages session, {} KB first request (system {} KB, tools {} KB, {history_kb} KB history target in all), {turns} streaming turns each answered with a Bash call, same x-claude-code-session-id; proxy → TLS emulator, --upstream-transport websocket vs sse, fresh emulator each",
+        ws[0].client_bytes / 1000,
+        tool_loop::system().to_string().len() / 1000,
+        tool_loop::tools().to_string().len() / 1000,
+    );
+    println!(
+        "  upstream bytes = WebSocket response.create text payload (ws_request_bytes) vs SSE POST body on the wire (zstd, responses_body_bytes); ttfb = request sent → first content_block_start"
+    );
+    println!(
+        "{:>6} {:>9} | {:>10} {:>5} {:>10} | {:>10} {:>13} {:>10}",
+        "turn", "client B", "ws B", "cont", "ws ttfb", "sse B", "sse uncomp B", "sse ttfb"
+    );
+    for (i, (w, s)) in ws.iter().zip(&sse).enumerate() {
+        println!(
+            "{:>6} {:>9} | {:>10} {:>5} {:>7.2} ms | {:>10} {:>13} {:>7.2} ms",
+            i + 1,
+            w.client_bytes,
+            w.up_bytes,
+            if w.continuation { "yes" } else { "no" },
+            w.ttfb_ns as f64 / 1e6,
+            s.up_bytes,
+            s.uncompressed,
+            s.ttfb_ns as f64 / 1e6
+        );
+    }
+    let mean = |v: &[LoopTurn], f: fn(&LoopTurn) -> u64| {
+        v.iter().map(f).sum::<u64>() as f64 / v.len().max(1) as f64
+    };
+    let ws_rest = mean(&ws[1..], |t| t.up_bytes);
+    let sse_rest = mean(&sse[1..], |t| t.up_bytes);
+    let sse_raw_rest = mean(&sse[1..], |t| t.uncompressed);
+    let reduction = 100.0 * (1.0 - ws_rest / sse_rest);
+    let continuations = ws.iter().filter(|t| t.continuation).count();
+    let ttfb = |v: &[LoopTurn]| {
+        let mut t: Vec<u64> = v.iter().map(|t| t.ttfb_ns).collect();
+        (pct(&mut t, 0.5) / 1e6, pct(&mut t, 1.0) / 1e6)
+    };
+    let (ws_p50, ws_max) = ttfb(&ws);
+    let (sse_p50, sse_max) = ttfb(&sse);
+    println!();
+    println!(
+        "  first turn: websocket {} B, sse {} B (uncompressed {} B)",
+        ws[0].up_bytes, sse[0].up_bytes, sse[0].uncompressed
+    );
+    println!(
+        "  turns 2–{turns}, mean per turn: websocket {ws_rest:.0} B, sse {sse_rest:.0} B (uncompressed {sse_raw_rest:.0} B); continuations {continuations} of {} turns",
+        turns - 1
+    );
+    println!(
+        "  ttfb over the {turns} turns: websocket p50 {ws_p50:.2} ms, max {ws_max:.2} ms; sse p50 {sse_p50:.2} ms, max {sse_max:.2} ms"
+    );
+    println!(
+        "  upstream bytes per turn after the first, websocket vs sse: {reduction:.1} % fewer (target ≥ 80 %): {}; vs the uncompressed SSE body: {:.1} % fewer",
+        met(reduction >= 80.0),
+        100.0 * (1.0 - ws_rest / sse_raw_rest)
+    );
+    println!(
+        "  ttfb p50 per turn, websocket {ws_p50:.2} ms vs sse {sse_p50:.2} ms (target: not worse): {}",
+        met(ws_p50 <= sse_p50)
+    );
+    assert_eq!(
+        continuations,
+        turns - 1,
+        "every turn after the first should go as a continuation"
+    );
 }

@@ -197,12 +197,18 @@ fn init_logging(log: &LogArgs, default_level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    // tungstenite logs every handshake request, Authorization included, at trace: never
-    // below debug, whatever RUST_LOG asks (secrets never reach logs).
-    let filter = ["tungstenite=debug", "tokio_tungstenite=debug"]
-        .iter()
-        .filter_map(|d| d.parse().ok())
-        .fold(filter, EnvFilter::add_directive);
+    // tungstenite logs every handshake request, Authorization included, at trace: when a
+    // filter lets trace through, cap it at debug for tungstenite (secrets never reach
+    // logs). Only then: the directive would otherwise turn its debug lines on.
+    let filter = if filter.max_level_hint() == Some(tracing_subscriber::filter::LevelFilter::TRACE)
+    {
+        ["tungstenite=debug", "tokio_tungstenite=debug"]
+            .iter()
+            .filter_map(|d| d.parse().ok())
+            .fold(filter, EnvFilter::add_directive)
+    } else {
+        filter
+    };
     // Colours only on a terminal: a log file or journald gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
