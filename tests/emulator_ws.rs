@@ -414,7 +414,11 @@ async fn a_warm_up_answers_an_empty_response_that_the_next_request_chains_from()
     first["previous_response_id"] = json!(id);
     send(&mut ws, &create(first)).await;
     assert_eq!(text_of(&turn(&mut ws).await), "You said: warm words");
-    assert_eq!(emu.requests()[0].body["generate"], false);
+    assert_eq!(emu.requests()[0].frame.as_ref().unwrap()["generate"], false);
+    assert!(
+        emu.requests()[0].body.get("generate").is_none(),
+        "a field of the frame, not of the prompt"
+    );
     assert_eq!(emu.stats().ws_continuations, 1);
 }
 

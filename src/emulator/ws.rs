@@ -179,7 +179,8 @@ pub(super) fn handshake(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
 /// The socket's last completed response.
 struct Last {
     id: String,
-    input: Vec<Value>,
+    /// The request as processed (its `input` is the whole conversation so far).
+    request: Arc<Recorded>,
     output: Vec<Value>,
     /// `Shared::ws_epoch` when it completed: [`super::Emulator::forget_responses`] bumps it.
     epoch: u64,
@@ -194,8 +195,8 @@ struct Playing {
     _open: OpenStream,
     /// Counted in `live_streams`; counts the frame bytes in `ws_bytes_sent`.
     live: LiveStream,
-    /// The full input of the request (for the next continuation).
-    input: Vec<Value>,
+    /// The request as processed (for the next continuation).
+    request: Arc<Recorded>,
     /// Items of `response.output_item.done` so far.
     output: Vec<Value>,
     /// The id of `response.completed`, once played.
@@ -344,7 +345,7 @@ impl Conn {
         {
             self.last = Some(Last {
                 id,
-                input: p.input,
+                request: p.request,
                 output: p.output,
                 epoch: self.shared.ws_epoch.load(Ordering::Acquire),
             });
@@ -362,13 +363,15 @@ impl Conn {
 
     /// Keep a request for `Emulator::requests`: `body` as the backend processes it (a
     /// continuation expanded), `frame` as it arrived.
-    fn record(&self, body: Value, frame: Value) {
-        self.shared.record(Arc::new(Recorded {
+    fn record(&self, body: Value, frame: Value) -> Arc<Recorded> {
+        let recorded = Arc::new(Recorded {
             headers: self.headers.clone(),
             body,
             zstd: false,
             frame: Some(frame),
-        }));
+        });
+        self.shared.record(Arc::clone(&recorded));
+        recorded
     }
 
     /// A wrapped `invalid_request_error` with `code`.
@@ -487,7 +490,7 @@ impl Conn {
                         )
                         .await;
                 };
-                let mut full = last.input.clone();
+                let mut full = input_items(last.request.body.get("input"));
                 full.extend(last.output.iter().cloned());
                 full.extend(input_items(obj.get("input")));
                 obj.insert("input".to_owned(), Value::Array(full));
@@ -497,15 +500,15 @@ impl Conn {
         // What the backend processes: the whole conversation; `client_metadata` is
         // metadata, not prompt.
         obj.remove("client_metadata");
-        self.record(Value::Object(obj.clone()), frame);
         let warmup = obj.remove("generate") == Some(Value::Bool(false));
-        let body = Value::Object(obj);
+        let recorded = self.record(Value::Object(obj), frame);
+        let body = &recorded.body;
         let admission = routes::admit(
             &self.shared,
             &routes::Admit {
                 account: &self.account,
-                body: &body,
-                body_len: body.to_string().len(),
+                body,
+                body_len: json_len(body),
                 session_id: self.session_id.as_deref(),
                 warmup,
             },
@@ -533,7 +536,7 @@ impl Conn {
                     per_event,
                     _open: open,
                     live: LiveStream::new(&self.shared.live_streams, &self.shared.ws_bytes),
-                    input: input_items(body.get("input")),
+                    request: Arc::clone(&recorded),
                     output: Vec::new(),
                     completed: None,
                 });
@@ -565,6 +568,23 @@ fn observe(playing: &mut Playing, frame: &[u8]) {
 }
 
 /// The items of an `input` (a string is one user message).
+/// The length of `v` written as compact JSON, without writing it anywhere.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
 fn input_items(input: Option<&Value>) -> Vec<Value> {
     match input {
         Some(Value::Array(items)) => items.clone(),
