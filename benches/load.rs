@@ -711,7 +711,10 @@ async fn h2_pool(full: bool) {
         );
         assert_eq!(seen.errors, 0, "every stream completes");
         if full {
-            assert!(1 + opened >= 3, "at least 3 h2 connections at 100 streams each");
+            assert!(
+                1 + opened >= 3,
+                "at least 3 h2 connections at 100 streams each"
+            );
         }
     }
     let diff = p99[0] - p99[1];

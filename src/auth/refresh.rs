@@ -73,19 +73,9 @@ pub(crate) enum Failure {
     Transient(Error),
 }
 
-/// `User-Agent` in the Codex shape `<originator>/<version> (<os>; <arch>) <terminal>`.
+/// `User-Agent` in the Codex shape, for this client version.
 pub fn user_agent() -> String {
-    let os = match std::env::consts::OS {
-        "linux" => "Linux",
-        "macos" => "Mac OS",
-        "windows" => "Windows",
-        other => other,
-    };
-    format!(
-        "{ORIGINATOR}/{CLIENT_VERSION} ({os}; {}) codex-as-api/{}",
-        std::env::consts::ARCH,
-        env!("CARGO_PKG_VERSION")
-    )
+    crate::upstream::request::user_agent(CLIENT_VERSION)
 }
 
 /// One POST to the token endpoint.

@@ -66,7 +66,7 @@ pub async fn send(
             .header("originator", "codex_cli_rs")
             .header(
                 header::USER_AGENT,
-                super::pipeline::user_agent(&state.config),
+                crate::upstream::request::user_agent(&state.config.client_version),
             )
             .header("version", state.config.client_version.as_str())
             .header(header::ACCEPT, "*/*");

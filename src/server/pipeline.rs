@@ -13,13 +13,12 @@
 //! Does not own: wire formats (`dialect`), the body state machine (`body`), the window and
 //! queue (`admission`) or the choice of account (`accounts`).
 
-use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt;
 
 use crate::accounts::{Account, Route, conversation_key, strip_reasoning};
 use crate::admission::{self, Class, Permit, Refused, Ticket};
@@ -35,55 +34,8 @@ use crate::upstream::collect::{Collected, Finish};
 use crate::upstream::conn::Upstream;
 use crate::upstream::events::Decoder;
 use crate::upstream::failure::{self, PromptSize};
-use crate::upstream::request::UpstreamRequest;
+use crate::upstream::request::{self, UpstreamRequest};
 use crate::upstream::ws;
-
-thread_local! {
-    /// This worker thread's zstd context, reused by every request it compresses.
-    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
-}
-
-/// zstd level 1 with the thread's reused context: a fresh context per request
-/// (`zstd::bulk::compress`) allocated and set up its tables on every request
-/// (`ZSTD_createCCtx` alone was 1.4 % of the proxy's CPU in a profile of the load bench, all
-/// of it before the first byte). The output is the same single frame, content size included;
-/// the backend decodes any level.
-///
-/// Why level 1 (issue 15): compression is the largest part of a large request's CPU. The
-/// 2 MB Claude Code-like request of `benches/fixtures/claude_code.rs` (2,094,964 bytes of
-/// upstream JSON), thread CPU time per compression (`cargo bench --bench codec zstd/2MB`, a
-/// loaded 2-core AMD EPYC VM) and instructions (callgrind):
-///
-/// | level | bytes sent | ratio | CPU    | instructions |
-/// |-------|-----------:|------:|-------:|-------------:|
-/// | -5    |    573,670 |  3.65 | 3.5 ms |       33.1 M |
-/// | -1    |    500,577 |  4.19 | 3.8 ms |       37.0 M |
-/// | 1     |    432,534 |  4.84 | 4.0 ms |       37.0 M |
-/// | 2     |    421,199 |  4.97 | 4.5 ms |       39.0 M |
-/// | 3     |    397,346 |  5.27 | 5.8 ms |       41.7 M |
-///
-/// Level 1 takes a third less CPU than level 3 for 9 % more bytes (fewer instructions, and
-/// its 2^13-entry table stays in cache where level 3's two tables do not); the negative
-/// levels save little more CPU (this text is match-dense, so the cost is in encoding
-/// sequences, not in searching) for 16–44 % more bytes. zstd's multithreading (`NbWorkers`, the `zstdmt`
-/// feature) does not lower the CPU, it moves it to worker threads: a 2 MB body is one job
-/// at these levels (the job size is at least 4 windows), so it only adds a handoff and a
-/// thread pool per context, and on two cores the workers compete with the tokio workers.
-fn compress(raw: &[u8]) -> std::io::Result<Vec<u8>> {
-    const LEVEL: i32 = 1;
-    COMPRESSOR.with(|slot| {
-        let mut slot = slot
-            .try_borrow_mut()
-            .map_err(|_| std::io::Error::other("zstd context in use"))?;
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Compressor::new(LEVEL)?);
-        }
-        match slot.as_mut() {
-            Some(z) => z.compress(raw),
-            None => Err(std::io::Error::other("no zstd context")),
-        }
-    })
-}
 
 /// Longest `Retry-After` we wait out ourselves before answering the client instead.
 const MAX_INTERNAL_WAIT: Duration = Duration::from_secs(10);
@@ -118,16 +70,6 @@ pub async fn try_run<P: Plan>(
     Ok(resp)
 }
 
-pub(crate) fn user_agent(config: &crate::config::Config) -> String {
-    format!(
-        "codex_cli_rs/{} ({} ; {}) codex-as-api/{}",
-        config.client_version,
-        std::env::consts::OS,
-        std::env::consts::ARCH,
-        env!("CARGO_PKG_VERSION")
-    )
-}
-
 /// A quick prompt size (a token per 4 bytes) for the error mappers; a context-window error
 /// gets the exact count afterwards from `exact_context`, off the async workers.
 fn prompt_size(state: &State, body: &[u8], model: &str) -> PromptSize {
@@ -147,77 +89,6 @@ fn backoff(err: &Error, attempt: u32) -> Option<Duration> {
     Some(Duration::from_millis(base + jitter))
 }
 
-/// The headers of §3.3 that the HTTP request and the WebSocket handshake share.
-fn common_headers(
-    state: &State,
-    auth: &AuthHeaders,
-    upstream: &UpstreamRequest,
-) -> Result<http::HeaderMap, Error> {
-    let conv = HeaderValue::from_str(&upstream.conversation_id)
-        .map_err(|_| Error::bad_request("conversation id is not a valid header value"))?;
-    let mut h = http::HeaderMap::with_capacity(12);
-    h.insert(header::AUTHORIZATION, auth.authorization.clone());
-    h.insert("chatgpt-account-id", auth.account_id.clone());
-    h.insert("originator", HeaderValue::from_static("codex_cli_rs"));
-    if let Ok(ua) = HeaderValue::from_str(&user_agent(&state.config)) {
-        h.insert(header::USER_AGENT, ua);
-    }
-    h.insert("session-id", conv.clone());
-    h.insert("thread-id", conv.clone());
-    h.insert("x-client-request-id", conv);
-    if let Some(sub) = &upstream.subagent
-        && let Ok(v) = HeaderValue::from_str(sub)
-    {
-        h.insert("x-openai-subagent", v);
-    }
-    Ok(h)
-}
-
-fn build_request(
-    state: &State,
-    url: &str,
-    auth: &AuthHeaders,
-    upstream: &UpstreamRequest,
-    body: Bytes,
-    compressed: bool,
-) -> Result<Request<Full<Bytes>>, Error> {
-    let mut b = Request::post(url);
-    if let Some(h) = b.headers_mut() {
-        *h = common_headers(state, auth, upstream)?;
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        if let Ok(v) = HeaderValue::from_str(&state.config.client_version) {
-            h.insert("version", v);
-        }
-        if compressed {
-            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
-        }
-        if upstream.memgen {
-            h.insert("x-openai-memgen-request", HeaderValue::from_static("true"));
-        }
-        if upstream.compaction {
-            h.insert(
-                "x-codex-beta-features",
-                HeaderValue::from_static("remote_compaction_v2"),
-            );
-        }
-        if upstream.lite {
-            h.insert(
-                crate::upstream::request::LITE_HEADER,
-                HeaderValue::from_static("true"),
-            );
-        }
-    }
-    b.body(Full::new(body))
-        .map_err(|e| Error::internal(format!("building the upstream request: {e}")))
-}
-
 /// Send one attempt: over the Responses WebSocket when the transport allows it (the
 /// answer of a refused or failed upgrade falls back to SSE in `auto`), else HTTP + SSE.
 async fn send(
@@ -231,7 +102,7 @@ async fn send(
     let transport = state.config.upstream_transport;
     // Compaction and memory generation stay on HTTP, as their own request kinds.
     if transport != Transport::Sse && !upstream.compaction && !upstream.memgen {
-        let mut headers = common_headers(state, auth, upstream)?;
+        let mut headers = request::common_headers(&state.config.client_version, auth, upstream)?;
         headers.insert("openai-beta", HeaderValue::from_static(ws::BETA));
         if let Ok(v) = HeaderValue::from_str(&format!("{}:0", upstream.conversation_id)) {
             headers.insert("x-codex-window-id", v);
@@ -254,7 +125,14 @@ async fn send(
         }
     }
     let (wire, compressed) = body.wire();
-    let req = build_request(state, url, auth, upstream, wire, compressed)?;
+    let req = request::http_request(
+        &state.config.client_version,
+        url,
+        auth,
+        upstream,
+        wire,
+        compressed,
+    )?;
     state.pool.request(req).await
 }
 
@@ -287,16 +165,9 @@ impl Prepared {
     /// The HTTP body and whether it is zstd-compressed.
     fn wire(&self) -> (Bytes, bool) {
         self.wire
-            .get_or_init(|| wire_form(&self.raw, self.zstd))
+            .get_or_init(|| request::wire_form(&self.raw, self.zstd))
             .clone()
     }
-}
-
-fn wire_form(raw: &Bytes, zstd: bool) -> (Bytes, bool) {
-    if zstd && let Ok(z) = compress(raw) {
-        return (Bytes::from(z), true);
-    }
-    (raw.clone(), false)
 }
 
 /// The upstream body of `upstream` as `(JSON, wire bytes, compressed)`, as an HTTP attempt
@@ -304,7 +175,7 @@ fn wire_form(raw: &Bytes, zstd: bool) -> (Bytes, bool) {
 #[doc(hidden)]
 pub fn prepare_body(upstream: &UpstreamRequest, compress: bool) -> (Bytes, Bytes, bool) {
     let raw = Bytes::from(upstream.body());
-    let (wire, compressed) = wire_form(&raw, compress);
+    let (wire, compressed) = request::wire_form(&raw, compress);
     (raw, wire, compressed)
 }
 
