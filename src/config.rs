@@ -621,7 +621,9 @@ impl Config {
             codex_home: Some(PathBuf::from("/nonexistent-codex-home")),
             ..ServeArgs::default()
         })
-        .unwrap_or_else(|_| unreachable_config());
+        // The defaults are in range by construction (the knob table); a failure here is a
+        // bug in that table, and this is only for tests and benches.
+        .unwrap_or_else(|e| panic!("the default configuration does not resolve: {e}"));
         c.upstream_url = upstream_url.trim_end_matches('/').to_owned();
         c.auth_path = auth_path;
         c.port = 0;
@@ -730,56 +732,6 @@ fn cors_origins(flag: &[String], t: &Toml) -> Vec<String> {
         .map(|o| o.trim().trim_end_matches('/').to_owned())
         .filter(|o| !o.is_empty())
         .collect()
-}
-
-fn unreachable_config() -> Config {
-    // Resolving pure defaults cannot fail; this keeps `for_tests` free of panics anyway.
-    Config {
-        host: IpAddr::from([127, 0, 0, 1]),
-        port: 0,
-        model: "gpt-5.5".into(),
-        small_model: "gpt-5.5".into(),
-        codex_home: PathBuf::new(),
-        config_path: PathBuf::new(),
-        auth_path: PathBuf::new(),
-        upstream_url: String::new(),
-        token_url: String::new(),
-        ca_file: None,
-        upstream_proxy: None,
-        upstream_transport: Transport::Auto,
-        api_key: None,
-        insecure_no_auth: false,
-        demo: false,
-        compress: true,
-        keepalive: Duration::from_secs(10),
-        stream_idle_timeout: Duration::from_secs(300),
-        head_hold: Duration::from_secs(10),
-        max_body_bytes: 32 * 1024 * 1024,
-        max_json_depth: 128,
-        max_concurrent_streams: 4096,
-        upstream_retries: 2,
-        reasoning_field: "reasoning_content".into(),
-        drain: Duration::from_secs(30),
-        header_timeout: Duration::from_secs(30),
-        upstream_max_connections: 32,
-        upstream_idle: Duration::from_secs(90),
-        cors_origins: Vec::new(),
-        context_window: None,
-        auto_compact_token_limit: None,
-        client_version: CODEX_CLIENT_VERSION.into(),
-        history_max_entries: 1024,
-        history_max_bytes: 64 * 1024 * 1024,
-        accounts: Vec::new(),
-        account_limits: Limits {
-            start: 3,
-            ceiling: 8,
-            grow_after: Duration::from_secs(30),
-        },
-        queue_timeout: Duration::from_secs(300),
-        request_read_timeout: Duration::from_secs(60),
-        write_stall: Duration::from_secs(120),
-        max_connections: 8192,
-    }
 }
 
 #[cfg(test)]
