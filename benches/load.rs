@@ -710,7 +710,7 @@ async fn h2_pool(full: bool) {
             wall.as_secs_f64()
         );
         assert_eq!(seen.errors, 0, "every stream completes");
-        if full {
+        if full && limit == 100 {
             assert!(
                 1 + opened >= 3,
                 "at least 3 h2 connections at 100 streams each"
