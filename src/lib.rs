@@ -3,23 +3,31 @@
 //! One request, end to end:
 //!
 //! ```text
-//! client ──HTTP/1.1 or h2──▶ server::route ──▶ dialect::{chat,messages,responses}
-//!         (OpenAI / Anthropic JSON, parsed once)        │ builds ONE upstream body
+//! client ──HTTP/1.1 (server::h1) or h2 (hyper)──▶ server::route ──▶ dialect::{chat,messages,responses}
+//!   (or a Responses WebSocket: server::ws)   (client JSON, parsed once) │ builds ONE upstream body
 //!                                                       ▼
 //!        accounts::route (conversation → account) ──▶ admission (the account's window;
 //!                                                       │ beyond it: queued here)
-//!                  auth::TokenStore (ArcSwap) ──▶ upstream::request (headers + body, zstd)
-//!                                                       │ upstream::conn (pooled HTTP/1.1,
-//!                                                       │ plain http) or the shared
-//!                                                       │ hyper-rustls h2 client (https)
+//!                  auth::TokenStore (ArcSwap) ──▶ upstream::request (headers, body, zstd
+//!                                                       │ only for HTTP)
+//!                                                       │ upstream::ws (a Responses WebSocket
+//!                                                       │ per account and conversation; the
+//!                                                       │ default) or HTTP: upstream::conn
+//!                                                       │ (driven HTTP/1.1, plain http) or
+//!                                                       │ upstream::h2pool (rustls + h2)
 //!                                                       ▼
-//!                          chatgpt.com /backend-api/codex/responses (SSE)
-//!                                                       │ response body (Incoming)
+//!              chatgpt.com /backend-api/codex/responses (WebSocket frames or SSE)
+//!                                                       │ upstream::conn::Upstream (SSE bytes)
 //!                                                       ▼
 //!    body::Translate<E> ── sse::parse (zero-copy lines) ── upstream::events (one event's
 //!    JSON, normalised) ── Delta (the pivot) ── E::encode (the client's bytes, written into
-//!    a reused buffer) ──▶ hyper ──▶ client
+//!    a reused buffer) ──▶ the client's connection
 //! ```
+//!
+//! Dependencies point one way: the server's modules over `body`, over the dialects, over
+//! the upstream modules, over `auth`, `json`, `sse`, `error` and `config`;
+//! `server::respond` is the server's leaf. Circles still left among files (to break):
+//! `upstream::{conn, h2pool, ws}`, `server::{pipeline, backend}`, `emulator::{routes, ws}`.
 //!
 //! Non-streaming requests run the same pipeline; `upstream::collect` aggregates the stream
 //! and the dialect renders the final JSON (the backend only streams).
@@ -35,11 +43,13 @@
 //! - [`admission`]: one account's adaptive window of open upstream streams and its
 //!   two-class, per-conversation-fair queue.
 //! - [`upstream`]: the upstream connections (`client`: the shared hyper-rustls client;
-//!   `conn`: the driven HTTP/1.1 pool the streaming body polls itself), upstream request
-//!   building (strict body allow-list, Responses-lite layout), event decoding into
-//!   `Delta`, stream collection, failure mapping, the rate-limit headers, the model catalog.
+//!   `conn`: the driven HTTP/1.1 pool the streaming body polls itself; `h2pool`: the
+//!   stream-aware h2 pool; `ws`: the Responses WebSocket transport with continuation;
+//!   `proxy`: outbound proxies), upstream request building (strict body allow-list,
+//!   Responses-lite layout, headers, zstd), event decoding into `Delta`, the usage `meter`,
+//!   stream collection, failure mapping, the rate-limit headers, the model catalog.
 //! - [`sse`]: the incremental zero-copy SSE parser and the frame writer.
-//! - [`json`]: string escaping and raw-slice helpers shared by the encoders.
+//! - [`json`]: string escaping, raw-slice helpers and the span scanner (`json::span`).
 //! - [`dialect`]: Chat Completions, Anthropic Messages and Responses: request
 //!   translation, `Delta` → wire bytes, non-stream rendering; `dialect::compact`, the
 //!   compaction endpoints (v2 with the v1 fallback).

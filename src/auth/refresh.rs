@@ -75,7 +75,23 @@ pub(crate) enum Failure {
 
 /// `User-Agent` in the Codex shape, for this client version.
 pub fn user_agent() -> String {
-    crate::upstream::request::user_agent(CLIENT_VERSION)
+    user_agent_for(CLIENT_VERSION)
+}
+
+/// `User-Agent` in the Codex CLI's shape: `codex_cli_rs/<version> (<os>; <arch>) codex-as-api/<ours>`
+/// (the backend's requests use the configured client version).
+pub fn user_agent_for(client_version: &str) -> String {
+    let os = match std::env::consts::OS {
+        "linux" => "Linux",
+        "macos" => "Mac OS",
+        "windows" => "Windows",
+        other => other,
+    };
+    format!(
+        "{ORIGINATOR}/{client_version} ({os}; {}) codex-as-api/{}",
+        std::env::consts::ARCH,
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// One POST to the token endpoint.

@@ -21,20 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::auth::AuthHeaders;
 use crate::error::Error;
 
-/// `User-Agent` in the Codex CLI's shape: `codex_cli_rs/<version> (<os>; <arch>) codex-as-api/<ours>`.
-pub fn user_agent(client_version: &str) -> String {
-    let os = match std::env::consts::OS {
-        "linux" => "Linux",
-        "macos" => "Mac OS",
-        "windows" => "Windows",
-        other => other,
-    };
-    format!(
-        "codex_cli_rs/{client_version} ({os}; {}) codex-as-api/{}",
-        std::env::consts::ARCH,
-        env!("CARGO_PKG_VERSION")
-    )
-}
+pub use crate::auth::user_agent_for as user_agent;
 
 thread_local! {
     /// This worker thread's zstd context, reused by every request it compresses.
