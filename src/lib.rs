@@ -27,7 +27,7 @@
 //! Dependencies point one way: the server's modules over `body`, over the dialects, over
 //! the upstream modules, over `auth`, `json`, `sse`, `error` and `config`;
 //! `server::respond` is the server's leaf. Circles still left among files (to break):
-//! `upstream::{conn, h2pool, ws}`, `server::{pipeline, backend}`, `emulator::{routes, ws}`.
+//! `upstream::{conn, ws}` and `emulator::{routes, ws}`.
 //!
 //! Non-streaming requests run the same pipeline; `upstream::collect` aggregates the stream
 //! and the dialect renders the final JSON (the backend only streams).
@@ -59,7 +59,9 @@
 //! - [`server`]: accept loop (connection limit) and head limits (`head`: 408/431), the
 //!   HTTP/1.1 client connection (`h1`: strict framing, read deadline, write stall; h2
 //!   clients go to hyper, with `h2`'s body bounds and stalled-stream watchdog), routing and
-//!   guards (`route`), the request pipeline with retries (`pipeline`), the unary endpoints
+//!   guards (`route`), entering an account (`admit`), the request pipeline with retries
+//!   (`pipeline`), the Responses WebSocket mode for clients (`ws`), the response builders
+//!   (`respond`), the unary endpoints
 //!   (`endpoints`: models, images, inspect, compaction, usage), unary backend calls and
 //!   the live catalog (`backend`), the `previous_response_id` store (`history`), and the one log line per request (`reqlog`).
 //! - [`cli`]: the user commands besides `serve`: `login` (browser PKCE and device code,

@@ -131,36 +131,3 @@ async fn at_the_connection_cap_streams_wait_for_a_slot() {
     }
     assert_eq!(server.state().pool.h2_connections(), 1);
 }
-
-/// Once the peer's limit is known, a burst opens one connection per that many streams, not
-/// one per stream (each handshake costs the burst's TTFB).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_opens_one_connection_per_peer_limit_of_streams() {
-    let (emu, server, _dir) = h2_backend(10, 32).await;
-    // One answered request teaches the pool the peer's limit.
-    let warm = gated_streams(&server, 1, "warm");
-    emu.open_gate("warm");
-    for s in warm {
-        assert_eq!(s.await.unwrap().0, 200);
-    }
-    assert_eq!(server.state().pool.h2_connections(), 1);
-    until("the warm stream to end upstream", || {
-        emu.live_streams() == 0
-    })
-    .await;
-    let streams = gated_streams(&server, 25, "burst");
-    until("all 25 streams open upstream at once", || {
-        emu.live_streams() == 25
-    })
-    .await;
-    assert_eq!(
-        server.state().pool.h2_connections(),
-        3,
-        "25 streams at 10 per connection"
-    );
-    emu.open_gate("burst");
-    for s in streams {
-        let (status, body) = s.await.unwrap();
-        assert_eq!(status, 200, "{body}");
-    }
-}

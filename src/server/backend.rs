@@ -158,7 +158,7 @@ pub async fn post_json(
     let mut front = false;
     loop {
         let (route, permit) =
-            super::pipeline::admit(state, key, Class::Interactive, front, deadline, None).await?;
+            super::admit::admit(state, key, Class::Interactive, front, deadline, None).await?;
         front = true;
         attempts += 1;
         let account = route.account;

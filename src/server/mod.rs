@@ -17,6 +17,7 @@
 //! (`endpoints`), the exchange store for `previous_response_id` (`history`), the
 //! per-request log line (`reqlog`).
 
+pub mod admit;
 pub mod backend;
 pub mod endpoints;
 pub mod h1;

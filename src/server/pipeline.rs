@@ -20,8 +20,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 
-use crate::accounts::{Account, Route, conversation_key, strip_reasoning};
-use crate::admission::{self, Class, Permit, Refused, Ticket};
+use crate::accounts::{Account, conversation_key, strip_reasoning};
+use crate::admission::Permit;
 use crate::auth::AuthHeaders;
 use crate::body::{Prelude, Timing, Translate};
 use crate::config::Transport;
@@ -179,70 +179,6 @@ pub fn prepare_body(upstream: &UpstreamRequest, compress: bool) -> (Bytes, Bytes
     (raw, wire, compressed)
 }
 
-/// Interactive turns go first; sub-agents, memory generation and the small model wait.
-pub(crate) fn class_of(state: &State, up: &UpstreamRequest) -> Class {
-    let small =
-        state.config.small_model != state.config.model && up.model == state.config.small_model;
-    if up.subagent.is_some() || up.memgen || small {
-        Class::Background
-    } else {
-        Class::Interactive
-    }
-}
-
-/// The one place a request enters an account: route it, then wait for that account's
-/// window (until `deadline`). A request sent away from a cooled account routes again.
-pub(crate) async fn admit(
-    state: &State,
-    conversation: u64,
-    class: Class,
-    front: bool,
-    deadline: Instant,
-    meter: Option<&Meter>,
-) -> Result<(Route, Permit), Error> {
-    loop {
-        let route = state.accounts.route(conversation)?;
-        let waited = Instant::now();
-        let ticket = Ticket {
-            class,
-            conversation,
-            front,
-        };
-        match route.account.admission.acquire(ticket, deadline).await {
-            Ok(permit) => {
-                if let Some(m) = meter {
-                    m.record_attempt(
-                        &route.account.label,
-                        route.moved_from.as_deref(),
-                        waited.elapsed(),
-                    );
-                }
-                return Ok((route, permit));
-            }
-            Err(Refused::Evicted) => continue,
-            Err(Refused::Timeout(stats)) => {
-                return Err(saturated(&route.account.label, stats, waited.elapsed()));
-            }
-        }
-    }
-}
-
-/// The queue deadline passed: 429 in the client's protocol, saying why.
-fn saturated(label: &str, s: admission::Stats, waited: Duration) -> Error {
-    Error::new(
-        ErrorKind::RateLimited,
-        format!(
-            "The concurrency of ChatGPT account '{label}' is saturated: {} of its {} upstream streams are open and {} requests are queued; this request waited {} s (--queue-timeout-secs) without a slot. Retry later, or spread the load over more accounts (--accounts).",
-            s.open,
-            s.window,
-            s.queued,
-            waited.as_secs()
-        ),
-    )
-    .with_code("rate_limit_exceeded")
-    .with_retry_after(5)
-}
-
 /// A failed attempt, before any byte reached the client: `Ok` once it is time to try
 /// again (back through admission), else the error to answer with. Frees (or, for a
 /// concurrency refusal, returns with a shrink) the attempt's window slot.
@@ -341,7 +277,7 @@ async fn run_inner<P: Plan>(
     let mut body = Prepared::new(state, upstream);
     let url = state.config.responses_url();
     let conversation = conversation_key(&upstream.conversation_id);
-    let class = class_of(state, upstream);
+    let class = super::admit::class_of(state, upstream);
     let deadline = Instant::now() + state.config.queue_timeout;
     let timing = Timing {
         keepalive: state.config.keepalive,
@@ -351,7 +287,7 @@ async fn run_inner<P: Plan>(
     let mut stripped = false;
     loop {
         let (route, permit) =
-            admit(state, conversation, class, front, deadline, Some(meter)).await?;
+            super::admit::admit(state, conversation, class, front, deadline, Some(meter)).await?;
         front = true;
         let account = route.account;
         if let Some(from) = &route.moved_from

@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::failure;
 use super::h2pool::{H2Pool, Sent, Slot};
 use super::proxy::Connector;
 use bytes::Bytes;
@@ -176,7 +177,7 @@ impl Pool {
             let err = Error::unreachable(format!("cannot reach the upstream: {}", error_chain(&e)));
             // Retried only when provably not processed: no connection, or the h2 stream
             // refused (RFC 9113 §8.7). Anything else may have started a generation.
-            if e.is_connect() || refused_stream(&e) {
+            if e.is_connect() || failure::refused_stream(&e) {
                 err
             } else {
                 err.not_retryable()
@@ -201,11 +202,11 @@ impl Pool {
                 // A reused connection the server had closed before the request went out:
                 // one more try on a fresh connection is safe. (Closed after it went out
                 // — an incomplete message — it may have started a generation: no retry.)
-                Err(e) if unsent(&e) => {
+                Err(e) if failure::unsent(&e) => {
                     tracing::debug!(error = %e, "pooled upstream connection was closed; reconnecting");
                     return self.send_fresh(copy).await;
                 }
-                Err(e) => return Err(transport(e)),
+                Err(e) => return Err(failure::transport(e)),
             }
         }
         self.send_fresh(req).await
@@ -216,7 +217,7 @@ impl Pool {
         req: Request<ReqBody>,
     ) -> Result<Response<Upstream>, Error> {
         let fresh = self.connect(req.uri()).await?;
-        self.send(fresh, req).await.map_err(transport)
+        self.send(fresh, req).await.map_err(failure::transport)
     }
 
     async fn send(
@@ -285,43 +286,6 @@ impl Pool {
             since: Instant::now(),
         });
     }
-}
-
-/// A failed h2 stream of the pool: retryable only when refused (`REFUSED_STREAM`: not
-/// processed) or never sent.
-pub(super) fn h2_failure(e: &hyper::Error) -> Error {
-    let err = Error::unreachable(format!("cannot reach the upstream: {}", error_chain(e)));
-    if unsent(e) || refused_stream(e) {
-        err
-    } else {
-        err.not_retryable()
-    }
-}
-
-/// hyper never sent the request (the connection was gone before it was dispatched).
-fn unsent(e: &hyper::Error) -> bool {
-    e.is_canceled() || e.is_closed()
-}
-
-/// An h2 `RST_STREAM` / `GOAWAY` with `REFUSED_STREAM` somewhere in the error's chain.
-fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut src = Some(e);
-    while let Some(err) = src {
-        if let Some(h2) = err.downcast_ref::<h2::Error>()
-            && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-        {
-            return true;
-        }
-        src = err.source();
-    }
-    false
-}
-
-/// A transport failure of the plain-HTTP path: retryable only when the request was never
-/// sent (the handshake failed, or hyper had not dispatched it).
-fn transport(e: hyper::Error) -> Error {
-    let err = Error::unreachable(format!("upstream connection failed: {}", error_chain(&e)));
-    if unsent(&e) { err } else { err.not_retryable() }
 }
 
 fn copy_request(req: &Request<ReqBody>) -> Request<ReqBody> {

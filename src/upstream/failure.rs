@@ -2,7 +2,9 @@
 //!
 //! Owns: the error taxonomy of codex-backend.md §11 — HTTP statuses before the stream
 //! (`from_status`) and terminal in-stream events (`from_terminal`) — mapped to kinds,
-//! messages, `Retry-After` and retryability, without losing `resets_at`, plan or codes.
+//! messages, `Retry-After` and retryability, without losing `resets_at`, plan or codes —
+//! and transport failures (`transport`, `h2_failure`): retryable only when the request
+//! provably was not processed (never sent, or an h2 `REFUSED_STREAM`).
 
 use http::HeaderMap;
 
@@ -256,6 +258,49 @@ pub fn incomplete_stream() -> Error {
         "The upstream stream ended before completion.",
     )
     .with_code("upstream_stream_incomplete")
+}
+
+/// A failed h2 stream of the pool: retryable only when refused (`REFUSED_STREAM`: not
+/// processed) or never sent.
+pub(super) fn h2_failure(e: &hyper::Error) -> Error {
+    let err = Error::unreachable(format!(
+        "cannot reach the upstream: {}",
+        super::client::error_chain(e)
+    ));
+    if unsent(e) || refused_stream(e) {
+        err
+    } else {
+        err.not_retryable()
+    }
+}
+
+/// hyper never sent the request (the connection was gone before it was dispatched).
+pub(super) fn unsent(e: &hyper::Error) -> bool {
+    e.is_canceled() || e.is_closed()
+}
+
+/// An h2 `RST_STREAM` / `GOAWAY` with `REFUSED_STREAM` somewhere in the error's chain.
+pub(super) fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src = Some(e);
+    while let Some(err) = src {
+        if let Some(h2) = err.downcast_ref::<h2::Error>()
+            && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+        {
+            return true;
+        }
+        src = err.source();
+    }
+    false
+}
+
+/// A transport failure of the plain-HTTP path: retryable only when the request was never
+/// sent (the handshake failed, or hyper had not dispatched it).
+pub(super) fn transport(e: hyper::Error) -> Error {
+    let err = Error::unreachable(format!(
+        "upstream connection failed: {}",
+        super::client::error_chain(&e)
+    ));
+    if unsent(&e) { err } else { err.not_retryable() }
 }
 
 #[cfg(test)]

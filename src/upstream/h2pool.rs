@@ -68,13 +68,6 @@ pub struct H2Pool {
     conns: Mutex<Vec<Arc<Conn>>>,
     /// Connections being opened (they count against the cap).
     opening: AtomicUsize,
-    /// Requests waiting for a slot on a connection being opened: each opening connection
-    /// is expected to hold as many streams as the peer allowed the last time (`learned`), so
-    /// a burst opens one connection per that many requests, not one per request.
-    claims: AtomicUsize,
-    /// The peer's stream limit as seen on a connection that already answered (its SETTINGS
-    /// were read by then); 0 until one has.
-    learned: AtomicUsize,
     /// A slot was freed or a connection opened.
     changed: tokio::sync::Notify,
     /// The peer answered ALPN with HTTP/1.1: use the shared client instead.
@@ -115,8 +108,6 @@ impl H2Pool {
             connector: Mutex::new(connector),
             conns: Mutex::new(Vec::new()),
             opening: AtomicUsize::new(0),
-            claims: AtomicUsize::new(0),
-            learned: AtomicUsize::new(0),
             changed: tokio::sync::Notify::new(),
             unsupported: AtomicBool::new(false),
             limits: Limits {
@@ -149,10 +140,6 @@ impl H2Pool {
                     Err(e) => return Err(e),
                 },
                 Pick::Wait => changed.await,
-                Pick::Claim => {
-                    let _claim = Claim(self);
-                    changed.await;
-                }
             }
         };
         let slot = Slot {
@@ -161,11 +148,8 @@ impl H2Pool {
         };
         let mut send = conn.send.clone();
         match send.send_request(req).await {
-            Ok(resp) => {
-                self.learned.store(conn.limit(), Ordering::Release);
-                Ok(Sent::Response(resp, slot))
-            }
-            Err(e) => Err(super::conn::h2_failure(&e)),
+            Ok(resp) => Ok(Sent::Response(resp, slot)),
+            Err(e) => Err(super::failure::h2_failure(&e)),
         }
     }
 
@@ -195,14 +179,6 @@ impl H2Pool {
             return Pick::Got(Arc::clone(c));
         }
         let opening = self.opening.load(Ordering::Acquire);
-        // Room on the connections being opened (the opener takes one slot on each), once
-        // the peer's limit is known.
-        let claims = self.claims.load(Ordering::Acquire);
-        let per = self.learned.load(Ordering::Acquire);
-        if claims + opening < opening * per {
-            self.claims.fetch_add(1, Ordering::AcqRel);
-            return Pick::Claim;
-        }
         if conns.len() + opening < self.limits.max_connections {
             self.opening.fetch_add(1, Ordering::AcqRel);
             return Pick::Open;
@@ -229,16 +205,11 @@ impl H2Pool {
             self.unsupported.store(true, Ordering::Release);
             return Ok(None);
         }
-        // Until this connection reads the peer's SETTINGS: what the peer allowed before.
-        let assumed = match self.learned.load(Ordering::Acquire) {
-            0 => ASSUMED_STREAMS,
-            known => known,
-        };
         let (send, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
-            .initial_max_send_streams(assumed)
+            .initial_max_send_streams(ASSUMED_STREAMS)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20))
             .handshake(io)
@@ -248,7 +219,7 @@ impl H2Pool {
             })?;
         // The connection task keeps `peer_limit` current (hyper reads the peer's SETTINGS
         // on the connection, not on `SendRequest`).
-        let peer_limit = Arc::new(AtomicUsize::new(assumed));
+        let peer_limit = Arc::new(AtomicUsize::new(ASSUMED_STREAMS));
         let seen = Arc::clone(&peer_limit);
         tokio::spawn(async move {
             let mut conn = Box::pin(conn);
@@ -281,15 +252,4 @@ enum Pick {
     Got(Arc<Conn>),
     Open,
     Wait,
-    /// Wait for a connection being opened (a claim on one of its slots).
-    Claim,
-}
-
-/// A claim on a slot of a connection being opened, released when its wait ends.
-struct Claim<'a>(&'a H2Pool);
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        self.0.claims.fetch_sub(1, Ordering::AcqRel);
-    }
 }
