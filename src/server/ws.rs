@@ -103,6 +103,8 @@ pub async fn serve(
     let mut config = WebSocketConfig::default();
     config.max_message_size = Some(state.config.max_body_bytes);
     config.max_frame_size = Some(state.config.max_body_bytes);
+    // Small buffers: a client socket mostly waits between turns.
+    config.read_buffer_size = crate::upstream::ws::SOCKET_BUFFER;
     let mut ws =
         WebSocketStream::from_partially_read(stream, buf, Role::Server, Some(config)).await;
     state

@@ -57,6 +57,8 @@ const PING_WAIT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Reconnections for `websocket_connection_limit_reached` within one request.
 const MAX_RECONNECTS: u32 = 2;
+/// tungstenite's read chunk per socket.
+pub const SOCKET_BUFFER: usize = 8 * 1024;
 /// Largest message accepted from the backend.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
@@ -682,6 +684,10 @@ impl Pool {
             let mut config = WebSocketConfig::default();
             config.max_message_size = Some(MAX_MESSAGE);
             config.max_frame_size = Some(MAX_MESSAGE);
+            // A socket waits idle between turns (up to MAX_IDLE of them): tungstenite's
+            // default 128 KiB read and write buffers each would be most of its memory.
+            config.read_buffer_size = SOCKET_BUFFER;
+            config.write_buffer_size = 0;
             Ok::<_, Error>(
                 tokio_tungstenite::client_async_with_config(req, TokioIo::new(io), Some(config))
                     .await,
