@@ -24,7 +24,6 @@ use crate::admission::Limits;
 /// The official client version we present upstream (`version` header, `client_version`).
 pub const CODEX_CLIENT_VERSION: &str = "0.169.0";
 
-/// Flags of `serve` (also accepted at the top level). Every flag names its env var.
 /// How streaming requests reach the backend (`--upstream-transport`).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Transport {
@@ -40,6 +39,7 @@ pub enum Transport {
     Sse,
 }
 
+/// Flags of `serve` (also accepted at the top level). Every flag names its env var.
 #[derive(Args, Clone, Debug, Default)]
 pub struct ServeArgs {
     /// Bind address.
@@ -837,5 +837,112 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.contains("config.toml"), "{err}");
+    }
+}
+
+/// Builds a [`Config`] in code: each `serve` setting by its flag's name (`--max-body-bytes`
+/// is `.max_body_bytes(…)`), then [`ConfigBuilder::build`] resolves it as the command line
+/// would — over `config.toml` in the Codex home, over the defaults — checking every range.
+/// No flag or environment variable is read (the Codex home defaults to `~/.codex`, where the
+/// Codex CLI keeps `auth.json`).
+///
+/// ```
+/// use codex_as_api::Config;
+///
+/// let config = Config::builder()
+///     .port(0u16)
+///     .model("gpt-5.5")
+///     .codex_home("/nonexistent")
+///     .max_body_bytes(1usize << 20)
+///     .build()
+///     .unwrap();
+/// assert_eq!(config.max_body_bytes, 1 << 20);
+/// assert!(Config::builder().keepalive_secs(0u64).build().is_err());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ConfigBuilder {
+    args: ServeArgs,
+}
+
+macro_rules! setters {
+    ($($name:ident: $ty:ty),* $(,)?) => {
+        impl ConfigBuilder {
+            $(
+                #[doc = concat!("`--", stringify!($name), "` (with `-` for `_`).")]
+                pub fn $name(mut self, value: impl Into<$ty>) -> Self {
+                    self.args.$name = Some(value.into());
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    host: IpAddr, port: u16, model: String, small_model: String, auth_path: PathBuf,
+    codex_home: PathBuf, upstream_url: String, token_url: String, ca_file: PathBuf,
+    upstream_proxy: String, upstream_transport: Transport, api_key: String,
+    keepalive_secs: u64, stream_idle_timeout_secs: u64, head_hold_ms: u64,
+    max_body_bytes: usize, max_json_depth: usize, max_concurrent_streams: usize,
+    upstream_retries: u32, reasoning_field: String, drain_secs: u64,
+    header_timeout_secs: u64, upstream_max_connections: usize, upstream_idle_secs: u64,
+    history_max_entries: usize, history_max_bytes: usize, account_max_streams: usize,
+    account_max_streams_ceiling: usize, account_window_grow_secs: u64,
+    queue_timeout_secs: u64, request_read_timeout_secs: u64, write_stall_secs: u64,
+    max_connections: usize,
+}
+
+impl ConfigBuilder {
+    /// `--insecure-no-auth`: allow a non-loopback bind without an API key.
+    pub fn insecure_no_auth(mut self, on: bool) -> Self {
+        self.args.insecure_no_auth = on;
+        self
+    }
+    /// `--demo`: answer from the built-in Codex backend emulator (no ChatGPT login needed).
+    pub fn demo(mut self, on: bool) -> Self {
+        self.args.demo = on;
+        self
+    }
+    /// `--no-compression`: send request bodies to the backend uncompressed.
+    pub fn no_compression(mut self, on: bool) -> Self {
+        self.args.no_compression = on;
+        self
+    }
+    /// `--cors-allow-origin` (repeatable): one more allowed browser origin.
+    pub fn cors_allow_origin(mut self, origin: impl Into<String>) -> Self {
+        self.args.cors_allow_origin.push(origin.into());
+        self
+    }
+    /// `--accounts`: one more ChatGPT login (an auth.json path) to spread work over.
+    pub fn account(mut self, auth_json: impl Into<PathBuf>) -> Self {
+        self.args.accounts.push(auth_json.into());
+        self
+    }
+    /// Resolve and check every setting; an error names the setting out of range.
+    pub fn build(self) -> Result<Config, crate::error::Error> {
+        Config::resolve(&self.args).map_err(crate::error::Error::bad_request)
+    }
+}
+
+/// The `serve` flags' environment variables alone (no command line).
+#[derive(clap::Parser)]
+struct EnvOnly {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+impl Config {
+    /// A builder with nothing set: every setting at its default or its config.toml value.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// Settings as `codex-as-api serve` resolves them with no flags: the `CODEX_AS_API_*`
+    /// environment variables (and `CODEX_HOME`) over config.toml over the defaults.
+    pub fn from_env() -> Result<Config, crate::error::Error> {
+        use clap::Parser;
+        let env = EnvOnly::try_parse_from(["codex-as-api"])
+            .map_err(|e| crate::error::Error::bad_request(e.to_string()))?;
+        Config::resolve(&env.serve).map_err(crate::error::Error::bad_request)
     }
 }

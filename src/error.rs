@@ -146,6 +146,16 @@ impl Error {
         }
     }
 
+    /// What went wrong, coarsely (the status and error type follow from it).
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// How long to wait before trying again, when the backend or the server said so.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after.map(std::time::Duration::from_secs)
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::BadRequest, message)
     }

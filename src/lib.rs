@@ -81,7 +81,13 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod json;
+pub mod provider;
 pub mod server;
 pub mod sse;
 pub mod tokens;
 pub mod upstream;
+
+pub use config::{Config, ConfigBuilder};
+pub use error::{Error, ErrorKind};
+pub use provider::{ChatEvent, ChatResponse, ChatStream, Provider, ToolCall, Usage};
+pub use server::{Server, Service};

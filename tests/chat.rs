@@ -704,7 +704,7 @@ async fn keepalive_comments_flow_while_the_upstream_is_silent() {
 async fn server_on_same_auth(h: &Harness) -> codex_as_api::server::Server {
     let mut config = codex_as_api::config::Config::for_tests(&h.emu.base_url(), h.auth_path());
     config.token_url = h.emu.token_url();
-    codex_as_api::server::Server::start(config).await.unwrap()
+    codex_as_api::server::Server::bind(config).await.unwrap()
 }
 
 #[tokio::test]

@@ -71,7 +71,7 @@ impl Fleet {
                 .collect();
         }
         adjust(&mut config);
-        let server = Server::start(config).await.unwrap();
+        let server = Server::bind(config).await.unwrap();
         Fleet {
             base: format!("http://{}", server.addr()),
             emu,
@@ -723,7 +723,7 @@ async fn a_bad_entry_in_accounts_is_named_in_health_and_the_rest_serve() {
             label: None,
         })
         .collect();
-    let server = Server::start(config).await.unwrap();
+    let server = Server::bind(config).await.unwrap();
     let base = format!("http://{}", server.addr());
     let http = reqwest::Client::new();
     let h: Value = http
@@ -778,7 +778,7 @@ async fn with_no_usable_account_the_client_gets_the_login_hint() {
         .into_iter()
         .map(|path| AccountSpec { path, label: None })
         .collect();
-    let server = Server::start(config).await.unwrap();
+    let server = Server::bind(config).await.unwrap();
     let r = reqwest::Client::new()
         .post(format!("http://{}/v1/chat/completions", server.addr()))
         .json(&json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": "hi"}]}))
@@ -856,7 +856,7 @@ async fn an_h2_stream_refused_before_any_output_is_retried_on_the_tls_upstream()
     let (emu, mut config) = common::tls_emulator(cfg, dir.path(), 3600).await;
     // The h2 path: a refused stream is provably unprocessed.
     config.upstream_transport = codex_as_api::config::Transport::Sse;
-    let server = Server::start(config).await.unwrap();
+    let server = Server::bind(config).await.unwrap();
     let base = format!("http://{}", server.addr());
     let http = reqwest::Client::new();
     for (text, stream) in [

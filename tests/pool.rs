@@ -60,7 +60,7 @@ async fn h2_backend(
     config.upstream_max_connections = max_connections;
     // The h2 pool is the SSE transport's.
     config.upstream_transport = codex_as_api::config::Transport::Sse;
-    let server = codex_as_api::server::Server::start(config).await.unwrap();
+    let server = codex_as_api::server::Server::bind(config).await.unwrap();
     (emu, server, dir)
 }
 

@@ -133,7 +133,7 @@ async fn upstream_and_token_calls_go_through_an_http_connect_proxy_with_credenti
     let (proxy, seen) = connect_proxy().await;
     let (emu, mut config) = backend(dir.path()).await;
     config.upstream_proxy = Some(format!("http://user:secret@{proxy}"));
-    let server = Server::start(config).await.unwrap();
+    let server = Server::bind(config).await.unwrap();
     let (status, v) = chat(&server).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(emu.stats().token_calls, 1, "the refresh went through too");
@@ -152,7 +152,7 @@ async fn upstream_calls_go_through_a_socks5_proxy_that_resolves_the_name() {
     let (proxy, seen) = socks5_proxy().await;
     let (emu, mut config) = backend(dir.path()).await;
     config.upstream_proxy = Some(format!("socks5h://{proxy}"));
-    let server = Server::start(config).await.unwrap();
+    let server = Server::bind(config).await.unwrap();
     let (status, v) = chat(&server).await;
     assert_eq!(status, 200, "{v}");
     let seen = seen.lock().unwrap().clone();
@@ -172,7 +172,7 @@ async fn loopback_upstreams_never_go_through_the_proxy() {
     let mut config = Config::for_tests(&emu.base_url(), auth);
     config.token_url = emu.token_url();
     config.upstream_proxy = Some(format!("http://{proxy}"));
-    let server = Server::start(config).await.unwrap();
+    let server = Server::bind(config).await.unwrap();
     let (status, v) = chat(&server).await;
     assert_eq!(status, 200, "{v}");
     assert!(seen.lock().unwrap().is_empty());

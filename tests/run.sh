@@ -24,3 +24,5 @@ export CODEX_AS_API_TEST_CODEX="$node_dir/node_modules/.bin/codex"
 
 echo "== cargo test (all targets, benches run once as smoke tests)"
 cargo test --all-targets "$@"
+echo "== doc tests (the library examples)"
+cargo test --doc

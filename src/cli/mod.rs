@@ -10,6 +10,7 @@
 //! tokens are written to auth.json only, and error texts carry codes and messages from the
 //! issuer, never a token.
 
+pub mod app;
 pub mod claude;
 pub mod login;
 pub mod usage;

@@ -41,6 +41,7 @@
 
 mod accounts;
 mod catalog;
+mod demo;
 mod oauth;
 mod routes;
 mod rules;
@@ -63,6 +64,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use accounts::AccountStats;
+pub use demo::Demo;
 pub use stream::STAMP_PLACEHOLDER;
 pub use tokens::TestCredentials;
 

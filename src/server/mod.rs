@@ -101,12 +101,23 @@ impl State {
     }
 }
 
-/// A running server.
+/// A running server: bound, serving in the background until [`Server::shutdown`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), codex_as_api::Error> {
+/// use codex_as_api::{Config, Server};
+///
+/// let server = Server::bind(Config::builder().port(8080u16).build()?).await?;
+/// println!("listening on http://{}", server.addr());
+/// server.wait_for_signal().await; // Ctrl-C or SIGTERM: drain, then return
+/// # Ok(()) }
+/// ```
 pub struct Server {
     addr: SocketAddr,
     state: Arc<State>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    _demo: Option<crate::emulator::Demo>,
 }
 
 /// Refuse to expose the proxy without a key: on a non-loopback address, or to every web
@@ -135,8 +146,9 @@ pub fn check_bind_safety(config: &Config) -> Result<(), String> {
 }
 
 impl Server {
-    /// Bind and start serving in the background.
-    pub async fn start(config: Config) -> Result<Server, Error> {
+    /// Bind `config.host:config.port` and start serving in the background (with `--demo`,
+    /// the built-in emulator starts first and serves as the backend).
+    pub async fn bind(config: Config) -> Result<Server, Error> {
         check_bind_safety(&config).map_err(Error::internal)?;
         let listener = TcpListener::bind((config.host, config.port))
             .await
@@ -146,9 +158,15 @@ impl Server {
                     config.host, config.port
                 ))
             })?;
+        Server::serve(config, listener).await
+    }
+
+    /// Serve on a listener the caller bound (`config.host` and `config.port` are not used).
+    pub async fn serve(mut config: Config, listener: TcpListener) -> Result<Server, Error> {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::internal(format!("listener address: {e}")))?;
+        let demo = crate::emulator::Demo::start_if(&mut config).await?;
         let state = Arc::new(State::new(config)?);
         let (shutdown, rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&state), rx));
@@ -157,6 +175,31 @@ impl Server {
             state,
             shutdown,
             task,
+            _demo: demo,
+        })
+    }
+
+    /// The server as a hyper service, to mount in an existing server instead of binding
+    /// one: every endpoint, with the same guards, on `config`'s accounts.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), codex_as_api::Error> {
+    /// use hyper_util::rt::{TokioExecutor, TokioIo};
+    ///
+    /// let service = codex_as_api::Server::service(codex_as_api::Config::from_env()?).await?;
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// let (stream, _) = listener.accept().await.unwrap();
+    /// hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+    ///     .serve_connection(TokioIo::new(stream), service)
+    ///     .await
+    ///     .ok();
+    /// # Ok(()) }
+    /// ```
+    pub async fn service(mut config: Config) -> Result<Service, Error> {
+        let demo = crate::emulator::Demo::start_if(&mut config).await?;
+        Ok(Service {
+            state: Arc::new(State::new(config)?),
+            _demo: demo.map(Arc::new),
         })
     }
 
@@ -172,6 +215,39 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+    }
+
+    /// Serve until SIGINT or SIGTERM, then shut down gracefully.
+    pub async fn wait_for_signal(self) {
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new connections; draining in-flight streams");
+        self.shutdown().await;
+    }
+}
+
+/// Every endpoint as a hyper service ([`Server::service`]); cheap to clone (one per
+/// connection).
+#[derive(Clone)]
+pub struct Service {
+    state: Arc<State>,
+    _demo: Option<Arc<crate::emulator::Demo>>,
+}
+
+impl<B> hyper::service::Service<http::Request<B>> for Service
+where
+    B: route::ReqBody + 'static,
+{
+    type Response = http::Response<respond::RespBody>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn call(&self, req: http::Request<B>) -> Self::Future {
+        let state = Arc::clone(&self.state);
+        // The peer is not known here; the guards do not use it.
+        let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+        Box::pin(async move { Ok(route::handle(state, req, peer).await) })
     }
 }
 
@@ -300,13 +376,6 @@ fn refuse_busy(stream: &tokio::net::TcpStream, max: usize) {
     .with_retry_after(1);
     let _ = stream.try_write(&head::answer_bytes(&err, protocol));
     tracing::debug!(max, "refused a connection over the connection limit");
-}
-
-/// Run until SIGINT/SIGTERM, then shut down gracefully.
-pub async fn run_until_signal(server: Server) {
-    wait_for_signal().await;
-    tracing::info!("shutting down: no new connections; draining in-flight streams");
-    server.shutdown().await;
 }
 
 async fn wait_for_signal() {

@@ -37,6 +37,8 @@ pub fn error_response(err: &Error, protocol: Protocol, request_id: &str) -> Resp
     let status =
         StatusCode::from_u16(err.status(protocol)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = json_response(status, err.body(protocol), request_id);
+    // For in-process callers (`Provider`): the error itself, not only its rendering.
+    resp.extensions_mut().insert(err.clone());
     if let Some(secs) = err.retry_after
         && let Ok(v) = HeaderValue::from_str(&secs.to_string())
     {

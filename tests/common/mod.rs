@@ -44,7 +44,7 @@ impl Harness {
         config.token_url = emu.token_url();
         config.codex_home = dir.path().to_path_buf();
         adjust(&mut config);
-        let server = Server::start(config).await.expect("server starts");
+        let server = Server::bind(config).await.expect("server starts");
         let base = format!("http://{}", server.addr());
         Harness {
             emu,
