@@ -24,7 +24,7 @@ impl Demo {
             .await
             .map_err(|e| Error::internal(format!("cannot start the demo emulator: {e}")))?;
         let dir = tempfile::Builder::new()
-            .prefix("codex-as-api-demo-")
+            .prefix(&format!("codex-as-api-demo-{}-", std::process::id()))
             .tempdir()
             .map_err(|e| Error::internal(format!("demo: {e}")))?;
         let auth = dir.path().join("auth.json");
