@@ -131,3 +131,30 @@ async fn at_the_connection_cap_streams_wait_for_a_slot() {
     }
     assert_eq!(server.state().pool.h2_connections(), 1);
 }
+
+/// A burst opens one connection per peer limit of streams, not one per stream (each
+/// handshake costs the burst's TTFB) — on a fresh pool, before any limit was learned, and
+/// again once it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_opens_one_connection_per_peer_limit_of_streams() {
+    let (emu, server, _dir) = h2_backend(10, 32).await;
+    for round in ["fresh", "learned"] {
+        let streams = gated_streams(&server, 25, round);
+        until("all 25 streams open upstream at once", || {
+            emu.live_streams() == 25
+        })
+        .await;
+        assert_eq!(
+            server.state().pool.h2_connections(),
+            3,
+            "{round}: 25 streams at 10 per connection"
+        );
+        emu.open_gate(round);
+        for s in streams {
+            let (status, body) = s.await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+        }
+        until("the streams to end upstream", || emu.live_streams() == 0).await;
+    }
+}

@@ -11,6 +11,14 @@
 //! head-of-line blocking for long agent streams. Does not own: TLS settings (`client`),
 //! the plain-HTTP driven connections (`conn`) or retries.
 //!
+//! A burst does not open a connection per request: a connection being opened, or open but
+//! not yet confirmed, is counted at the peer's limit (as last learned; 100 before any),
+//! and requests beyond the free slots claim places on it and wait for it. A connection is
+//! confirmed when its first response arrives (the peer's SETTINGS came before it, so the
+//! limit is then the peer's: hyper drives the h2 connection in a task of its own, so its
+//! SETTINGS cannot be watched as they arrive); until then it carries only its opener's
+//! stream, so no stream is ever queued inside h2 behind a limit we did not know yet.
+//!
 //! A peer that does not speak h2 (ALPN picked HTTP/1.1) turns the pool off for the rest of
 //! the process; requests then take the shared hyper-util client.
 
@@ -32,7 +40,7 @@ use crate::error::Error;
 
 /// The most streams used on one connection, whatever the peer allows.
 const MAX_STREAMS_PER_CONNECTION: usize = 1000;
-/// Streams assumed on a new connection until the peer's SETTINGS say otherwise (the common
+/// Streams a burst expects of a connection before any peer's limit was learned (the common
 /// limit of CDN front ends).
 const ASSUMED_STREAMS: usize = 100;
 
@@ -44,11 +52,19 @@ struct Conn {
     open: AtomicUsize,
     /// When it last had no stream open.
     idle_since: Mutex<Instant>,
+    /// A response came, and `peer_limit` was read after it: it is the peer's.
+    confirmed: Arc<AtomicBool>,
+    /// Asks the connection task to read the peer's limit now (after the first response).
+    refresh: Arc<tokio::sync::Notify>,
 }
 
 impl Conn {
-    /// Streams the peer lets us open at once here.
+    /// Streams we put on it at once: the peer's limit once confirmed, else one (its
+    /// opener's).
     fn limit(&self) -> usize {
+        if !self.confirmed.load(Ordering::Acquire) {
+            return 1;
+        }
         self.peer_limit
             .load(Ordering::Acquire)
             .clamp(1, MAX_STREAMS_PER_CONNECTION)
@@ -68,8 +84,12 @@ pub struct H2Pool {
     conns: Mutex<Vec<Arc<Conn>>>,
     /// Connections being opened (they count against the cap).
     opening: AtomicUsize,
-    /// A slot was freed or a connection opened.
-    changed: tokio::sync::Notify,
+    /// Requests waiting for a place on a connection being opened or not yet confirmed.
+    claims: AtomicUsize,
+    /// The peer's stream limit as a confirmed connection last showed it; 0 before any.
+    learned: AtomicUsize,
+    /// A slot was freed, a connection opened or confirmed.
+    changed: Arc<tokio::sync::Notify>,
     /// The peer answered ALPN with HTTP/1.1: use the shared client instead.
     unsupported: AtomicBool,
     limits: Limits,
@@ -108,7 +128,9 @@ impl H2Pool {
             connector: Mutex::new(connector),
             conns: Mutex::new(Vec::new()),
             opening: AtomicUsize::new(0),
-            changed: tokio::sync::Notify::new(),
+            claims: AtomicUsize::new(0),
+            learned: AtomicUsize::new(0),
+            changed: Arc::new(tokio::sync::Notify::new()),
             unsupported: AtomicBool::new(false),
             limits: Limits {
                 max_connections: limits.max_connections.max(1),
@@ -140,6 +162,10 @@ impl H2Pool {
                     Err(e) => return Err(e),
                 },
                 Pick::Wait => changed.await,
+                Pick::Claim => {
+                    let _claim = Claim(self);
+                    changed.await;
+                }
             }
         };
         let slot = Slot {
@@ -148,7 +174,14 @@ impl H2Pool {
         };
         let mut send = conn.send.clone();
         match send.send_request(req).await {
-            Ok(resp) => Ok(Sent::Response(resp, slot)),
+            Ok(resp) => {
+                // The first response: the peer's SETTINGS (sent before it) were read; the
+                // connection task confirms the connection with its limit.
+                if !conn.confirmed.load(Ordering::Acquire) {
+                    conn.refresh.notify_one();
+                }
+                Ok(Sent::Response(resp, slot))
+            }
             Err(e) => Err(super::failure::h2_failure(&e)),
         }
     }
@@ -179,6 +212,20 @@ impl H2Pool {
             return Pick::Got(Arc::clone(c));
         }
         let opening = self.opening.load(Ordering::Acquire);
+        // Places on connections still coming (each one's opener holds one of them).
+        let coming = opening
+            + conns
+                .iter()
+                .filter(|c| !c.confirmed.load(Ordering::Acquire))
+                .count();
+        let per = match self.learned.load(Ordering::Acquire) {
+            0 => ASSUMED_STREAMS,
+            known => known,
+        };
+        if self.claims.load(Ordering::Acquire) < coming * (per - 1) {
+            self.claims.fetch_add(1, Ordering::AcqRel);
+            return Pick::Claim;
+        }
         if conns.len() + opening < self.limits.max_connections {
             self.opening.fetch_add(1, Ordering::AcqRel);
             return Pick::Open;
@@ -217,18 +264,36 @@ impl H2Pool {
             .map_err(|e| {
                 Error::unreachable(format!("upstream h2 handshake failed: {}", error_chain(&e)))
             })?;
-        // The connection task keeps `peer_limit` current (hyper reads the peer's SETTINGS
-        // on the connection, not on `SendRequest`).
+        // The connection task reads the peer's limit when asked (hyper keeps it on the
+        // connection, not on `SendRequest`) and so confirms the connection.
         let peer_limit = Arc::new(AtomicUsize::new(ASSUMED_STREAMS));
-        let seen = Arc::clone(&peer_limit);
+        let confirmed = Arc::new(AtomicBool::new(false));
+        let refresh = Arc::new(tokio::sync::Notify::new());
+        let (seen, sure, asked) = (
+            Arc::clone(&peer_limit),
+            Arc::clone(&confirmed),
+            Arc::clone(&refresh),
+        );
+        let pool = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut conn = Box::pin(conn);
-            let ended = std::future::poll_fn(|cx| {
-                let r = conn.as_mut().poll(cx);
-                seen.store(conn.current_max_send_streams(), Ordering::Release);
-                r
-            })
-            .await;
+            let ended = loop {
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    () = asked.notified() => {
+                        let limit = conn.current_max_send_streams();
+                        seen.store(limit, Ordering::Release);
+                        sure.store(true, Ordering::Release);
+                        if let Some(pool) = pool.upgrade() {
+                            pool.learned.store(
+                                limit.clamp(1, MAX_STREAMS_PER_CONNECTION),
+                                Ordering::Release,
+                            );
+                            pool.changed.notify_waiters();
+                        }
+                    }
+                }
+            };
             if let Err(e) = ended {
                 tracing::debug!(error = %error_chain(&e), "upstream h2 connection ended");
             }
@@ -238,6 +303,8 @@ impl H2Pool {
             peer_limit,
             open: AtomicUsize::new(1),
             idle_since: Mutex::new(Instant::now()),
+            confirmed,
+            refresh,
         });
         lock(&self.conns).push(Arc::clone(&conn));
         tracing::debug!(
@@ -252,4 +319,15 @@ enum Pick {
     Got(Arc<Conn>),
     Open,
     Wait,
+    /// Wait for a connection being opened or confirmed (a claim on one of its places).
+    Claim,
+}
+
+/// A claim on a place of a connection still coming, released when its wait ends.
+struct Claim<'a>(&'a H2Pool);
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0.claims.fetch_sub(1, Ordering::AcqRel);
+    }
 }
