@@ -67,7 +67,11 @@
 //! - [`cli`]: the user commands besides `serve`: `login` (browser PKCE and device code,
 //!   writing the Codex CLI's auth.json), `usage` (rate-limit bars), `claude` and `env`.
 //! - [`emulator`]: a faithful Codex backend on a loopback port for tests, benches and `--demo`.
-//! - `fuzzing`: entry points shared by the fuzz targets and the corpus replay test.
+//! - `fuzzing` (feature `fuzzing`): entry points shared by the fuzz targets and the corpus
+//!   replay test.
+//!
+//! Features: `demo` (default) compiles the emulator in, for `--demo`; `fuzzing` the fuzz
+//!   entry points.
 #![forbid(unsafe_code)]
 pub mod accounts;
 pub mod admission;
@@ -76,8 +80,14 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod dialect;
+#[cfg(feature = "demo")]
 pub mod emulator;
+/// Without the `demo` feature: no emulator, and `--demo` is refused.
+#[cfg(not(feature = "demo"))]
+#[path = "no_demo.rs"]
+mod emulator;
 pub mod error;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod json;
@@ -86,6 +96,11 @@ pub mod server;
 pub mod sse;
 pub mod tokens;
 pub mod upstream;
+
+/// README.md's Rust example is compiled with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub use config::{Config, ConfigBuilder};
 pub use error::{Error, ErrorKind};

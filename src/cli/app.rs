@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use crate::cli::claude::Shell;
 use crate::cli::{claude, login, print_out, usage};
 use crate::config::{Config, ServeArgs};
+#[cfg(feature = "demo")]
 use crate::emulator::{Chunking, Emulator, EmulatorConfig};
 use crate::server::Server;
 use crate::upstream::client::HttpClient;
@@ -62,6 +63,7 @@ enum Command {
     /// Print the environment for Claude Code as shell exports (`eval "$(codex-as-api env)"`).
     Env(EnvArgs),
     /// Run only the built-in Codex backend emulator (for tests and benchmarks).
+    #[cfg(feature = "demo")]
     Emulator {
         /// Port to listen on (0 = any free port).
         #[arg(long, env = "CODEX_AS_API_EMULATOR_PORT", default_value_t = 0)]
@@ -243,7 +245,9 @@ where
         }
     };
     let default_level = match cli.command {
-        None | Some(Command::Serve(_)) | Some(Command::Emulator { .. }) => "info",
+        None | Some(Command::Serve(_)) => "info",
+        #[cfg(feature = "demo")]
+        Some(Command::Emulator { .. }) => "info",
         Some(_) => "error",
     };
     init_logging(&cli.log, default_level);
@@ -261,6 +265,7 @@ where
         match cli.command {
             None => serve(cli.serve).await,
             Some(Command::Serve(args)) => serve(*args).await,
+            #[cfg(feature = "demo")]
             Some(Command::Emulator {
                 port,
                 tls,
@@ -363,6 +368,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
+#[cfg(feature = "demo")]
 async fn emulator(
     port: u16,
     tls: bool,
