@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::accounts::AccountSpec;
-use crate::admission::Limits;
+pub use crate::accounts::AccountSpec;
+pub use crate::admission::Limits;
 
 /// The official client version we present upstream (`version` header, `client_version`).
 pub const CODEX_CLIENT_VERSION: &str = "0.169.0";

@@ -73,13 +73,30 @@
 //! Features: `demo` (default) compiles the emulator in, for `--demo`; `fuzzing` the fuzz
 //!   entry points.
 #![forbid(unsafe_code)]
-pub mod accounts;
-pub mod admission;
-pub mod auth;
-pub mod body;
+// Without `internals`, items only the crate's own tests and benches use are unused here.
+#![cfg_attr(not(feature = "internals"), allow(dead_code))]
+
+/// Modules internal to the crate: `pub(crate)`, or `pub` (hidden) with the `internals`
+/// feature, which only the crate's own tests and benches turn on (its dev-dependency on
+/// itself).
+macro_rules! internal {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[cfg(feature = "internals")]
+            #[doc(hidden)]
+            pub mod $name;
+            #[cfg(not(feature = "internals"))]
+            pub(crate) mod $name;
+        )*
+    };
+}
+
+internal!(
+    accounts, admission, auth, body, dialect, json, server, sse, tokens, upstream
+);
+
 pub mod cli;
 pub mod config;
-pub mod dialect;
 #[cfg(feature = "demo")]
 pub mod emulator;
 /// Without the `demo` feature: no emulator, and `--demo` is refused.
@@ -90,12 +107,7 @@ pub mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod json;
 pub mod provider;
-pub mod server;
-pub mod sse;
-pub mod tokens;
-pub mod upstream;
 
 /// README.md's Rust example is compiled with the doc tests.
 #[cfg(doctest)]

@@ -51,7 +51,7 @@ use claims::Claims;
 use file::{Stamp, Tokens, Unusable};
 use refresh::{Failure, Reason};
 
-pub use refresh::{CLIENT_ID, CLIENT_VERSION, ORIGINATOR, user_agent, user_agent_for};
+pub use refresh::{CLIENT_ID, ORIGINATOR, user_agent, user_agent_for};
 
 /// Refresh before use when the access token expires in less than this (§12.4).
 const REFRESH_MARGIN_SECS: i64 = 5 * 60;

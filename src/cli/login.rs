@@ -68,7 +68,6 @@ struct Issued {
 pub struct Saved {
     pub email: Option<String>,
     pub plan: Option<String>,
-    pub account_id: Option<String>,
 }
 
 /// Run the chosen flow and save the credentials.
@@ -156,7 +155,6 @@ fn save(path: &Path, t: &Issued) -> Result<Saved, String> {
     Ok(Saved {
         email: claims.email.or(access.email),
         plan: claims.plan.or(access.plan),
-        account_id,
     })
 }
 

@@ -11,9 +11,9 @@
 //! issuer, never a token.
 
 pub mod app;
-pub mod claude;
-pub mod login;
-pub mod usage;
+pub(crate) mod claude;
+pub(crate) mod login;
+pub(crate) mod usage;
 
 use std::time::Duration;
 

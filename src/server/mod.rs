@@ -207,6 +207,8 @@ impl Server {
         self.addr
     }
 
+    /// The server's shared state (for the crate's own tests).
+    #[doc(hidden)]
     pub fn state(&self) -> &Arc<State> {
         &self.state
     }
