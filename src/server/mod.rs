@@ -304,7 +304,15 @@ fn refuse_busy(stream: &tokio::net::TcpStream, max: usize) {
 
 /// Run until SIGINT/SIGTERM, then shut down gracefully.
 pub async fn run_until_signal(server: Server) {
-    wait_for_signal().await;
+    run_until(server, std::future::pending()).await;
+}
+
+/// Run until SIGINT/SIGTERM or until `stop` resolves, then shut down gracefully.
+pub async fn run_until(server: Server, stop: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        _ = stop => tracing::info!("stopping: the session that started this server ended"),
+    }
     tracing::info!("shutting down: no new connections; draining in-flight streams");
     server.shutdown().await;
 }
