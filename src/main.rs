@@ -144,7 +144,7 @@ struct ClaudeArgs {
     serve: ServeArgs,
     /// Keep a server this command starts running after Claude Code exits (by default it
     /// stops with Claude Code; a server that was already running is always left alone).
-    #[arg(long)]
+    #[arg(long, env = "CODEX_AS_API_KEEP_SERVER")]
     keep_server: bool,
     /// Arguments for Claude Code (after `--`). The binary is $CODEX_AS_API_CLAUDE_BIN or `claude`.
     #[arg(last = true)]

@@ -445,13 +445,14 @@ fn run_examples(port: Option<u16>) -> usize {
         // The outermost request is the last curl to finish.
         let (status, content_type) = errs[i]
             .lines()
+            .rev()
             .filter_map(|l| l.strip_prefix(STATUS))
             .map(|l| {
                 let mut w = l.split_whitespace();
                 let status: u16 = w.next().and_then(|s| s.parse().ok()).unwrap_or(0);
                 (status, w.next().unwrap_or("").to_owned())
             })
-            .last()
+            .next()
             .unwrap_or_else(|| panic!("{what}: curl reported no status: {}", errs[i]));
         match documented_status(&ex.text) {
             Some(want) => assert_eq!(status, want, "{what}\n{}", outs[i]),
