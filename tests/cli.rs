@@ -671,6 +671,50 @@ async fn claude_stops_the_server_it_started_when_claude_code_exits() {
     );
 }
 
+/// The launcher outlives Ctrl-C (Claude Code's to handle), passes SIGTERM on to Claude Code,
+/// returns its status and stops the server it started.
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_passes_sigterm_on_and_survives_sigint() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().unwrap();
+    let script = home.path().join("fake-claude");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ntrap 'echo got-term; kill $pid; exit 9' TERM\nsleep 60 &\npid=$!\necho ready\nwait $pid\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let mut child = bin(home.path())
+        .args(["claude", "--demo", "--port", &port.to_string()])
+        .env("CODEX_AS_API_CLAUDE_BIN", &script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(next_line(&mut out).await, "ready");
+    let launcher = child.id().unwrap().to_string();
+    let kill = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &launcher])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    kill("-INT");
+    kill("-TERM");
+    assert_eq!(next_line(&mut out).await, "got-term");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the launcher exits after Claude Code")
+        .unwrap();
+    assert_eq!(status.code(), Some(9));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn claude_reports_a_missing_claude_binary() {
     let h = common::Harness::start().await;

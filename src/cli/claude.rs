@@ -467,19 +467,19 @@ fn first_run(key: &str) {
 async fn run_claude(cmd: std::process::Command) -> Result<std::process::ExitStatus, String> {
     use tokio::signal::unix::{SignalKind, signal};
     let bin = cmd.get_program().to_owned();
+    let sig = |k: SignalKind| signal(k).map_err(|e| format!("cannot handle signals: {e}"));
+    // Registered (before Claude Code starts), these no longer stop this process; the
+    // terminal sends them to Claude Code (same process group) too.
+    let mut int = sig(SignalKind::interrupt())?;
+    let mut quit = sig(SignalKind::quit())?;
+    let mut term = sig(SignalKind::terminate())?;
+    let mut hup = sig(SignalKind::hangup())?;
     let mut cmd = tokio::process::Command::from(cmd);
     let mut child = cmd.spawn().map_err(|e| missing_claude(&bin, &e))?;
     let pid = child
         .id()
         .and_then(|p| i32::try_from(p).ok())
         .and_then(rustix::process::Pid::from_raw);
-    let sig = |k: SignalKind| signal(k).map_err(|e| format!("cannot handle signals: {e}"));
-    // Registered here, these no longer stop this process; the terminal sends them to
-    // Claude Code (same process group) too.
-    let mut int = sig(SignalKind::interrupt())?;
-    let mut quit = sig(SignalKind::quit())?;
-    let mut term = sig(SignalKind::terminate())?;
-    let mut hup = sig(SignalKind::hangup())?;
     loop {
         let forward = tokio::select! {
             status = child.wait() => {
