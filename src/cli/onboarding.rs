@@ -32,11 +32,11 @@ pub fn config_path() -> Option<PathBuf> {
     Some(PathBuf::from(dir).join(".claude.json"))
 }
 
-/// What Claude Code stores for `key`: its last 20 characters, after trimming.
+/// What Claude Code stores for `key`: `key.trim().slice(-20)`, its last 20 UTF-16 code
+/// units (characters, for the ASCII keys there are).
 pub fn key_tail(key: &str) -> String {
-    let key = key.trim();
-    let n = key.chars().count();
-    key.chars().skip(n.saturating_sub(KEY_TAIL)).collect()
+    let units: Vec<u16> = key.trim().encode_utf16().collect();
+    String::from_utf16_lossy(&units[units.len().saturating_sub(KEY_TAIL)..])
 }
 
 /// What the merge did.
