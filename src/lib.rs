@@ -65,7 +65,8 @@
 //!   (`endpoints`: models, images, inspect, compaction, usage), unary backend calls and
 //!   the live catalog (`backend`), the `previous_response_id` store (`history`), and the one log line per request (`reqlog`).
 //! - [`cli`]: the user commands besides `serve`: `login` (browser PKCE and device code,
-//!   writing the Codex CLI's auth.json), `usage` (rate-limit bars), `claude` and `env`.
+//!   writing the Codex CLI's auth.json), `usage` (rate-limit bars), `claude` (with Claude
+//!   Code's first-run settings: `onboarding`) and `env`.
 //! - [`emulator`]: a faithful Codex backend on a loopback port for tests, benches and `--demo`.
 //! - `fuzzing` (feature `fuzzing`): entry points shared by the fuzz targets and the corpus
 //!   replay test.

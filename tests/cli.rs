@@ -484,10 +484,25 @@ async fn claude_runs_against_a_running_server_with_the_right_env() {
         .env("CODEX_AS_API_CLAUDE_BIN", &script)
         .env("ANTHROPIC_AUTH_TOKEN", "would-win-over-the-key")
         .env("CLAUDE_CODE_USE_BEDROCK", "1")
+        .env("CLAUDE_CONFIG_DIR", home.path().join("claude-config"))
         .status()
         .await
         .unwrap();
     assert_eq!(status.code(), Some(7), "Claude Code's exit status is ours");
+    // Claude Code's first run is done for it, where CLAUDE_CONFIG_DIR says.
+    let cfg: Value = serde_json::from_slice(
+        &std::fs::read(home.path().join("claude-config/.claude.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["hasCompletedOnboarding"], true);
+    assert_eq!(
+        cfg["customApiKeyResponses"]["approved"],
+        serde_json::json!(["codex-as-api"])
+    );
+    assert!(!home.path().join(".claude.json").exists());
+    // A server that was already running is left alone.
+    let health = get_json(&reqwest::Client::new(), &h.url("/health")).await;
+    assert_eq!(health["status"], "ok");
     let env = recorded_env(&record);
     assert_eq!(
         env["ANTHROPIC_BASE_URL"],
@@ -519,6 +534,7 @@ async fn claude_starts_the_server_in_the_background_when_none_runs() {
     let o = bin(home.path())
         .args([
             "claude",
+            "--keep-server",
             "--port",
             &port.to_string(),
             "--api-key",
@@ -556,7 +572,8 @@ async fn claude_starts_the_server_in_the_background_when_none_runs() {
     let base = format!("http://127.0.0.1:{port}");
     assert_eq!(env["ANTHROPIC_BASE_URL"], base);
     assert_eq!(env["ANTHROPIC_API_KEY"], "sk-local-test");
-    // The background server outlives the launcher and serves Claude Code's requests.
+    // With --keep-server the background server outlives the launcher and serves Claude
+    // Code's requests.
     let http = reqwest::Client::new();
     let health = get_json(&http, &format!("{base}/health")).await;
     assert_eq!(health["auth_available"], true);
@@ -574,6 +591,128 @@ async fn claude_starts_the_server_in_the_background_when_none_runs() {
     assert_eq!(resp.status(), 200);
     let log = std::fs::read_to_string(home.path().join(".codex/codex-as-api.log")).unwrap();
     assert!(log.contains("listening"), "{log}");
+}
+
+/// A fake Claude Code that also records the server's /health while it runs.
+fn fake_claude_probing(dir: &Path) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let (script, record) = fake_claude(dir);
+    let body = std::fs::read_to_string(&script).unwrap().replace(
+        "exit 7",
+        &format!(
+            "curl -s \"$ANTHROPIC_BASE_URL/health\" > '{}.health'\nexit 7",
+            record.display()
+        ),
+    );
+    std::fs::write(&script, body).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, record)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_stops_the_server_it_started_when_claude_code_exits() {
+    let home = tempfile::tempdir().unwrap();
+    let (script, record) = fake_claude_probing(home.path());
+    // Claude Code's config exists already: merged into, never replaced.
+    std::fs::write(
+        home.path().join(".claude.json"),
+        r#"{"theme":"light","customApiKeyResponses":{"approved":["older-key"],"rejected":[]}}"#,
+    )
+    .unwrap();
+    let port = free_port();
+    let o = bin(home.path())
+        .args(["claude", "--demo", "--port", &port.to_string()])
+        .env("CODEX_AS_API_API_KEY", "sk-local-0123456789abcdefghijXYZ")
+        .env("CODEX_AS_API_CLAUDE_BIN", &script)
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "Claude Code's exit status is ours: {err}"
+    );
+    assert!(err.contains("stops when Claude Code exits"), "{err}");
+    let pid: u32 = err
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the launcher names the server's pid: {err}"));
+    // The server served while Claude Code ran…
+    let health: Value =
+        serde_json::from_slice(&std::fs::read(record.with_extension("health")).unwrap()).unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["demo"], true);
+    // …and was gone (reaped) when the launcher returned.
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the server (pid {pid}) still runs"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    let log = std::fs::read_to_string(home.path().join(".codex/codex-as-api.log")).unwrap();
+    assert!(
+        log.contains("the session that started this server ended"),
+        "{log}"
+    );
+    // The first-run settings, merged: the key's last 20 characters approved.
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(home.path().join(".claude.json")).unwrap()).unwrap();
+    assert_eq!(cfg["theme"], "light");
+    assert_eq!(cfg["hasCompletedOnboarding"], true);
+    assert_eq!(
+        cfg["customApiKeyResponses"]["approved"],
+        serde_json::json!(["older-key", "3456789abcdefghijXYZ"])
+    );
+    assert!(
+        !err.contains("sk-local-0123456789abcdefghijXYZ"),
+        "the key is never printed"
+    );
+}
+
+/// The launcher outlives Ctrl-C (Claude Code's to handle), passes SIGTERM on to Claude Code,
+/// returns its status and stops the server it started.
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_passes_sigterm_on_and_survives_sigint() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().unwrap();
+    let script = home.path().join("fake-claude");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ntrap 'echo got-term; kill $pid; exit 9' TERM\nsleep 60 &\npid=$!\necho ready\nwait $pid\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let mut child = bin(home.path())
+        .args(["claude", "--demo", "--port", &port.to_string()])
+        .env("CODEX_AS_API_CLAUDE_BIN", &script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(next_line(&mut out).await, "ready");
+    let launcher = child.id().unwrap().to_string();
+    let kill = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &launcher])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    kill("-INT");
+    kill("-TERM");
+    assert_eq!(next_line(&mut out).await, "got-term");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the launcher exits after Claude Code")
+        .unwrap();
+    assert_eq!(status.code(), Some(9));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -309,6 +309,110 @@ async fn compact_falls_back_to_v1_and_answers_anthropic_shape_on_the_alias() {
     assert_eq!(e["type"], "error");
 }
 
+/// The original project's body: Chat messages, no `model`, content as a string or parts.
+#[tokio::test]
+async fn compact_accepts_the_chat_shaped_body() {
+    let h = Harness::start().await;
+    let r = h
+        .post(
+            "/v1/compact",
+            &json!({"messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "first question"},
+                {"role": "assistant", "content": [{"type": "text", "text": "first answer"}]},
+                {"role": "user", "content": [{"type": "text", "text": "second question"}]}
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "response.compaction");
+    // No model in the body: the server's.
+    assert_eq!(v["model"], h.server.state().config.model.as_str());
+    let out = v["output"].as_array().unwrap();
+    assert_eq!(out.len(), 3, "{v}");
+    assert_eq!(out[0]["role"], "user");
+    assert_eq!(out[0]["content"][0]["text"], "first question");
+    assert_eq!(out[1]["content"][0]["text"], "second question");
+    assert_eq!(out[2]["type"], "compaction");
+    // Upstream: the system message as instructions, the rest as input items, the trigger last.
+    let up = h.last_upstream();
+    assert!(
+        up.body["instructions"]
+            .as_str()
+            .unwrap()
+            .contains("Be brief."),
+        "{}",
+        up.body
+    );
+    let input = up.body["input"].as_array().unwrap();
+    assert_eq!(input.len(), 4, "{}", up.body);
+    assert_eq!(input[0]["role"], "user");
+    assert_eq!(input[0]["content"][0]["type"], "input_text");
+    assert_eq!(input[1]["role"], "assistant");
+    assert_eq!(input[1]["content"][0]["text"], "first answer");
+    assert_eq!(input[2]["content"][0]["text"], "second question");
+    assert_eq!(input[3]["type"], "compaction_trigger");
+    assert!(!input.iter().any(|i| i["role"] == "system"));
+
+    // A named model is used (and echoed); the v1 fallback works for this shape too.
+    let r = h
+        .post(
+            "/v1/compact",
+            &json!({"model": "gpt-5.5", "reasoning_effort": "low", "messages": [
+                {"role": "user", "content": "EMU:no-compaction-v2 hi"}
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["model"], "gpt-5.5");
+    assert_eq!(
+        v["output"].as_array().unwrap().last().unwrap()["type"],
+        "compaction"
+    );
+}
+
+#[tokio::test]
+async fn compact_refuses_a_bad_chat_shaped_body_in_openai_shape() {
+    let h = Harness::start().await;
+    let cases = [
+        (json!({"messages": "hi"}), "messages"),
+        (json!({"messages": []}), "messages"),
+        (
+            json!({"messages": [{"role": "wizard", "content": "x"}]}),
+            "messages[0].role",
+        ),
+        (json!({"messages": [{"content": "x"}]}), "messages[0]"),
+        (json!({"messages": ["x"]}), "messages[0]"),
+        (
+            json!({"messages": [{"role": "user", "content": 7}]}),
+            "messages[0].content",
+        ),
+        (
+            json!({"model": 5, "messages": [{"role": "user", "content": "x"}]}),
+            "model",
+        ),
+        (
+            json!({"input": "x", "messages": [{"role": "user", "content": "x"}]}),
+            "messages",
+        ),
+    ];
+    for (body, param) in cases {
+        let r = h.post("/v1/compact", &body).await;
+        assert_eq!(r.status(), 400, "{body}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["type"], "invalid_request_error", "{body}: {e}");
+        assert_eq!(e["error"]["param"], param, "{body}: {e}");
+        assert!(!error_message(&e).is_empty());
+    }
+    // Neither shape: the Responses dialect's answer, as before.
+    let r = h.post("/v1/compact", &json!({"model": "gpt-5.5"})).await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "input");
+}
+
 #[tokio::test]
 async fn usage_reports_plan_windows_and_credits() {
     let h = Harness::start().await;

@@ -146,6 +146,10 @@ struct UsageArgs {
 struct ClaudeArgs {
     #[command(flatten)]
     serve: ServeArgs,
+    /// Keep a server this command starts running after Claude Code exits (by default it
+    /// stops with Claude Code; a server that was already running is always left alone).
+    #[arg(long, env = "CODEX_AS_API_KEEP_SERVER")]
+    keep_server: bool,
     /// Arguments for Claude Code (after `--`). The binary is $CODEX_AS_API_CLAUDE_BIN or `claude`.
     #[arg(last = true)]
     claude_args: Vec<OsString>,
@@ -262,7 +266,7 @@ where
         }
     };
     let result = runtime.block_on(async move {
-        match cli.command {
+        let done: Result<(), String> = match cli.command {
             None => serve(cli.serve).await,
             Some(Command::Serve(args)) => serve(*args).await,
             #[cfg(feature = "demo")]
@@ -299,14 +303,15 @@ where
             }
             Some(Command::Claude(a)) => {
                 let config = Config::resolve(&a.serve)?;
-                claude::launch(
+                return claude::launch(
                     &client(&config)?,
                     &config,
                     &a.serve,
                     &log_argv(&cli.log),
                     &a.claude_args,
+                    a.keep_server,
                 )
-                .await
+                .await;
             }
             Some(Command::Completions { shell }) => {
                 let mut cmd = Cli::command();
@@ -314,10 +319,11 @@ where
                 clap_complete::generate(shell, &mut cmd, "codex-as-api", &mut text);
                 print_out(&text)
             }
-        }
+        };
+        done.map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(msg) => {
             eprintln!("codex-as-api: {msg}");
             ExitCode::FAILURE
@@ -364,8 +370,33 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         env!("CARGO_PKG_VERSION"),
         server.addr()
     );
-    server.wait_for_signal().await;
+    if std::env::var_os(claude::STOP_ON_STDIN_EOF).is_some() {
+        // Started by `claude` for one session: stop when the launcher's pipe closes.
+        server.wait_for_signal_or(stdin_closed()).await;
+    } else {
+        server.wait_for_signal().await;
+    }
     Ok(())
+}
+
+/// Resolves when stdin reaches end of file (or fails). A plain thread, not tokio's stdin:
+/// a read pending on tokio's blocking pool would hold up the runtime's shutdown.
+async fn stdin_closed() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("stdin-eof".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin().lock();
+            while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+            let _ = tx.send(());
+        });
+    if spawned.is_ok() {
+        let _ = rx.await;
+    } else {
+        std::future::pending::<()>().await;
+    }
 }
 
 #[cfg(feature = "demo")]

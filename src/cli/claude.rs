@@ -7,8 +7,15 @@
 //! `CLAUDE_CODE_AUTO_COMPACT_WINDOW` (Claude Code assumes 200k for ids it does not know),
 //! the offline switches, and the variables that would send it elsewhere unset; rendering
 //! that set as `sh`, `fish` or PowerShell; finding a running server through `/health` (its
-//! model and window win over the local config) or starting one in the background; and
-//! replacing this process with `claude` (`$CODEX_AS_API_CLAUDE_BIN` or `claude` on `PATH`).
+//! model and window win over the local config) or starting one in the background; Claude
+//! Code's first-run answers (`onboarding`); and running `claude` (`$CODEX_AS_API_CLAUDE_BIN`
+//! or `claude` on `PATH`). When it found a server running, or was told `--keep-server`, this
+//! process becomes Claude Code (exec). When it started the server itself, Claude Code runs as
+//! its child and the server stops when Claude Code exits: the server was started with its
+//! stdin a pipe from this process and `STOP_ON_STDIN_EOF` set, so it shuts down gracefully
+//! when the pipe closes (also if this process is killed). Meanwhile Ctrl-C and friends are
+//! Claude Code's (this process ignores SIGINT and SIGQUIT) and SIGTERM/SIGHUP are passed on
+//! to it; its exit status is ours.
 //!
 //! Does not own: the server (`server`), which it starts as `codex-as-api serve` in its own
 //! process group with the same settings, logging to `$CODEX_HOME/codex-as-api.log`.
@@ -32,6 +39,11 @@ use crate::upstream::client::HttpClient;
 pub const PLACEHOLDER_KEY: &str = "codex-as-api";
 /// How long a freshly started server may take to answer `/health`.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Set in the environment of a server `claude` starts for one session: `serve` then shuts
+/// down when its stdin reaches end of file (the launcher exited or closed the pipe).
+pub const STOP_ON_STDIN_EOF: &str = "CODEX_AS_API_STOP_ON_STDIN_EOF";
+/// How long a server stopped after Claude Code exits may take before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Shell syntax for `env`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -321,17 +333,35 @@ pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Vec<(&'static str, String
     (argv, env)
 }
 
-/// Start `codex-as-api serve` detached, logging to `log`, and wait until it answers.
+/// A server this process started.
+struct Started {
+    child: std::process::Child,
+    /// The write end of the server's stdin when it stops with this session.
+    stop: Option<std::process::ChildStdin>,
+}
+
+/// The program that runs this command line, when it is not the current executable (the
+/// Python and npm packages' launchers).
+pub const SELF_EXE: &str = "CODEX_AS_API_EXE";
+
+/// Start `codex-as-api serve` detached, logging to `log`, and wait until it answers. With
+/// `session`, the server stops when its stdin pipe (held in `Started::stop`) closes.
 async fn start_server(
     client: &HttpClient,
     base: &str,
     args: &ServeArgs,
     log_args: &[OsString],
     log: &std::path::Path,
-) -> Result<Value, String> {
+    session: bool,
+) -> Result<(Value, Started), String> {
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe()
-        .map_err(|e| format!("cannot find this program to start the server: {e}"))?;
+    // The Python and npm packages run this command line inside their interpreter: they
+    // name the program that runs it again in CODEX_AS_API_EXE.
+    let exe = match std::env::var_os(SELF_EXE) {
+        Some(exe) if !exe.is_empty() => std::path::PathBuf::from(exe),
+        _ => std::env::current_exe()
+            .map_err(|e| format!("cannot find this program to start the server: {e}"))?,
+    };
     let (mut argv, env) = serve_argv(args);
     argv.extend(log_args.iter().cloned());
     if let Some(dir) = log.parent() {
@@ -347,24 +377,36 @@ async fn start_server(
         .map_err(|e| format!("server log {}: {e}", log.display()))?;
     let mut cmd = std::process::Command::new(&exe);
     cmd.args(&argv)
-        .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err)
         // Its own process group: Ctrl-C in Claude Code does not stop the server.
         .process_group(0);
+    if session {
+        cmd.stdin(std::process::Stdio::piped())
+            .env(STOP_ON_STDIN_EOF, "1");
+    } else {
+        cmd.stdin(std::process::Stdio::null())
+            .env_remove(STOP_ON_STDIN_EOF);
+    }
     cmd.envs(env);
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    let stop = child.stdin.take();
     eprintln!(
-        "codex-as-api: started the server in the background (pid {}, log {})",
+        "codex-as-api: started the server in the background (pid {}, log {}){}",
         child.id(),
-        log.display()
+        log.display(),
+        if session {
+            "; it stops when Claude Code exits (--keep-server keeps it)"
+        } else {
+            ""
+        }
     );
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
         if let Some(h) = probe(client, base, args.api_key.as_deref()).await {
-            return Ok(h);
+            return Ok((h, Started { child, stop }));
         }
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!(
@@ -373,6 +415,8 @@ async fn start_server(
             ));
         }
         if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
             return Err(format!(
                 "the background server did not answer {base}/health within {} s; see {}",
                 START_TIMEOUT.as_secs(),
@@ -381,6 +425,90 @@ async fn start_server(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Stop a server started for this session: close its stdin, wait for its graceful exit.
+async fn stop_server(mut started: Started) {
+    drop(started.stop.take());
+    let pid = started.child.id();
+    let child = tokio::task::spawn_blocking(move || {
+        let status = started.child.wait();
+        (started, status)
+    });
+    match tokio::time::timeout(STOP_TIMEOUT, child).await {
+        Ok(Ok((_, Ok(_)))) => {}
+        Ok(Ok((mut s, Err(e)))) => {
+            eprintln!("codex-as-api: waiting for the server (pid {pid}): {e}");
+            let _ = s.child.kill();
+        }
+        Ok(Err(e)) => eprintln!("codex-as-api: waiting for the server (pid {pid}): {e}"),
+        Err(_) => {
+            eprintln!(
+                "codex-as-api: the server (pid {pid}) did not stop within {} s; killing it",
+                STOP_TIMEOUT.as_secs()
+            );
+            if let Some(pid) = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+/// Mark Claude Code's onboarding done and approve `key` (problems are reported, not fatal).
+fn first_run(key: &str) {
+    let Some(path) = super::onboarding::config_path() else {
+        return;
+    };
+    match super::onboarding::apply(&path, key) {
+        Ok(m) if m.rejected => eprintln!(
+            "codex-as-api: Claude Code has this API key recorded as rejected in {}; approve it in Claude Code's /config (\"Use custom API key\")",
+            path.display()
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("codex-as-api: Claude Code's first-run settings: {e}"),
+    }
+}
+
+/// Run `cmd` as a child (signals handled as the module docs say) and return its status.
+async fn run_claude(cmd: std::process::Command) -> Result<std::process::ExitStatus, String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let bin = cmd.get_program().to_owned();
+    let sig = |k: SignalKind| signal(k).map_err(|e| format!("cannot handle signals: {e}"));
+    // Registered (before Claude Code starts), these no longer stop this process; the
+    // terminal sends them to Claude Code (same process group) too.
+    let mut int = sig(SignalKind::interrupt())?;
+    let mut quit = sig(SignalKind::quit())?;
+    let mut term = sig(SignalKind::terminate())?;
+    let mut hup = sig(SignalKind::hangup())?;
+    let mut cmd = tokio::process::Command::from(cmd);
+    let mut child = cmd.spawn().map_err(|e| missing_claude(&bin, &e))?;
+    let pid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(rustix::process::Pid::from_raw);
+    loop {
+        let forward = tokio::select! {
+            status = child.wait() => {
+                return status.map_err(|e| format!("waiting for Claude Code: {e}"));
+            }
+            _ = int.recv() => None,
+            _ = quit.recv() => None,
+            _ = term.recv() => Some(rustix::process::Signal::TERM),
+            _ = hup.recv() => Some(rustix::process::Signal::HUP),
+        };
+        if let (Some(s), Some(pid)) = (forward, pid) {
+            let _ = rustix::process::kill_process(pid, s);
+        }
+    }
+}
+
+fn missing_claude(bin: &std::ffi::OsStr, err: &std::io::Error) -> String {
+    format!(
+        "cannot run {bin:?} ({err}); install Claude Code (`npm install -g @anthropic-ai/claude-code`) or set CODEX_AS_API_CLAUDE_BIN"
+    )
 }
 
 /// `codex-as-api env`.
@@ -403,38 +531,60 @@ fn claude_bin() -> OsString {
         .unwrap_or_else(|| "claude".into())
 }
 
-/// `codex-as-api claude [-- ARGS]`: only returns on failure (the process becomes Claude).
+/// `codex-as-api claude [-- ARGS]`: Claude Code's exit status. Where this process becomes
+/// Claude Code (a server was running, or `keep_server`), it only returns on failure.
 pub async fn launch(
     client: &HttpClient,
     config: &Config,
     args: &ServeArgs,
     log_args: &[OsString],
     claude_args: &[OsString],
-) -> Result<(), String> {
+    keep_server: bool,
+) -> Result<std::process::ExitCode, String> {
     use std::os::unix::process::CommandExt;
     let mut target = Target::from_config(config);
-    let health = match probe(client, &target.base_url, config.api_key.as_deref()).await {
-        Some(h) => h,
+    let (health, started) = match probe(client, &target.base_url, config.api_key.as_deref()).await {
+        Some(h) => (h, None),
         None => {
             let log = config.codex_home.join("codex-as-api.log");
-            start_server(client, &target.base_url, args, log_args, &log).await?
+            let (h, s) =
+                start_server(client, &target.base_url, args, log_args, &log, !keep_server).await?;
+            (h, Some(s))
         }
     };
     apply_health(&mut target, &health);
+    let key = config.api_key.as_deref();
+    first_run(key.unwrap_or(PLACEHOLDER_KEY));
     let bin = claude_bin();
     let mut cmd = std::process::Command::new(&bin);
     cmd.args(claude_args);
-    for v in vars(&target, config.api_key.as_deref()) {
+    for v in vars(&target, key) {
         match v {
             Var::Set(k, val) => cmd.env(k, val),
             Var::Unset(k) => cmd.env_remove(k),
         };
     }
-    let err = cmd.exec();
-    Err(format!(
-        "cannot run {:?} ({err}); install Claude Code (`npm install -g @anthropic-ai/claude-code`) or set CODEX_AS_API_CLAUDE_BIN",
-        bin
-    ))
+    match started {
+        Some(s) if !keep_server => {
+            let status = run_claude(cmd).await;
+            stop_server(s).await;
+            let status = status?;
+            let code = match status.code() {
+                Some(c) => c,
+                None => {
+                    use std::os::unix::process::ExitStatusExt;
+                    128 + status.signal().unwrap_or(0)
+                }
+            };
+            Ok(std::process::ExitCode::from(
+                u8::try_from(code).unwrap_or(1),
+            ))
+        }
+        _ => {
+            let err = cmd.exec();
+            Err(missing_claude(&bin, &err))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The user-facing subcommands besides `serve`: `login` (browser PKCE and device-code
 //! sign-in, §13), `usage` (the account's rate-limit windows, §19), `claude` (runs Claude
-//! Code against this server) and `env` (the same settings as shell exports).
+//! Code against this server, its first run done in `onboarding`) and `env` (the same
+//! settings as shell exports).
 //!
 //! Owns: those flows and their terminal output, and the small HTTP helpers they share (one
 //! request, a whole small body, a timeout) over the pooled upstream client.
@@ -13,6 +14,7 @@
 pub mod app;
 pub(crate) mod claude;
 pub(crate) mod login;
+pub(crate) mod onboarding;
 pub(crate) mod usage;
 
 use std::time::Duration;

@@ -1,8 +1,8 @@
-//! Remote compaction checkpoints: `POST /v1/compact` (OpenAI Responses shape) and
-//! `POST /v1/messages/compact` (Anthropic shape).
+//! Remote compaction checkpoints: `POST /v1/compact` (OpenAI Responses shape, for a
+//! Responses- or Chat-shaped request) and `POST /v1/messages/compact` (Anthropic shape).
 //!
-//! Owns: turning an already translated request (`UpstreamRequest` from the `responses` or
-//! `messages` dialect) into the compaction v2 request (the history plus a final
+//! Owns: turning an already translated request (`UpstreamRequest` from the `responses`,
+//! `chat` or `messages` dialect) into the compaction v2 request (the history plus a final
 //! `{"type":"compaction_trigger"}`, codex-backend.md §17.2) and into the v1 body for the
 //! `/responses/compact` fallback (§17.1); and rendering the checkpoint the client continues
 //! from: the history's user messages followed by the one `compaction` item, which is exactly

@@ -10,7 +10,8 @@
 //! * `POST /v1/inspect`: a prompt plus images, answered by the model through the Chat
 //!   dialect (stream optional), non-stream as `{"text",…}`;
 //! * `POST /v1/compact`, `/v1/messages/compact`: compaction v2 through `/responses`, falling
-//!   back to v1 `/responses/compact`;
+//!   back to v1 `/responses/compact`; `/v1/compact` takes a Responses-shaped body or a
+//!   Chat-shaped one (`{"messages":[…]}`, translated by the Chat dialect);
 //! * `GET /usage`: `/wham/usage` (§19) merged with the latest `x-codex-*` header snapshot.
 
 use std::sync::Arc;
@@ -426,8 +427,8 @@ fn final_error(e: &Error) -> bool {
     )
 }
 
-/// `POST /v1/compact` (a Responses-shaped body) and `POST /v1/messages/compact` (a
-/// Messages-shaped body, answered in Anthropic's shape).
+/// `POST /v1/compact` (a Responses-shaped body, or the original project's Chat-shaped one)
+/// and `POST /v1/messages/compact` (a Messages-shaped body, answered in Anthropic's shape).
 pub async fn compact(
     state: &Arc<State>,
     headers: &HeaderMap,
@@ -442,12 +443,20 @@ pub async fn compact(
         headers,
     };
     let plan = match protocol {
-        Protocol::OpenAi => {
-            let mut p = responses::translate(body, &ctx)?;
-            // Compacting a kept conversation by id works too.
-            state.history.chain(&mut p)?;
-            CompactPlan::new(p.upstream(), protocol, p.client_model())
-        }
+        Protocol::OpenAi => match chat_shaped(body, &state.config.model)? {
+            // The original project's body: `{"messages":[…]}` (model optional).
+            Some(mut chat_body) => {
+                let mut p = chat::translate(&mut chat_body, &ctx)?;
+                state.history.chain(&mut p)?;
+                CompactPlan::new(p.upstream(), protocol, p.client_model())
+            }
+            None => {
+                let mut p = responses::translate(body, &ctx)?;
+                // Compacting a kept conversation by id works too.
+                state.history.chain(&mut p)?;
+                CompactPlan::new(p.upstream(), protocol, p.client_model())
+            }
+        },
         Protocol::Anthropic => {
             let p = messages::translate(body, &ctx)?;
             CompactPlan::new(p.upstream(), protocol, p.client_model())
@@ -472,6 +481,31 @@ pub async fn compact(
         backend::post_json(state, &url, &v1_body, &extra, protocol, COMPACT_TIMEOUT).await?;
     let out = client_plan.render_v1(&reply)?;
     Ok(json_response(StatusCode::OK, out, request_id))
+}
+
+/// `POST /v1/compact` with a Chat-shaped body (`messages`, no `input`): that body, with the
+/// server's model filled in when it names none, for the Chat dialect (leading system and
+/// developer messages become the instructions, the rest input items, as for
+/// `/v1/chat/completions`). `None` for a Responses-shaped body (or one that is not JSON:
+/// the Responses dialect reports it).
+fn chat_shaped(body: &[u8], default_model: &str) -> Result<Option<Vec<u8>>, Error> {
+    let Ok(Value::Object(mut req)) = serde_json::from_slice::<Value>(body) else {
+        return Ok(None);
+    };
+    if !req.contains_key("messages") {
+        return Ok(None);
+    }
+    if req.contains_key("input") {
+        return Err(bad(
+            "messages",
+            "send either `input` (a Responses-shaped body) or `messages` (a Chat-shaped body), not both",
+        ));
+    }
+    if matches!(req.get("model"), None | Some(Value::Null)) {
+        req.insert("model".to_owned(), Value::from(default_model));
+        return Ok(Some(Value::Object(req).to_string().into_bytes()));
+    }
+    Ok(Some(body.to_vec()))
 }
 
 /// A plan shared with the caller (the fallback needs it after the pipeline consumed one).

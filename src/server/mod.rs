@@ -221,7 +221,15 @@ impl Server {
 
     /// Serve until SIGINT or SIGTERM, then shut down gracefully.
     pub async fn wait_for_signal(self) {
-        wait_for_signal().await;
+        self.wait_for_signal_or(std::future::pending()).await;
+    }
+
+    /// Serve until SIGINT or SIGTERM, or until `stop` resolves, then shut down gracefully.
+    pub async fn wait_for_signal_or(self, stop: impl std::future::Future<Output = ()>) {
+        tokio::select! {
+            _ = wait_for_signal() => {}
+            _ = stop => tracing::info!("stopping: asked to"),
+        }
         tracing::info!("shutting down: no new connections; draining in-flight streams");
         self.shutdown().await;
     }
