@@ -224,11 +224,12 @@ impl Server {
         self.wait_for_signal_or(std::future::pending()).await;
     }
 
-    /// Serve until SIGINT or SIGTERM, or until `stop` resolves, then shut down gracefully.
+    /// Serve until SIGINT or SIGTERM, or until `stop` resolves (the session that started
+    /// this server ended), then shut down gracefully.
     pub async fn wait_for_signal_or(self, stop: impl std::future::Future<Output = ()>) {
         tokio::select! {
             _ = wait_for_signal() => {}
-            _ = stop => tracing::info!("stopping: asked to"),
+            _ = stop => tracing::info!("stopping: the session that started this server ended"),
         }
         tracing::info!("shutting down: no new connections; draining in-flight streams");
         self.shutdown().await;
