@@ -28,11 +28,12 @@ use bytes::BytesMut;
 use simd_json::BorrowedValue as Value;
 use simd_json::prelude::*;
 
-use super::responses::{lite_namespace, write_tool_call_head};
-use super::{
-    Ctx, Encoder, Plan, bad, field, is_base64, opt_bool, opt_str, parse_object, req_model,
-    type_name, unix_now, want_array, want_str,
+use super::fields::{
+    bad, field, is_base64, opt_bool, opt_str, parse_object, req_model, type_name, want_array,
+    want_str,
 };
+use super::items::{lite_namespace, write_tool_call_head};
+use super::{Ctx, Encoder, KeepAs, Plan, PlanCore, unix_now};
 use crate::error::{Error, Protocol};
 use crate::json::{join_array, write_str, write_str_body, write_u64, write_value};
 use crate::upstream::catalog::ModelInfo;
@@ -49,12 +50,10 @@ const DEFAULT_SCHEMA_NAME: &str = "codex_output_schema";
 
 /// A translated Chat request and everything needed to answer it.
 pub struct ChatPlan {
-    upstream: UpstreamRequest,
+    /// The request, the client's model (echoed in every answer), chaining and keeping.
+    core: PlanCore,
     names: ToolNames,
-    stream: bool,
     include_usage: bool,
-    /// The model name the client asked for (echoed in every answer).
-    client_model: String,
     /// `reasoning_content` or `reasoning`.
     reasoning_field: String,
     /// The request used only legacy `functions`: answer with `function_call`.
@@ -62,10 +61,6 @@ pub struct ChatPlan {
     /// The `chatcmpl-…` id of the answer (fixed per request so a kept exchange is found
     /// under the id the client saw).
     id: String,
-    /// `previous_response_id`: the kept exchange this request continues.
-    previous: Option<String>,
-    /// Keep this exchange for `previous_response_id` (`store: true`, or a chained request).
-    keep: bool,
 }
 
 /// Translate a Chat Completions request body (parsed in place).
@@ -163,17 +158,22 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ChatPlan, Error> {
         compaction: false,
         lite: info.is_some_and(|m| m.responses_lite),
     };
+    let id = random_id("chatcmpl-");
+    // Kept for `previous_response_id` on `store: true`, or when it continues a kept exchange.
+    let keep = previous.is_some() || opt_bool(&root, "store")? == Some(true);
     Ok(ChatPlan {
-        upstream,
+        core: PlanCore {
+            upstream,
+            client_model: model.to_owned(),
+            stream,
+            keep: keep.then(|| KeepAs::Fixed(id.clone())),
+            previous,
+        },
         names,
-        stream,
         include_usage,
-        client_model: model.to_owned(),
         reasoning_field: ctx.config.reasoning_field.clone(),
         legacy,
-        id: random_id("chatcmpl-"),
-        keep: previous.is_some() || opt_bool(&root, "store")? == Some(true),
-        previous,
+        id,
     })
 }
 
@@ -280,7 +280,7 @@ fn function_tool(f: &Value<'_>, param: &str, names: &mut ToolNames) -> Result<To
     let name = tool_head(&mut json, "function", f, param, names)?;
     json.extend_from_slice(b",\"parameters\":");
     match field(f, "parameters") {
-        Some(p) if p.is_object() => write_value(&mut json, p),
+        Some(p) if p.is_object() => write_value(&mut json, p, None),
         Some(p) => {
             return Err(bad(
                 param,
@@ -326,15 +326,15 @@ fn custom_tool(c: &Value<'_>, param: &str, names: &mut ToolNames) -> Result<Tool
                 json.extend_from_slice(b"{\"type\":\"grammar\"");
                 if let Some(s) = field(g, "syntax") {
                     json.extend_from_slice(b",\"syntax\":");
-                    write_value(&mut json, s);
+                    write_value(&mut json, s, None);
                 }
                 if let Some(d) = field(g, "definition") {
                     json.extend_from_slice(b",\"definition\":");
-                    write_value(&mut json, d);
+                    write_value(&mut json, d, None);
                 }
                 json.push(b'}');
             }
-            _ => write_value(&mut json, format),
+            _ => write_value(&mut json, format, None),
         }
     }
     json.push(b'}');
@@ -508,7 +508,7 @@ fn text_options(root: &Value<'_>, info: Option<&ModelInfo>) -> Result<Option<Vec
                 write_str(&mut format, name);
                 format.extend_from_slice(b",\"schema\":");
                 match field(js, "schema") {
-                    Some(s) if s.is_object() => write_value(&mut format, s),
+                    Some(s) if s.is_object() => write_value(&mut format, s, None),
                     Some(s) => {
                         return Err(bad(
                             "response_format",
@@ -1155,10 +1155,10 @@ fn assistant_message(
 /// Call arguments as a JSON string (some clients send an object instead of a string).
 fn write_payload(out: &mut Vec<u8>, v: Option<&Value<'_>>, custom: bool) {
     match v {
-        Some(v) if v.is_str() => write_value(out, v),
+        Some(v) if v.is_str() => write_value(out, v, None),
         Some(v) => {
             let mut compact = Vec::new();
-            write_value(&mut compact, v);
+            write_value(&mut compact, v, None);
             write_str(out, &String::from_utf8_lossy(&compact));
         }
         None if custom => out.extend_from_slice(b"\"\""),
@@ -1196,23 +1196,12 @@ fn incomplete_reason(reason: Option<&str>) -> &'static str {
 }
 
 impl ChatPlan {
-    /// Restores client tool names (exposed for the pipeline's tests and logs).
-    pub fn tool_names(&self) -> &ToolNames {
-        &self.names
-    }
-
-    /// Whether the client asked for the final usage chunk.
-    pub fn include_usage(&self) -> bool {
-        self.include_usage
-    }
-
-    /// The model name the client asked for.
-    pub fn client_model(&self) -> &str {
-        &self.client_model
-    }
-
     fn service_tier(&self) -> &str {
-        self.upstream.service_tier.as_deref().unwrap_or("default")
+        self.core
+            .upstream
+            .service_tier
+            .as_deref()
+            .unwrap_or("default")
     }
 }
 
@@ -1223,16 +1212,8 @@ impl Plan for ChatPlan {
         Protocol::OpenAi
     }
 
-    fn client_model(&self) -> &str {
-        &self.client_model
-    }
-
-    fn upstream(&self) -> &UpstreamRequest {
-        &self.upstream
-    }
-
-    fn stream(&self) -> bool {
-        self.stream
+    fn core(&self) -> &PlanCore {
+        &self.core
     }
 
     fn encoder(&self) -> ChatEncoder {
@@ -1243,16 +1224,8 @@ impl Plan for ChatPlan {
         render(self, c, &self.id, unix_now())
     }
 
-    fn previous_response_id(&self) -> Option<&str> {
-        self.previous.as_deref()
-    }
-
     fn upstream_mut(&mut self) -> Option<&mut UpstreamRequest> {
-        Some(&mut self.upstream)
-    }
-
-    fn keep_as(&self) -> Option<super::KeepAs> {
-        self.keep.then(|| super::KeepAs::Fixed(self.id.clone()))
+        Some(&mut self.core.upstream)
     }
 }
 
@@ -1299,7 +1272,7 @@ fn render(plan: &ChatPlan, c: &Collected, id: &str, created: u64) -> Vec<u8> {
     out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
     write_u64(&mut out, created);
     out.extend_from_slice(b",\"model\":");
-    write_str(&mut out, &plan.client_model);
+    write_str(&mut out, &plan.core.client_model);
     out.extend_from_slice(
         b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
     );
@@ -1417,13 +1390,13 @@ pub struct ChatEncoder {
 
 impl ChatEncoder {
     fn new(plan: &ChatPlan, id: &str, created: u64) -> Self {
-        let mut prefix = Vec::with_capacity(160 + plan.client_model.len());
+        let mut prefix = Vec::with_capacity(160 + plan.core.client_model.len());
         prefix.extend_from_slice(b"data: {\"id\":");
         write_str(&mut prefix, id);
         prefix.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
         write_u64(&mut prefix, created);
         prefix.extend_from_slice(b",\"model\":");
-        write_str(&mut prefix, &plan.client_model);
+        write_str(&mut prefix, &plan.core.client_model);
         prefix.extend_from_slice(b",\"system_fingerprint\":null,");
         let head_len = prefix.len();
         prefix.extend_from_slice(b"\"choices\":[{\"index\":0,\"delta\":");

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use serde_json::{Value, json};
 
-use super::{Encoder, Plan};
+use super::{Encoder, Plan, PlanCore};
 use crate::error::{Error, ErrorKind, Protocol};
 use crate::upstream::collect::{Collected, Item};
 use crate::upstream::events::{Delta, Usage};
@@ -23,9 +23,9 @@ use crate::upstream::request::{UpstreamRequest, random_id};
 
 /// A compaction request, ready to run (never streamed).
 pub struct CompactPlan {
-    upstream: UpstreamRequest,
+    /// The v2 request and the client's model (named in the checkpoint); never streamed.
+    core: PlanCore,
     protocol: Protocol,
-    client_model: String,
     /// The user messages of the history (kept in the checkpoint, as v1 does).
     kept: Vec<Value>,
 }
@@ -66,15 +66,14 @@ impl CompactPlan {
         upstream.include_sources = false;
         CompactPlan {
             kept: user_messages(&translated.input),
-            upstream,
+            core: PlanCore::new(upstream, client_model.to_owned(), false),
             protocol,
-            client_model: client_model.to_owned(),
         }
     }
 
     /// The body for the v1 fallback `POST /responses/compact` (no `include`, no `store`).
     pub fn v1_body(&self) -> Vec<u8> {
-        let up = &self.upstream;
+        let up = &self.core.upstream;
         let original = serde_json::from_slice::<Vec<Value>>(&up.input)
             .unwrap_or_default()
             .into_iter()
@@ -138,7 +137,7 @@ impl CompactPlan {
                 "id": if response_id.is_empty() { random_id("cmp_") } else { response_id.to_owned() },
                 "object": "response.compaction",
                 "created_at": created,
-                "model": self.client_model,
+                "model": self.core.client_model,
                 "output": output,
                 "usage": {
                     "input_tokens": usage.input,
@@ -165,7 +164,7 @@ impl CompactPlan {
                     "id": random_id("msg_"),
                     "type": "message",
                     "role": "assistant",
-                    "model": self.client_model,
+                    "model": self.core.client_model,
                     "content": content,
                     "stop_reason": "compaction",
                     "stop_sequence": null,
@@ -199,12 +198,13 @@ impl Plan for CompactPlan {
         self.protocol
     }
 
-    fn upstream(&self) -> &UpstreamRequest {
-        &self.upstream
+    fn core(&self) -> &PlanCore {
+        &self.core
     }
 
-    fn stream(&self) -> bool {
-        false
+    /// The request log names the backend model for a compaction.
+    fn client_model(&self) -> &str {
+        &self.core.upstream.model
     }
 
     fn encoder(&self) -> NoStream {
@@ -275,16 +275,19 @@ mod tests {
             Protocol::OpenAi,
             "m",
         );
-        let input: Vec<Value> = serde_json::from_slice(&p.upstream.input).unwrap();
+        let input: Vec<Value> = serde_json::from_slice(&p.core.upstream.input).unwrap();
         assert_eq!(input.len(), 3);
         assert_eq!(input[2]["type"], "compaction_trigger");
-        assert!(p.upstream.compaction);
+        assert!(p.core.upstream.compaction);
         assert_eq!(p.kept.len(), 1);
         let v1: Value = serde_json::from_slice(&p.v1_body()).unwrap();
         assert_eq!(v1["input"].as_array().unwrap().len(), 2);
         assert!(v1.get("include").is_none() && v1.get("store").is_none());
         let empty = CompactPlan::new(&up("[]"), Protocol::OpenAi, "m");
-        assert_eq!(empty.upstream.input, br#"[{"type":"compaction_trigger"}]"#);
+        assert_eq!(
+            empty.core.upstream.input,
+            br#"[{"type":"compaction_trigger"}]"#
+        );
     }
 
     #[test]

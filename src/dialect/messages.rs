@@ -31,10 +31,11 @@ use bytes::{BufMut, BytesMut};
 use simd_json::BorrowedValue as Value;
 use simd_json::prelude::*;
 
-use super::responses::{lite_namespace, write_tool_call_head};
-use super::{Ctx, Encoder, Plan, is_base64, parse_body};
+use super::fields::{field, is_base64, str_field, type_error};
+use super::items::{lite_namespace, write_tool_call_head};
+use super::{Ctx, Encoder, Plan, PlanCore, parse_body};
 use crate::error::{Error, Protocol};
-use crate::json::{RawStrings, write_str, write_u64};
+use crate::json::{RawStrings, write_str, write_u64, write_value};
 use crate::upstream::collect::{Collected, Finish, Item, OwnedCitation};
 use crate::upstream::events::{Citation, Delta, Source, Usage};
 use crate::upstream::request::{ToolChoice, ToolNames, UpstreamRequest, random_id, stable_id};
@@ -87,83 +88,6 @@ pub fn open_signature(sig: &str) -> Option<(String, String)> {
 // ---------------------------------------------------------------------------------------
 // Small JSON helpers over the parsed request
 // ---------------------------------------------------------------------------------------
-
-/// A field that is present and not `null`.
-fn field<'v, 'a>(v: &'v Value<'a>, key: &str) -> Option<&'v Value<'a>> {
-    match v {
-        Value::Object(o) => o.get(key).filter(|x| !x.is_null()),
-        _ => None,
-    }
-}
-
-fn str_field<'v>(v: &'v Value<'_>, key: &str) -> Option<&'v str> {
-    field(v, key).and_then(|x| x.as_str())
-}
-
-fn kind_name(v: &Value<'_>) -> &'static str {
-    match v {
-        Value::Static(simd_json::StaticNode::Null) => "null",
-        Value::Static(simd_json::StaticNode::Bool(_)) => "a boolean",
-        Value::Static(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn type_error(path: &str, expected: &str, got: &Value<'_>) -> Error {
-    Error::bad_request(format!(
-        "{path}: expected {expected}, got {}",
-        kind_name(got)
-    ))
-    .with_param(path.to_owned())
-}
-
-/// Write a parsed value as compact JSON. Objects keep the client's key order (simd-json keeps
-/// insertion order up to 32 keys); larger objects are written with sorted keys, so the bytes
-/// sent upstream stay stable between requests (prompt caching) whatever the map's hasher does.
-/// Strings are copied from the request's text where they can be (`raw`).
-fn write_json(out: &mut Vec<u8>, v: &Value<'_>, raw: &RawStrings<'_>) {
-    match v {
-        Value::Static(_) => crate::json::write_value(out, v),
-        Value::String(s) => raw.write_str(out, s),
-        Value::Array(a) => {
-            out.push(b'[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_json(out, x, raw);
-            }
-            out.push(b']');
-        }
-        Value::Object(o) => {
-            out.push(b'{');
-            if o.len() <= 32 {
-                for (i, (k, x)) in o.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    raw.write_str(out, k);
-                    out.push(b':');
-                    write_json(out, x, raw);
-                }
-            } else {
-                let mut entries: Vec<_> = o.iter().collect();
-                entries.sort_by(|a, b| a.0.cmp(b.0));
-                for (i, (k, x)) in entries.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    raw.write_str(out, k);
-                    out.push(b':');
-                    write_json(out, x, raw);
-                }
-            }
-            out.push(b'}');
-        }
-    }
-}
 
 fn push_sep(buf: &mut Vec<u8>, count: &mut usize) {
     if *count > 0 {
@@ -393,7 +317,7 @@ impl<'r> Translator<'r> {
                 self.flush_reasoning();
                 self.scratch.clear();
                 match field(block, "input") {
-                    Some(v) => write_json(&mut self.scratch, v, &self.raw),
+                    Some(v) => write_value(&mut self.scratch, v, Some(&self.raw)),
                     None => self.scratch.extend_from_slice(b"{}"),
                 }
                 let up = self.names.add(name).into_owned();
@@ -824,10 +748,8 @@ fn write_image(
 
 /// A translated Messages request.
 pub struct MessagesPlan {
-    upstream: UpstreamRequest,
-    /// The model name the client asked for (echoed in answers).
-    model: String,
-    stream: bool,
+    /// The request and the client's model (echoed in answers); never chained or kept.
+    core: PlanCore,
     stop_sequences: Vec<String>,
     names: ToolNames,
     /// Whether reasoning is shown as `thinking` blocks (thinking enabled or adaptive).
@@ -837,23 +759,6 @@ pub struct MessagesPlan {
     /// Citations are possible (web search enabled): keep message text for `cited_text`.
     citations: bool,
     input_estimate: u64,
-}
-
-impl MessagesPlan {
-    /// The client's `stop_sequences` (honoured locally).
-    pub fn stop_sequences(&self) -> &[String] {
-        &self.stop_sequences
-    }
-
-    /// The model name the client asked for.
-    pub fn client_model(&self) -> &str {
-        &self.model
-    }
-
-    /// Mutable access to the upstream request (e.g. for the pipeline's subagent headers).
-    pub fn upstream_mut(&mut self) -> &mut UpstreamRequest {
-        &mut self.upstream
-    }
 }
 
 /// Translate a `POST /v1/messages` body.
@@ -866,8 +771,8 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<MessagesPlan, Error> 
 /// counts the upstream body with o200k_base.
 pub fn count_tokens(body: &mut [u8], ctx: &Ctx<'_>) -> Result<Vec<u8>, Error> {
     let plan = build(body, ctx, true)?;
-    let n = crate::tokens::count_upstream_body(&plan.upstream.body()).max(1);
-    let window = ctx.context_window(&plan.upstream.model);
+    let n = crate::tokens::count_upstream_body(&plan.core.upstream.body()).max(1);
+    let window = ctx.context_window(&plan.core.upstream.model);
     let limit = ctx.config.auto_compact_limit(window);
     let mut out = Vec::with_capacity(96);
     out.extend_from_slice(br#"{"input_tokens":"#);
@@ -1001,7 +906,7 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
                 if i == 0
                     && let Some(c) = content
                 {
-                    write_json(&mut first_content, c, &t.raw);
+                    write_value(&mut first_content, c, Some(&t.raw));
                 }
                 let role = str_field(m, "role").unwrap_or("user");
                 if !lenient && !matches!(role, "user" | "assistant" | "system" | "developer") {
@@ -1082,7 +987,7 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
         out.extend_from_slice(
             br#"{"format":{"type":"json_schema","name":"codex_output_schema","strict":false,"schema":"#,
         );
-        write_json(&mut out, schema, &t.raw);
+        write_value(&mut out, schema, Some(&t.raw));
         out.extend_from_slice(b"}}");
         out
     });
@@ -1148,9 +1053,7 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
         lite: info.is_some_and(|m| m.responses_lite),
     };
     Ok(MessagesPlan {
-        upstream,
-        model,
-        stream,
+        core: PlanCore::new(upstream, model, stream),
         stop_sequences,
         names,
         thinking: thinking_blocks,
@@ -1233,7 +1136,7 @@ fn translate_tool(
             .write_str(out, str_field(tool, "description").unwrap_or(""));
         out.extend_from_slice(br#","parameters":"#);
         match schema {
-            Some(s) => write_json(out, s, &t.raw),
+            Some(s) => write_value(out, s, Some(&t.raw)),
             None => out.extend_from_slice(br#"{"type":"object","properties":{}}"#),
         }
         out.extend_from_slice(br#","strict":false}"#);
@@ -1826,21 +1729,13 @@ impl Plan for MessagesPlan {
         Protocol::Anthropic
     }
 
-    fn client_model(&self) -> &str {
-        &self.model
-    }
-
-    fn upstream(&self) -> &UpstreamRequest {
-        &self.upstream
-    }
-
-    fn stream(&self) -> bool {
-        self.stream
+    fn core(&self) -> &PlanCore {
+        &self.core
     }
 
     fn encoder(&self) -> MessagesEncoder {
         MessagesEncoder {
-            model: self.model.clone(),
+            model: self.core.client_model.clone(),
             names: self.names.clone(),
             stop: self.stop_sequences.clone(),
             thinking: self.thinking,
@@ -1863,7 +1758,7 @@ impl Plan for MessagesPlan {
         out.extend_from_slice(br#"{"id":"#);
         write_str(&mut out, &random_id("msg_"));
         out.extend_from_slice(br#","type":"message","role":"assistant","model":"#);
-        write_str(&mut out, &self.model);
+        write_str(&mut out, &self.core.client_model);
         out.extend_from_slice(br#","content":["#);
         let mut n = 0usize;
         let mut stopped: Option<usize> = None;
@@ -3081,7 +2976,7 @@ mod tests {
         b["speed"] = json!("fast");
         b["output_config"] = json!({"format":{"type":"json_schema","schema":{"type":"object","properties":{"a":{"type":"string"}}}}});
         let p = env.plan(&b);
-        assert_eq!(p.stop_sequences(), ["END".to_owned()]);
+        assert_eq!(p.stop_sequences, ["END".to_owned()]);
         let v = upstream_json(&p);
         assert_eq!(v["service_tier"], "priority");
         assert_eq!(v["text"]["format"]["type"], "json_schema");

@@ -10,6 +10,8 @@
 
 pub mod chat;
 pub mod compact;
+pub(crate) mod fields;
+pub(crate) mod items;
 pub mod messages;
 pub mod responses;
 
@@ -18,7 +20,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use http::HeaderMap;
 use simd_json::BorrowedValue as Value;
-use simd_json::prelude::*;
 
 use crate::config::Config;
 use crate::error::{Error, Protocol};
@@ -26,6 +27,7 @@ use crate::upstream::catalog::Catalog;
 use crate::upstream::collect::Collected;
 use crate::upstream::events::Delta;
 use crate::upstream::request::{UpstreamRequest, stable_id};
+use fields::opt_str;
 
 /// What a translator may consult.
 pub struct Ctx<'a> {
@@ -76,18 +78,52 @@ impl KeepAs {
     }
 }
 
+/// What every plan carries, read through the `Plan` getters (each dialect's plan holds one).
+pub struct PlanCore {
+    /// The one upstream request.
+    pub upstream: UpstreamRequest,
+    /// The model name the client asked for (echoed in answers, logged).
+    pub client_model: String,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// `previous_response_id`: the kept exchange this request continues.
+    pub previous: Option<String>,
+    /// Whether this exchange is kept for `previous_response_id`, and under which id (the
+    /// one the client sees). `None`: not kept.
+    pub keep: Option<KeepAs>,
+}
+
+impl PlanCore {
+    /// A core that chains nothing and is not kept.
+    pub fn new(upstream: UpstreamRequest, client_model: String, stream: bool) -> PlanCore {
+        PlanCore {
+            upstream,
+            client_model,
+            stream,
+            previous: None,
+            keep: None,
+        }
+    }
+}
+
 /// A translated request, ready to run.
 pub trait Plan: Send + Sync + 'static {
     type Encoder: Encoder;
     /// The protocol errors are rendered in.
     fn protocol(&self) -> Protocol;
-    fn upstream(&self) -> &UpstreamRequest;
+    /// The request and the settings every plan has.
+    fn core(&self) -> &PlanCore;
+    fn upstream(&self) -> &UpstreamRequest {
+        &self.core().upstream
+    }
     /// The model name the client asked for (for the request log).
     fn client_model(&self) -> &str {
-        &self.upstream().model
+        &self.core().client_model
     }
     /// Whether the client asked for a stream.
-    fn stream(&self) -> bool;
+    fn stream(&self) -> bool {
+        self.core().stream
+    }
     /// A fresh encoder for one streamed answer.
     fn encoder(&self) -> Self::Encoder;
     /// The complete non-stream answer (a 200 JSON body). Only called when `collected.finish`
@@ -101,7 +137,7 @@ pub trait Plan: Send + Sync + 'static {
     /// `previous_response_id`: the kept exchange this request continues (the route splices
     /// its items in front of `upstream().input`).
     fn previous_response_id(&self) -> Option<&str> {
-        None
+        self.core().previous.as_deref()
     }
     /// Mutable access for that splice (plans that never chain answer `None`).
     fn upstream_mut(&mut self) -> Option<&mut UpstreamRequest> {
@@ -110,7 +146,7 @@ pub trait Plan: Send + Sync + 'static {
     /// Whether this exchange is kept for `previous_response_id`, and under which id (the one
     /// the client sees). `None`: not kept.
     fn keep_as(&self) -> Option<KeepAs> {
-        None
+        self.core().keep.clone()
     }
     /// Content type of the streamed answer.
     fn stream_content_type(&self) -> &'static str {
@@ -136,127 +172,6 @@ pub trait Encoder: Send + Unpin + 'static {
     /// The stream failed after `begin`: write one protocol-correct error frame (and `[DONE]`
     /// for Chat). Nothing is written after it.
     fn fail(&mut self, err: &Error, out: &mut BytesMut);
-}
-
-// ---------------------------------------------------------------------------------------
-// Field helpers shared by the dialects (over the simd-json tree of the request)
-// ---------------------------------------------------------------------------------------
-
-/// A 400 naming the offending parameter.
-pub(crate) fn bad(param: &str, message: impl Into<String>) -> Error {
-    Error::bad_request(message).with_param(param)
-}
-
-/// A field of an object, treating JSON `null` as absent (clients send `null` for unset).
-pub(crate) fn field<'v, 'a>(v: &'v Value<'a>, key: &str) -> Option<&'v Value<'a>> {
-    v.as_object()
-        .and_then(|o| o.get(key))
-        .filter(|v| !v.is_null())
-}
-
-/// "a string", "an array", … for error messages.
-pub(crate) fn type_name(v: &Value<'_>) -> &'static str {
-    if v.is_null() {
-        "null"
-    } else if v.is_bool() {
-        "a boolean"
-    } else if v.is_str() {
-        "a string"
-    } else if v.is_array() {
-        "an array"
-    } else if v.is_object() {
-        "an object"
-    } else {
-        "a number"
-    }
-}
-
-pub(crate) fn want_str<'v>(v: &'v Value<'_>, param: &str) -> Result<&'v str, Error> {
-    v.as_str().ok_or_else(|| {
-        bad(
-            param,
-            format!("`{param}` must be a string, not {}", type_name(v)),
-        )
-    })
-}
-
-pub(crate) fn opt_str<'v>(
-    obj: &'v Value<'_>,
-    key: &str,
-    param: &str,
-) -> Result<Option<&'v str>, Error> {
-    field(obj, key).map(|v| want_str(v, param)).transpose()
-}
-
-pub(crate) fn req_str<'v>(obj: &'v Value<'_>, key: &str, param: &str) -> Result<&'v str, Error> {
-    opt_str(obj, key, param)?.ok_or_else(|| bad(param, format!("`{param}` is required")))
-}
-
-pub(crate) fn opt_bool(obj: &Value<'_>, key: &str) -> Result<Option<bool>, Error> {
-    match field(obj, key) {
-        None => Ok(None),
-        Some(v) => v.as_bool().map(Some).ok_or_else(|| {
-            bad(
-                key,
-                format!("`{key}` must be a boolean, not {}", type_name(v)),
-            )
-        }),
-    }
-}
-
-pub(crate) fn want_array<'v, 'a>(v: &'v Value<'a>, param: &str) -> Result<&'v [Value<'a>], Error> {
-    v.as_array().map(Vec::as_slice).ok_or_else(|| {
-        bad(
-            param,
-            format!("`{param}` must be an array, not {}", type_name(v)),
-        )
-    })
-}
-
-pub(crate) fn want_object(v: &Value<'_>, param: &str) -> Result<(), Error> {
-    if v.is_object() {
-        Ok(())
-    } else {
-        Err(bad(
-            param,
-            format!("`{param}` must be an object, not {}", type_name(v)),
-        ))
-    }
-}
-
-/// Standard base64 with optional padding (no whitespace), checked without decoding.
-pub(crate) fn is_base64(data: &[u8]) -> bool {
-    let body_len = data.iter().rposition(|&b| b != b'=').map_or(0, |p| p + 1);
-    let pad = data.len() - body_len;
-    let body = data.get(..body_len).unwrap_or_default();
-    !body.is_empty()
-        && pad <= 2
-        && body
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
-        && if pad > 0 {
-            data.len().is_multiple_of(4)
-        } else {
-            body.len() % 4 != 1
-        }
-}
-
-/// Parse a request body that must be a JSON object (the OpenAI dialects).
-pub(crate) fn parse_object<'a>(body: &'a mut [u8], ctx: &Ctx<'_>) -> Result<Value<'a>, Error> {
-    let root = parse_body(body, ctx.config.max_json_depth)?;
-    if !root.is_object() {
-        return Err(Error::bad_request("the request body must be a JSON object"));
-    }
-    Ok(root)
-}
-
-/// The request's `model`: required, a non-empty string.
-pub(crate) fn req_model<'v>(root: &'v Value<'_>) -> Result<&'v str, Error> {
-    let model = req_str(root, "model", "model")?;
-    if model.is_empty() {
-        return Err(bad("model", "`model` must not be empty"));
-    }
-    Ok(model)
 }
 
 /// Seconds since the epoch (0 if the clock is before it).
@@ -470,19 +385,6 @@ mod tests {
     fn parse_body_reports_invalid_utf8() {
         let e = parse_body(&mut b"{\"a\":\"\xff\"}".to_vec(), 8).unwrap_err();
         assert!(e.message.contains("UTF-8"), "{}", e.message);
-    }
-
-    #[test]
-    fn base64_check_allows_missing_padding_but_not_bad_lengths() {
-        assert!(is_base64(b"abc"), "unpadded");
-        assert!(!is_base64(b"abcde"));
-        assert!(is_base64(b"abcd"));
-        assert!(is_base64(b"ab=="));
-        assert!(!is_base64(b"a==="));
-        assert!(!is_base64(b"abc=="));
-        assert!(!is_base64(b"ab c"));
-        assert!(!is_base64(b""));
-        assert!(!is_base64(b"=="));
     }
 
     #[test]

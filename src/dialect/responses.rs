@@ -38,10 +38,12 @@ use crate::json::span;
 use simd_json::BorrowedValue as Value;
 use simd_json::prelude::*;
 
-use super::{
-    Ctx, Encoder, Plan, bad, field, opt_bool, opt_str, parse_object, req_model, req_str, type_name,
-    unix_now, want_array, want_object, want_str,
+use super::fields::{
+    bad, field, opt_bool, opt_str, parse_object, req_model, req_str, type_name, want_array,
+    want_object, want_str,
 };
+use super::items::{write_summary, write_tool_call};
+use super::{Ctx, Encoder, KeepAs, Plan, PlanCore, unix_now};
 use crate::error::{Error, Protocol};
 use crate::json::{join_array, write_opt_str, write_str, write_u64, write_value};
 use crate::upstream::catalog::ModelInfo;
@@ -55,19 +57,14 @@ use crate::upstream::request::{ToolChoice, ToolNames, UpstreamRequest, random_id
 
 /// A translated Responses request and everything needed to answer it.
 pub struct ResponsesPlan {
-    upstream: UpstreamRequest,
+    /// The request, the client's model (echoed in the non-stream answer), chaining and
+    /// keeping (under the backend's response id, unless `store: false`).
+    core: PlanCore,
     names: ToolNames,
     /// Some tool name was shortened: item events must have their names restored.
     renamed: bool,
-    stream: bool,
-    /// The model name the client asked for (echoed in the non-stream answer).
-    client_model: String,
     /// The client's `instructions` (echoed in the non-stream answer).
     instructions: Option<String>,
-    /// `previous_response_id`: the kept exchange this request continues.
-    previous: Option<String>,
-    /// Keep this exchange for later `previous_response_id`s (unless `store: false`).
-    keep: bool,
 }
 
 /// A quoted JSON string.
@@ -104,7 +101,7 @@ fn write_object(
         out.push(b':');
         match set.iter().find(|(sk, _)| *sk == key) {
             Some((_, bytes)) => out.extend_from_slice(bytes),
-            None => write_value(out, v),
+            None => write_value(out, v, None),
         }
     }
     for (k, bytes) in set {
@@ -197,14 +194,16 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ResponsesPlan, Error>
         lite: info.is_some_and(|m| m.responses_lite),
     };
     Ok(ResponsesPlan {
-        upstream,
+        core: PlanCore {
+            upstream,
+            client_model: model.to_owned(),
+            stream,
+            previous,
+            keep: keep.then_some(KeepAs::ResponseId),
+        },
         renamed: names.any_renamed(),
         names,
-        stream,
-        client_model: model.to_owned(),
         instructions: instructions.map(str::to_owned),
-        previous,
-        keep,
     })
 }
 
@@ -354,7 +353,7 @@ fn tool(t: &Value<'_>, p: &str, names: &mut ToolNames, top: bool) -> Result<Tool
             });
         }
         // Backend-native types the Codex CLI sends with `wire_api = "responses"`.
-        "tool_search" | "local_shell" if top => write_value(&mut json, t),
+        "tool_search" | "local_shell" if top => write_value(&mut json, t, None),
         "file_search"
         | "code_interpreter"
         | "computer_use_preview"
@@ -565,12 +564,12 @@ fn input_item(
                 Some(Cow::Owned(up)) => {
                     write_object(out, item, b"", &[], &[("name", &quoted(&up))]);
                 }
-                _ => write_value(out, item),
+                _ => write_value(out, item, None),
             }
             Ok(())
         }
         Some(_) => {
-            write_value(out, item);
+            write_value(out, item, None);
             Ok(())
         }
     }
@@ -647,7 +646,7 @@ fn content_part(
 ) -> Result<(), Error> {
     want_object(part, p)?;
     if field(part, "type").and_then(|t| t.as_str()) != Some("input_image") {
-        write_value(out, part);
+        write_value(out, part, None);
         return Ok(());
     }
     let mut set: Vec<(&str, Vec<u8>)> = Vec::new();
@@ -662,7 +661,7 @@ fn content_part(
         set.push(("detail", quoted("high")));
     }
     if set.is_empty() {
-        write_value(out, part);
+        write_value(out, part, None);
     } else {
         let set: Vec<(&str, &[u8])> = set.iter().map(|(k, v)| (*k, v.as_slice())).collect();
         write_object(out, part, b"", &[], &set);
@@ -733,7 +732,7 @@ fn text_options(root: &Value<'_>, info: Option<&ModelInfo>) -> Result<Option<Vec
     out.push(b'{');
     if let Some(f) = format {
         out.extend_from_slice(b"\"format\":");
-        write_value(&mut out, f);
+        write_value(&mut out, f, None);
     }
     if let Some(v) = verbosity {
         if format.is_some() {
@@ -763,20 +762,10 @@ fn include_sources(root: &Value<'_>) -> Result<bool, Error> {
 // ---------------------------------------------------------------------------------------
 
 impl ResponsesPlan {
-    /// Restores client tool names.
-    pub fn tool_names(&self) -> &ToolNames {
-        &self.names
-    }
-
-    /// The model name the client asked for.
     /// Keep this exchange for `previous_response_id` whatever `store` says (the WebSocket
     /// mode chains every turn to the last one).
     pub fn keep_always(&mut self) {
-        self.keep = true;
-    }
-
-    pub fn client_model(&self) -> &str {
-        &self.client_model
+        self.core.keep = Some(KeepAs::ResponseId);
     }
 }
 
@@ -787,16 +776,8 @@ impl Plan for ResponsesPlan {
         Protocol::OpenAi
     }
 
-    fn client_model(&self) -> &str {
-        &self.client_model
-    }
-
-    fn upstream(&self) -> &UpstreamRequest {
-        &self.upstream
-    }
-
-    fn stream(&self) -> bool {
-        self.stream
+    fn core(&self) -> &PlanCore {
+        &self.core
     }
 
     fn encoder(&self) -> ResponsesEncoder {
@@ -807,16 +788,8 @@ impl Plan for ResponsesPlan {
         render(self, collected, unix_now())
     }
 
-    fn previous_response_id(&self) -> Option<&str> {
-        self.previous.as_deref()
-    }
-
     fn upstream_mut(&mut self) -> Option<&mut UpstreamRequest> {
-        Some(&mut self.upstream)
-    }
-
-    fn keep_as(&self) -> Option<super::KeepAs> {
-        self.keep.then_some(super::KeepAs::ResponseId)
+        Some(&mut self.core.upstream)
     }
 }
 
@@ -836,7 +809,7 @@ fn write_usage(out: &mut Vec<u8>, u: &Usage) {
 
 /// The final Response object (§10.3) for `stream:false`.
 fn render(plan: &ResponsesPlan, c: &Collected, created: u64) -> Vec<u8> {
-    let up = &plan.upstream;
+    let up = &plan.core.upstream;
     let mut out = Vec::with_capacity(1024);
     out.extend_from_slice(b"{\"id\":");
     if c.response_id.is_empty() {
@@ -850,7 +823,7 @@ fn render(plan: &ResponsesPlan, c: &Collected, created: u64) -> Vec<u8> {
         Finish::Incomplete(reason) => {
             out.extend_from_slice(b",\"status\":\"incomplete\"");
             out.extend_from_slice(b",\"model\":");
-            write_str(&mut out, &plan.client_model);
+            write_str(&mut out, &plan.core.client_model);
             out.extend_from_slice(b",\"error\":null,\"incomplete_details\":{\"reason\":");
             write_opt_str(&mut out, reason.as_deref());
             out.push(b'}');
@@ -858,7 +831,7 @@ fn render(plan: &ResponsesPlan, c: &Collected, created: u64) -> Vec<u8> {
         _ => {
             out.extend_from_slice(b",\"status\":\"completed\"");
             out.extend_from_slice(b",\"model\":");
-            write_str(&mut out, &plan.client_model);
+            write_str(&mut out, &plan.core.client_model);
             out.extend_from_slice(b",\"error\":null,\"incomplete_details\":null");
         }
     }
@@ -1020,69 +993,6 @@ fn write_item(out: &mut Vec<u8>, item: &Item, names: &ToolNames) {
             out.push(b'}');
         }
     }
-}
-
-/// A reasoning item's `summary` array: one `summary_text` part per non-empty part.
-pub(crate) fn write_summary(out: &mut Vec<u8>, summary: &[String]) {
-    out.push(b'[');
-    for (i, s) in summary.iter().filter(|s| !s.is_empty()).enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"type\":\"summary_text\",\"text\":");
-        write_str(out, s);
-        out.push(b'}');
-    }
-    out.push(b']');
-}
-
-/// A tool call item up to its `arguments` (function) or `input` (custom), without the
-/// closing brace: `{"type":"function_call","call_id":…,"name":…,"arguments":…`.
-pub(crate) fn write_tool_call(
-    out: &mut Vec<u8>,
-    call_id: &str,
-    name: &str,
-    namespace: Option<&str>,
-    arguments: &str,
-    custom: bool,
-) {
-    write_tool_call_head(out, call_id, name, custom, namespace);
-    write_str(out, arguments);
-}
-
-/// The namespace a replayed function call carries: `functions` for a lite model (§7.1).
-pub(crate) fn lite_namespace(lite: bool) -> Option<&'static str> {
-    lite.then_some("functions")
-}
-
-/// A tool call item up to the key of its payload:
-/// `{"type":"function_call","call_id":…,"name":…,"arguments":` (`"input":` when custom).
-/// A call to a tool declared inside a namespace carries it (`"namespace":"functions"` for
-/// a lite model's function tools, §7.1).
-pub(crate) fn write_tool_call_head(
-    out: &mut Vec<u8>,
-    call_id: &str,
-    name: &str,
-    custom: bool,
-    namespace: Option<&str>,
-) {
-    out.extend_from_slice(if custom {
-        b"{\"type\":\"custom_tool_call\",\"call_id\":".as_slice()
-    } else {
-        b"{\"type\":\"function_call\",\"call_id\":".as_slice()
-    });
-    write_str(out, call_id);
-    if let Some(ns) = namespace {
-        out.extend_from_slice(b",\"namespace\":");
-        write_str(out, ns);
-    }
-    out.extend_from_slice(b",\"name\":");
-    write_str(out, name);
-    out.extend_from_slice(if custom {
-        b",\"input\":".as_slice()
-    } else {
-        b",\"arguments\":".as_slice()
-    });
 }
 
 // ---------------------------------------------------------------------------------------

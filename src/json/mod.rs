@@ -1,8 +1,10 @@
 //! JSON output helpers for the hot path and the request translators.
 //!
 //! Owns: writing JSON strings (escaped) and scalars straight into byte buffers, joining
-//! already-written values into an array, and writing a parsed `simd_json` value back out. Everything the proxy emits is written by hand with these
-//! helpers, so no intermediate tree is built per event.
+//! already-written values into an array, and writing a parsed `simd_json` value back out
+//! (`write_value`, the one value writer: key order kept, strings copied from the request's
+//! text where they can be). Everything the proxy emits is written by hand with these helpers,
+//! so no intermediate tree is built per event.
 //!
 //! `span` finds a member's value or an array's elements as byte ranges without parsing.
 //!
@@ -307,10 +309,60 @@ pub fn join_array<'a>(items: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u8> 
     out
 }
 
-/// Write a parsed value back out as compact JSON.
-pub fn write_value(out: &mut Vec<u8>, v: &simd_json::BorrowedValue<'_>) {
-    // `Writable::write` only fails on I/O errors, which a Vec never produces.
-    let _ = v.write(out);
+/// Write a parsed value as compact JSON. Objects keep the client's key order (simd-json keeps
+/// insertion order up to 32 keys); larger objects are written with sorted keys, so the bytes
+/// sent upstream stay stable between requests (prompt caching) whatever the map's hasher does.
+/// Strings are copied from the request's text where they can be (`raw`), else escaped.
+pub fn write_value(
+    out: &mut Vec<u8>,
+    v: &simd_json::BorrowedValue<'_>,
+    raw: Option<&RawStrings<'_>>,
+) {
+    use simd_json::BorrowedValue as Value;
+    let string = |out: &mut Vec<u8>, s: &str| match raw {
+        Some(raw) => raw.write_str(out, s),
+        None => write_str(out, s),
+    };
+    match v {
+        // `Writable::write` only fails on I/O errors, which a Vec never produces.
+        Value::Static(_) => {
+            let _ = v.write(out);
+        }
+        Value::String(s) => string(out, s),
+        Value::Array(a) => {
+            out.push(b'[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, x, raw);
+            }
+            out.push(b']');
+        }
+        Value::Object(o) => {
+            let member = |out: &mut Vec<u8>, i: usize, k: &str, x: &Value<'_>| {
+                if i > 0 {
+                    out.push(b',');
+                }
+                string(out, k);
+                out.push(b':');
+                write_value(out, x, raw);
+            };
+            out.push(b'{');
+            if o.len() <= 32 {
+                for (i, (k, x)) in o.iter().enumerate() {
+                    member(out, i, k, x);
+                }
+            } else {
+                let mut entries: Vec<_> = o.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                for (i, (k, x)) in entries.into_iter().enumerate() {
+                    member(out, i, k, x);
+                }
+            }
+            out.push(b'}');
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,13 +22,13 @@ use serde_json::{Value, json};
 
 use crate::accounts::Account;
 use crate::dialect::compact::CompactPlan;
-use crate::dialect::{Ctx, Plan, chat, messages, responses};
+use crate::dialect::{Ctx, Plan, PlanCore, chat, messages, responses};
 use crate::error::{Error, ErrorKind, Protocol};
 use crate::server::respond::{RespBody, json_response};
 use crate::server::{State, backend, pipeline};
 use crate::upstream::catalog::{Catalog, ModelInfo};
 use crate::upstream::collect::{Collected, Item};
-use crate::upstream::request::{UpstreamRequest, random_id};
+use crate::upstream::request::random_id;
 
 /// Image generation can take a minute or more upstream.
 const IMAGE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -370,12 +370,13 @@ impl Plan for InspectPlan {
         Protocol::OpenAi
     }
 
-    fn upstream(&self) -> &UpstreamRequest {
-        self.chat.upstream()
+    fn core(&self) -> &PlanCore {
+        self.chat.core()
     }
 
-    fn stream(&self) -> bool {
-        self.chat.stream()
+    /// The request log names the backend model for an inspection.
+    fn client_model(&self) -> &str {
+        &self.core().upstream.model
     }
 
     fn encoder(&self) -> Self::Encoder {
@@ -516,11 +517,11 @@ impl Plan for SharedPlan {
     fn protocol(&self) -> Protocol {
         self.0.protocol()
     }
-    fn upstream(&self) -> &UpstreamRequest {
-        self.0.upstream()
+    fn core(&self) -> &PlanCore {
+        self.0.core()
     }
-    fn stream(&self) -> bool {
-        false
+    fn client_model(&self) -> &str {
+        self.0.client_model()
     }
     fn encoder(&self) -> Self::Encoder {
         self.0.encoder()

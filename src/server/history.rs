@@ -2,23 +2,22 @@
 //! so chaining is served locally).
 //!
 //! Owns: the bounded in-memory store (a cap on entries and on bytes, oldest evicted first;
-//! an exchange larger than the byte cap is not kept), writing a finished answer's output
-//! items in the backend's input form, and splicing a kept conversation in front of a new
+//! an exchange larger than the byte cap is not kept), a finished exchange as one input
+//! array, and splicing a kept conversation in front of a new
 //! request's `input`. Each entry holds the whole conversation up to and including its answer
 //! (already expanded), so a chain never depends on an older, possibly evicted, entry.
 //!
 //! Does not own: deciding which exchanges are kept (`Plan::keep_as`), the wording of the
-//! not-found error (`dialect::responses::previous_response_not_found`) or the reasoning
-//! summary and tool-call item writers it shares with the Responses answer
-//! (`dialect::responses`).
+//! not-found error (`dialect::responses::previous_response_not_found`) or writing an
+//! answer's items in the backend's input shape (`dialect::items`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use crate::dialect::Plan;
-use crate::dialect::responses::{previous_response_not_found, write_summary, write_tool_call};
+use crate::dialect::items::write_input_item;
+use crate::dialect::responses::previous_response_not_found;
 use crate::error::Error;
-use crate::json::write_str;
 use crate::upstream::collect::{Collected, Item};
 
 /// One kept conversation.
@@ -175,65 +174,6 @@ fn conversation(input: &[u8], answer: &[Item]) -> Vec<u8> {
     }
     out.push(b']');
     out
-}
-
-/// One answered item as the backend takes it back in `input` (upstream tool names, no
-/// output-only fields). Returns false for items that are not sent back.
-fn write_input_item(out: &mut Vec<u8>, item: &Item) -> bool {
-    match item {
-        Item::Message {
-            text,
-            refusal,
-            phase,
-            ..
-        } => {
-            out.extend_from_slice(
-                b"{\"type\":\"message\",\"role\":\"assistant\",\"content\":[{\"type\":\"output_text\",\"text\":",
-            );
-            write_str(out, if text.is_empty() { refusal } else { text });
-            out.extend_from_slice(b"}]");
-            if let Some(p) = phase {
-                out.extend_from_slice(b",\"phase\":");
-                write_str(out, p);
-            }
-            out.push(b'}');
-            true
-        }
-        Item::Reasoning {
-            id,
-            summary,
-            encrypted_content: Some(enc),
-        } => {
-            out.extend_from_slice(b"{\"type\":\"reasoning\",\"id\":");
-            write_str(out, id);
-            out.extend_from_slice(b",\"summary\":");
-            write_summary(out, summary);
-            out.extend_from_slice(b",\"encrypted_content\":");
-            write_str(out, enc);
-            out.push(b'}');
-            true
-        }
-        Item::Reasoning { .. } | Item::WebSearch { .. } => false,
-        Item::ToolCall {
-            call_id,
-            name,
-            namespace,
-            arguments,
-            custom,
-        } => {
-            write_tool_call(out, call_id, name, namespace.as_deref(), arguments, *custom);
-            out.push(b'}');
-            true
-        }
-        Item::Compaction {
-            encrypted_content, ..
-        } => {
-            out.extend_from_slice(b"{\"type\":\"compaction\",\"encrypted_content\":");
-            write_str(out, encrypted_content);
-            out.push(b'}');
-            true
-        }
-    }
 }
 
 #[cfg(test)]
