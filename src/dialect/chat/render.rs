@@ -1,0 +1,167 @@
+//! The non-stream Chat answer: a `Collected` response rendered as one `chat.completion`,
+//! and the usage object and finish reasons the stream shares.
+
+use super::ChatPlan;
+use simd_json::prelude::*;
+
+use crate::json::{write_str, write_u64};
+use crate::upstream::collect::{Collected, Finish, Item};
+use crate::upstream::events::Usage;
+
+/// The full OpenAI usage object.
+pub(super) fn write_usage<B: bytes::BufMut>(out: &mut B, u: &Usage) {
+    out.put_slice(b"{\"prompt_tokens\":");
+    write_u64(out, u.input);
+    out.put_slice(b",\"completion_tokens\":");
+    write_u64(out, u.output);
+    out.put_slice(b",\"total_tokens\":");
+    write_u64(out, u.total);
+    out.put_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
+    write_u64(out, u.cached);
+    out.put_slice(b",\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":");
+    write_u64(out, u.reasoning);
+    out.put_slice(
+        b",\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}",
+    );
+}
+
+pub(super) fn incomplete_reason(reason: Option<&str>) -> &'static str {
+    match reason {
+        Some("content_filter") => "content_filter",
+        // `max_output_tokens` and anything unknown: the answer was cut short.
+        _ => "length",
+    }
+}
+
+pub(super) fn render(plan: &ChatPlan, c: &Collected, id: &str, created: u64) -> Vec<u8> {
+    let mut text = String::new();
+    let mut refusal = String::new();
+    let mut annotations = Vec::new();
+    let mut reasoning: Vec<&str> = Vec::new();
+    let mut calls = Vec::new();
+    for item in &c.items {
+        match item {
+            Item::Message {
+                text: t,
+                refusal: r,
+                citations,
+                ..
+            } => {
+                // Citation offsets are relative to their message; shift them into the joined text.
+                let base = text.chars().count() as u32;
+                for cit in citations {
+                    annotations.push((base + cit.start, base + cit.end, cit));
+                }
+                text.push_str(t);
+                refusal.push_str(r);
+            }
+            Item::Reasoning { summary, .. } => {
+                reasoning.extend(summary.iter().map(String::as_str).filter(|s| !s.is_empty()));
+            }
+            Item::ToolCall { .. } => calls.push(item),
+            Item::WebSearch { .. } | Item::Compaction { .. } => {}
+        }
+    }
+    let finish = match &c.finish {
+        Finish::Incomplete(reason) => incomplete_reason(reason.as_deref()),
+        _ if !calls.is_empty() && plan.legacy => "function_call",
+        _ if !calls.is_empty() => "tool_calls",
+        _ if !refusal.is_empty() => "content_filter",
+        _ => "stop",
+    };
+
+    let mut out = Vec::with_capacity(512 + text.len() + refusal.len());
+    out.extend_from_slice(b"{\"id\":");
+    write_str(&mut out, id);
+    out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
+    write_u64(&mut out, created);
+    out.extend_from_slice(b",\"model\":");
+    write_str(&mut out, &plan.core.client_model);
+    out.extend_from_slice(
+        b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
+    );
+    if text.is_empty() {
+        out.extend_from_slice(b"null");
+    } else {
+        write_str(&mut out, &text);
+    }
+    out.extend_from_slice(b",\"refusal\":");
+    if refusal.is_empty() {
+        out.extend_from_slice(b"null");
+    } else {
+        write_str(&mut out, &refusal);
+    }
+    out.extend_from_slice(b",\"annotations\":[");
+    for (k, (start, end, cit)) in annotations.iter().enumerate() {
+        if k > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"type\":\"url_citation\",\"url_citation\":{\"start_index\":");
+        write_u64(&mut out, u64::from(*start));
+        out.extend_from_slice(b",\"end_index\":");
+        write_u64(&mut out, u64::from(*end));
+        out.extend_from_slice(b",\"url\":");
+        write_str(&mut out, &cit.url);
+        out.extend_from_slice(b",\"title\":");
+        write_str(&mut out, cit.title.as_deref().unwrap_or(""));
+        out.extend_from_slice(b"}}");
+    }
+    out.push(b']');
+    if !reasoning.is_empty() {
+        out.push(b',');
+        write_str(&mut out, &plan.reasoning_field);
+        out.push(b':');
+        write_str(&mut out, &reasoning.join("\n\n"));
+    }
+    if plan.legacy {
+        if let Some(Item::ToolCall {
+            name, arguments, ..
+        }) = calls.first()
+        {
+            out.extend_from_slice(b",\"function_call\":{\"name\":");
+            write_str(&mut out, plan.names.restore(name));
+            out.extend_from_slice(b",\"arguments\":");
+            write_str(&mut out, arguments);
+            out.push(b'}');
+        }
+    } else if !calls.is_empty() {
+        out.extend_from_slice(b",\"tool_calls\":[");
+        for (k, call) in calls.iter().enumerate() {
+            let Item::ToolCall {
+                call_id,
+                name,
+                arguments,
+                custom,
+                ..
+            } = call
+            else {
+                continue;
+            };
+            if k > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"id\":");
+            write_str(&mut out, call_id);
+            if *custom {
+                out.extend_from_slice(b",\"type\":\"custom\",\"custom\":{\"name\":");
+                write_str(&mut out, plan.names.restore(name));
+                out.extend_from_slice(b",\"input\":");
+            } else {
+                out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+                write_str(&mut out, plan.names.restore(name));
+                out.extend_from_slice(b",\"arguments\":");
+            }
+            write_str(&mut out, arguments);
+            out.extend_from_slice(b"}}");
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":");
+    write_str(&mut out, finish);
+    out.extend_from_slice(b"}],\"usage\":");
+    write_usage(&mut out, &c.usage);
+    out.extend_from_slice(b",\"service_tier\":");
+    write_str(&mut out, plan.service_tier());
+    out.extend_from_slice(b",\"system_fingerprint\":null}");
+    out
+}
