@@ -1,4 +1,6 @@
 use bytes::BytesMut;
+use http::HeaderMap;
+use serde_json::{Value as J, json};
 
 use super::render::*;
 use super::request::*;
@@ -7,16 +9,13 @@ use super::*;
 use crate::dialect::{Encoder, Plan};
 use crate::error::Error;
 use crate::upstream::collect::Collected;
-use crate::upstream::events::Decoder;
-use crate::upstream::events::{Delta, Usage};
-use http::HeaderMap;
-use serde_json::{Value as J, json};
+use crate::upstream::events::{Decoder, Delta, Usage};
 
 fn plan_with(body: J, headers: &HeaderMap) -> Result<ChatPlan, Error> {
     crate::dialect::translate_json(translate, &body, headers)
 }
 
-pub(super) fn plan(body: J) -> ChatPlan {
+fn plan(body: J) -> ChatPlan {
     plan_with(body, &HeaderMap::new()).unwrap()
 }
 
@@ -483,7 +482,7 @@ fn chunks(out: &[u8]) -> Vec<J> {
 }
 
 /// The `delta` of every chunk (`[DONE]` left out).
-pub(super) fn deltas(out: &[u8]) -> Vec<J> {
+fn deltas(out: &[u8]) -> Vec<J> {
     chunks(out)
         .iter()
         .filter(|c| c.is_object())

@@ -7,13 +7,11 @@ use serde_json::{Value as J, json};
 use super::request::*;
 use super::*;
 use crate::config::Config;
-use crate::dialect::STREAM_B_ITEMS;
-use crate::dialect::{Ctx, Encoder, Plan};
+use crate::dialect::{Ctx, Encoder, Plan, STREAM_B_ITEMS};
 use crate::error::Error;
 use crate::upstream::catalog::Catalog;
 use crate::upstream::collect::{Collected, Finish, Item, OwnedCitation};
-use crate::upstream::events::Decoder;
-use crate::upstream::events::{Delta, Usage};
+use crate::upstream::events::{Decoder, Delta, Usage};
 
 struct Env {
     config: Config,
