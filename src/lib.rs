@@ -49,10 +49,14 @@
 //!   Responses-lite layout, headers, zstd), event decoding into `Delta`, the usage `meter`,
 //!   stream collection, failure mapping, the rate-limit headers, the model catalog.
 //! - [`sse`]: the incremental zero-copy SSE parser and the frame writer.
-//! - [`json`]: string escaping, raw-slice helpers and the span scanner (`json::span`).
-//! - [`dialect`]: Chat Completions, Anthropic Messages and Responses: request
-//!   translation, `Delta` → wire bytes, non-stream rendering; `dialect::compact`, the
-//!   compaction endpoints (v2 with the v1 fallback).
+//! - [`json`]: string escaping, the one parsed-value writer (`write_value`), raw-slice
+//!   helpers and the span scanner (`json::span`).
+//! - [`dialect`]: Chat Completions, Anthropic Messages and Responses, each a directory of
+//!   the same files: `request` (client JSON → upstream request), `stream` (`Delta` → wire
+//!   bytes), `render` (non-stream JSON), `tests`; the plan in its `mod.rs`. Shared once:
+//!   `dialect::fields` (request field helpers), `dialect::items` (items in the backend's
+//!   input shape, also for `server::history`), `PlanCore` (what every plan carries);
+//!   `dialect::compact`, the compaction endpoints (v2 with the v1 fallback).
 //! - [`body`]: `Translate<E>`, the streaming body: drains every upstream frame already
 //!   available and emits the translated bytes as one frame; keepalives and idle timeout.
 //! - [`tokens`]: o200k token counting (count_tokens, usage estimates).

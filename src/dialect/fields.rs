@@ -1,7 +1,8 @@
 //! Field helpers over the simd-json tree of a request, shared by the dialects.
 //!
 //! Owns: reading a field (JSON `null` counts as absent), checking its type with an error
-//! that names the parameter, the base64 check, and parsing a body that must be an object.
+//! that names the parameter, the base64 check, parsing a body that must be an object, and
+//! the conversation id the OpenAI dialects derive from a request.
 //! Does not own: what a field means (each dialect's `request.rs`).
 
 use simd_json::BorrowedValue as Value;
@@ -9,6 +10,7 @@ use simd_json::prelude::*;
 
 use super::{Ctx, parse_body};
 use crate::error::Error;
+use crate::upstream::request::stable_id;
 
 /// A 400 naming the offending parameter.
 pub(crate) fn bad(param: &str, message: impl Into<String>) -> Error {
@@ -139,6 +141,41 @@ pub(crate) fn req_model<'v>(root: &'v Value<'_>) -> Result<&'v str, Error> {
         return Err(bad("model", "`model` must not be empty"));
     }
     Ok(model)
+}
+
+/// The OpenAI dialects' conversation id: the client's `prompt_cache_key` when it is usable
+/// as a header value (else hashed under `tag`), otherwise a stable hash of `parts` and the
+/// client's `Authorization` header, so the backend's prefix cache hits across turns.
+pub(crate) fn conversation_id(
+    root: &Value<'_>,
+    ctx: &Ctx<'_>,
+    tag: &[u8],
+    parts: &[&[u8]],
+) -> Result<String, Error> {
+    if let Some(key) = opt_str(root, "prompt_cache_key", "prompt_cache_key")?
+        && !key.is_empty()
+    {
+        let header_safe = key.len() <= 200
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        if header_safe {
+            return Ok(key.to_owned());
+        }
+        let mut key_tag = tag.to_vec();
+        key_tag.extend_from_slice(b"-key");
+        return Ok(stable_id(&[&key_tag, key.as_bytes()]));
+    }
+    let auth = ctx
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or(b"");
+    let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 2);
+    all.push(tag);
+    all.extend_from_slice(parts);
+    all.push(auth);
+    Ok(stable_id(&all))
 }
 
 #[cfg(test)]

@@ -5,8 +5,16 @@
 //! client's JSON into a `Plan` (the `UpstreamRequest` plus everything needed to answer), and
 //! a plan makes an `Encoder` (streaming: `Delta` → wire bytes) or renders a `Collected`
 //! response (non-streaming). The pipeline owns transport, retries, keepalive timing and
-//! errors before the head; dialects own bytes. This module also holds what the dialects
-//! share: the field helpers (body, `model`, base64 checks) and the conversation-id rule.
+//! errors before the head; dialects own bytes. This file holds the contract (`Ctx`, `Plan`
+//! with its `PlanCore`, `Encoder`, `KeepAs`) and request body parsing.
+//!
+//! Every dialect is a directory of the same files: `mod.rs` (its plan type and `Plan`
+//! impl), `request.rs` (client JSON → `UpstreamRequest`), `stream.rs` (`Delta` → client
+//! bytes, the `Encoder`), `render.rs` (the non-stream JSON) and `tests.rs`. What they
+//! share lives once beside them: `fields` (reading and type-checking request fields, the OpenAI dialects' conversation id) and
+//! `items` (items in the backend's input shape: tool calls replayed from a client's
+//! history, an answer's items kept for `previous_response_id`). `compact` builds on an
+//! already translated request.
 
 pub mod chat;
 pub mod compact;
@@ -19,15 +27,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use http::HeaderMap;
-use simd_json::BorrowedValue as Value;
 
 use crate::config::Config;
 use crate::error::{Error, Protocol};
 use crate::upstream::catalog::Catalog;
 use crate::upstream::collect::Collected;
 use crate::upstream::events::Delta;
-use crate::upstream::request::{UpstreamRequest, stable_id};
-use fields::opt_str;
+use crate::upstream::request::UpstreamRequest;
 
 /// What a translator may consult.
 pub struct Ctx<'a> {
@@ -180,41 +186,6 @@ pub(crate) fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// The OpenAI dialects' conversation id: the client's `prompt_cache_key` when it is usable
-/// as a header value (else hashed under `tag`), otherwise a stable hash of `parts` and the
-/// client's `Authorization` header, so the backend's prefix cache hits across turns.
-pub(crate) fn conversation_id(
-    root: &Value<'_>,
-    ctx: &Ctx<'_>,
-    tag: &[u8],
-    parts: &[&[u8]],
-) -> Result<String, Error> {
-    if let Some(key) = opt_str(root, "prompt_cache_key", "prompt_cache_key")?
-        && !key.is_empty()
-    {
-        let header_safe = key.len() <= 200
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-        if header_safe {
-            return Ok(key.to_owned());
-        }
-        let mut key_tag = tag.to_vec();
-        key_tag.extend_from_slice(b"-key");
-        return Ok(stable_id(&[&key_tag, key.as_bytes()]));
-    }
-    let auth = ctx
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .map(|v| v.as_bytes())
-        .unwrap_or(b"");
-    let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 2);
-    all.push(tag);
-    all.extend_from_slice(parts);
-    all.push(auth);
-    Ok(stable_id(&all))
 }
 
 /// Test support: run a dialect's `translate` on `body` with the test config, the built-in

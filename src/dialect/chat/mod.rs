@@ -1,6 +1,6 @@
 //! OpenAI Chat Completions: `POST /v1/chat/completions` ⇄ the Codex Responses backend.
 //!
-//! Owns (one file each): translating one Chat request (messages, tools, `tool_choice`, `response_format`,
+//! Owns: translating one Chat request (messages, tools, `tool_choice`, `response_format`,
 //! effort, cache key, Codex extras) into an `UpstreamRequest`; encoding the `Delta` stream as
 //! `chat.completion.chunk` SSE frames; rendering a `Collected` response as one
 //! `chat.completion`. Pure translation: no I/O, no timers, no retries.
@@ -34,37 +34,25 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use request::translate;
 pub use stream::ChatEncoder;
 
-use crate::dialect::{Plan, PlanCore, unix_now};
-use crate::error::Protocol;
+use crate::dialect::{Ctx, Plan, PlanCore, unix_now};
+use crate::error::{Error, Protocol};
 use crate::upstream::collect::Collected;
-use crate::upstream::request::{ToolNames, UpstreamRequest};
+use crate::upstream::request::UpstreamRequest;
+use render::Answer;
 
 /// A translated Chat request and everything needed to answer it.
 pub struct ChatPlan {
     /// The request, the client's model (echoed in every answer), chaining and keeping.
     core: PlanCore,
-    names: ToolNames,
-    include_usage: bool,
-    /// `reasoning_content` or `reasoning`.
-    reasoning_field: String,
-    /// The request used only legacy `functions`: answer with `function_call`.
-    legacy: bool,
-    /// The `chatcmpl-…` id of the answer (fixed per request so a kept exchange is found
-    /// under the id the client saw).
-    id: String,
+    answer: Answer,
 }
 
-impl ChatPlan {
-    fn service_tier(&self) -> &str {
-        self.core
-            .upstream
-            .service_tier
-            .as_deref()
-            .unwrap_or("default")
-    }
+/// Translate a Chat Completions request body (parsed in place).
+pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ChatPlan, Error> {
+    let (core, answer) = request::translate(body, ctx)?;
+    Ok(ChatPlan { core, answer })
 }
 
 impl Plan for ChatPlan {
@@ -79,11 +67,11 @@ impl Plan for ChatPlan {
     }
 
     fn encoder(&self) -> ChatEncoder {
-        ChatEncoder::new(self, &self.id, unix_now())
+        ChatEncoder::new(&self.core, &self.answer, &self.answer.id, unix_now())
     }
 
     fn render(&self, c: &Collected) -> Vec<u8> {
-        render::render(self, c, &self.id, unix_now())
+        render::render(&self.core, &self.answer, c, &self.answer.id, unix_now())
     }
 
     fn upstream_mut(&mut self) -> Option<&mut UpstreamRequest> {

@@ -1,12 +1,31 @@
 //! The non-stream Chat answer: a `Collected` response rendered as one `chat.completion`,
 //! and the usage object and finish reasons the stream shares.
 
-use super::ChatPlan;
 use simd_json::prelude::*;
 
+use crate::dialect::PlanCore;
 use crate::json::{write_str, write_u64};
 use crate::upstream::collect::{Collected, Finish, Item};
 use crate::upstream::events::Usage;
+use crate::upstream::request::ToolNames;
+
+/// How a Chat answer is written, besides the `PlanCore` (set by `request`, read by `render`
+/// and `stream`).
+pub(super) struct Answer {
+    pub(super) names: ToolNames,
+    pub(super) include_usage: bool,
+    /// `reasoning_content` or `reasoning`.
+    pub(super) reasoning_field: String,
+    /// The request used only legacy `functions`: answer with `function_call`.
+    pub(super) legacy: bool,
+    /// The `chatcmpl-…` id of the answer (fixed per request so a kept exchange is found
+    /// under the id the client saw).
+    pub(super) id: String,
+}
+
+fn service_tier(core: &PlanCore) -> &str {
+    core.upstream.service_tier.as_deref().unwrap_or("default")
+}
 
 /// The full OpenAI usage object.
 pub(super) fn write_usage<B: bytes::BufMut>(out: &mut B, u: &Usage) {
@@ -33,7 +52,13 @@ pub(super) fn incomplete_reason(reason: Option<&str>) -> &'static str {
     }
 }
 
-pub(super) fn render(plan: &ChatPlan, c: &Collected, id: &str, created: u64) -> Vec<u8> {
+pub(super) fn render(
+    core: &PlanCore,
+    a: &Answer,
+    c: &Collected,
+    id: &str,
+    created: u64,
+) -> Vec<u8> {
     let mut text = String::new();
     let mut refusal = String::new();
     let mut annotations = Vec::new();
@@ -64,7 +89,7 @@ pub(super) fn render(plan: &ChatPlan, c: &Collected, id: &str, created: u64) -> 
     }
     let finish = match &c.finish {
         Finish::Incomplete(reason) => incomplete_reason(reason.as_deref()),
-        _ if !calls.is_empty() && plan.legacy => "function_call",
+        _ if !calls.is_empty() && a.legacy => "function_call",
         _ if !calls.is_empty() => "tool_calls",
         _ if !refusal.is_empty() => "content_filter",
         _ => "stop",
@@ -76,7 +101,7 @@ pub(super) fn render(plan: &ChatPlan, c: &Collected, id: &str, created: u64) -> 
     out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
     write_u64(&mut out, created);
     out.extend_from_slice(b",\"model\":");
-    write_str(&mut out, &plan.core.client_model);
+    write_str(&mut out, &core.client_model);
     out.extend_from_slice(
         b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
     );
@@ -109,17 +134,17 @@ pub(super) fn render(plan: &ChatPlan, c: &Collected, id: &str, created: u64) -> 
     out.push(b']');
     if !reasoning.is_empty() {
         out.push(b',');
-        write_str(&mut out, &plan.reasoning_field);
+        write_str(&mut out, &a.reasoning_field);
         out.push(b':');
         write_str(&mut out, &reasoning.join("\n\n"));
     }
-    if plan.legacy {
+    if a.legacy {
         if let Some(Item::ToolCall {
             name, arguments, ..
         }) = calls.first()
         {
             out.extend_from_slice(b",\"function_call\":{\"name\":");
-            write_str(&mut out, plan.names.restore(name));
+            write_str(&mut out, a.names.restore(name));
             out.extend_from_slice(b",\"arguments\":");
             write_str(&mut out, arguments);
             out.push(b'}');
@@ -144,11 +169,11 @@ pub(super) fn render(plan: &ChatPlan, c: &Collected, id: &str, created: u64) -> 
             write_str(&mut out, call_id);
             if *custom {
                 out.extend_from_slice(b",\"type\":\"custom\",\"custom\":{\"name\":");
-                write_str(&mut out, plan.names.restore(name));
+                write_str(&mut out, a.names.restore(name));
                 out.extend_from_slice(b",\"input\":");
             } else {
                 out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
-                write_str(&mut out, plan.names.restore(name));
+                write_str(&mut out, a.names.restore(name));
                 out.extend_from_slice(b",\"arguments\":");
             }
             write_str(&mut out, arguments);
@@ -161,7 +186,7 @@ pub(super) fn render(plan: &ChatPlan, c: &Collected, id: &str, created: u64) -> 
     out.extend_from_slice(b"}],\"usage\":");
     write_usage(&mut out, &c.usage);
     out.extend_from_slice(b",\"service_tier\":");
-    write_str(&mut out, plan.service_tier());
+    write_str(&mut out, service_tier(core));
     out.extend_from_slice(b",\"system_fingerprint\":null}");
     out
 }

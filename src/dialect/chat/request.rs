@@ -4,7 +4,7 @@
 //! Owns: checking what cannot be served, the tool list and names, the conversation as
 //! `instructions` + `input` items, and the conversation id. Pure: no I/O.
 
-use super::ChatPlan;
+use super::render::Answer;
 use simd_json::BorrowedValue as Value;
 use simd_json::prelude::*;
 
@@ -22,8 +22,9 @@ use crate::upstream::request::{ToolChoice, ToolNames, UpstreamRequest, random_id
 /// The name the official client gives an unnamed JSON schema.
 const DEFAULT_SCHEMA_NAME: &str = "codex_output_schema";
 
-/// Translate a Chat Completions request body (parsed in place).
-pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ChatPlan, Error> {
+/// Translate a Chat Completions request body (parsed in place): the plan's core and how its
+/// answer is written.
+pub(super) fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<(PlanCore, Answer), Error> {
     let root = parse_object(body, ctx)?;
     let model = req_model(&root)?;
     let backend = ctx.backend_model(model);
@@ -120,20 +121,21 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ChatPlan, Error> {
     let id = random_id("chatcmpl-");
     // Kept for `previous_response_id` on `store: true`, or when it continues a kept exchange.
     let keep = previous.is_some() || opt_bool(&root, "store")? == Some(true);
-    Ok(ChatPlan {
-        core: PlanCore {
-            upstream,
-            client_model: model.to_owned(),
-            stream,
-            keep: keep.then(|| KeepAs::Fixed(id.clone())),
-            previous,
-        },
+    let core = PlanCore {
+        upstream,
+        client_model: model.to_owned(),
+        stream,
+        keep: keep.then(|| KeepAs::Fixed(id.clone())),
+        previous,
+    };
+    let answer = Answer {
         names,
         include_usage,
         reasoning_field: ctx.config.reasoning_field.clone(),
         legacy,
         id,
-    })
+    };
+    Ok((core, answer))
 }
 
 /// `n > 1` and audio output cannot be served: one text choice is all the backend makes.
@@ -538,7 +540,7 @@ fn conversation_id(root: &Value<'_>, ctx: &Ctx<'_>, conv: &Conversation) -> Resu
         .or_else(|| field(root, "safety_identifier"))
         .and_then(|v| v.as_str())
         .unwrap_or("");
-    crate::dialect::conversation_id(
+    crate::dialect::fields::conversation_id(
         root,
         ctx,
         b"chat",

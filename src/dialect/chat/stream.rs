@@ -1,15 +1,11 @@
-//! The streamed Chat answer: `Delta` → `chat.completion.chunk` SSE frames.
-//!
-//! Every chunk of one stream shares `id`/`created`/`model`, so the constant JSON prefix is
-//! written once per stream and each text delta costs one prefix copy, one escaped string and
-//! one suffix copy (no heap allocation in steady state).
+//! The streamed Chat answer: `Delta` → `chat.completion.chunk` SSE frames (the prefix shared
+//! by every chunk is written once per stream; see the module docs of `super`).
 
-use super::ChatPlan;
-use super::render::{incomplete_reason, write_usage};
+use super::render::{Answer, incomplete_reason, write_usage};
 use bytes::BytesMut;
 use simd_json::prelude::*;
 
-use crate::dialect::Encoder;
+use crate::dialect::{Encoder, PlanCore};
 use crate::error::Error;
 use crate::json::{write_str, write_str_body, write_u64};
 use crate::upstream::events::{Delta, Usage};
@@ -42,34 +38,34 @@ pub struct ChatEncoder {
 }
 
 impl ChatEncoder {
-    pub(super) fn new(plan: &ChatPlan, id: &str, created: u64) -> Self {
-        let mut prefix = Vec::with_capacity(160 + plan.core.client_model.len());
+    pub(super) fn new(core: &PlanCore, a: &Answer, id: &str, created: u64) -> Self {
+        let mut prefix = Vec::with_capacity(160 + core.client_model.len());
         prefix.extend_from_slice(b"data: {\"id\":");
         write_str(&mut prefix, id);
         prefix.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
         write_u64(&mut prefix, created);
         prefix.extend_from_slice(b",\"model\":");
-        write_str(&mut prefix, &plan.core.client_model);
+        write_str(&mut prefix, &core.client_model);
         prefix.extend_from_slice(b",\"system_fingerprint\":null,");
         let head_len = prefix.len();
         prefix.extend_from_slice(b"\"choices\":[{\"index\":0,\"delta\":");
         let mut reasoning_key = Vec::with_capacity(24);
         reasoning_key.push(b'{');
-        write_str(&mut reasoning_key, &plan.reasoning_field);
+        write_str(&mut reasoning_key, &a.reasoning_field);
         reasoning_key.push(b':');
         ChatEncoder {
             prefix,
             head_len,
-            suffix: if plan.include_usage {
+            suffix: if a.include_usage {
                 SUFFIX_USAGE
             } else {
                 SUFFIX
             },
-            include_usage: plan.include_usage,
+            include_usage: a.include_usage,
             reasoning_key,
-            names: plan.names.clone(),
+            names: a.names.clone(),
             calls: Vec::with_capacity(4),
-            legacy: plan.legacy,
+            legacy: a.legacy,
             reasoning_dirty: false,
             reasoning_sep: false,
             refused: false,

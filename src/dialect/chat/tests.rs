@@ -3,7 +3,6 @@ use http::HeaderMap;
 use serde_json::{Value as J, json};
 
 use super::render::*;
-use super::request::*;
 use super::stream::*;
 use super::*;
 use crate::dialect::{Encoder, Plan};
@@ -162,7 +161,7 @@ fn legacy_function_messages_pair_with_the_last_legacy_call() {
         {"role": "assistant", "content": null, "function_call": {"name": "f", "arguments": "{}"}},
         {"role": "function", "name": "f", "content": "done"}
     ]}));
-    assert!(p.legacy);
+    assert!(p.answer.legacy);
     let up: J = serde_json::from_slice(&p.upstream().body()).unwrap();
     assert_eq!(up["input"][1]["type"], "function_call");
     assert_eq!(up["input"][2]["call_id"], up["input"][1]["call_id"]);
@@ -346,7 +345,7 @@ fn long_tool_names_are_shortened_upstream_and_restored_in_both_answers() {
     assert_ne!(short, long);
     assert!(short.len() <= 64);
 
-    let mut enc = ChatEncoder::new(&p, "chatcmpl-1", 1);
+    let mut enc = ChatEncoder::new(&p.core, &p.answer, "chatcmpl-1", 1);
     let mut out = BytesMut::new();
     enc.delta(
         &Delta::ToolCallStart {
@@ -381,7 +380,7 @@ fn long_tool_names_are_shortened_upstream_and_restored_in_both_answers() {
     c.push(&Delta::Completed {
         usage: Usage::default(),
     });
-    let v: J = serde_json::from_slice(&render(&p, &c, "chatcmpl-1", 1)).unwrap();
+    let v: J = serde_json::from_slice(&render(&p.core, &p.answer, &c, "chatcmpl-1", 1)).unwrap();
     assert_eq!(
         v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
         long.as_str()
@@ -499,7 +498,7 @@ fn stream_plan(extra: J) -> ChatPlan {
 }
 
 fn run(p: &ChatPlan, events: &[&str]) -> Vec<u8> {
-    let mut enc = ChatEncoder::new(p, "chatcmpl-1", 1795509282);
+    let mut enc = ChatEncoder::new(&p.core, &p.answer, "chatcmpl-1", 1795509282);
     let mut out = BytesMut::new();
     enc.begin(&mut out);
     let mut dec = Decoder::new();
@@ -634,7 +633,7 @@ fn incomplete_for_max_output_tokens_finishes_with_length() {
 #[test]
 fn failure_writes_one_error_chunk_then_done_and_nothing_after() {
     let p = stream_plan(json!({"stream_options": {"include_usage": true}}));
-    let mut enc = ChatEncoder::new(&p, "chatcmpl-1", 1);
+    let mut enc = ChatEncoder::new(&p.core, &p.answer, "chatcmpl-1", 1);
     let mut out = BytesMut::new();
     enc.begin(&mut out);
     enc.delta(
@@ -711,7 +710,7 @@ fn non_stream_text_answer_has_the_documented_shape() {
         r#"{"type":"response.output_text.annotation.added","output_index":0,"annotation":{"type":"url_citation","url":"https://e.com","title":"E","start_index":0,"end_index":5}}"#,
         r#"{"type":"response.completed","response":{"usage":{"input_tokens":10,"input_tokens_details":{"cached_tokens":4},"output_tokens":3,"total_tokens":13}}}"#,
     ]);
-    let v: J = serde_json::from_slice(&render(&p, &c, "chatcmpl-9", 7)).unwrap();
+    let v: J = serde_json::from_slice(&render(&p.core, &p.answer, &c, "chatcmpl-9", 7)).unwrap();
     assert_eq!(
         v,
         json!({
@@ -737,7 +736,7 @@ fn non_stream_tool_calls_have_null_content_and_tool_calls_finish() {
         r#"{"type":"response.output_item.done","output_index":1,"item":{"type":"custom_tool_call","call_id":"call_2","name":"apply_patch","input":"*** Begin Patch"}}"#,
         r#"{"type":"response.completed","response":{}}"#,
     ]);
-    let v: J = serde_json::from_slice(&render(&p, &c, "chatcmpl-9", 7)).unwrap();
+    let v: J = serde_json::from_slice(&render(&p.core, &p.answer, &c, "chatcmpl-9", 7)).unwrap();
     let m = &v["choices"][0]["message"];
     assert_eq!(m["content"], J::Null);
     assert_eq!(
@@ -759,7 +758,7 @@ fn non_stream_reasoning_joins_parts_and_legacy_requests_get_function_call() {
         r#"{"type":"response.output_text.delta","output_index":1,"delta":"ok"}"#,
         r#"{"type":"response.incomplete","response":{"incomplete_details":{"reason":"content_filter"}}}"#,
     ]);
-    let v: J = serde_json::from_slice(&render(&p, &c, "chatcmpl-9", 7)).unwrap();
+    let v: J = serde_json::from_slice(&render(&p.core, &p.answer, &c, "chatcmpl-9", 7)).unwrap();
     assert_eq!(v["choices"][0]["message"]["reasoning_content"], "a\n\nb");
     assert_eq!(v["choices"][0]["finish_reason"], "content_filter");
 
@@ -769,7 +768,8 @@ fn non_stream_reasoning_joins_parts_and_legacy_requests_get_function_call() {
         r#"{"type":"response.output_item.done","output_index":0,"item":{"type":"function_call","call_id":"call_1","name":"f","arguments":"{}"}}"#,
         r#"{"type":"response.completed","response":{}}"#,
     ]);
-    let v: J = serde_json::from_slice(&render(&legacy, &c, "chatcmpl-9", 7)).unwrap();
+    let v: J =
+        serde_json::from_slice(&render(&legacy.core, &legacy.answer, &c, "chatcmpl-9", 7)).unwrap();
     assert_eq!(
         v["choices"][0]["message"]["function_call"],
         json!({"name": "f", "arguments": "{}"})

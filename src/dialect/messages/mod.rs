@@ -25,7 +25,7 @@
 //!
 //! Layout: `request` (Messages JSON → `UpstreamRequest`, and `count_tokens`), `stream`
 //! (`Delta` → the event sequence), `render` (the non-stream `Message` and the answer pieces
-//! the stream shares); this file holds the plan and the signature envelope.
+//! the stream shares); this file holds the plan.
 
 mod render;
 mod request;
@@ -33,73 +33,27 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use request::{count_tokens, translate};
+pub use render::signature_envelope;
+pub use request::count_tokens;
 pub use stream::MessagesEncoder;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
-use crate::dialect::{Plan, PlanCore};
-use crate::error::Protocol;
+use crate::dialect::{Ctx, Plan, PlanCore};
+use crate::error::{Error, Protocol};
 use crate::upstream::collect::Collected;
-use crate::upstream::request::ToolNames;
-
-/// Marks our own thinking signatures (version 1 of the envelope).
-const SIGNATURE_PREFIX: &str = "cxa1.";
-
-// ---------------------------------------------------------------------------------------
-// Signature envelope
-// ---------------------------------------------------------------------------------------
-
-/// Pack a reasoning item's id and `encrypted_content` into a thinking-block signature.
-pub fn signature_envelope(reasoning_id: &str, encrypted_content: &str) -> String {
-    let len = u32::try_from(reasoning_id.len()).unwrap_or(u32::MAX);
-    let mut raw = Vec::with_capacity(4 + reasoning_id.len() + encrypted_content.len());
-    raw.extend_from_slice(&len.to_be_bytes());
-    raw.extend_from_slice(reasoning_id.as_bytes());
-    raw.extend_from_slice(encrypted_content.as_bytes());
-    let mut out = String::with_capacity(SIGNATURE_PREFIX.len() + raw.len().div_ceil(3) * 4);
-    out.push_str(SIGNATURE_PREFIX);
-    URL_SAFE_NO_PAD.encode_string(&raw, &mut out);
-    out
-}
-
-/// The `(reasoning_id, encrypted_content)` inside one of our signatures; `None` for foreign
-/// or damaged signatures.
-pub fn open_signature(sig: &str) -> Option<(String, String)> {
-    let b64 = sig.strip_prefix(SIGNATURE_PREFIX)?;
-    let raw = URL_SAFE_NO_PAD.decode(b64).ok()?;
-    let (len, rest) = raw.split_first_chunk::<4>()?;
-    let n = u32::from_be_bytes(*len) as usize;
-    if rest.len() < n {
-        return None;
-    }
-    let (id, enc) = rest.split_at(n);
-    let id = std::str::from_utf8(id).ok()?;
-    let enc = std::str::from_utf8(enc).ok()?;
-    if enc.is_empty() {
-        return None;
-    }
-    Some((id.to_owned(), enc.to_owned()))
-}
+use render::Answer;
 
 /// A translated Messages request.
 pub struct MessagesPlan {
     /// The request and the client's model (echoed in answers); never chained or kept.
     core: PlanCore,
-    stop_sequences: Vec<String>,
-    names: ToolNames,
-    /// Whether reasoning is shown as `thinking` blocks (thinking enabled or adaptive).
-    thinking: bool,
-    /// Whether thinking blocks carry the summary text (`display` is not `omitted`).
-    summaries: bool,
-    /// Citations are possible (web search enabled): keep message text for `cited_text`.
-    citations: bool,
-    input_estimate: u64,
+    answer: Answer,
 }
 
-// Plan and the non-stream answer
-// ---------------------------------------------------------------------------------------
+/// Translate a `POST /v1/messages` body.
+pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<MessagesPlan, Error> {
+    let (core, answer) = request::build(body, ctx, false)?;
+    Ok(MessagesPlan { core, answer })
+}
 
 impl Plan for MessagesPlan {
     type Encoder = MessagesEncoder;
@@ -113,10 +67,10 @@ impl Plan for MessagesPlan {
     }
 
     fn encoder(&self) -> MessagesEncoder {
-        MessagesEncoder::new(self)
+        MessagesEncoder::new(&self.core, &self.answer)
     }
 
     fn render(&self, c: &Collected) -> Vec<u8> {
-        render::render(self, c)
+        render::render(&self.core, &self.answer, c)
     }
 }

@@ -1,16 +1,66 @@
-//! The non-stream Messages answer (`Message` JSON), and the answer pieces the stream shares:
-//! local stop sequences, citations, server tool ids, usage fields, stop reasons.
+//! The non-stream Messages answer (`Message` JSON), and what the stream shares with it: how
+//! the answer is written (`Answer`), the thinking-signature envelope (opened again by
+//! `request`), local stop sequences, citations, server tool ids, usage fields, stop reasons.
 
-use super::request::push_sep;
-use super::{MessagesPlan, signature_envelope};
-
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::BufMut;
 use simd_json::prelude::*;
 
+use crate::dialect::PlanCore;
 use crate::json::{write_str, write_u64};
 use crate::upstream::collect::{Collected, Finish, Item, OwnedCitation};
 use crate::upstream::events::Usage;
-use crate::upstream::request::random_id;
+use crate::upstream::request::{ToolNames, random_id};
+
+/// How a Messages answer is written, besides the `PlanCore` (set by `request`, read by
+/// `render` and `stream`).
+pub(super) struct Answer {
+    pub(super) stop_sequences: Vec<String>,
+    pub(super) names: ToolNames,
+    /// Whether reasoning is shown as `thinking` blocks (thinking enabled or adaptive).
+    pub(super) thinking: bool,
+    /// Whether thinking blocks carry the summary text (`display` is not `omitted`).
+    pub(super) summaries: bool,
+    /// Citations are possible (web search enabled): keep message text for `cited_text`.
+    pub(super) citations: bool,
+    pub(super) input_estimate: u64,
+}
+
+/// Marks our own thinking signatures (version 1 of the envelope).
+const SIGNATURE_PREFIX: &str = "cxa1.";
+
+/// Pack a reasoning item's id and `encrypted_content` into a thinking-block signature.
+pub fn signature_envelope(reasoning_id: &str, encrypted_content: &str) -> String {
+    let len = u32::try_from(reasoning_id.len()).unwrap_or(u32::MAX);
+    let mut raw = Vec::with_capacity(4 + reasoning_id.len() + encrypted_content.len());
+    raw.extend_from_slice(&len.to_be_bytes());
+    raw.extend_from_slice(reasoning_id.as_bytes());
+    raw.extend_from_slice(encrypted_content.as_bytes());
+    let mut out = String::with_capacity(SIGNATURE_PREFIX.len() + raw.len().div_ceil(3) * 4);
+    out.push_str(SIGNATURE_PREFIX);
+    URL_SAFE_NO_PAD.encode_string(&raw, &mut out);
+    out
+}
+
+/// The `(reasoning_id, encrypted_content)` inside one of our signatures; `None` for foreign
+/// or damaged signatures.
+pub(super) fn open_signature(sig: &str) -> Option<(String, String)> {
+    let b64 = sig.strip_prefix(SIGNATURE_PREFIX)?;
+    let raw = URL_SAFE_NO_PAD.decode(b64).ok()?;
+    let (len, rest) = raw.split_first_chunk::<4>()?;
+    let n = u32::from_be_bytes(*len) as usize;
+    if rest.len() < n {
+        return None;
+    }
+    let (id, enc) = rest.split_at(n);
+    let id = std::str::from_utf8(id).ok()?;
+    let enc = std::str::from_utf8(enc).ok()?;
+    if enc.is_empty() {
+        return None;
+    }
+    Some((id.to_owned(), enc.to_owned()))
+}
 
 /// The earliest match of any stop sequence: `(byte position, which sequence)`.
 pub(super) fn find_stop(text: &str, stops: &[String]) -> Option<(usize, usize)> {
@@ -109,13 +159,21 @@ pub(super) fn incomplete_reason(reason: Option<&str>) -> &'static str {
     }
 }
 
+/// A comma before every element but the first of a list being written.
+pub(super) fn push_sep(buf: &mut Vec<u8>, count: &mut usize) {
+    if *count > 0 {
+        buf.push(b',');
+    }
+    *count += 1;
+}
+
 /// The complete non-stream `Message`.
-pub(super) fn render(plan: &MessagesPlan, c: &Collected) -> Vec<u8> {
+pub(super) fn render(core: &PlanCore, a: &Answer, c: &Collected) -> Vec<u8> {
     let mut out = Vec::with_capacity(1024);
     out.extend_from_slice(br#"{"id":"#);
     write_str(&mut out, &random_id("msg_"));
     out.extend_from_slice(br#","type":"message","role":"assistant","model":"#);
-    write_str(&mut out, &plan.core.client_model);
+    write_str(&mut out, &core.client_model);
     out.extend_from_slice(br#","content":["#);
     let mut n = 0usize;
     let mut stopped: Option<usize> = None;
@@ -138,7 +196,7 @@ pub(super) fn render(plan: &MessagesPlan, c: &Collected) -> Vec<u8> {
                     joined = format!("{text}{refusal}");
                     t = &joined;
                 }
-                if let Some((pos, k)) = find_stop(t, &plan.stop_sequences) {
+                if let Some((pos, k)) = find_stop(t, &a.stop_sequences) {
                     t = t.get(..pos).unwrap_or("");
                     stopped = Some(k);
                 }
@@ -157,12 +215,12 @@ pub(super) fn render(plan: &MessagesPlan, c: &Collected) -> Vec<u8> {
                 summary,
                 encrypted_content,
             } => {
-                if !plan.thinking {
+                if !a.thinking {
                     continue;
                 }
                 push_sep(&mut out, &mut n);
                 out.extend_from_slice(br#"{"type":"thinking","thinking":"#);
-                if plan.summaries {
+                if a.summaries {
                     write_str(&mut out, &summary.join("\n\n"));
                 } else {
                     out.extend_from_slice(b"\"\"");
@@ -185,7 +243,7 @@ pub(super) fn render(plan: &MessagesPlan, c: &Collected) -> Vec<u8> {
                 out.extend_from_slice(br#"{"type":"tool_use","id":"#);
                 write_str(&mut out, call_id);
                 out.extend_from_slice(br#","name":"#);
-                write_str(&mut out, plan.names.restore(name));
+                write_str(&mut out, a.names.restore(name));
                 out.extend_from_slice(br#","input":"#);
                 out.extend_from_slice(wrap_arguments(arguments).as_bytes());
                 out.push(b'}');
@@ -209,7 +267,7 @@ pub(super) fn render(plan: &MessagesPlan, c: &Collected) -> Vec<u8> {
             Item::Compaction { .. } => {}
         }
     }
-    let (reason, sequence) = match stopped.and_then(|k| plan.stop_sequences.get(k)) {
+    let (reason, sequence) = match stopped.and_then(|k| a.stop_sequences.get(k)) {
         Some(s) => ("stop_sequence", Some(s.as_str())),
         None => match &c.finish {
             Finish::Incomplete(r) => (incomplete_reason(r.as_deref()), None),

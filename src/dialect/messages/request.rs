@@ -4,7 +4,7 @@
 //!
 //! Owns: the leniency rules of the module docs (`super`) on the request side. Pure: no I/O.
 
-use super::{MessagesPlan, open_signature};
+use super::render::{Answer, open_signature, push_sep};
 use std::collections::HashSet;
 
 use simd_json::BorrowedValue as Value;
@@ -26,13 +26,6 @@ const IMAGE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/w
 // ---------------------------------------------------------------------------------------
 // Small JSON helpers over the parsed request
 // ---------------------------------------------------------------------------------------
-
-pub(super) fn push_sep(buf: &mut Vec<u8>, count: &mut usize) {
-    if *count > 0 {
-        buf.push(b',');
-    }
-    *count += 1;
-}
 
 fn push_text_part(buf: &mut Vec<u8>, count: &mut usize, text: &str, raw: &RawStrings<'_>) {
     push_sep(buf, count);
@@ -684,18 +677,13 @@ fn write_image(
     }
 }
 
-/// Translate a `POST /v1/messages` body.
-pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<MessagesPlan, Error> {
-    build(body, ctx, false)
-}
-
 /// `POST /v1/messages/count_tokens`: `{"input_tokens":N,"context_window":W,"auto_compact_token_limit":L}`.
 /// Runs the same translation (leniently: what cannot be translated is skipped, not a 400) and
 /// counts the upstream body with o200k_base.
 pub fn count_tokens(body: &mut [u8], ctx: &Ctx<'_>) -> Result<Vec<u8>, Error> {
-    let plan = build(body, ctx, true)?;
-    let n = crate::tokens::count_upstream_body(&plan.core.upstream.body()).max(1);
-    let window = ctx.context_window(&plan.core.upstream.model);
+    let (core, _) = build(body, ctx, true)?;
+    let n = crate::tokens::count_upstream_body(&core.upstream.body()).max(1);
+    let window = ctx.context_window(&core.upstream.model);
     let limit = ctx.config.auto_compact_limit(window);
     let mut out = Vec::with_capacity(96);
     out.extend_from_slice(br#"{"input_tokens":"#);
@@ -708,7 +696,13 @@ pub fn count_tokens(body: &mut [u8], ctx: &Ctx<'_>) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, Error> {
+/// The plan's core and how its answer is written; `lenient` skips what cannot be translated
+/// (`count_tokens`) instead of failing.
+pub(super) fn build(
+    body: &mut [u8],
+    ctx: &Ctx<'_>,
+    lenient: bool,
+) -> Result<(PlanCore, Answer), Error> {
     let body_len = body.len();
     // The text as it arrived, so long strings are copied rather than escaped again.
     let original = crate::dialect::Original::copy(body);
@@ -975,15 +969,15 @@ fn build(body: &mut [u8], ctx: &Ctx<'_>, lenient: bool) -> Result<MessagesPlan, 
         compaction: false,
         lite: info.is_some_and(|m| m.responses_lite),
     };
-    Ok(MessagesPlan {
-        core: PlanCore::new(upstream, model, stream),
+    let answer = Answer {
         stop_sequences,
         names,
         thinking: thinking_blocks,
         summaries: summary.is_some(),
         citations: include_sources,
         input_estimate,
-    })
+    };
+    Ok((PlanCore::new(upstream, model, stream), answer))
 }
 
 /// A quick input-size estimate for `message_start` (the real count arrives with the final

@@ -2,15 +2,14 @@
 //! sequence (with `event:` lines), local stop sequences held back until they cannot match.
 
 use super::render::{
-    char_range, find_stop, incomplete_reason, server_tool_id, wrap_arguments, write_citation,
-    write_search_result_block, write_usage_fields,
+    Answer, char_range, find_stop, incomplete_reason, server_tool_id, signature_envelope,
+    wrap_arguments, write_citation, write_search_result_block, write_usage_fields,
 };
-use super::{MessagesPlan, signature_envelope};
 
 use bytes::{BufMut, BytesMut};
 use simd_json::prelude::*;
 
-use crate::dialect::Encoder;
+use crate::dialect::{Encoder, PlanCore};
 use crate::error::Error;
 use crate::json::{write_str, write_u64};
 use crate::upstream::events::{Citation, Delta, Source, Usage};
@@ -448,15 +447,15 @@ impl Encoder for MessagesEncoder {
 }
 
 impl MessagesEncoder {
-    pub(super) fn new(plan: &MessagesPlan) -> Self {
+    pub(super) fn new(core: &PlanCore, a: &Answer) -> Self {
         MessagesEncoder {
-            model: plan.core.client_model.clone(),
-            names: plan.names.clone(),
-            stop: plan.stop_sequences.clone(),
-            thinking: plan.thinking,
-            summaries: plan.summaries,
-            citations: plan.citations,
-            input_estimate: plan.input_estimate,
+            model: core.client_model.clone(),
+            names: a.names.clone(),
+            stop: a.stop_sequences.clone(),
+            thinking: a.thinking,
+            summaries: a.summaries,
+            citations: a.citations,
+            input_estimate: a.input_estimate,
             next: 0,
             open: Open::None,
             any_tool: false,

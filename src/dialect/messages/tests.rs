@@ -4,6 +4,7 @@ use bytes::BytesMut;
 use http::{HeaderMap, HeaderValue};
 use serde_json::{Value as J, json};
 
+use super::render::open_signature;
 use super::request::*;
 use super::*;
 use crate::config::Config;
@@ -1074,7 +1075,7 @@ fn stop_sequences_speed_and_output_format() {
     b["speed"] = json!("fast");
     b["output_config"] = json!({"format":{"type":"json_schema","schema":{"type":"object","properties":{"a":{"type":"string"}}}}});
     let p = env.plan(&b);
-    assert_eq!(p.stop_sequences, ["END".to_owned()]);
+    assert_eq!(p.answer.stop_sequences, ["END".to_owned()]);
     let v = upstream_json(&p);
     assert_eq!(v["service_tier"], "priority");
     assert_eq!(v["text"]["format"]["type"], "json_schema");

@@ -38,24 +38,27 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use request::{previous_response_not_found, translate};
+pub use request::previous_response_not_found;
 pub use stream::ResponsesEncoder;
 
-use crate::dialect::{KeepAs, Plan, PlanCore, unix_now};
-use crate::error::Protocol;
+use crate::dialect::{Ctx, KeepAs, Plan, PlanCore, unix_now};
+use crate::error::{Error, Protocol};
 use crate::upstream::collect::Collected;
-use crate::upstream::request::{ToolNames, UpstreamRequest};
+use crate::upstream::request::UpstreamRequest;
+use render::Answer;
 
 /// A translated Responses request and everything needed to answer it.
 pub struct ResponsesPlan {
     /// The request, the client's model (echoed in the non-stream answer), chaining and
     /// keeping (under the backend's response id, unless `store: false`).
     core: PlanCore,
-    names: ToolNames,
-    /// Some tool name was shortened: item events must have their names restored.
-    renamed: bool,
-    /// The client's `instructions` (echoed in the non-stream answer).
-    instructions: Option<String>,
+    answer: Answer,
+}
+
+/// Translate a Responses request body (parsed in place).
+pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ResponsesPlan, Error> {
+    let (core, answer) = request::translate(body, ctx)?;
+    Ok(ResponsesPlan { core, answer })
 }
 
 impl ResponsesPlan {
@@ -78,11 +81,11 @@ impl Plan for ResponsesPlan {
     }
 
     fn encoder(&self) -> ResponsesEncoder {
-        ResponsesEncoder::new(self.renamed.then(|| self.names.clone()))
+        ResponsesEncoder::new(self.answer.renamed.then(|| self.answer.names.clone()))
     }
 
     fn render(&self, collected: &Collected) -> Vec<u8> {
-        render::render(self, collected, unix_now())
+        render::render(&self.core, &self.answer, collected, unix_now())
     }
 
     fn upstream_mut(&mut self) -> Option<&mut UpstreamRequest> {

@@ -1,15 +1,24 @@
 //! The non-stream Responses answer: a `Collected` response as the final Response object
 //! (§10.3), with its output items in the public shape.
 
-use super::ResponsesPlan;
-
 use simd_json::prelude::*;
 
+use crate::dialect::PlanCore;
 use crate::dialect::items::{write_summary, write_tool_call};
 use crate::json::{write_opt_str, write_str, write_u64};
 use crate::upstream::collect::{Collected, Finish, Item};
 use crate::upstream::events::Usage;
 use crate::upstream::request::{ToolChoice, ToolNames, random_id};
+
+/// How a Responses answer is written, besides the `PlanCore` (set by `request`, read by
+/// `render` and the plan's encoder).
+pub(super) struct Answer {
+    pub(super) names: ToolNames,
+    /// Some tool name was shortened: item events must have their names restored.
+    pub(super) renamed: bool,
+    /// The client's `instructions` (echoed in the non-stream answer).
+    pub(super) instructions: Option<String>,
+}
 
 fn write_usage(out: &mut Vec<u8>, u: &Usage) {
     out.extend_from_slice(b"{\"input_tokens\":");
@@ -26,8 +35,8 @@ fn write_usage(out: &mut Vec<u8>, u: &Usage) {
 }
 
 /// The final Response object (§10.3) for `stream:false`.
-pub(super) fn render(plan: &ResponsesPlan, c: &Collected, created: u64) -> Vec<u8> {
-    let up = &plan.core.upstream;
+pub(super) fn render(core: &PlanCore, a: &Answer, c: &Collected, created: u64) -> Vec<u8> {
+    let up = &core.upstream;
     let mut out = Vec::with_capacity(1024);
     out.extend_from_slice(b"{\"id\":");
     if c.response_id.is_empty() {
@@ -41,7 +50,7 @@ pub(super) fn render(plan: &ResponsesPlan, c: &Collected, created: u64) -> Vec<u
         Finish::Incomplete(reason) => {
             out.extend_from_slice(b",\"status\":\"incomplete\"");
             out.extend_from_slice(b",\"model\":");
-            write_str(&mut out, &plan.core.client_model);
+            write_str(&mut out, &core.client_model);
             out.extend_from_slice(b",\"error\":null,\"incomplete_details\":{\"reason\":");
             write_opt_str(&mut out, reason.as_deref());
             out.push(b'}');
@@ -49,18 +58,18 @@ pub(super) fn render(plan: &ResponsesPlan, c: &Collected, created: u64) -> Vec<u
         _ => {
             out.extend_from_slice(b",\"status\":\"completed\"");
             out.extend_from_slice(b",\"model\":");
-            write_str(&mut out, &plan.core.client_model);
+            write_str(&mut out, &core.client_model);
             out.extend_from_slice(b",\"error\":null,\"incomplete_details\":null");
         }
     }
     out.extend_from_slice(b",\"instructions\":");
-    write_opt_str(&mut out, plan.instructions.as_deref());
+    write_opt_str(&mut out, a.instructions.as_deref());
     out.extend_from_slice(b",\"output\":[");
     for (k, item) in c.items.iter().enumerate() {
         if k > 0 {
             out.push(b',');
         }
-        write_item(&mut out, item, &plan.names);
+        write_item(&mut out, item, &a.names);
     }
     out.extend_from_slice(b"],\"parallel_tool_calls\":");
     out.extend_from_slice(if up.parallel_tool_calls {
@@ -84,7 +93,7 @@ pub(super) fn render(plan: &ResponsesPlan, c: &Collected, created: u64) -> Vec<u
         ToolChoice::Required => out.extend_from_slice(b"\"required\""),
         ToolChoice::Function(name) => {
             out.extend_from_slice(b"{\"type\":\"function\",\"name\":");
-            write_str(&mut out, plan.names.restore(name));
+            write_str(&mut out, a.names.restore(name));
             out.push(b'}');
         }
     }

@@ -2,7 +2,7 @@
 //! backend accepts (items re-emitted with only the fixes it needs, tools, tool choice,
 //! text options), and the errors for what needs server-side state.
 
-use super::ResponsesPlan;
+use super::render::Answer;
 use std::borrow::Cow;
 use std::ops::Range;
 
@@ -73,7 +73,7 @@ fn write_object(
 }
 
 /// Translate a Responses request body (parsed in place).
-pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ResponsesPlan, Error> {
+pub(super) fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<(PlanCore, Answer), Error> {
     let root = parse_object(body, ctx)?;
     reject_stateful(&root)?;
     let model = req_model(&root)?;
@@ -109,7 +109,7 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ResponsesPlan, Error>
         _ => None,
     };
     let first = input.get(first_item).unwrap_or_default();
-    let conversation_id = crate::dialect::conversation_id(
+    let conversation_id = crate::dialect::fields::conversation_id(
         &root,
         ctx,
         b"responses",
@@ -145,18 +145,19 @@ pub fn translate(body: &mut [u8], ctx: &Ctx<'_>) -> Result<ResponsesPlan, Error>
         compaction: false,
         lite: info.is_some_and(|m| m.responses_lite),
     };
-    Ok(ResponsesPlan {
-        core: PlanCore {
-            upstream,
-            client_model: model.to_owned(),
-            stream,
-            previous,
-            keep: keep.then_some(KeepAs::ResponseId),
-        },
+    let core = PlanCore {
+        upstream,
+        client_model: model.to_owned(),
+        stream,
+        previous,
+        keep: keep.then_some(KeepAs::ResponseId),
+    };
+    let answer = Answer {
         renamed: names.any_renamed(),
         names,
         instructions: instructions.map(str::to_owned),
-    })
+    };
+    Ok((core, answer))
 }
 
 /// Features that need server-side state or templates, which the backend (and this proxy)

@@ -2,6 +2,7 @@ use bytes::BytesMut;
 
 use super::request::*;
 use super::stream::*;
+use super::translate;
 use super::*;
 use crate::dialect::STREAM_B_ITEMS;
 use crate::dialect::{Encoder, Plan};
@@ -564,7 +565,7 @@ fn collected(lines: &[&str]) -> Collected {
 }
 
 fn rendered(p: &ResponsesPlan, c: &Collected) -> J {
-    serde_json::from_slice(&super::render::render(p, c, 1795509282)).unwrap()
+    serde_json::from_slice(&super::render::render(&p.core, &p.answer, c, 1795509282)).unwrap()
 }
 
 #[test]
