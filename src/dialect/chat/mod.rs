@@ -25,8 +25,10 @@
 //!   a forced custom tool is sent as the only tool with `tool_choice:"required"`.
 //!
 //! Layout: `request` (Chat JSON → `UpstreamRequest`), `stream` (`Delta` →
-//! `chat.completion.chunk` frames), `render` (the non-stream `chat.completion`); this file
-//! holds the plan.
+//! `chat.completion.chunk` frames), `render` (the non-stream `chat.completion`). This file
+//! holds the plan: its `PlanCore` and render's `Answer` (how the answer is written), both
+//! filled in by `request`. The files depend one way: this file on the others, `request` and
+//! `stream` on `render`; none uses this file.
 
 mod render;
 mod request;

@@ -1,3 +1,6 @@
+//! Unit tests of the Chat dialect: request translation, the stream encoder and the
+//! non-stream render, each through the plan the way the pipeline drives it.
+
 use bytes::BytesMut;
 use http::HeaderMap;
 use serde_json::{Value as J, json};

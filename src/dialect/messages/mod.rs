@@ -25,7 +25,9 @@
 //!
 //! Layout: `request` (Messages JSON → `UpstreamRequest`, and `count_tokens`), `stream`
 //! (`Delta` → the event sequence), `render` (the non-stream `Message` and the answer pieces
-//! the stream shares); this file holds the plan.
+//! the stream shares). This file holds the plan: its `PlanCore` and render's `Answer` (how
+//! the answer is written), both filled in by `request`. The files depend one way: this file
+//! on the others, `request` and `stream` on `render`; none uses this file.
 
 mod render;
 mod request;

@@ -1,3 +1,6 @@
+//! Unit tests of the Messages dialect: request translation, the stream encoder and the
+//! non-stream render, each through the plan the way the pipeline drives it.
+
 use std::path::PathBuf;
 
 use bytes::BytesMut;

@@ -29,8 +29,10 @@
 //!   client sends `store: false` (the public API's default is `true`).
 //!
 //! Layout: `request` (the public request → `UpstreamRequest`), `stream` (the forwarding
-//! encoder and the tool-name restoring edits), `render` (the final Response object); this
-//! file holds the plan.
+//! encoder and the tool-name restoring edits), `render` (the final Response object). This
+//! file holds the plan: its `PlanCore` and render's `Answer` (how the answer is written),
+//! both filled in by `request`. The files depend one way: this file on the others,
+//! `request` on `render`; none uses this file.
 
 mod render;
 mod request;
