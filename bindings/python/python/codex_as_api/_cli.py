@@ -12,9 +12,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``codex-as-api`` with ``argv`` (default: the process's arguments); returns the
     exit status."""
     args = sys.argv[1:] if argv is None else argv
-    # Ctrl-C and SIGTERM belong to the Rust side (it drains the server, then returns), as in
-    # the native binary: with Python's SIGINT handler left in place, a KeyboardInterrupt
-    # would be raised after the Rust side has already shut down cleanly.
+    # Ctrl-C belongs to the Rust side, as in the native binary: `serve` and `emulator` catch
+    # it (and SIGTERM) to shut down cleanly; every other command dies of it. Python's own
+    # handler would only set a flag that nothing reads while Rust runs, so a Ctrl-C outside
+    # the Rust handlers (during `login`, say) would be ignored.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     sys.stdout.flush()
     return _native.run_cli(["codex-as-api", *args])
