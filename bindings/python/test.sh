@@ -41,8 +41,14 @@ stamp "pytest"
 echo "== sdist, then a wheel built from it (maturin from PyPI as the build backend)"
 "$tmp/build/bin/maturin" sdist -m "$here/Cargo.toml" -o "$tmp/sdist"
 "$tmp/build/bin/pip" download -q --only-binary :all: -d "$tmp/backend" "maturin>=1.9,<2"
+# Unpacked by hand and touched: with sources newer than target/'s artifacts, cargo compiles
+# the two crates from the sdist's own files (a missing file fails here); only the registry
+# dependencies are reused.
+mkdir "$tmp/sdist-src"
+tar xzf "$tmp"/sdist/codex_as_api-*.tar.gz -C "$tmp/sdist-src"
+find "$tmp/sdist-src" -name '*.rs' -exec touch {} +
 MATURIN_PEP517_ARGS="--profile dist" "$tmp/build/bin/pip" wheel -q --no-deps --no-index \
-  --find-links "$tmp/backend" -w "$tmp/sdist-wheels" "$tmp"/sdist/codex_as_api-*.tar.gz
+  --find-links "$tmp/backend" -w "$tmp/sdist-wheels" "$tmp"/sdist-src/codex_as_api-*/
 "$python" -m venv "$tmp/venv2"
 "$tmp/venv2/bin/pip" install -q --no-index --find-links "$tmp/sdist-wheels" codex-as-api
 mkdir "$tmp/home"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence, Union, cast
 
 from . import _native
 from ._types import AssistantResponse, Message, StreamEvent, ToolCall, ToolSchema, Usage
@@ -102,7 +102,7 @@ def _chat_body(default_model: str, messages: Messages, opts: Mapping[str, Any]) 
     return json.dumps(body)
 
 
-def _content_parts(content: Any, role: str) -> Any:
+def _content_parts(content: Any, role: str | None) -> Any:
     if not isinstance(content, list):
         return content
     out = []
@@ -138,6 +138,11 @@ def _responses_input(messages: Messages) -> list[dict[str, Any]]:
                 {"type": "function_call", "call_id": call["id"], "name": fn["name"], "arguments": fn["arguments"]}
             )
     return items
+
+
+def _object(raw: str) -> dict[str, Any]:
+    """A JSON object answered by the native side."""
+    return cast("dict[str, Any]", json.loads(raw))
 
 
 def _timeout_secs(timeout: float | None) -> int | None:
@@ -246,24 +251,24 @@ class ChatGPTOAuthProvider(_Base):
     def generate_image(self, prompt: str, **opts: Any) -> dict[str, Any]:
         """An image (``size``, ``quality``, ``background``, ``n``, …) →
         ``{"created", "data": [{"b64_json"}]}``."""
-        return json.loads(self._native.call("images", self._image_body(prompt, opts)))
+        return _object(self._native.call("images", self._image_body(prompt, opts)))
 
     def inspect_images(self, images: Iterable[Any], prompt: str, **opts: Any) -> dict[str, Any]:
         """Describe images (URLs, data URLs or ``{"image_url": …}``) →
         ``{"id", "object": "inspect", "model", "text", "usage"}``."""
-        return json.loads(self._native.call("inspect", self._inspect_body(images, prompt, opts)))
+        return _object(self._native.call("inspect", self._inspect_body(images, prompt, opts)))
 
     def compact_messages(self, messages: Messages, **opts: Any) -> dict[str, Any]:
         """Compact a conversation → the compacted items (``{"output": [...], …}``)."""
-        return json.loads(self._native.call("compact", self._compact_body(messages, opts)))
+        return _object(self._native.call("compact", self._compact_body(messages, opts)))
 
     def get_model_catalog(self) -> dict[str, Any]:
         """The models the backend offers (``{"object": "list", "data": [...]}``)."""
-        return json.loads(self._native.call("models"))
+        return _object(self._native.call("models"))
 
     def get_usage(self) -> dict[str, Any]:
         """The accounts' rate-limit windows, plan and credits."""
-        return json.loads(self._native.call("usage"))
+        return _object(self._native.call("usage"))
 
 
 def _iterate(stream: Any) -> Iterator[StreamEvent]:
@@ -325,9 +330,9 @@ class AsyncChatGPTOAuthProvider(_Base):
         finally:
             stream.close()
 
-    async def _call(self, op: str, body: str | None = None) -> Any:
+    async def _call(self, op: str, body: str | None = None) -> dict[str, Any]:
         raw = await _settle(lambda done: self._native.call_async(op, body, done))
-        return json.loads(raw)
+        return _object(raw)
 
     async def generate_image(self, prompt: str, **opts: Any) -> dict[str, Any]:
         return await self._call("images", self._image_body(prompt, opts))
