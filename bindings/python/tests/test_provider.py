@@ -8,6 +8,8 @@ import base64
 import dataclasses
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,25 @@ def test_reasoning_content_is_returned(provider):
     r = provider.chat("EMU:reasoning", reasoning_effort="high")
     assert r.reasoning_content
     assert r.content
+
+
+def test_a_blocking_call_releases_the_gil(provider):
+    # The emulator paces 10 deltas 60 ms apart; meanwhile this thread must keep running.
+    done = threading.Event()
+    worker = threading.Thread(
+        target=lambda: (provider.chat("EMU:pace:60 EMU:deltas:10"), done.set())
+    )
+    start = time.monotonic()
+    last, longest_gap = start, 0.0
+    worker.start()
+    while not done.is_set():
+        now = time.monotonic()
+        longest_gap = max(longest_gap, now - last)
+        last = now
+    worker.join()
+    took = time.monotonic() - start
+    assert took >= 0.5, took
+    assert longest_gap < took / 3, (longest_gap, took)
 
 
 def test_chat_stream_yields_content_pieces_then_finish(provider):
@@ -300,3 +321,8 @@ def test_a_bad_setting_raises_at_construction(codex_home):
         ChatGPTOAuthProvider(timeout=0)
     with pytest.raises(InvalidRequestError):
         AsyncChatGPTOAuthProvider(timeout=10**9)
+
+
+def test_demo_mode_needs_no_login(codex_home):
+    r = ChatGPTOAuthProvider(demo=True).chat("hello")
+    assert r.content and r.finish_reason == "stop"
