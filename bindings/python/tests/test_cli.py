@@ -72,3 +72,30 @@ def test_serve_answers_health_and_stops_on_a_signal(codex_home, sig):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_ctrl_c_ends_a_command_that_does_not_catch_it(tmp_path):
+    # `login` waits for the browser's callback and leaves Ctrl-C to its default action, as
+    # the native binary does: the process must die of it, not swallow it in Python's handler.
+    proc = subprocess.Popen(
+        [
+            cli(), "login", "--no-browser", "--callback-port", "0",
+            "--auth-base-url", "http://127.0.0.1:9", "--auth-path", str(tmp_path / "auth.json"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("Waiting for the sign-in"):
+                break
+        else:
+            raise AssertionError(f"login exited ({proc.wait()}) before waiting")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == -signal.SIGINT
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
