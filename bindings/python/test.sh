@@ -12,6 +12,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
 export CARGO_PROFILE_DEV_DEBUG=0
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python="${PYTHON:-python3}"
+# The READMEs whose Python examples tests/test_readme.py runs.
+export CODEX_AS_API_README="$repo/README.md" CODEX_AS_API_PY_README="$here/README.md"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 t0=$(date +%s)

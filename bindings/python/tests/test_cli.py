@@ -99,3 +99,10 @@ def test_ctrl_c_ends_a_command_that_does_not_catch_it(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_cli_names_itself_for_the_servers_it_starts():
+    # `codex-as-api claude` starts `codex-as-api serve` through CODEX_AS_API_EXE.
+    from codex_as_api._cli import self_exe
+
+    assert self_exe() == cli()
