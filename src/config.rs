@@ -940,9 +940,17 @@ impl Config {
     /// Settings as `codex-as-api serve` resolves them with no flags: the `CODEX_AS_API_*`
     /// environment variables (and `CODEX_HOME`) over config.toml over the defaults.
     pub fn from_env() -> Result<Config, crate::error::Error> {
+        ConfigBuilder::from_env()?.build()
+    }
+}
+
+impl ConfigBuilder {
+    /// A builder preset with the `CODEX_AS_API_*` environment variables (and `CODEX_HOME`),
+    /// as `codex-as-api serve` reads them; a setter then overrides its variable.
+    pub fn from_env() -> Result<ConfigBuilder, crate::error::Error> {
         use clap::Parser;
         let env = EnvOnly::try_parse_from(["codex-as-api"])
             .map_err(|e| crate::error::Error::bad_request(e.to_string()))?;
-        Config::resolve(&env.serve).map_err(crate::error::Error::bad_request)
+        Ok(ConfigBuilder { args: env.serve })
     }
 }
