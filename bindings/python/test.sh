@@ -4,12 +4,13 @@
 # and CLI), then build it again from the sdist and run the same tests against that wheel.
 #
 # Needs python3 (>= 3.10) with venv, cargo, and PyPI for maturin and pytest. Build outputs
-# share the repository's target/ (profile `dist`).
+# share the repository's target/, in the cargo profile BINDINGS_PROFILE (default `dist`, as
+# published; CI passes `dev`, which reuses the dependencies tests/run.sh built).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
-export CARGO_PROFILE_DEV_DEBUG=0
+profile="${BINDINGS_PROFILE:-dist}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python="${PYTHON:-python3}"
 # The READMEs whose Python examples tests/test_readme.py runs.
@@ -24,8 +25,8 @@ echo "== build venv (maturin from PyPI)"
 "$tmp/build/bin/pip" install -q "maturin>=1.9,<2"
 stamp "build venv"
 
-echo "== maturin build --profile dist"
-"$tmp/build/bin/maturin" build --profile dist -m "$here/Cargo.toml" -o "$tmp/wheels"
+echo "== maturin build --profile $profile"
+"$tmp/build/bin/maturin" build --profile "$profile" -m "$here/Cargo.toml" -o "$tmp/wheels"
 ls "$tmp/wheels"
 stamp "wheel"
 
@@ -52,7 +53,7 @@ tar xzf "$tmp"/sdist/codex_as_api-*.tar.gz -C "$tmp/sdist-src"
 if [ "${PY_SDIST_FULL_REBUILD:-0}" = 1 ]; then
   find "$tmp/sdist-src" -name '*.rs' -exec touch {} +
 fi
-MATURIN_PEP517_ARGS="--profile dist" "$tmp/build/bin/pip" wheel -q --no-deps --no-index \
+MATURIN_PEP517_ARGS="--profile $profile" "$tmp/build/bin/pip" wheel -q --no-deps --no-index \
   --find-links "$tmp/backend" -w "$tmp/sdist-wheels" "$tmp"/sdist-src/codex_as_api-*/
 "$python" -m venv "$tmp/venv2"
 "$tmp/venv2/bin/pip" install -q pytest
