@@ -25,7 +25,7 @@ use tokio::time::{Instant, Sleep};
 use crate::dialect::Encoder;
 use crate::error::{Error, ErrorKind, Protocol};
 use crate::sse::parse::SseParser;
-use crate::upstream::conn::Upstream;
+use crate::upstream::stream::Upstream;
 use crate::upstream::events::{Decoder, Delta};
 use crate::upstream::failure::{self, PromptSize};
 use crate::upstream::meter::Meter;

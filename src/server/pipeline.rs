@@ -31,10 +31,10 @@ use crate::server::State;
 use crate::server::reqlog::Meter;
 use crate::server::respond::{RespBody, error_response, json_response, stream_response};
 use crate::upstream::collect::{Collected, Finish};
-use crate::upstream::conn::Upstream;
 use crate::upstream::events::Decoder;
 use crate::upstream::failure::{self, PromptSize};
 use crate::upstream::request::{self, UpstreamRequest};
+use crate::upstream::stream::Upstream;
 use crate::upstream::ws;
 
 /// Longest `Retry-After` we wait out ourselves before answering the client instead.
@@ -120,8 +120,10 @@ async fn send(
             lite: upstream.lite,
             fallback: transport == Transport::Auto,
         };
-        if let ws::Outcome::Response(resp) = state.pool.websocket(call).await? {
-            return Ok(resp);
+        match state.sockets.send(&state.pool, call).await? {
+            ws::Outcome::Stream(resp) => return Ok(resp.map(Upstream::from)),
+            ws::Outcome::Status(resp) => return Ok(resp.map(Upstream::from)),
+            ws::Outcome::Sse => {}
         }
     }
     let (wire, compressed) = body.wire();
@@ -133,7 +135,7 @@ async fn send(
         wire,
         compressed,
     )?;
-    state.pool.request(req).await
+    Ok(state.pool.request(req).await?.map(Upstream::from))
 }
 
 async fn read_error_body(body: Upstream) -> Vec<u8> {
