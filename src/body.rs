@@ -9,8 +9,9 @@
 //! error frame, and the response-head hold (`poll_prelude`). Dropping it (client gone) drops
 //! the upstream body and the live-stream guard.
 //!
-//! Does not own: sending the request, retries and status errors (`server::pipeline`), or
-//! wire formats (`dialect`).
+//! Does not own: sending the request, retries and status errors (`server::pipeline`), the
+//! parsing and decoding of upstream events (`upstream::events::Pump`, shared with
+//! non-stream aggregation), or wire formats (`dialect`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,15 +25,10 @@ use tokio::time::{Instant, Sleep};
 
 use crate::dialect::Encoder;
 use crate::error::{Error, ErrorKind, Protocol};
-use crate::sse::parse::SseParser;
-use crate::upstream::conn::Upstream;
-use crate::upstream::events::{Decoder, Delta};
+use crate::upstream::events::{Delta, Pump};
+use crate::upstream::stream::Upstream;
 use crate::upstream::failure::{self, PromptSize};
 use crate::upstream::meter::Meter;
-
-/// Largest single upstream event accepted (reasoning items with encrypted content are KBs;
-/// a compaction item can be large).
-pub const MAX_EVENT_BYTES: usize = 64 * 1024 * 1024;
 
 /// First capacity of the per-stream output buffer (it grows to what a wake-up produces).
 const OUT_CAPACITY: usize = 1024;
@@ -125,8 +121,8 @@ impl<T> Source for T where
 /// The translating body. `E` writes the client's protocol; `B` is the upstream body.
 pub struct Translate<E: Encoder, B: Source = Upstream> {
     upstream: Option<B>,
-    parser: SseParser,
-    decoder: Decoder,
+    /// The parse/decode loop shared with non-stream aggregation.
+    events: Pump,
     encoder: E,
     out: BytesMut,
     phase: Phase,
@@ -178,8 +174,7 @@ impl<E: Encoder, B: Source> Translate<E, B> {
         encoder.begin(&mut out);
         Translate {
             upstream: Some(upstream),
-            parser: SseParser::new(MAX_EVENT_BYTES),
-            decoder: Decoder::new(),
+            events: Pump::new(),
             encoder,
             out,
             phase: Phase::Streaming,
@@ -201,8 +196,7 @@ impl<E: Encoder, B: Source> Translate<E, B> {
     /// terminal event was handled.
     fn process(&mut self, committed: bool) -> bool {
         let Translate {
-            parser,
-            decoder,
+            events,
             encoder,
             out,
             protocol,
@@ -214,11 +208,10 @@ impl<E: Encoder, B: Source> Translate<E, B> {
             ..
         } = self;
         loop {
-            let ev = match parser.next_event() {
+            let ev = match events.next_event() {
                 Ok(Some(ev)) => ev,
                 Ok(None) => return false,
-                Err(e) => {
-                    let err = Error::new(ErrorKind::BadGateway, format!("upstream stream: {e}"));
+                Err(err) => {
                     if committed && let Some(m) = meter {
                         m.record_error(&err);
                     }
@@ -229,7 +222,7 @@ impl<E: Encoder, B: Source> Translate<E, B> {
             encoder.raw(ev.event, ev.data, out);
             let mut failure: Option<Error> = None;
             let mut terminal = false;
-            let decoded = decoder.decode(ev.data, |d| {
+            let decoded = ev.decode(|d| {
                 if d.is_terminal()
                     && let Some(m) = meter
                 {
@@ -259,11 +252,8 @@ impl<E: Encoder, B: Source> Translate<E, B> {
                     }
                 }
             });
-            if decoded.is_err() {
-                failure = Some(Error::new(
-                    ErrorKind::BadGateway,
-                    "upstream sent an event that is not valid JSON",
-                ));
+            if let Err(err) = decoded {
+                failure = Some(err);
             }
             if let Some(err) = failure {
                 // A failure while the head is held goes back to the pipeline (which may retry).
@@ -332,7 +322,7 @@ impl<E: Encoder, B: Source> Translate<E, B> {
                     progressed = true;
                     if let Ok(data) = frame.into_data() {
                         self.last_upstream = Instant::now();
-                        self.parser.push(&data);
+                        self.events.push(&data);
                         if self.process(committed) {
                             self.phase = Phase::Finished;
                             self.release_upstream();
@@ -373,7 +363,7 @@ impl<E: Encoder, B: Source> Translate<E, B> {
     /// At EOF: terminate a final unterminated event (tolerant, like `SseParser::finish`)
     /// and process it.
     fn finish_parser(&mut self, committed: bool) -> bool {
-        self.parser.push(b"\n\n");
+        self.events.end();
         self.process(committed)
     }
 

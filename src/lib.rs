@@ -17,20 +17,25 @@
 //!                                                       │ upstream::h2pool (rustls + h2)
 //!                                                       ▼
 //!              chatgpt.com /backend-api/codex/responses (WebSocket frames or SSE)
-//!                                                       │ upstream::conn::Upstream (SSE bytes)
+//!                                                       │ upstream::stream::Upstream (SSE bytes,
+//!                                                       │ over conn::HttpBody or ws::WsBody)
 //!                                                       ▼
-//!    body::Translate<E> ── sse::parse (zero-copy lines) ── upstream::events (one event's
-//!    JSON, normalised) ── Delta (the pivot) ── E::encode (the client's bytes, written into
-//!    a reused buffer) ──▶ the client's connection
+//!    body::Translate<E> ── upstream::events::Pump: sse::parse (zero-copy lines) → one
+//!    event's JSON, normalised ── Delta (the pivot) ── E::encode (the client's bytes, written
+//!    into a reused buffer) ──▶ the client's connection
 //! ```
 //!
 //! Dependencies point one way: the server's modules over `body`, over the dialects, over
 //! the upstream modules, over `auth`, `json`, `sse`, `error` and `config`;
-//! `server::respond` is the server's leaf. Circles still left among files (to break):
-//! `upstream::{conn, ws}` and `emulator::{routes, ws}`.
+//! `server::respond` is the server's leaf. Inside `upstream`, `stream` (the response body)
+//! sits over the two transports, `ws` over `conn` (it connects through the pool), and
+//! `collect` over `stream` and `events`; inside the emulator, `routes` over `ws` over
+//! `admit` over `http`. No file uses a file that uses it back (checked by reading every
+//! file's `use crate::…`/`super::…` lines and paths).
 //!
-//! Non-streaming requests run the same pipeline; `upstream::collect` aggregates the stream
-//! and the dialect renders the final JSON (the backend only streams).
+//! Non-streaming requests run the same pipeline; `upstream::collect` reads the stream
+//! through the same parse/decode loop as the streaming body (`upstream::events::Pump`),
+//! aggregates it, and the dialect renders the final JSON (the backend only streams).
 //!
 //! What each module owns:
 //!
@@ -45,9 +50,11 @@
 //! - [`upstream`]: the upstream connections (`client`: the shared hyper-rustls client;
 //!   `conn`: the driven HTTP/1.1 pool the streaming body polls itself; `h2pool`: the
 //!   stream-aware h2 pool; `ws`: the Responses WebSocket transport with continuation;
-//!   `proxy`: outbound proxies), upstream request building (strict body allow-list,
-//!   Responses-lite layout, headers, zstd), event decoding into `Delta`, the usage `meter`,
-//!   stream collection, failure mapping, the rate-limit headers, the model catalog.
+//!   `proxy`: outbound proxies; `stream`: the one response body over them), upstream
+//!   request building (strict body allow-list, Responses-lite layout, headers, zstd), event
+//!   decoding into `Delta` (`events`, with the parse/decode loop `Pump`), the usage
+//!   `meter`, non-stream aggregation (`collect`), failure mapping, the rate-limit headers,
+//!   the model catalog.
 //! - [`sse`]: the incremental zero-copy SSE parser and the frame writer.
 //! - [`json`]: string escaping, the one parsed-value writer (`write_value`), raw-slice
 //!   helpers and the span scanner (`json::span`).

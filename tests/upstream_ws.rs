@@ -402,7 +402,7 @@ async fn a_client_that_leaves_closes_its_socket_and_idle_sockets_close_on_time()
         &json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": "kept"}]}),
     )
     .await;
-    let sockets = h.server.state().pool.sockets();
+    let sockets = &h.server.state().sockets;
     assert_eq!(sockets.idle(), 1);
     until("the idle socket to close", Duration::from_secs(10), || {
         sockets.idle() == 0

@@ -16,6 +16,10 @@
 //!   ([`WebSocketMode`]); requests take the same path as the SSE route's,
 //! * routing and the unary endpoints (models, images, compaction v1, usage, token
 //!   refresh: [`routes`]),
+//! * what the SSE route and the WebSocket transport share: the path of a parsed
+//!   `/responses` body and its refusals ([`admit`]), the response builders and header
+//!   readers ([`http`]); `routes` → `ws` → `admit` → `http`, and `routes` uses the last
+//!   two directly, never the other way,
 //! * the issued-token registry and JWT minting ([`tokens`]),
 //! * the request rules of §5.3/§6 ([`rules`]) and the model catalog ([`catalog`]),
 //! * scripted SSE answers chosen by `EMU:` directives ([`script`]) and the body that
@@ -40,8 +44,10 @@
 //! benches and `--demo` should depend on it.
 
 mod accounts;
+mod admit;
 mod catalog;
 mod demo;
+mod http;
 mod oauth;
 mod routes;
 mod rules;

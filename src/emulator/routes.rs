@@ -3,27 +3,26 @@
 //! §12.3, sign-in §13 via `oauth`), the account checks of `/responses` (usage limit, then
 //! open streams per account) and its response heads (rate-limit headers §10.2).
 //!
-//! The path a parsed `/responses` body takes ([`admit`]: rules, usage limit, open streams,
-//! script) and its refusals ([`Refusal`]: status, body, headers) are shared with the
-//! WebSocket transport (`ws`), which wraps a refusal in an `error` frame instead.
+//! Dispatches the WebSocket upgrade to `ws`. The path a parsed `/responses` body takes
+//! and its refusals are `admit`'s, the response builders and header readers `http`'s: both
+//! shared with `ws`, which wraps a refusal in an `error` frame instead.
 
 use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::accounts::{Account, OpenStream};
+use super::admit::{Admission, Admit, RateLimits, Refusal, admit};
+use super::http::{Resp, bytes_response, header_list, json_response, session_id, set};
 use super::rules::{self, seal};
-use super::script::{self, Reply};
-use super::stream::{EmuBody, LiveStream, Sse};
+use super::stream::{EmuBody, LiveStream};
 use super::{Recorded, Shared, lock, now_secs, random_hex};
 
 /// Bodies above this are refused (the real backend's limit is far below it).
@@ -31,8 +30,6 @@ const MAX_BODY: usize = 64 << 20;
 
 /// A small valid PNG (8x8, red), base64.
 const PNG_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEUlEQVR42mP4z8CAFTEMLQkAKP8/wc53yE8AAAAASUVORK5CYII=";
-
-pub(super) type Resp = Response<EmuBody>;
 
 /// A request answered with nothing (`EMU:flakyreset`): the service fails, so hyper closes
 /// an HTTP/1.1 connection without a response (after the request was read: the client
@@ -60,179 +57,12 @@ impl std::error::Error for Abort {
     }
 }
 
-pub(super) fn json_response(status: u16, body: &Value) -> Resp {
-    bytes_response(status, "application/json", Bytes::from(body.to_string()))
-}
-
-fn bytes_response(status: u16, content_type: &'static str, body: Bytes) -> Resp {
-    let mut resp = Response::new(EmuBody::Full(Some(body)));
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type),
-    );
-    resp
-}
-
-pub(super) fn set(resp: &mut Resp, name: &'static str, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        resp.headers_mut().insert(HeaderName::from_static(name), v);
-    }
-}
-
 fn not_found() -> Resp {
     json_response(404, &json!({"detail": "Not Found"}))
 }
 
 fn unauthorized() -> Resp {
     Refusal::unauthorized().into_response()
-}
-
-/// The account's rate-limit picture, as the `x-codex-*` headers of an SSE answer and the
-/// `codex.rate_limits` event of a WebSocket answer both show it (one source for both).
-pub(super) struct RateLimits {
-    primary_used: f64,
-    primary_reset: i64,
-    secondary_used: f64,
-    secondary_reset: i64,
-    limited: bool,
-}
-
-impl RateLimits {
-    /// `limit_resets_at`: the primary window is used up until then.
-    pub(super) fn now(limit_resets_at: Option<i64>) -> RateLimits {
-        let now = now_secs();
-        let (primary_used, primary_reset) = match limit_resets_at {
-            Some(t) => (100.0, t),
-            None => (12.0, now + 3600),
-        };
-        RateLimits {
-            primary_used,
-            primary_reset,
-            secondary_used: 3.0,
-            secondary_reset: now + 259_200,
-            limited: limit_resets_at.is_some(),
-        }
-    }
-
-    /// The `x-codex-*` headers.
-    fn headers(&self) -> Vec<(&'static str, String)> {
-        vec![
-            (
-                "x-codex-primary-used-percent",
-                format!("{:.1}", self.primary_used),
-            ),
-            ("x-codex-primary-window-minutes", "300".to_owned()),
-            ("x-codex-primary-reset-at", self.primary_reset.to_string()),
-            (
-                "x-codex-secondary-used-percent",
-                format!("{:.1}", self.secondary_used),
-            ),
-            ("x-codex-secondary-window-minutes", "10080".to_owned()),
-            (
-                "x-codex-secondary-reset-at",
-                self.secondary_reset.to_string(),
-            ),
-            ("x-codex-credits-has-credits", "true".to_owned()),
-            ("x-codex-credits-unlimited", "false".to_owned()),
-            ("x-codex-credits-balance", "9.99".to_owned()),
-        ]
-    }
-
-    /// The WebSocket-only `codex.rate_limits` event.
-    pub(super) fn event(&self) -> Value {
-        json!({
-            "type": "codex.rate_limits",
-            "plan_type": "plus",
-            "rate_limits": {
-                "allowed": !self.limited,
-                "limit_reached": self.limited,
-                "primary": {"used_percent": self.primary_used, "window_minutes": 300, "reset_at": self.primary_reset},
-                "secondary": {"used_percent": self.secondary_used, "window_minutes": 10080, "reset_at": self.secondary_reset},
-            },
-            "credits": {"has_credits": true, "unlimited": false, "balance": "9.99"},
-        })
-    }
-}
-
-/// A `/responses` request answered without a stream: the status, the JSON body and the
-/// headers of the HTTP answer. The SSE route sends it as is; the WebSocket route wraps it
-/// in an `error` frame (`status`, `error`, `headers`).
-pub(super) struct Refusal {
-    pub(super) status: u16,
-    pub(super) body: Value,
-    pub(super) headers: Vec<(&'static str, String)>,
-}
-
-impl Refusal {
-    fn new(status: u16, body: Value) -> Refusal {
-        Refusal {
-            status,
-            body,
-            headers: vec![("x-request-id", format!("req_{}", random_hex(32)))],
-        }
-    }
-
-    pub(super) fn unauthorized() -> Refusal {
-        Refusal {
-            status: 401,
-            body: script::token_expired(),
-            headers: vec![
-                ("x-openai-authorization-error", "token_expired".to_owned()),
-                // base64 of {"error":{"code":"token_expired"}}
-                (
-                    "x-error-json",
-                    "eyJlcnJvciI6eyJjb2RlIjoidG9rZW5fZXhwaXJlZCJ9fQ==".to_owned(),
-                ),
-            ],
-        }
-    }
-
-    fn rate_limited(mut self, limit_resets_at: Option<i64>) -> Refusal {
-        self.headers
-            .extend(RateLimits::now(limit_resets_at).headers());
-        self
-    }
-
-    /// The answer to a [`Reply::Status`].
-    fn from_status(reply: script::Status) -> Refusal {
-        let script::Status {
-            status,
-            body,
-            retry_after,
-            limit_resets_at,
-        } = reply;
-        let mut r = if status == 401 {
-            let mut r = Refusal::unauthorized();
-            r.headers
-                .push(("x-request-id", format!("req_{}", random_hex(32))));
-            r
-        } else {
-            Refusal::new(status, body)
-        };
-        if let Some(secs) = retry_after {
-            r.headers.push(("retry-after", secs.to_string()));
-        }
-        if limit_resets_at.is_some() {
-            r = r.rate_limited(limit_resets_at);
-            r.headers.push(("x-codex-active-limit", "codex".to_owned()));
-        }
-        r
-    }
-
-    /// 429 for a request over the account's limit of open streams: no `Retry-After`, the
-    /// usual rate-limit headers.
-    fn too_many_streams() -> Refusal {
-        Refusal::new(429, script::too_many_streams()).rate_limited(None)
-    }
-
-    pub(super) fn into_response(self) -> Resp {
-        let mut resp = json_response(self.status, &self.body);
-        for (name, value) in &self.headers {
-            set(&mut resp, name, value);
-        }
-        resp
-    }
 }
 
 /// The `x-codex-*` headers; `limit_resets_at`: the primary window is used up until then.
@@ -354,92 +184,6 @@ async fn read_body(
             &json!({"detail": "Could not decode request body with Content-Encoding: zstd"}),
         )),
     }
-}
-
-/// What the path shared by both transports decided for one `/responses` body.
-pub(super) enum Admission {
-    /// An answer without a stream.
-    Refused(Refusal),
-    /// No answer at all (`EMU:flakyreset`).
-    Reset,
-    /// A scripted stream, after `delay`, holding the account's open-stream slot.
-    Stream {
-        sse: Sse,
-        delay: Option<Duration>,
-        open: OpenStream,
-    },
-}
-
-/// One `/responses` body of an authorized account, whichever transport carried it.
-pub(super) struct Admit<'a> {
-    pub(super) account: &'a Arc<Account>,
-    pub(super) body: &'a Value,
-    /// The length of the full body (decoded), for the usage numbers.
-    pub(super) body_len: usize,
-    pub(super) session_id: Option<&'a str>,
-    /// `generate: false` (a WebSocket warm-up): an empty response instead of the script.
-    pub(super) warmup: bool,
-}
-
-/// The path both transports share once the body is parsed: the rules, the account's usage
-/// limit, then its limit of open streams, then the script.
-pub(super) fn admit(shared: &Shared, a: &Admit<'_>) -> Admission {
-    let secret = shared.account_secret(&a.account.id);
-    if let Err(reject) = rules::check(shared, &secret, a.body) {
-        return Admission::Refused(Refusal::new(reject.status, reject.body));
-    }
-    // A limited account refuses without opening a stream.
-    if let Some(resets_at) = a.account.usage_limit() {
-        a.account.refused_for_usage();
-        return Admission::Refused(Refusal::from_status(script::usage_limit(resets_at)));
-    }
-    // Held until the stream ends or is dropped; a unary answer releases it at once.
-    let Some(open) = a.account.try_open(shared.stream_limit()) else {
-        shared
-            .counters
-            .concurrency_refusals
-            .fetch_add(1, Ordering::Relaxed);
-        return Admission::Refused(Refusal::too_many_streams());
-    };
-    let script_req = script::Request {
-        body: a.body,
-        session_id: a.session_id,
-        body_len: a.body_len,
-        secret,
-    };
-    if a.warmup {
-        return Admission::Stream {
-            sse: script::warmup(shared, &script_req),
-            delay: None,
-            open,
-        };
-    }
-    match script::respond(shared, &script_req) {
-        Reply::Status(reply) => Admission::Refused(Refusal::from_status(reply)),
-        Reply::Reset => Admission::Reset,
-        Reply::Stream { sse, delay } => Admission::Stream { sse, delay, open },
-    }
-}
-
-/// Header names in lower case and values, in arrival order.
-pub(super) fn header_list(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
-}
-
-/// `session-id` (or the older `session_id`).
-pub(super) fn session_id(headers: &hyper::HeaderMap) -> Option<&str> {
-    headers
-        .get("session-id")
-        .or_else(|| headers.get("session_id"))
-        .and_then(|v| v.to_str().ok())
 }
 
 async fn responses(req: Request<Incoming>, shared: &Shared) -> Result<Resp, Abort> {

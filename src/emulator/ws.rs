@@ -3,7 +3,7 @@
 //! upgrade), then one `response.create` text frame per request and one Responses event
 //! per text frame.
 //!
-//! A request takes the SSE route's path ([`routes::admit`]: rules, usage limit, open
+//! A request takes the SSE route's path ([`admit::admit`]: rules, usage limit, open
 //! streams per account, script); what differs lives here:
 //!
 //! * `previous_response_id`: the socket keeps its last completed response (id, full input,
@@ -50,7 +50,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::accounts::{Account, OpenStream};
-use super::routes::{self, Admission, Refusal, Resp};
+use super::admit::{self, Admission, Refusal};
+use super::http::{self, Resp};
 use super::stream::{EmuBody, LiveStream, Step};
 use super::{Recorded, Shared, WebSocketMode, random_hex};
 
@@ -77,12 +78,12 @@ fn has_token(headers: &HeaderMap, name: hyper::header::HeaderName, token: &str) 
 pub(super) fn handshake(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
     let headers = req.headers();
     if !has_token(headers, hyper::header::UPGRADE, "websocket") {
-        return routes::json_response(405, &json!({"detail": "Method Not Allowed"}));
+        return http::json_response(405, &json!({"detail": "Method Not Allowed"}));
     }
     if req.version() != hyper::Version::HTTP_11
         || !has_token(headers, hyper::header::CONNECTION, "upgrade")
     {
-        return routes::json_response(
+        return http::json_response(
             400,
             &json!({"detail": "A WebSocket upgrade needs HTTP/1.1 with Connection: Upgrade."}),
         );
@@ -91,18 +92,18 @@ pub(super) fn handshake(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
         .get(hyper::header::SEC_WEBSOCKET_VERSION)
         .is_some_and(|v| v.as_bytes() == b"13");
     if !version_ok {
-        let mut resp = routes::json_response(
+        let mut resp = http::json_response(
             426,
             &json!({"detail": "Unsupported WebSocket version; expected 13."}),
         );
-        routes::set(&mut resp, "sec-websocket-version", "13");
+        http::set(&mut resp, "sec-websocket-version", "13");
         return resp;
     }
     let Some(key) = headers
         .get(hyper::header::SEC_WEBSOCKET_KEY)
         .map(|k| derive_accept_key(k.as_bytes()))
     else {
-        return routes::json_response(400, &json!({"detail": "Missing Sec-WebSocket-Key header."}));
+        return http::json_response(400, &json!({"detail": "Missing Sec-WebSocket-Key header."}));
     };
     let Some(account) = shared.authorized(headers) else {
         return Refusal::unauthorized().into_response();
@@ -113,13 +114,13 @@ pub(super) fn handshake(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("responses_websockets="));
     if !beta_ok {
-        return routes::json_response(
+        return http::json_response(
             400,
             &json!({"detail": "The Responses WebSocket transport needs the header 'OpenAI-Beta: responses_websockets=<version>'."}),
         );
     }
     if let WebSocketMode::Refuse(status) = shared.websocket_mode() {
-        return routes::json_response(
+        return http::json_response(
             status,
             &json!({"error": {"type": "invalid_request_error", "code": "websocket_not_supported", "param": null,
                 "message": "The WebSocket transport is not available for this request. Use HTTP streaming instead."}}),
@@ -127,8 +128,8 @@ pub(super) fn handshake(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
     }
     let conn = Conn {
         shared: Arc::clone(shared),
-        headers: routes::header_list(headers),
-        session_id: routes::session_id(headers).map(str::to_owned),
+        headers: http::header_list(headers),
+        session_id: http::session_id(headers).map(str::to_owned),
         account,
         turn_state: format!("ts_{}", random_hex(32)),
         last: None,
@@ -167,8 +168,8 @@ pub(super) fn handshake(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
     if let Ok(v) = HeaderValue::from_str(&key) {
         h.insert(hyper::header::SEC_WEBSOCKET_ACCEPT, v);
     }
-    routes::set(&mut resp, "x-models-etag", &shared.catalog.etag);
-    routes::set(
+    http::set(&mut resp, "x-models-etag", &shared.catalog.etag);
+    http::set(
         &mut resp,
         "x-request-id",
         &format!("req_{}", random_hex(32)),
@@ -503,9 +504,9 @@ impl Conn {
         let warmup = obj.remove("generate") == Some(Value::Bool(false));
         let recorded = self.record(Value::Object(obj), frame);
         let body = &recorded.body;
-        let admission = routes::admit(
+        let admission = admit::admit(
             &self.shared,
-            &routes::Admit {
+            &admit::Admit {
                 account: &self.account,
                 body,
                 body_len: json_len(body),
@@ -524,7 +525,7 @@ impl Conn {
                 if let Some(d) = delay {
                     steps.push_front(Step::Pause(d));
                 }
-                self.send_json(tx, &routes::RateLimits::now(None).event())
+                self.send_json(tx, &admit::RateLimits::now(None).event())
                     .await?;
                 let model = body.get("model").cloned().unwrap_or(Value::Null);
                 let metadata = json!({"type": "response.metadata",

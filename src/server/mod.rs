@@ -1,6 +1,7 @@
 //! The HTTP server: state, accept loop, graceful shutdown.
 //!
-//! Owns: `State` (config, the pooled upstream client, the accounts with their credentials,
+//! Owns: `State` (config, the pooled upstream client and the upstream WebSockets kept
+//! between turns next to it, the accounts with their credentials,
 //! windows and rate-limit snapshots, the catalog, live stream count, the exchange store),
 //! the start-up safety rules (without an API key: no non-loopback bind, no CORS allow-list
 //! of `*`), the accept loop (back-off on accept errors; the connection limit, beyond which
@@ -47,6 +48,7 @@ use crate::config::Config;
 use crate::error::{Error, ErrorKind};
 use crate::upstream::client::{self, HttpClient};
 use crate::upstream::conn::Pool;
+use crate::upstream::ws::Sockets;
 
 /// Everything a request handler needs; shared by all connections.
 pub struct State {
@@ -54,6 +56,8 @@ pub struct State {
     pub client: HttpClient,
     /// Driven HTTP/1.1 connections for the streaming `/responses` calls.
     pub pool: Arc<Pool>,
+    /// Responses WebSockets kept between turns (they connect through `pool`).
+    pub sockets: Arc<Sockets>,
     /// The ChatGPT accounts, each with its credentials and admission window.
     pub accounts: Accounts,
     /// The live model catalog (built-in until the backend's is fetched).
@@ -88,6 +92,7 @@ impl State {
         Ok(State {
             client,
             pool,
+            sockets: Sockets::new(config.upstream_idle),
             accounts,
             catalog: backend::LiveCatalog::default(),
             streams: Arc::new(StreamCounter::default()),

@@ -8,7 +8,8 @@
 //! `usage_limit_reached` cools the account and fails over, connect errors, resets, 5xx and
 //! overload back off honouring `Retry-After`; at most `1 + upstream_retries` attempts,
 //! within the queue deadline), the 401 recovery sequence (reload auth.json → retry →
-//! refresh → retry), the response-head hold, and non-stream aggregation.
+//! refresh → retry), the response-head hold, and what a non-stream answer becomes
+//! (aggregated by `upstream::collect`, rendered by the dialect).
 //!
 //! Does not own: wire formats (`dialect`), the body state machine (`body`), the window and
 //! queue (`admission`) or the choice of account (`accounts`).
@@ -30,11 +31,10 @@ use crate::error::{Error, ErrorKind, Protocol};
 use crate::server::State;
 use crate::server::reqlog::Meter;
 use crate::server::respond::{RespBody, error_response, json_response, stream_response};
-use crate::upstream::collect::{Collected, Finish};
-use crate::upstream::conn::Upstream;
-use crate::upstream::events::Decoder;
+use crate::upstream::collect::{self, Finish};
 use crate::upstream::failure::{self, PromptSize};
 use crate::upstream::request::{self, UpstreamRequest};
+use crate::upstream::stream::Upstream;
 use crate::upstream::ws;
 
 /// Longest `Retry-After` we wait out ourselves before answering the client instead.
@@ -120,8 +120,10 @@ async fn send(
             lite: upstream.lite,
             fallback: transport == Transport::Auto,
         };
-        if let ws::Outcome::Response(resp) = state.pool.websocket(call).await? {
-            return Ok(resp);
+        match state.sockets.send(&state.pool, call).await? {
+            ws::Outcome::Stream(resp) => return Ok(resp.map(Upstream::from)),
+            ws::Outcome::Status(resp) => return Ok(resp.map(Upstream::from)),
+            ws::Outcome::Sse => {}
         }
     }
     let (wire, compressed) = body.wire();
@@ -133,7 +135,7 @@ async fn send(
         wire,
         compressed,
     )?;
-    state.pool.request(req).await
+    Ok(state.pool.request(req).await?.map(Upstream::from))
 }
 
 async fn read_error_body(body: Upstream) -> Vec<u8> {
@@ -397,7 +399,11 @@ async fn run_inner<P: Plan>(
             }
         }
         // Boxed: only non-streaming requests need the collector's state.
-        let collected = Box::pin(collect(resp.into_body(), state.config.stream_idle_timeout)).await;
+        let collected = Box::pin(collect::collect(
+            resp.into_body(),
+            state.config.stream_idle_timeout,
+        ))
+        .await;
         // Only a generation that failed before producing any output runs again.
         let err = match collected {
             Ok(c) => {
@@ -486,72 +492,4 @@ async fn exact_context(
         window: prompt_size_window(state, model),
     };
     failure::context_exceeded(protocol, &size)
-}
-
-/// Read a whole upstream stream into a `Collected`.
-async fn collect(body: Upstream, idle: Duration) -> Result<Collected, Error> {
-    let mut body = body;
-    let mut parser = crate::sse::parse::SseParser::new(crate::body::MAX_EVENT_BYTES);
-    let mut decoder = Decoder::new();
-    let mut collected = Collected::new();
-    let mut eof = false;
-    loop {
-        let frame = if eof {
-            None
-        } else {
-            match tokio::time::timeout(idle, body.frame()).await {
-                Ok(f) => f,
-                Err(_) => {
-                    return Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!("The upstream sent nothing for {} s.", idle.as_secs()),
-                    ));
-                }
-            }
-        };
-        match frame {
-            Some(Ok(f)) => {
-                if let Ok(data) = f.into_data() {
-                    parser.push(&data);
-                }
-            }
-            Some(Err(e)) => {
-                return Err(Error::new(
-                    ErrorKind::BadGateway,
-                    format!(
-                        "upstream connection failed: {}",
-                        crate::upstream::client::error_chain(&e)
-                    ),
-                ));
-            }
-            None => {
-                eof = true;
-                parser.push(b"\n\n");
-            }
-        }
-        loop {
-            let ev = match parser.next_event() {
-                Ok(Some(ev)) => ev,
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(Error::new(
-                        ErrorKind::BadGateway,
-                        format!("upstream stream: {e}"),
-                    ));
-                }
-            };
-            decoder
-                .decode(ev.data, |d| collected.push(d))
-                .map_err(|e| Error::new(ErrorKind::BadGateway, e.to_string()))?;
-            if collected.finish != Finish::Open {
-                // Read the terminator so the connection can be pooled.
-                let drain = async { while let Some(Ok(_)) = body.frame().await {} };
-                let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-                return Ok(collected);
-            }
-        }
-        if eof {
-            return Ok(collected);
-        }
-    }
 }

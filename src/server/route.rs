@@ -595,10 +595,10 @@ fn health(state: &State, headers: &HeaderMap) -> Vec<u8> {
     write_u64(&mut out, kept_bytes as u64);
     out.extend_from_slice(b",\"upstream_transport\":");
     let ws =
-        c.upstream_transport != crate::config::Transport::Sse && !state.pool.sockets().refused();
+        c.upstream_transport != crate::config::Transport::Sse && !state.sockets.refused();
     out.extend_from_slice(if ws { b"\"websocket\"" } else { b"\"sse\"" });
     out.extend_from_slice(b",\"upstream_websockets_idle\":");
-    write_u64(&mut out, state.pool.sockets().idle() as u64);
+    write_u64(&mut out, state.sockets.idle() as u64);
     out.extend_from_slice(b",\"websocket_sessions\":");
     write_u64(
         &mut out,

@@ -266,7 +266,7 @@ fn text(s: String) -> Message {
 /// The streamed answer, one event per text frame; the client is watched meanwhile (a close
 /// drops the upstream request, a second request is refused).
 async fn stream_events(ws: &mut Socket, mut body: RespBody) -> SendResult {
-    let mut parser = SseParser::new(crate::body::MAX_EVENT_BYTES);
+    let mut parser = SseParser::new(crate::upstream::events::MAX_EVENT_BYTES);
     loop {
         tokio::select! {
             frame = body.frame() => {

@@ -1,9 +1,68 @@
 //! Non-streaming aggregation: a whole upstream response as owned items.
 //!
-//! Owns: folding a `Delta` sequence into `Collected` (the output items in order, usage and how
-//! the response ended), which each dialect renders as its own final JSON.
+//! Owns: reading a whole upstream response ([`collect`]: through the same parse/decode loop
+//! as the streaming body, `events::Pump`, with the idle timeout) and folding its `Delta`
+//! sequence into `Collected` (the output items in order, usage and how the response
+//! ended), which each dialect renders as its own final JSON.
 
-use super::events::{Delta, Usage};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+
+use super::events::{Delta, Pump, Usage};
+use super::stream::Upstream;
+use crate::error::{Error, ErrorKind};
+
+/// Read a whole upstream response into a `Collected`: it ends at the terminal event (or at
+/// EOF, `Finish::Open` then); the upstream silent for `idle` is a timeout.
+pub async fn collect(mut body: Upstream, idle: Duration) -> Result<Collected, Error> {
+    let mut events = Pump::new();
+    let mut collected = Collected::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Ok(f) => f,
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("The upstream sent nothing for {} s.", idle.as_secs()),
+                ));
+            }
+        };
+        let eof = match frame {
+            Some(Ok(f)) => {
+                if let Ok(data) = f.into_data() {
+                    events.push(&data);
+                }
+                false
+            }
+            Some(Err(e)) => {
+                return Err(Error::new(
+                    ErrorKind::BadGateway,
+                    format!(
+                        "upstream connection failed: {}",
+                        super::client::error_chain(&e)
+                    ),
+                ));
+            }
+            None => {
+                events.end();
+                true
+            }
+        };
+        while let Some(ev) = events.next_event()? {
+            ev.decode(|d| collected.push(d))?;
+            if collected.finish != Finish::Open {
+                // Read the terminator so the connection can be pooled.
+                let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+                let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+                return Ok(collected);
+            }
+        }
+        if eof {
+            return Ok(collected);
+        }
+    }
+}
 
 /// One citation on message text.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,7 +4,8 @@
 //! Owns: connecting (the hyper-rustls connector, ALPN `http/1.1`), the idle pool (LIFO,
 //! capped, with an idle timeout), sending one request on a pooled or new connection
 //! (retrying once on a fresh connection when a reused one turns out to be closed), and
-//! [`Upstream`], the response body that polls its own connection.
+//! [`HttpBody`], the response body that polls its own connection (`stream::Upstream` wraps
+//! it, as it wraps the WebSocket transport's body).
 //!
 //! Which path: a plain `http://` upstream (the emulator, a local backend) gets driven
 //! HTTP/1.1 connections, one per stream; an `https://` upstream (chatgpt.com) goes through
@@ -17,11 +18,12 @@
 //! every HTTP chunk to the response body through a channel that holds one chunk — a task
 //! wake-up and switch per upstream event, and the body can never see more than one event
 //! per poll, so the client gets a frame and a write per event (the measured ~0.5x of direct
-//! throughput). Here [`Upstream::poll_frame`] polls the connection itself: one socket read
+//! throughput). Here [`HttpBody::poll_frame`] polls the connection itself: one socket read
 //! that delivered many events is decoded and drained in one pass of `body::Translate`,
 //! which then writes them to the client as one frame. Nothing waits for more bytes.
 //!
-//! Does not own: other upstream calls (token refresh, models), which use the shared
+//! Does not own: the Responses WebSocket transport (`ws`, which connects through
+//! `Pool::connect_io`), other upstream calls (token refresh, models), which use the shared
 //! `client::HttpClient` (h2 by ALPN where the server offers it).
 
 use std::future::Future;
@@ -96,8 +98,6 @@ pub struct Pool {
     h2: Arc<H2Pool>,
     /// For `https://` upstreams that do not speak h2.
     shared: super::client::HttpClient,
-    /// Responses WebSockets kept between turns (`ws`).
-    sockets: Arc<super::ws::Sockets>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -126,7 +126,6 @@ impl Pool {
         Ok(Arc::new(Pool {
             connector: Mutex::new(https),
             idle: Mutex::new(Vec::new()),
-            sockets: super::ws::Sockets::new(h2_limits.idle),
             h2: H2Pool::new(h2, h2_limits),
             shared,
         }))
@@ -135,11 +134,6 @@ impl Pool {
     /// Open h2 connections to an `https://` upstream (for tests and stats).
     pub fn h2_connections(&self) -> usize {
         self.h2.connections()
-    }
-
-    /// The Responses WebSockets kept between turns.
-    pub fn sockets(&self) -> &Arc<super::ws::Sockets> {
-        &self.sockets
     }
 
     /// A connected stream (TLS for `https://`) on which a WebSocket handshake runs.
@@ -157,7 +151,7 @@ impl Pool {
     pub async fn request(
         self: &Arc<Self>,
         req: Request<ReqBody>,
-    ) -> Result<Response<Upstream>, Error> {
+    ) -> Result<Response<HttpBody>, Error> {
         if req.uri().scheme() != Some(&http::uri::Scheme::HTTPS) {
             // Boxed: the driven path's state (a connection, its handshake) is ~8 KB, and
             // every request future would otherwise carry room for it, HTTPS ones too.
@@ -168,7 +162,7 @@ impl Pool {
                 let (parts, body) = resp.into_parts();
                 return Ok(Response::from_parts(
                     parts,
-                    Upstream::http(body, None, self, Some(slot)),
+                    HttpBody::new(body, None, self, Some(slot)),
                 ));
             }
             Sent::NotH2(req) => req,
@@ -186,7 +180,7 @@ impl Pool {
         let (parts, body) = resp.into_parts();
         Ok(Response::from_parts(
             parts,
-            Upstream::http(body, None, self, None),
+            HttpBody::new(body, None, self, None),
         ))
     }
 
@@ -194,7 +188,7 @@ impl Pool {
     async fn request_driven(
         self: &Arc<Self>,
         req: Request<ReqBody>,
-    ) -> Result<Response<Upstream>, Error> {
+    ) -> Result<Response<HttpBody>, Error> {
         if let Some(driven) = self.checkout().await {
             let copy = copy_request(&req);
             match self.send(driven, req).await {
@@ -215,7 +209,7 @@ impl Pool {
     async fn send_fresh(
         self: &Arc<Self>,
         req: Request<ReqBody>,
-    ) -> Result<Response<Upstream>, Error> {
+    ) -> Result<Response<HttpBody>, Error> {
         let fresh = self.connect(req.uri()).await?;
         self.send(fresh, req).await.map_err(failure::transport)
     }
@@ -224,7 +218,7 @@ impl Pool {
         self: &Arc<Self>,
         mut driven: Box<Driven>,
         req: Request<ReqBody>,
-    ) -> Result<Response<Upstream>, hyper::Error> {
+    ) -> Result<Response<HttpBody>, hyper::Error> {
         let mut head = std::pin::pin!(driven.send.send_request(req));
         let resp = std::future::poll_fn(|cx| {
             driven.drive(cx);
@@ -234,7 +228,7 @@ impl Pool {
         let (parts, body) = resp.into_parts();
         Ok(Response::from_parts(
             parts,
-            Upstream::http(body, Some(driven), self, None),
+            HttpBody::new(body, Some(driven), self, None),
         ))
     }
 
@@ -297,12 +291,11 @@ fn copy_request(req: &Request<ReqBody>) -> Request<ReqBody> {
     copy
 }
 
-/// An upstream response body: a stream of the driven HTTP/1.1 connection (plain HTTP), of
-/// the h2 pool (TLS), or of a Responses WebSocket (`ws`), or a short answer already read.
-/// At the end of a driven body the connection goes back to the pool; dropped early, the
-/// connection (or socket) is closed.
-pub struct Upstream {
-    body: Source,
+/// The body of an HTTP response from the pool: a stream of the driven HTTP/1.1 connection
+/// (plain HTTP), which it polls itself, or of the h2 pool or the shared client (TLS). At the
+/// end of a driven body the connection goes back to the pool; dropped early, it is closed.
+pub struct HttpBody {
+    body: Incoming,
     /// Boxed once at connect (and moved, not copied, through the idle pool): the
     /// connection state is large, and an `https://` response has none.
     driven: Option<Box<Driven>>,
@@ -311,67 +304,18 @@ pub struct Upstream {
     _slot: Option<Slot>,
 }
 
-enum Source {
-    Http(Incoming),
-    WebSocket(Box<super::ws::WsBody>),
-    Bytes(Option<Bytes>),
-}
-
-/// Why an upstream body failed.
-#[derive(Debug)]
-pub enum UpstreamError {
-    Http(hyper::Error),
-    WebSocket(tokio_tungstenite::tungstenite::Error),
-}
-
-impl std::fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UpstreamError::Http(e) => e.fmt(f),
-            UpstreamError::WebSocket(e) => write!(f, "WebSocket: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for UpstreamError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            UpstreamError::Http(e) => e.source(),
-            UpstreamError::WebSocket(e) => e.source(),
-        }
-    }
-}
-
-impl Upstream {
-    fn http(
+impl HttpBody {
+    fn new(
         body: Incoming,
         driven: Option<Box<Driven>>,
         pool: &Arc<Pool>,
         slot: Option<Slot>,
-    ) -> Upstream {
-        Upstream {
-            body: Source::Http(body),
+    ) -> HttpBody {
+        HttpBody {
+            body,
             driven,
             pool: Arc::clone(pool),
             _slot: slot,
-        }
-    }
-
-    pub(super) fn websocket(body: super::ws::WsBody, pool: &Arc<Pool>) -> Upstream {
-        Upstream {
-            body: Source::WebSocket(Box::new(body)),
-            driven: None,
-            pool: Arc::clone(pool),
-            _slot: None,
-        }
-    }
-
-    pub(super) fn bytes(body: Bytes, pool: &Arc<Pool>) -> Upstream {
-        Upstream {
-            body: Source::Bytes(Some(body)),
-            driven: None,
-            pool: Arc::clone(pool),
-            _slot: None,
         }
     }
 
@@ -384,24 +328,16 @@ impl Upstream {
     }
 }
 
-impl Body for Upstream {
+impl Body for HttpBody {
     type Data = Bytes;
-    type Error = UpstreamError;
+    type Error = hyper::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let body = match &mut this.body {
-            Source::Http(body) => body,
-            Source::WebSocket(ws) => {
-                return ws
-                    .poll_data(cx)
-                    .map(|r| r.map(|d| d.map(Frame::data).map_err(UpstreamError::WebSocket)));
-            }
-            Source::Bytes(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-        };
+        let body = &mut this.body;
         // Body, then the connection (which reads the socket and queues the next chunk),
         // then the body again: a chunk already read never waits for another wake-up.
         for attempt in 0..2 {
@@ -412,7 +348,7 @@ impl Body for Upstream {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.driven = None;
-                    return Poll::Ready(Some(Err(UpstreamError::Http(e))));
+                    return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
                 Poll::Pending => {}
@@ -430,18 +366,10 @@ impl Body for Upstream {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.body {
-            Source::Http(b) => b.is_end_stream(),
-            Source::WebSocket(_) => false,
-            Source::Bytes(b) => b.is_none(),
-        }
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.body {
-            Source::Http(b) => b.size_hint(),
-            Source::WebSocket(_) => SizeHint::default(),
-            Source::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-        }
+        self.body.size_hint()
     }
 }

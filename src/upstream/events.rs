@@ -4,11 +4,17 @@
 //! allocation on the text path) and turning it into zero or more `Delta`s. The decoder also
 //! normalises what the backend may leave out: an item that arrives only as
 //! `output_item.done` still gets its start and its text or arguments delta, so encoders can
-//! rely on `*Start → deltas → *Done` for every item.
+//! rely on `*Start → deltas → *Done` for every item. And [`Pump`], the one parse/decode
+//! loop over a response's bytes (SSE events through `sse::parse`, each decoded here) that
+//! the streaming body and non-stream aggregation share.
 //!
-//! Does not own: SSE framing (`sse::parse`) or client wire formats (`dialect`).
+//! Does not own: SSE framing itself (`sse::parse`), reading the upstream body and its
+//! timeouts (`body::Translate`, `collect`) or client wire formats (`dialect`).
 
 use serde::Deserialize;
+
+use crate::error::{Error, ErrorKind};
+use crate::sse::parse::SseParser;
 
 /// Token usage of one response (missing fields count as 0).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -732,6 +738,81 @@ impl Decoder {
 /// Owned copy of a `Delta`, for tests and for buffering events before the response head.
 pub fn describe(d: &Delta<'_>) -> String {
     format!("{d:?}")
+}
+
+/// Largest single upstream event accepted (reasoning items with encrypted content are KBs;
+/// a compaction item can be large).
+pub const MAX_EVENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// The one parse/decode loop of an upstream response: its bytes in (`push`), its SSE
+/// events out one at a time (`next_event`), each decoded into `Delta`s (`Event::decode`). The
+/// streaming body (`body::Translate`) and non-stream aggregation (`collect::collect`) both
+/// read a response through it.
+pub struct Pump {
+    parser: SseParser,
+    decoder: Decoder,
+}
+
+/// One complete event, as it came (`event`, `data`), until it is decoded.
+pub struct Event<'a> {
+    pub event: &'a [u8],
+    pub data: &'a [u8],
+    decoder: &'a mut Decoder,
+}
+
+impl Default for Pump {
+    fn default() -> Self {
+        Pump::new()
+    }
+}
+
+impl Pump {
+    pub fn new() -> Self {
+        Pump {
+            parser: SseParser::new(MAX_EVENT_BYTES),
+            decoder: Decoder::new(),
+        }
+    }
+
+    /// Bytes read from the upstream.
+    pub fn push(&mut self, data: &[u8]) {
+        self.parser.push(data);
+    }
+
+    /// At EOF: terminate a final unterminated event (tolerant, like `SseParser::finish`),
+    /// so `next_event` yields it.
+    pub fn end(&mut self) {
+        self.parser.push(b"\n\n");
+    }
+
+    /// The next complete event buffered, if any; an event over the size limit is an error.
+    pub fn next_event(&mut self) -> Result<Option<Event<'_>>, Error> {
+        let Pump { parser, decoder } = self;
+        match parser.next_event() {
+            Ok(Some(ev)) => Ok(Some(Event {
+                event: ev.event,
+                data: ev.data,
+                decoder,
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(Error::new(
+                ErrorKind::BadGateway,
+                format!("upstream stream: {e}"),
+            )),
+        }
+    }
+}
+
+impl Event<'_> {
+    /// Decode the event: `emit` is called for each resulting `Delta`.
+    pub fn decode<F>(self, emit: F) -> Result<(), Error>
+    where
+        F: FnMut(&Delta<'_>),
+    {
+        self.decoder
+            .decode(self.data, emit)
+            .map_err(|e| Error::new(ErrorKind::BadGateway, e.to_string()))
+    }
 }
 
 #[cfg(test)]

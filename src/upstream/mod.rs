@@ -1,9 +1,15 @@
 //! Everything about talking to the Codex backend.
 //!
 //! Owns: the pooled client (`client`), the upstream request (allow-listed body, ids, tool
-//! names: `request`), the model catalog (`catalog`), the decoding of SSE events into the
-//! `Delta` pivot (`events`), non-stream aggregation (`collect`) the mapping of upstream
-//! failures to `Error` (`failure`) and the `x-codex-*` rate-limit headers (`ratelimit`).
+//! names: `request`), the transports (`conn`: driven HTTP/1.1 and the pool, over `h2pool`
+//! and `proxy`; `ws`: the Responses WebSocket, which connects through `conn`), the one
+//! response body over both (`stream::Upstream`), the model catalog (`catalog`), the
+//! decoding of SSE events into the `Delta` pivot (`events`), non-stream aggregation
+//! (`collect`), the usage `meter`, the mapping of upstream failures to `Error`
+//! (`failure`) and the `x-codex-*` rate-limit headers (`ratelimit`).
+//!
+//! Dependencies point one way: `stream` over `ws` over `conn` over `h2pool`, `proxy` and
+//! `client`.
 pub mod catalog;
 pub mod client;
 pub mod collect;
@@ -15,4 +21,5 @@ pub mod meter;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request;
+pub mod stream;
 pub mod ws;

@@ -13,7 +13,8 @@
 //! at once on `websocket_connection_limit_reached`, resending in full on
 //! `previous_response_not_found`, and [`WsBody`], the stream of one response as SSE
 //! `data:` frames for `body::Translate` (the parser, decoder and translators are the SSE
-//! path's own).
+//! path's own; `stream::Upstream` wraps it). The sockets ([`Sockets`]) live next to the
+//! HTTP pool (`server::State`), and connect through it (`conn::Pool::connect_io`).
 //!
 //! When: `--upstream-transport auto` (the default) tries the WebSocket first and uses SSE
 //! for the rest of the process once the backend refuses the upgrade (426, or 404/405: no
@@ -41,7 +42,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::conn::{Io, Pool, Upstream};
+use super::conn::{Io, Pool};
 use crate::error::{Error, ErrorKind};
 use crate::json::span;
 
@@ -167,8 +168,11 @@ pub struct Call<'a> {
 
 /// What came of a WebSocket attempt.
 pub enum Outcome {
-    /// The answer (a status error is an HTTP-like answer with that status).
-    Response(Response<Upstream>),
+    /// The answer's stream of events.
+    Stream(Response<WsBody>),
+    /// An error status (the upgrade's answer, or an `error` frame with a status) as an
+    /// HTTP-like answer with that status, its body read whole.
+    Status(Response<Bytes>),
     /// Use SSE for this request.
     Sse,
 }
@@ -460,17 +464,17 @@ fn rate_limit_headers(data: &[u8], out: &mut HeaderMap) {
 enum Handshake {
     Open(Box<Socket>, HeaderMap),
     /// The backend answered the upgrade with this (not 101).
-    Status(Response<Upstream>),
+    Status(Response<Bytes>),
     /// 426 or no such endpoint: the transport is not offered.
     Refused,
     /// Nothing was sent: connect, TLS or handshake I/O failed.
     Failed(Error),
 }
 
-impl Pool {
-    /// Send `call` over a pooled or new socket.
-    pub async fn websocket(self: &Arc<Self>, call: Call<'_>) -> Result<Outcome, Error> {
-        let sockets = Arc::clone(self.sockets());
+impl Sockets {
+    /// Send `call` over a pooled socket, or a new one connected through `pool`.
+    pub async fn send(self: &Arc<Self>, pool: &Pool, call: Call<'_>) -> Result<Outcome, Error> {
+        let sockets = Arc::clone(self);
         if sockets.refused() {
             return fallback(&call, "the backend refused the WebSocket transport earlier");
         }
@@ -484,9 +488,9 @@ impl Pool {
                     Some(s) => (s, HeaderMap::new()),
                     None => continue,
                 },
-                None => match self.handshake(&call).await {
+                None => match handshake(pool, &call).await {
                     Handshake::Open(s, h) => (s, h),
-                    Handshake::Status(resp) => return Ok(Outcome::Response(resp)),
+                    Handshake::Status(resp) => return Ok(Outcome::Status(resp)),
                     Handshake::Refused => {
                         sockets.refused.store(true, Ordering::Relaxed);
                         tracing::info!(
@@ -586,11 +590,10 @@ impl Pool {
                 First::Error(w) => {
                     if w.status < 300 {
                         // Not an error status: nothing to map; treat as a stream error.
-                        return Ok(Outcome::Response(status_response(
+                        return Ok(Outcome::Status(status_response(
                             StatusCode::BAD_GATEWAY,
                             w.headers,
                             w.body,
-                            self,
                         )));
                     }
                     match w.code.as_deref() {
@@ -612,7 +615,7 @@ impl Pool {
                     let status = StatusCode::from_u16(w.status).unwrap_or(StatusCode::BAD_GATEWAY);
                     let mut h = headers;
                     h.extend(w.headers);
-                    return Ok(Outcome::Response(status_response(status, h, w.body, self)));
+                    return Ok(Outcome::Status(status_response(status, h, w.body)));
                 }
             };
             let body = WsBody {
@@ -625,13 +628,14 @@ impl Pool {
                 id: None,
                 end: End::Open,
             };
-            let mut resp = Response::new(Upstream::websocket(body, self));
+            let mut resp = Response::new(body);
             *resp.headers_mut() = headers;
-            return Ok(Outcome::Response(resp));
+            return Ok(Outcome::Stream(resp));
         }
     }
+}
 
-    async fn handshake(self: &Arc<Self>, call: &Call<'_>) -> Handshake {
+async fn handshake(pool: &Pool, call: &Call<'_>) -> Handshake {
         let url: Uri = match call.url.parse() {
             Ok(u) => u,
             Err(e) => {
@@ -680,7 +684,7 @@ impl Pool {
             return Handshake::Failed(Error::unreachable("bad WebSocket request"));
         };
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let io = self.connect_io(&tcp_uri).await?;
+            let io = pool.connect_io(&tcp_uri).await?;
             let mut config = WebSocketConfig::default();
             config.max_message_size = Some(MAX_MESSAGE);
             config.max_frame_size = Some(MAX_MESSAGE);
@@ -720,13 +724,12 @@ impl Pool {
                 }
                 let headers = resp.headers().clone();
                 let body = resp.into_body().unwrap_or_default();
-                Handshake::Status(status_response(status, headers, body, self))
+                Handshake::Status(status_response(status, headers, body))
             }
             Err(e) => Handshake::Failed(Error::unreachable(format!(
                 "upstream WebSocket handshake failed: {e}"
             ))),
         }
-    }
 }
 
 enum First {
@@ -744,13 +747,8 @@ fn fallback(call: &Call<'_>, why: &str) -> Result<Outcome, Error> {
     }
 }
 
-fn status_response(
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
-    pool: &Arc<Pool>,
-) -> Response<Upstream> {
-    let mut resp = Response::new(Upstream::bytes(Bytes::from(body), pool));
+fn status_response(status: StatusCode, headers: HeaderMap, body: Vec<u8>) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::from(body));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     resp
