@@ -110,7 +110,7 @@ HOME="$tmp/home2" CODEX_AS_API_DOWNLOAD_URL="$url" CODEX_AS_API_INSTALL_DIR="$tm
 check "$tmp/prefix/bin/codex-as-api"
 [ ! -e "$tmp/home2/.profile" ] || { echo "CODEX_AS_API_NO_MODIFY_PATH=1 still wrote ~/.profile"; exit 1; }
 
-# A corrupted archive is refused (the installer carries the checksum).
+# A corrupted archive is refused (the installer carries the checksum; --quiet would hide why).
 cp -r "$out" "$tmp/bad"
 printf 'x' >>"$tmp/bad/$archive"
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
@@ -128,7 +128,7 @@ for _ in $(seq 1 100); do [ -s "$tmp/port2" ] && break; sleep 0.1; done
 mkdir -p "$tmp/home3"
 if HOME="$tmp/home3" CODEX_AS_API_DOWNLOAD_URL="http://127.0.0.1:$(cat "$tmp/port2")" \
     CODEX_AS_API_INSTALL_DIR="$tmp/prefix3" CODEX_AS_API_NO_MODIFY_PATH=1 \
-    sh "$out/codex-as-api-installer.sh" --quiet >"$tmp/bad.log" 2>&1; then
+    sh "$out/codex-as-api-installer.sh" >"$tmp/bad.log" 2>&1; then
   cat "$tmp/bad.log"; echo "the installer accepted a corrupted archive"; exit 1
 fi
 grep -qi 'checksum' "$tmp/bad.log" || { cat "$tmp/bad.log"; echo "no checksum error for a corrupted archive"; exit 1; }
