@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The npm packages, end to end: build the addon with the napi CLI (installed from npm into
+# the target directory), `npm pack` the main package and the linux-x64-gnu one, install both
+# into a fresh directory (express comes from the registry), then from there: the installed
+# launcher (`npx --no-install codex-as-api --version`, the emulator it starts), the library
+# and createApp() under `node --test`, and the launcher's message when the platform package
+# is missing (a second directory with the main package alone).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+target="${CARGO_TARGET_DIR:-$root/target}"
+napi_cli_version=3.10.12
+platform=linux-x64-gnu
+t0=$(date +%s)
+lap=$t0
+timing() {
+  local now
+  now=$(date +%s)
+  echo "-- $1: $((now - lap)) s (total $((now - t0)) s)"
+  lap=$now
+}
+
+if [ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ] || ldd --version 2>&1 | grep -qi musl; then
+  echo "bindings/node/test.sh packs the $platform package: run it on x86_64 Linux with glibc" >&2
+  exit 1
+fi
+
+# Variables the library reads would leak into the tests.
+while IFS= read -r var; do unset "$var"; done < <(env | grep -o '^CODEX_AS_API_[A-Z0-9_]*' || true)
+
+echo "== napi CLI $napi_cli_version"
+tools="$target/node-tools"
+if [ "$(cat "$tools/.version" 2>/dev/null)" != "$napi_cli_version" ]; then
+  rm -rf "$tools"
+  mkdir -p "$tools"
+  echo '{"private": true}' >"$tools/package.json"
+  npm install --prefix "$tools" --no-audit --no-fund --loglevel=error "@napi-rs/cli@$napi_cli_version"
+  echo "$napi_cli_version" >"$tools/.version"
+fi
+napi="$tools/node_modules/.bin/napi"
+timing "napi CLI"
+
+echo "== build the addon (napi build --platform --profile dist)"
+out="$target/node-addon"
+rm -rf "$out"
+mkdir -p "$out"
+(cd "$here" && CARGO_PROFILE_DEV_DEBUG=0 "$napi" build --platform --profile dist --no-js \
+  --dts native.d.ts --target-dir "$target" --output-dir "$out")
+addon="$out/codex-as-api.$platform.node"
+test -f "$addon"
+ls -l "$addon"
+timing "build"
+
+work="$(mktemp -d)"
+emu_pid=""
+cleanup() {
+  if [ -n "$emu_pid" ]; then
+    kill -INT -- "-$emu_pid" 2>/dev/null || true
+    wait "$emu_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "== npm pack: codex-as-api and @codex-as-api/$platform"
+cp -r "$here/npm/$platform" "$work/platform-package"
+cp "$addon" "$work/platform-package/"
+(cd "$here" && npm pack --silent --pack-destination "$work" >/dev/null)
+(cd "$work/platform-package" && npm pack --silent --pack-destination "$work" >/dev/null)
+main_tgz="$(ls "$work"/codex-as-api-[0-9]*.tgz)"
+platform_tgz="$(ls "$work"/codex-as-api-"$platform"-*.tgz)"
+tar tzf "$main_tgz" | sort
+tar tzf "$platform_tgz" | sort
+
+echo "== npm install both tarballs into a fresh directory"
+inst="$work/install"
+mkdir -p "$inst"
+echo '{"name": "codex-as-api-install-test", "private": true}' >"$inst/package.json"
+(cd "$inst" && npm install --no-audit --no-fund --loglevel=error "$main_tgz" "$platform_tgz")
+echo "== npm install the main tarball alone (--omit=optional)"
+bare="$work/bare"
+mkdir -p "$bare"
+echo '{"name": "codex-as-api-bare-test", "private": true}' >"$bare/package.json"
+(cd "$bare" && npm install --no-audit --no-fund --loglevel=error --omit=optional "$main_tgz")
+test ! -e "$bare/node_modules/@codex-as-api/$platform"
+timing "pack and install"
+
+echo "== npx --no-install codex-as-api --version"
+(cd "$inst" && npx --no-install codex-as-api --version)
+
+echo "== the emulator, started by the installed launcher"
+mkdir -p "$work/codex-home"
+mkfifo "$work/emulator.out"
+(cd "$inst" && exec setsid npx --no-install codex-as-api emulator \
+  --auth-out "$work/auth.json" >"$work/emulator.out" 2>"$work/emulator.log") &
+emu_pid=$!
+exec 3<"$work/emulator.out"
+upstream=""
+token=""
+while [ -z "$upstream" ] || [ -z "$token" ]; do
+  if ! IFS= read -r -t 120 -u 3 line; then
+    echo "the emulator printed no URLs:" >&2
+    cat "$work/emulator.log" >&2
+    exit 1
+  fi
+  case "$line" in
+    CODEX_AS_API_UPSTREAM_URL=*) upstream="${line#*=}" ;;
+    CODEX_AS_API_TOKEN_URL=*) token="${line#*=}" ;;
+  esac
+done
+echo "upstream $upstream, token endpoint $token"
+test -s "$work/auth.json"
+
+echo "== node --test (from the install directory)"
+mkdir -p "$inst/test"
+cp "$here"/test/*.mjs "$here"/test/*.cjs "$inst/test/"
+(
+  cd "$inst"
+  CODEX_AS_API_TEST_UPSTREAM_URL="$upstream" \
+    CODEX_AS_API_TEST_TOKEN_URL="$token" \
+    CODEX_AS_API_TEST_AUTH="$work/auth.json" \
+    CODEX_AS_API_TEST_INSTALL_DIR="$inst" \
+    CODEX_AS_API_TEST_BARE_DIR="$bare" \
+    CODEX_HOME="$work/codex-home" \
+    node --test test/*.test.mjs test/*.test.cjs
+)
+timing "tests"
+
+echo "== the emulator stops on Ctrl-C"
+kill -INT -- "-$emu_pid"
+wait "$emu_pid" || {
+  echo "the emulator exited $? after SIGINT" >&2
+  exit 1
+}
+emu_pid=""
+echo "== bindings/node/test.sh passed in $(($(date +%s) - t0)) s"
