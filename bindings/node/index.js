@@ -278,7 +278,7 @@ class ChatGPTOAuthProvider {
 
   /** `messages` (OpenAI Chat shape) → Promise of {content, finish_reason, tool_calls, usage, reasoning_content, response_id}. */
   async chat(messages, opts = {}) {
-    const body = chatRequest(undefined, messages, opts);
+    const body = chatRequest(this.model, messages, opts);
     const signal = opts.signal;
     if (signal?.aborted) throw abortError(signal);
     const answer = call(() => this._native.chat(body));
@@ -298,7 +298,7 @@ class ChatGPTOAuthProvider {
    */
   async *chatStream(messages, opts = {}) {
     const signal = opts.signal;
-    const body = chatRequest(undefined, messages, opts);
+    const body = chatRequest(this.model, messages, opts);
     if (signal?.aborted) throw abortError(signal);
     let stream = null;
     let aborted = false;

@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# The npm packages, end to end: build the addon with the napi CLI (installed from npm into
-# the target directory), `npm pack` the main package and the linux-x64-gnu one, install both
-# into a fresh directory (express comes from the registry), then from there: the installed
-# launcher (`npx --no-install codex-as-api --version`, the emulator it starts), the library
-# and createApp() under `node --test`, and the launcher's message when the platform package
-# is missing (a second directory with the main package alone).
+# The npm packages, end to end: build the addon (`cargo build --profile dist`, the .so copied
+# as codex-as-api.linux-x64-gnu.node, as `napi build --platform` names it), `npm pack` the
+# main package and the linux-x64-gnu one, install both into a fresh directory (express comes
+# from the registry), then from there: the installed launcher (`npx --no-install
+# codex-as-api --version`, the emulator it starts), the published types under tsc, the
+# library and createApp() under `node --test`, and the launcher's message when the platform
+# package is missing (a second directory with the main package alone).
+#
+# Why not `napi build`: here it rebuilt the addon on every run (its type-definition pass
+# forces a build of the crate; ten minutes of LTO on this machine), and index.d.ts is
+# hand-written, so plain cargo does the same job.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
-napi_cli_version=3.10.12
+# The tools, from npm, pinned: tsc checks the published types.
+tool_packages="typescript@5.9.3 @types/node@20.19.43"
 platform=linux-x64-gnu
 t0=$(date +%s)
 lap=$t0
@@ -28,26 +34,25 @@ fi
 # Variables the library reads would leak into the tests.
 while IFS= read -r var; do unset "$var"; done < <(env | grep -o '^CODEX_AS_API_[A-Z0-9_]*' || true)
 
-echo "== napi CLI $napi_cli_version"
+echo "== tools from npm: $tool_packages"
 tools="$target/node-tools"
-if [ "$(cat "$tools/.version" 2>/dev/null)" != "$napi_cli_version" ]; then
+if [ "$(cat "$tools/.installed" 2>/dev/null)" != "$tool_packages" ]; then
   rm -rf "$tools"
   mkdir -p "$tools"
   echo '{"private": true}' >"$tools/package.json"
-  npm install --prefix "$tools" --no-audit --no-fund --loglevel=error "@napi-rs/cli@$napi_cli_version"
-  echo "$napi_cli_version" >"$tools/.version"
+  # shellcheck disable=SC2086 # one word per package
+  npm install --prefix "$tools" --no-audit --no-fund --loglevel=error $tool_packages
+  echo "$tool_packages" >"$tools/.installed"
 fi
-napi="$tools/node_modules/.bin/napi"
-timing "napi CLI"
+timing "tools"
 
-echo "== build the addon (napi build --platform --profile dist)"
+echo "== build the addon (cargo build --profile dist -p codex-as-api-node)"
+(cd "$root" && CARGO_TARGET_DIR="$target" cargo build --locked --profile dist -p codex-as-api-node)
 out="$target/node-addon"
 rm -rf "$out"
 mkdir -p "$out"
-(cd "$here" && CARGO_PROFILE_DEV_DEBUG=0 "$napi" build --platform --profile dist --no-js \
-  --dts native.d.ts --target-dir "$target" --output-dir "$out")
 addon="$out/codex-as-api.$platform.node"
-test -f "$addon"
+cp "$target/dist/libcodex_as_api_node.so" "$addon"
 ls -l "$addon"
 timing "build"
 
@@ -55,7 +60,7 @@ work="$(mktemp -d)"
 emu_pid=""
 cleanup() {
   if [ -n "$emu_pid" ]; then
-    kill -INT -- "-$emu_pid" 2>/dev/null || true
+    kill -KILL -- "-$emu_pid" 2>/dev/null || true
     wait "$emu_pid" 2>/dev/null || true
   fi
   rm -rf "$work"
@@ -111,9 +116,13 @@ done
 echo "upstream $upstream, token endpoint $token"
 test -s "$work/auth.json"
 
-echo "== node --test (from the install directory)"
 mkdir -p "$inst/test"
-cp "$here"/test/*.mjs "$here"/test/*.cjs "$inst/test/"
+cp "$here"/test/*.mjs "$here"/test/*.cjs "$here"/test/*.mts "$here"/test/*.cts "$here"/test/tsconfig.json "$inst/test/"
+echo "== tsc: the published types, for ES module and CommonJS consumers"
+ln -s "$tools/node_modules/@types" "$inst/node_modules/@types"
+(cd "$inst/test" && "$tools/node_modules/.bin/tsc" -p tsconfig.json)
+
+echo "== node --test (from the install directory)"
 (
   cd "$inst"
   CODEX_AS_API_TEST_UPSTREAM_URL="$upstream" \
@@ -126,11 +135,20 @@ cp "$here"/test/*.mjs "$here"/test/*.cjs "$inst/test/"
 )
 timing "tests"
 
-echo "== the emulator stops on Ctrl-C"
+echo "== the emulator (npx and the launcher) stops on Ctrl-C"
 kill -INT -- "-$emu_pid"
-wait "$emu_pid" || {
-  echo "the emulator exited $? after SIGINT" >&2
+if ! timeout 30 tail --pid="$emu_pid" -f /dev/null; then
+  echo "the emulator did not stop within 30 s of SIGINT" >&2
+  kill -KILL -- "-$emu_pid"
   exit 1
-}
+fi
+status=0
+wait "$emu_pid" || status=$?
 emu_pid=""
+# npm exec reports an interrupted command as 130; the launcher itself exits 0.
+if [ "$status" != 0 ] && [ "$status" != 130 ]; then
+  echo "the emulator exited with status $status after SIGINT" >&2
+  cat "$work/emulator.log" >&2
+  exit 1
+fi
 echo "== bindings/node/test.sh passed in $(($(date +%s) - t0)) s"

@@ -144,11 +144,32 @@ fn exit_status(code: ExitCode) -> i32 {
         .map_or(1, i32::from)
 }
 
+/// Give SIGINT and SIGTERM back their default action before Tokio takes them over.
+///
+/// Node installs its own handler for both (it restores the terminal, then re-raises the
+/// signal, relying on a one-shot registration to die of it). Tokio's handler chains to the
+/// handler it replaced, so it would call Node's, whose re-raise comes straight back to
+/// Tokio's: the signal would bounce forever. With the defaults in place Tokio's handler is
+/// the only one, as in the `codex-as-api` binary.
+#[cfg(unix)]
+fn default_signal_actions() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: `signal` with `SIG_DFL` installs no code, only the default action of a
+        // standard signal; nothing else in the process depends on Node's handler.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+        }
+    }
+}
+
 /// Run the command line (`argv[0]` is the program name) to its end and return its exit
 /// status. It runs on a thread of its own with its own runtime; Ctrl-C and SIGTERM end
-/// `serve` gracefully. Blocks the caller (the launcher has nothing else to do).
+/// `serve` gracefully (the process's handlers for them are replaced: this is for a
+/// launcher, not for a library inside an application). Blocks the caller.
 #[napi]
 pub fn run_cli(argv: Vec<String>) -> napi::Result<i32> {
+    #[cfg(unix)]
+    default_signal_actions();
     let cli = std::thread::Builder::new()
         .name("codex-as-api".to_owned())
         .spawn(move || codex_as_api::cli::app::run(argv))

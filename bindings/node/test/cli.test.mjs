@@ -19,9 +19,12 @@ test('a usage error exits 2 with the message on stderr', async () => {
 });
 
 for (const signal of ['SIGINT', 'SIGTERM']) {
-  test(`${signal} stops the server gracefully`, async () => {
+  test(`${signal} stops the server gracefully`, { timeout: 60_000 }, async () => {
     const child = spawn(launcher, ['serve', '--port', '0'], {
       cwd: installDir,
+      // A server that ignores the signal is killed, and the test fails instead of hanging.
+      timeout: 30_000,
+      killSignal: 'SIGKILL',
       stdio: ['ignore', 'ignore', 'pipe'],
       env: {
         ...process.env,
