@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The npm packages, end to end: build the addon (`cargo build --profile dist`, the .so copied
-# as codex-as-api.linux-x64-gnu.node, as `napi build --platform` names it), `npm pack` the
+# The npm packages, end to end: build the addon (`cargo build --profile $BINDINGS_PROFILE`,
+# default dist; the .so copied as codex-as-api.linux-x64-gnu.node, as `napi build --platform`
+# names it, without debug info), `npm pack` the
 # main package and the linux-x64-gnu one, install both into a fresh directory (express comes
 # from the registry), then from there: the installed launcher (`npx --no-install
 # codex-as-api --version`, the emulator it starts), the published types under tsc, the
@@ -17,6 +18,7 @@ target="${CARGO_TARGET_DIR:-$root/target}"
 # The tools, from npm, pinned: tsc checks the published types.
 tool_packages="typescript@5.9.3 @types/node@20.19.43"
 platform=linux-x64-gnu
+profile="${BINDINGS_PROFILE:-dist}"
 t0=$(date +%s)
 lap=$t0
 timing() {
@@ -46,13 +48,16 @@ if [ "$(cat "$tools/.installed" 2>/dev/null)" != "$tool_packages" ]; then
 fi
 timing "tools"
 
-echo "== build the addon (cargo build --profile dist -p codex-as-api-node)"
-(cd "$root" && CARGO_TARGET_DIR="$target" cargo build --locked --profile dist -p codex-as-api-node)
+echo "== build the addon (cargo build --profile $profile -p codex-as-api-node)"
+(cd "$root" && CARGO_TARGET_DIR="$target" cargo build --locked --profile "$profile" -p codex-as-api-node)
 out="$target/node-addon"
 rm -rf "$out"
 mkdir -p "$out"
 addon="$out/codex-as-api.$platform.node"
-cp "$target/dist/libcodex_as_api_node.so" "$addon"
+if [ "$profile" = dev ]; then built="$target/debug"; else built="$target/$profile"; fi
+cp "$built/libcodex_as_api_node.so" "$addon"
+# The dev profile keeps debug info: hundreds of MB the package does not need.
+strip --strip-debug "$addon"
 ls -l "$addon"
 timing "build"
 
