@@ -129,4 +129,4 @@ pub struct ReadmeDoctests;
 pub use config::{Config, ConfigBuilder};
 pub use error::{Error, ErrorKind};
 pub use provider::{ChatEvent, ChatResponse, ChatStream, Provider, ToolCall, Usage};
-pub use server::{Server, Service};
+pub use server::{Server, Service, shutdown_signal};

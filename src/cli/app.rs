@@ -334,6 +334,8 @@ where
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let config = Config::resolve(&args)?;
     let server = Server::bind(config).await.map_err(|e| e.message.clone())?;
+    // Before the address is announced: whoever reads it may signal at once.
+    let signal = crate::server::shutdown_signal();
     let st = server.state();
     let primary = st.accounts.primary();
     let plan = primary
@@ -371,10 +373,21 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         server.addr()
     );
     if std::env::var_os(claude::STOP_ON_STDIN_EOF).is_some() {
-        // Started by `claude` for one session: stop when the launcher's pipe closes.
-        server.wait_for_signal_or(stdin_closed()).await;
+        // Started by `claude` for one session: stop when the launcher's pipe closes too.
+        let ended = async {
+            stdin_closed().await;
+            tracing::info!("stopping: the session that started this server ended");
+        };
+        server
+            .run_until(async {
+                tokio::select! {
+                    () = signal => {}
+                    () = ended => {}
+                }
+            })
+            .await;
     } else {
-        server.wait_for_signal().await;
+        server.run_until(signal).await;
     }
     Ok(())
 }

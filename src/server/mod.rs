@@ -226,16 +226,13 @@ impl Server {
 
     /// Serve until SIGINT or SIGTERM, then shut down gracefully.
     pub async fn wait_for_signal(self) {
-        self.wait_for_signal_or(std::future::pending()).await;
+        self.run_until(shutdown_signal()).await;
     }
 
-    /// Serve until SIGINT or SIGTERM, or until `stop` resolves (the session that started
-    /// this server ended), then shut down gracefully.
-    pub async fn wait_for_signal_or(self, stop: impl std::future::Future<Output = ()>) {
-        tokio::select! {
-            _ = wait_for_signal() => {}
-            _ = stop => tracing::info!("stopping: the session that started this server ended"),
-        }
+    /// Serve until `stop` resolves (for example [`shutdown_signal`], made before the
+    /// server announces itself), then shut down gracefully.
+    pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) {
+        stop.await;
         tracing::info!("shutting down: no new connections; draining in-flight streams");
         self.shutdown().await;
     }
@@ -394,27 +391,35 @@ fn refuse_busy(stream: &tokio::net::TcpStream, max: usize) {
     tracing::debug!(max, "refused a connection over the connection limit");
 }
 
-async fn wait_for_signal() {
+/// SIGINT or SIGTERM (Ctrl-C elsewhere), as a future. The handlers are installed by this
+/// call, not when the future is first polled: a signal that arrives after it is never the
+/// default action (which would kill the process before it drains).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
+        let handlers = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+        );
+        async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

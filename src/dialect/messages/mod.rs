@@ -35,6 +35,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
+#[cfg(feature = "internals")]
 pub use render::signature_envelope;
 pub use request::count_tokens;
 pub use stream::MessagesEncoder;
