@@ -92,6 +92,10 @@ use tokio::net::TcpStream;
 #[path = "fixtures/tool_loop.rs"]
 mod tool_loop;
 
+#[path = "fixtures/messages_stream.rs"]
+mod messages_stream;
+use messages_stream::rebuild_content;
+
 const DELTAS: usize = 200;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -1721,54 +1725,6 @@ struct LoopTurn {
     ttfb_ns: u64,
     /// Whether the emulator counted a continuation (`previous_response_id`).
     continuation: bool,
-}
-
-/// The content blocks of a streamed Messages answer, rebuilt from its events as a client
-/// does (text, thinking and `tool_use` blocks, tool input parsed from its JSON deltas).
-fn rebuild_content(sse: &[u8]) -> Vec<Value> {
-    let mut blocks: Vec<Value> = Vec::new();
-    let mut partial: Vec<String> = Vec::new();
-    for line in sse.split(|&b| b == b'\n') {
-        let Some(data) = line.strip_prefix(b"data: ") else {
-            continue;
-        };
-        let Ok(ev) = serde_json::from_slice::<Value>(data) else {
-            continue;
-        };
-        let i = ev["index"].as_u64().unwrap_or(0) as usize;
-        match ev["type"].as_str() {
-            Some("content_block_start") => {
-                blocks.resize(i + 1, Value::Null);
-                partial.resize(i + 1, String::new());
-                blocks[i] = ev["content_block"].clone();
-            }
-            Some("content_block_delta") if i < blocks.len() => {
-                let d = &ev["delta"];
-                let add = |b: &mut Value, key: &str, s: &Value| {
-                    let old = b[key].as_str().unwrap_or("").to_owned();
-                    b[key] = Value::String(old + s.as_str().unwrap_or(""));
-                };
-                match d["type"].as_str() {
-                    Some("text_delta") => add(&mut blocks[i], "text", &d["text"]),
-                    Some("thinking_delta") => add(&mut blocks[i], "thinking", &d["thinking"]),
-                    Some("signature_delta") => add(&mut blocks[i], "signature", &d["signature"]),
-                    Some("input_json_delta") => {
-                        partial[i].push_str(d["partial_json"].as_str().unwrap_or(""));
-                    }
-                    _ => {}
-                }
-            }
-            Some("content_block_stop")
-                if i < blocks.len()
-                    && blocks[i]["type"] == "tool_use"
-                    && !partial[i].is_empty() =>
-            {
-                blocks[i]["input"] = serde_json::from_str(&partial[i]).unwrap_or(Value::Null);
-            }
-            _ => {}
-        }
-    }
-    blocks
 }
 
 /// One Claude Code-like session through a fresh TLS emulator and proxy with

@@ -11,6 +11,10 @@ use codex_as_api::emulator::{EmulatorConfig, RecordedRequest, WebSocketMode};
 use common::{Harness, error_message, frames, until};
 use serde_json::{Value, json};
 
+#[path = "../benches/fixtures/messages_stream.rs"]
+mod messages_stream;
+use messages_stream::rebuild_content;
+
 fn bash() -> Value {
     json!({"name": "Bash", "description": "Run a command", "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}})
 }
@@ -426,4 +430,68 @@ async fn wss_over_tls() {
     assert_eq!(v["choices"][0]["message"]["content"], "You said: over wss");
     assert_eq!(emu.stats().ws_handshakes, 1);
     assert!(emu.requests()[0].websocket());
+}
+
+/// A streaming client may send its next turn the moment it reads `message_stop`, before
+/// the server has polled the rest of the stream (here: never). The socket is back in the
+/// pool by then, with what continuation needs, so the turn still goes as a continuation
+/// on the same socket. The service is called in-process so that nothing polls a body the
+/// test does not.
+#[tokio::test]
+async fn a_turn_sent_at_message_stop_continues_on_the_same_socket() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::Service;
+
+    let emu = codex_as_api::emulator::Emulator::start(EmulatorConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.json");
+    emu.issue_credentials(3600).write_auth_json(&auth).unwrap();
+    let mut config = codex_as_api::Config::for_tests(&emu.base_url(), auth);
+    config.token_url = emu.token_url();
+    config.codex_home = dir.path().to_path_buf();
+    config.upstream_transport = Transport::WebSocket;
+    let service = codex_as_api::Server::service(config).await.unwrap();
+
+    let mut msgs = vec![json!({"role": "user", "content": "EMU:tool:Bash {\"command\":\"ls\"}"})];
+    let mut unread = Vec::new();
+    for turn in 0..3 {
+        let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 1024, "stream": true,
+            "tools": [bash()], "messages": msgs});
+        let req = http::Request::post("/v1/messages")
+            .header("content-type", "application/json")
+            .header("anthropic-version", "2023-06-01")
+            .header("x-claude-code-session-id", "sess-stop")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let resp = service.call(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut sse = Vec::new();
+        while !String::from_utf8_lossy(&sse).contains("event: message_stop") {
+            let frame = body.frame().await.expect("more frames").unwrap();
+            sse.extend_from_slice(&frame.into_data().unwrap_or_default());
+        }
+        // Kept, unread past `message_stop`, until the test ends.
+        unread.push(body);
+        let content = rebuild_content(&sse);
+        let call = content
+            .iter()
+            .find(|b| b["type"] == "tool_use")
+            .unwrap_or_else(|| panic!("turn {turn}: no tool call in {content:?}"));
+        let id = call["id"].clone();
+        msgs.push(json!({"role": "assistant", "content": content}));
+        msgs.push(json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": id, "content": format!("file-{turn}.txt")},
+            {"type": "text", "text": "EMU:tool:Bash {\"command\":\"ls\"}"}
+        ]}));
+    }
+    let stats = emu.stats();
+    assert_eq!(
+        stats.ws_handshakes, 1,
+        "one socket for the session: {stats:?}"
+    );
+    assert_eq!(stats.ws_continuations, 2, "{stats:?}");
 }

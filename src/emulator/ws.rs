@@ -568,7 +568,6 @@ fn observe(playing: &mut Playing, frame: &[u8]) {
     }
 }
 
-/// The items of an `input` (a string is one user message).
 /// The length of `v` written as compact JSON, without writing it anywhere.
 fn json_len(v: &Value) -> usize {
     struct Count(usize);
@@ -586,6 +585,7 @@ fn json_len(v: &Value) -> usize {
     c.0
 }
 
+/// The items of an `input` (a string is one user message).
 fn input_items(input: Option<&Value>) -> Vec<Value> {
     match input {
         Some(Value::Array(items)) => items.clone(),

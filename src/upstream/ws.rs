@@ -853,7 +853,8 @@ impl WsBody {
         out.freeze()
     }
 
-    /// The response ended: a completed socket goes back to the pool with what it knows.
+    /// The response ended: a completed socket goes back to the pool with what it knows,
+    /// before the client sees the end (its next turn may be sent the moment it does).
     fn finish(&mut self) {
         let Some(mut socket) = self.socket.take() else {
             return;
@@ -878,6 +879,9 @@ impl WsBody {
     ) -> Poll<Option<Result<Bytes, tungstenite::Error>>> {
         if let Some(d) = self.first.take() {
             self.observe(&d);
+            if self.end == End::Completed {
+                self.finish();
+            }
             return Poll::Ready(Some(Ok(Self::sse(&d))));
         }
         if self.end != End::Open {
@@ -921,6 +925,9 @@ impl WsBody {
                     let out = Self::sse(data);
                     let data = Bytes::from(t);
                     self.observe(&data);
+                    if self.end == End::Completed {
+                        self.finish();
+                    }
                     return Poll::Ready(Some(Ok(out)));
                 }
                 Poll::Ready(Some(Ok(_))) => continue,
