@@ -244,10 +244,12 @@ impl std::fmt::Debug for Config {
     }
 }
 
-fn home_dir() -> PathBuf {
+/// The user's home: `HOME` when set, else the platform's (the profile folder on Windows).
+pub(crate) fn home_dir() -> Option<PathBuf> {
     std::env::var_os("HOME")
+        .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."))
+        .or_else(std::env::home_dir)
 }
 
 /// Read `config.toml`; a missing file is empty, a malformed one is an error.
@@ -422,10 +424,11 @@ impl Toml {
 impl Config {
     /// Resolve settings from flags/env (`args`) over config.toml over defaults.
     pub fn resolve(args: &ServeArgs) -> Result<Config, String> {
-        let codex_home = args
-            .codex_home
-            .clone()
-            .unwrap_or_else(|| home_dir().join(".codex"));
+        let codex_home = args.codex_home.clone().unwrap_or_else(|| {
+            home_dir()
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join(".codex")
+        });
         let config_path = codex_home.join("config.toml");
         let t = Toml {
             root: read_toml(&config_path)?,

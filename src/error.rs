@@ -26,8 +26,11 @@ pub enum ErrorKind {
     ContextLengthExceeded,
     /// Wrong or missing inbound API key (401).
     Unauthorized,
-    /// No ChatGPT credentials, or they cannot be refreshed (401; the message says `codex login`).
+    /// No ChatGPT credentials (401; the message says `codex login`).
     AuthUnavailable,
+    /// ChatGPT credentials that cannot be used: not refreshable, refused by the token
+    /// endpoint or by the backend, or of another account (401; the message says `codex login`).
+    RefreshFailed,
     /// Refused by a guard (Host check) or an upstream 403 (403).
     Forbidden,
     /// Unknown route or object (404).
@@ -67,7 +70,9 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest => "invalid_request_error",
             ErrorKind::ContextLengthExceeded => "context_length_exceeded",
-            ErrorKind::Unauthorized | ErrorKind::AuthUnavailable => "invalid_api_key",
+            ErrorKind::Unauthorized | ErrorKind::AuthUnavailable | ErrorKind::RefreshFailed => {
+                "invalid_api_key"
+            }
             ErrorKind::Forbidden => "permission_denied",
             ErrorKind::NotFound => "not_found",
             ErrorKind::ModelNotFound => "model_not_found",
@@ -199,7 +204,7 @@ impl Error {
     pub fn status(&self, protocol: Protocol) -> u16 {
         match self.kind {
             ErrorKind::BadRequest | ErrorKind::ContextLengthExceeded => 400,
-            ErrorKind::Unauthorized | ErrorKind::AuthUnavailable => 401,
+            ErrorKind::Unauthorized | ErrorKind::AuthUnavailable | ErrorKind::RefreshFailed => 401,
             ErrorKind::Forbidden => 403,
             ErrorKind::NotFound | ErrorKind::ModelNotFound => 404,
             ErrorKind::RequestTimeout => 408,
@@ -224,6 +229,7 @@ impl Error {
             | ErrorKind::ContextLengthExceeded
             | ErrorKind::Unauthorized
             | ErrorKind::AuthUnavailable
+            | ErrorKind::RefreshFailed
             | ErrorKind::NotFound
             | ErrorKind::ModelNotFound
             | ErrorKind::PayloadTooLarge
@@ -262,7 +268,9 @@ impl Error {
             | ErrorKind::ContextLengthExceeded
             | ErrorKind::RequestTimeout
             | ErrorKind::HeadersTooLarge => "invalid_request_error",
-            ErrorKind::Unauthorized | ErrorKind::AuthUnavailable => "authentication_error",
+            ErrorKind::Unauthorized | ErrorKind::AuthUnavailable | ErrorKind::RefreshFailed => {
+                "authentication_error"
+            }
             ErrorKind::Forbidden => "permission_error",
             ErrorKind::NotFound | ErrorKind::ModelNotFound => "not_found_error",
             ErrorKind::PayloadTooLarge => "request_too_large",
@@ -291,7 +299,9 @@ impl Error {
         // OpenAI clients key on `invalid_api_key` for every 401; the specific refresh
         // failure is in the message.
         let code = match self.kind {
-            ErrorKind::Unauthorized | ErrorKind::AuthUnavailable => Some("invalid_api_key"),
+            ErrorKind::Unauthorized | ErrorKind::AuthUnavailable | ErrorKind::RefreshFailed => {
+                Some("invalid_api_key")
+            }
             _ => self.code.as_deref().or(self.openai_default_code()),
         };
         crate::json::write_opt_str(&mut out, code);
@@ -341,6 +351,7 @@ mod tests {
             ContextLengthExceeded,
             Unauthorized,
             AuthUnavailable,
+            RefreshFailed,
             Forbidden,
             NotFound,
             ModelNotFound,

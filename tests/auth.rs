@@ -450,7 +450,7 @@ async fn reload_refuses_credentials_of_another_account() {
     other["tokens"]["account_id"] = json!("acc-other");
     write_json(&home.path, &other);
     let err = store.reload(&failed).await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::AuthUnavailable);
+    assert_eq!(err.kind, ErrorKind::RefreshFailed);
     assert!(
         err.message.contains("signed in to another account"),
         "{}",
@@ -497,7 +497,7 @@ async fn reused_refresh_token_is_permanent_with_exact_message_and_no_retry() {
     let store = mock.store(&home.path);
 
     let err = store.headers().await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::AuthUnavailable);
+    assert_eq!(err.kind, ErrorKind::RefreshFailed);
     assert!(!err.retryable);
     assert_eq!(err.message, REUSED_MESSAGE);
     assert_eq!(mock.calls(), 1);
@@ -638,6 +638,7 @@ async fn transient_failure_keeps_tokens_and_is_retryable() {
     let err = store.headers().await.unwrap_err();
     assert!(err.retryable, "{err}");
     assert_ne!(err.kind, ErrorKind::AuthUnavailable);
+    assert_ne!(err.kind, ErrorKind::RefreshFailed);
     assert!(store.available(), "not poisoned");
     assert_eq!(std::fs::read(&home.path).unwrap(), before);
     // Callers right after share the failure instead of calling again.

@@ -199,6 +199,7 @@ export type ErrorKind =
   | 'context_length_exceeded'
   | 'unauthorized'
   | 'auth_unavailable'
+  | 'refresh_failed'
   | 'forbidden'
   | 'not_found'
   | 'model_not_found'

@@ -48,6 +48,9 @@ class ChatGPTOAuthUnavailableError extends ChatGPTOAuthUpstreamError {}
 class ChatGPTOAuthProtocolError extends ChatGPTOAuthError {}
 
 const ERROR_CLASSES = {
+  unauthorized: ChatGPTOAuthMissingError,
+  auth_unavailable: ChatGPTOAuthMissingError,
+  refresh_failed: ChatGPTOAuthRefreshError,
   bad_request: ChatGPTOAuthInvalidRequestError,
   context_length_exceeded: ChatGPTOAuthInvalidRequestError,
   payload_too_large: ChatGPTOAuthInvalidRequestError,
@@ -75,10 +78,7 @@ function convertError(e) {
   } catch {
     return e;
   }
-  let Class = ERROR_CLASSES[info.kind] ?? ChatGPTOAuthError;
-  if (info.kind === 'auth_unavailable') {
-    Class = /refresh/i.test(info.message) ? ChatGPTOAuthRefreshError : ChatGPTOAuthMissingError;
-  }
+  const Class = ERROR_CLASSES[info.kind] ?? ChatGPTOAuthError;
   return new Class(info.message, info);
 }
 

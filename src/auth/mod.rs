@@ -430,7 +430,7 @@ impl TokenStore {
             Ok(l) => l,
             Err(Unusable::Malformed(why)) => {
                 let mut e = Error::new(
-                    ErrorKind::AuthUnavailable,
+                    ErrorKind::RefreshFailed,
                     format!(
                         "Cannot refresh the ChatGPT access token: {} cannot be read ({why}).",
                         self.path.display()
@@ -467,7 +467,7 @@ impl TokenStore {
         }
         let Some(refresh_token) = tokens.refresh_token.clone() else {
             let err = Error::new(
-                ErrorKind::AuthUnavailable,
+                ErrorKind::RefreshFailed,
                 format!(
                     "{} holds no refresh token, so the access token cannot be refreshed. Run `codex login` to sign in again.",
                     self.path.display()
@@ -551,7 +551,7 @@ impl TokenStore {
                     }
                 }
                 let mut err = Error::new(
-                    ErrorKind::AuthUnavailable,
+                    ErrorKind::RefreshFailed,
                     refresh::permanent_message(code.as_deref()),
                 );
                 if let Some(c) = &code {
@@ -659,7 +659,7 @@ impl TokenStore {
 
     fn remember_account_change(&self, st: &mut State, stamp: Stamp) -> Error {
         let err = Error::new(
-            ErrorKind::AuthUnavailable,
+            ErrorKind::RefreshFailed,
             format!(
                 "The ChatGPT credentials in {} belong to another account than the one in use: you have since logged out or signed in to another account. Restart codex-as-api to use the new account, or run `codex login` to sign in again.",
                 self.path.display()

@@ -354,7 +354,6 @@ async fn start_server(
     log: &std::path::Path,
     session: bool,
 ) -> Result<(Value, Started), String> {
-    use std::os::unix::process::CommandExt;
     // The Python and npm packages run this command line inside their interpreter: they
     // name the program that runs it again in CODEX_AS_API_EXE.
     let exe = match std::env::var_os(SELF_EXE) {
@@ -376,11 +375,19 @@ async fn start_server(
         .try_clone()
         .map_err(|e| format!("server log {}: {e}", log.display()))?;
     let mut cmd = std::process::Command::new(&exe);
-    cmd.args(&argv)
-        .stdout(out)
-        .stderr(err)
-        // Its own process group: Ctrl-C in Claude Code does not stop the server.
-        .process_group(0);
+    cmd.args(&argv).stdout(out).stderr(err);
+    // Its own process group: Ctrl-C in Claude Code does not stop the server.
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::process::CommandExt;
+        const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+        cmd.creation_flags(CREATE_NEW_PROCESS_GROUP);
+    }
     if session {
         cmd.stdin(std::process::Stdio::piped())
             .env(STOP_ON_STDIN_EOF, "1");
@@ -447,14 +454,26 @@ async fn stop_server(mut started: Started) {
                 "codex-as-api: the server (pid {pid}) did not stop within {} s; killing it",
                 STOP_TIMEOUT.as_secs()
             );
-            if let Some(pid) = i32::try_from(pid)
-                .ok()
-                .and_then(rustix::process::Pid::from_raw)
-            {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
+            kill(pid);
         }
     }
+}
+
+/// Kill process `pid` at once (a server that would not stop).
+fn kill(pid: u32) {
+    #[cfg(unix)]
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    #[cfg(not(unix))]
+    let _ = std::process::Command::new("taskkill")
+        .args(["/F", "/T", "/PID", &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 /// Mark Claude Code's onboarding done and approve `key` (problems are reported, not fatal).
@@ -473,6 +492,7 @@ fn first_run(key: &str) {
 }
 
 /// Run `cmd` as a child (signals handled as the module docs say) and return its status.
+#[cfg(unix)]
 async fn run_claude(cmd: std::process::Command) -> Result<std::process::ExitStatus, String> {
     use tokio::signal::unix::{SignalKind, signal};
     let bin = cmd.get_program().to_owned();
@@ -501,6 +521,24 @@ async fn run_claude(cmd: std::process::Command) -> Result<std::process::ExitStat
         };
         if let (Some(s), Some(pid)) = (forward, pid) {
             let _ = rustix::process::kill_process(pid, s);
+        }
+    }
+}
+
+/// Run `cmd` as a child and return its status. Ctrl-C reaches every process of the
+/// console, Claude Code included; this process waits for it instead of stopping.
+#[cfg(not(unix))]
+async fn run_claude(cmd: std::process::Command) -> Result<std::process::ExitStatus, String> {
+    let bin = cmd.get_program().to_owned();
+    let mut child = tokio::process::Command::from(cmd)
+        .spawn()
+        .map_err(|e| missing_claude(&bin, &e))?;
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                return status.map_err(|e| format!("waiting for Claude Code: {e}"));
+            }
+            _ = tokio::signal::ctrl_c() => {}
         }
     }
 }
@@ -541,7 +579,6 @@ pub async fn launch(
     claude_args: &[OsString],
     keep_server: bool,
 ) -> Result<std::process::ExitCode, String> {
-    use std::os::unix::process::CommandExt;
     let mut target = Target::from_config(config);
     let (health, started) = match probe(client, &target.base_url, config.api_key.as_deref()).await {
         Some(h) => (h, None),
@@ -568,23 +605,33 @@ pub async fn launch(
         Some(s) if !keep_server => {
             let status = run_claude(cmd).await;
             stop_server(s).await;
-            let status = status?;
-            let code = match status.code() {
-                Some(c) => c,
-                None => {
-                    use std::os::unix::process::ExitStatusExt;
-                    128 + status.signal().unwrap_or(0)
-                }
-            };
-            Ok(std::process::ExitCode::from(
-                u8::try_from(code).unwrap_or(1),
-            ))
+            Ok(exit_code(status?))
         }
+        #[cfg(unix)]
         _ => {
+            use std::os::unix::process::CommandExt;
             let err = cmd.exec();
             Err(missing_claude(&bin, &err))
         }
+        // No exec: Claude Code runs as a child, its status becomes ours.
+        #[cfg(not(unix))]
+        _ => Ok(exit_code(run_claude(cmd).await?)),
     }
+}
+
+/// A child's status as this process's exit code (128 + the signal that ended it).
+fn exit_code(status: std::process::ExitStatus) -> std::process::ExitCode {
+    let code = match status.code() {
+        Some(c) => c,
+        #[cfg(unix)]
+        None => {
+            use std::os::unix::process::ExitStatusExt;
+            128 + status.signal().unwrap_or(0)
+        }
+        #[cfg(not(unix))]
+        None => 1,
+    };
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 #[cfg(test)]

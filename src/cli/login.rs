@@ -117,6 +117,7 @@ fn save(path: &Path, t: &Issued) -> Result<Saved, String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true);
+        #[cfg(unix)]
         {
             use std::os::unix::fs::DirBuilderExt;
             builder.mode(0o700);
@@ -589,6 +590,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn save_keeps_unknown_keys_and_is_0600() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();

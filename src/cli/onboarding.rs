@@ -28,8 +28,9 @@ const KEY_TAIL: usize = 20;
 pub fn config_path() -> Option<PathBuf> {
     let dir = std::env::var_os("CLAUDE_CONFIG_DIR")
         .filter(|d| !d.is_empty())
-        .or_else(|| std::env::var_os("HOME").filter(|d| !d.is_empty()))?;
-    Some(PathBuf::from(dir).join(".claude.json"))
+        .map(PathBuf::from)
+        .or_else(crate::config::home_dir)?;
+    Some(dir.join(".claude.json"))
 }
 
 /// What Claude Code stores for `key`: `key.trim().slice(-20)`, its last 20 UTF-16 code
@@ -220,6 +221,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn apply_writes_atomically_and_only_when_something_changed() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
@@ -266,6 +268,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn a_symlinked_config_is_written_at_its_target() {
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().join("dotfiles-claude.json");

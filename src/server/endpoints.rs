@@ -419,6 +419,7 @@ fn final_error(e: &Error) -> bool {
         e.kind,
         ErrorKind::Unauthorized
             | ErrorKind::AuthUnavailable
+            | ErrorKind::RefreshFailed
             | ErrorKind::UsageLimit
             | ErrorKind::QuotaExceeded
             | ErrorKind::RateLimited
@@ -601,7 +602,10 @@ async fn account_usage(state: &State, account: &Account) -> Result<Value, Error>
                 tracing::warn!(status = r.status.as_u16(), "GET /wham/usage failed");
                 None
             }
-            Err(e) if matches!(e.kind, ErrorKind::AuthUnavailable | ErrorKind::Unauthorized) => {
+            Err(e) if matches!(
+                    e.kind,
+                    ErrorKind::AuthUnavailable | ErrorKind::RefreshFailed | ErrorKind::Unauthorized
+                ) => {
                 return Err(e);
             }
             Err(e) => {

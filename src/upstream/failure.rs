@@ -143,7 +143,7 @@ pub fn from_status(
             e
         }
         401 => Error::new(
-            ErrorKind::AuthUnavailable,
+            ErrorKind::RefreshFailed,
             "The ChatGPT backend rejected the credentials even after a refresh. Run `codex login` to sign in again.",
         )
         .not_retryable(),

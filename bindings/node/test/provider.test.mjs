@@ -6,9 +6,11 @@ import {
   ChatGPTOAuthInvalidRequestError,
   ChatGPTOAuthMissingError,
   ChatGPTOAuthProvider,
+  ChatGPTOAuthRefreshError,
   ChatGPTOAuthUpstreamError,
 } from 'codex-as-api';
-import { WEATHER, codexHome, options, user } from './env.mjs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { WEATHER, authJsonPath, codexHome, options, user } from './env.mjs';
 
 const provider = new ChatGPTOAuthProvider({ ...options, model: 'gpt-5.5' });
 
@@ -188,6 +190,23 @@ test('missing credentials are a missing-credentials error with status 401', asyn
     assert.ok(e instanceof ChatGPTOAuthMissingError, `${e.name}: ${e.message}`);
     assert.equal(e.status, 401);
     assert.equal(e.kind, 'auth_unavailable');
+    return true;
+  });
+});
+
+test('a refresh the token endpoint refuses is a refresh error with status 401', async () => {
+  const part = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const doc = JSON.parse(readFileSync(authJsonPath, 'utf8'));
+  doc.tokens.access_token = `${part({ alg: 'none' })}.${part({ exp: 1 })}.sig`;
+  doc.tokens.refresh_token = 'rt_never_issued';
+  const path = `${codexHome}/refused-auth.json`;
+  writeFileSync(path, JSON.stringify(doc));
+  const p = new ChatGPTOAuthProvider({ ...options, authJsonPath: path });
+  await assert.rejects(p.chat(user('hello')), (e) => {
+    assert.ok(e instanceof ChatGPTOAuthRefreshError, `${e.name}: ${e.message}`);
+    assert.ok(!(e instanceof ChatGPTOAuthMissingError));
+    assert.equal(e.kind, 'refresh_failed');
+    assert.equal(e.status, 401);
     return true;
   });
 });

@@ -23,6 +23,7 @@ from codex_as_api import (
     InvalidRequestError,
     Message,
     MissingCredentialsError,
+    RefreshFailedError,
     ToolCall,
     ToolSchema,
     UpstreamError,
@@ -314,6 +315,28 @@ def test_no_login_is_a_missing_credentials_error(emulator, tmp_path):
         ChatGPTOAuthProvider(auth_json_path=missing, base_url=emulator.upstream_url).chat("hello")
     assert info.value.status == 401
     assert "login" in str(info.value)
+
+
+def expired_jwt() -> str:
+    def part(v: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(v).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none'})}.{part({'exp': 1})}.sig"
+
+
+def test_a_refresh_the_token_endpoint_refuses_is_a_refresh_failed_error(emulator, tmp_path):
+    doc = json.loads(emulator.auth_json.read_text())
+    doc["tokens"]["access_token"] = expired_jwt()
+    doc["tokens"]["refresh_token"] = "rt_never_issued"
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps(doc))
+    provider = ChatGPTOAuthProvider(auth_json_path=auth, base_url=emulator.upstream_url)
+    with pytest.raises(RefreshFailedError) as info:
+        provider.chat("hello")
+    assert not isinstance(info.value, MissingCredentialsError)
+    assert info.value.kind == "RefreshFailed"
+    assert info.value.status == 401
+    assert "sign" in str(info.value).lower()
 
 
 def test_a_bad_setting_raises_at_construction(codex_home):

@@ -69,16 +69,6 @@ _INVALID = {
 }
 
 
-def _auth_class(message: str) -> type[ChatGPTOAuthError]:
-    # The core has one kind for both: credentials absent vs. present but not refreshable.
-    lower = message.lower()
-    if lower.startswith(("no chatgpt credentials", "no chatgpt account", "no account")):
-        return MissingCredentialsError
-    if "refresh" in lower:
-        return RefreshFailedError
-    return MissingCredentialsError
-
-
 def _from_native(
     kind: str, status: int, message: str, code: str | None, retry_after: int | None
 ) -> ChatGPTOAuthError:
@@ -89,7 +79,9 @@ def _from_native(
     elif kind == "ModelNotFound":
         cls = ModelNotFoundError
     elif kind in ("AuthUnavailable", "Unauthorized"):
-        cls = _auth_class(message)
+        cls = MissingCredentialsError
+    elif kind == "RefreshFailed":
+        cls = RefreshFailedError
     elif kind == "Internal":
         cls = ChatGPTOAuthError
     else:
