@@ -279,7 +279,10 @@ for mod, p in files.items():
                 edges[mod].add((f, "use " + "::".join(segs)))
             if name and is_module(ab):
                 bound[name] = ab
-    for m in re.finditer(r"(?<![\w:])((?:crate|super|self|\w+)(?:\s*::\s*\w+)+)", code):
+    # Paths in code; `use` items were read whole above (blanked, positions kept, so that
+    # `use crate::a::{b, c}` is not also read as a path to `crate::a`).
+    paths = re.sub(r"\buse\s+[^;]+;", lambda m: " " * len(m.group(0)), code)
+    for m in re.finditer(r"(?<![\w:])((?:crate|super|self|\w+)(?:\s*::\s*\w+)+)", paths):
         here = mod_at(m.start())
         segs = [x.strip() for x in m.group(1).split("::")]
         if segs[0] in bound:

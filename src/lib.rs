@@ -27,11 +27,13 @@
 //!
 //! Dependencies point one way: the server's modules over `body`, over the dialects, over
 //! the upstream modules, over `auth`, `json`, `sse`, `error` and `config`;
-//! `server::respond` is the server's leaf. Inside `upstream`, `stream` (the response body)
+//! `server::respond` and `server::state` are the server's leaves, and `server`'s own file
+//! only uses its children. Inside `upstream`, `stream` (the response body)
 //! sits over the two transports, `ws` over `conn` (it connects through the pool), and
 //! `collect` over `stream` and `events`; inside the emulator, `routes` over `ws` over
-//! `admit` over `http`. No file uses a file that uses it back (checked by reading every
-//! file's `use crate::…`/`super::…` lines and paths).
+//! `admit` over `http`. No file uses a file that uses it back, a parent module's file and
+//! its children's included (`.ci/circles.py --children` reads every file's `use` trees and
+//! paths; CI runs it).
 //!
 //! Non-streaming requests run the same pipeline; `upstream::collect` reads the stream
 //! through the same parse/decode loop as the streaming body (`upstream::events::Pump`),
@@ -67,14 +69,16 @@
 //! - [`body`]: `Translate<E>`, the streaming body: drains every upstream frame already
 //!   available and emits the translated bytes as one frame; keepalives and idle timeout.
 //! - [`tokens`]: o200k token counting (count_tokens, usage estimates).
-//! - [`server`]: accept loop (connection limit) and head limits (`head`: 408/431), the
+//! - [`server`]: what requests share (`state`), accept loop (connection limit) and head
+//!   limits (`head`: 408/431), the
 //!   HTTP/1.1 client connection (`h1`: strict framing, read deadline, write stall; h2
 //!   clients go to hyper, with `h2`'s body bounds and stalled-stream watchdog), routing and
 //!   guards (`route`), entering an account (`admit`), the request pipeline with retries
 //!   (`pipeline`), the Responses WebSocket mode for clients (`ws`), the response builders
 //!   (`respond`), the unary endpoints
-//!   (`endpoints`: models, images, inspect, compaction, usage), unary backend calls and
-//!   the live catalog (`backend`), the `previous_response_id` store (`history`), and the one log line per request (`reqlog`).
+//!   (`endpoints`: models, images, inspect, compaction, usage), unary backend calls
+//!   (`backend`), the live catalog (`catalog`), the `previous_response_id` store
+//!   (`history`), and the one log line per request (`reqlog`).
 //! - [`cli`]: the user commands besides `serve`: `login` (browser PKCE and device code,
 //!   writing the Codex CLI's auth.json), `usage` (rate-limit bars), `claude` (with Claude
 //!   Code's first-run settings: `onboarding`) and `env`.

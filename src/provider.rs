@@ -24,9 +24,9 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::emulator::Demo;
 use crate::error::{Error, ErrorKind};
-use crate::server::State;
 use crate::server::respond::RespBody;
 use crate::server::route;
+use crate::server::state::State;
 use crate::sse::parse::SseParser;
 
 /// Largest event the chat stream decoder accepts (a tool call's arguments arrive in pieces).

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::accounts::Route;
 use crate::admission::{self, Class, Permit, Refused, Ticket};
 use crate::error::{Error, ErrorKind};
-use crate::server::State;
+use super::state::State;
 use crate::upstream::meter::Meter;
 use crate::upstream::request::UpstreamRequest;
 

@@ -25,7 +25,9 @@ use crate::dialect::compact::CompactPlan;
 use crate::dialect::{Ctx, Plan, PlanCore, chat, messages, responses};
 use crate::error::{Error, ErrorKind, Protocol};
 use crate::server::respond::{RespBody, json_response};
-use crate::server::{State, backend, pipeline};
+use crate::server::state::State;
+use crate::server::backend;
+use crate::server::pipeline;
 use crate::upstream::catalog::{Catalog, ModelInfo};
 use crate::upstream::collect::{Collected, Item};
 use crate::upstream::request::random_id;
@@ -87,7 +89,7 @@ fn model_json(m: &ModelInfo, protocol: Protocol) -> Value {
 
 /// `GET /v1/models`: the listed models by priority.
 pub async fn models_list(state: &State, protocol: Protocol) -> Vec<u8> {
-    state.catalog.refresh(state).await;
+    backend::refresh_catalog(state).await;
     let catalog: Arc<Catalog> = state.catalog.current();
     let mut models: Vec<&ModelInfo> = catalog.models.iter().filter(|m| m.visible).collect();
     models.sort_by_key(|m| m.priority);
@@ -106,7 +108,7 @@ pub async fn models_list(state: &State, protocol: Protocol) -> Vec<u8> {
 
 /// `GET /v1/models/{id}`.
 pub async fn model_one(state: &State, id: &str, protocol: Protocol) -> Result<Vec<u8>, Error> {
-    state.catalog.refresh(state).await;
+    backend::refresh_catalog(state).await;
     let catalog = state.catalog.current();
     let m = catalog.find(id).ok_or_else(|| {
         Error::new(

@@ -43,7 +43,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::State;
+use super::state::State;
 use super::head::{self, FirstHead};
 use super::respond::RespBody;
 use super::route;

@@ -1,9 +1,7 @@
-//! The HTTP server: state, accept loop, graceful shutdown.
+//! The HTTP server: accept loop, graceful shutdown, and the ways to run it (`Server`,
+//! `Service`).
 //!
-//! Owns: `State` (config, the pooled upstream client and the upstream WebSockets kept
-//! between turns next to it, the accounts with their credentials,
-//! windows and rate-limit snapshots, the catalog, live stream count, the exchange store),
-//! the start-up safety rules (without an API key: no non-loopback bind, no CORS allow-list
+//! Owns: the start-up safety rules (without an API key: no non-loopback bind, no CORS allow-list
 //! of `*`), the accept loop (back-off on accept errors; the connection limit, beyond which
 //! a connection gets a 503 and is closed at once; the first head of each connection goes
 //! through `head` so a slow or huge one gets a protocol-shaped 408/431; then HTTP/1.x
@@ -12,14 +10,18 @@
 //! bounded as `h1` bounds it) and graceful
 //! shutdown (stop accepting, drain in-flight streams for a bounded time).
 //!
-//! Does not own: routing and guards (`route`), an h2 client's body bounds and stalled
-//! streams (`h2`), running one proxied request (`pipeline`),
-//! unary backend calls and the live catalog (`backend`), the non-protocol endpoints
-//! (`endpoints`), the exchange store for `previous_response_id` (`history`), the
-//! per-request log line (`reqlog`).
+//! Does not own: what requests share (`state`), routing and guards (`route`), an h2
+//! client's body bounds and stalled streams (`h2`), running one proxied request
+//! (`pipeline`), unary backend calls (`backend`), the live catalog (`catalog`), the
+//! non-protocol endpoints (`endpoints`), the exchange store for `previous_response_id`
+//! (`history`), the per-request log line (`reqlog`).
+//!
+//! Dependencies point down: this file uses its children; they use each other and `state`,
+//! never this file.
 
 pub mod admit;
 pub mod backend;
+pub mod catalog;
 pub mod endpoints;
 pub mod h1;
 pub mod h2;
@@ -29,12 +31,13 @@ pub mod pipeline;
 pub mod reqlog;
 pub mod respond;
 pub mod route;
+pub mod state;
 pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -42,69 +45,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::accounts::Accounts;
-use crate::body::StreamCounter;
+pub use state::State;
+
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
-use crate::upstream::client::{self, HttpClient};
-use crate::upstream::conn::Pool;
-use crate::upstream::ws::Sockets;
-
-/// Everything a request handler needs; shared by all connections.
-pub struct State {
-    pub config: Config,
-    pub client: HttpClient,
-    /// Driven HTTP/1.1 connections for the streaming `/responses` calls.
-    pub pool: Arc<Pool>,
-    /// Responses WebSockets kept between turns (they connect through `pool`).
-    pub sockets: Arc<Sockets>,
-    /// The ChatGPT accounts, each with its credentials and admission window.
-    pub accounts: Accounts,
-    /// The live model catalog (built-in until the backend's is fetched).
-    pub catalog: backend::LiveCatalog,
-    pub streams: Arc<StreamCounter>,
-    pub started: Instant,
-    /// Recent exchanges for `previous_response_id`.
-    pub history: history::History,
-    /// Client connections open now (at most `config.max_connections`).
-    pub connections: AtomicUsize,
-    /// `config.responses_ws_url()`, computed once.
-    pub ws_url: String,
-    /// Client WebSocket sessions accepted since start (`server::ws`).
-    pub ws_sessions: std::sync::atomic::AtomicU64,
-}
-
-impl State {
-    pub fn new(config: Config) -> Result<State, Error> {
-        let proxy = config.upstream_proxy.as_deref();
-        let client = client::build(config.ca_file.as_deref(), proxy)?;
-        let h2 = crate::upstream::h2pool::Limits {
-            max_connections: config.upstream_max_connections,
-            idle: config.upstream_idle,
-        };
-        let pool = Pool::new(config.ca_file.as_deref(), proxy, h2, client.clone())?;
-        let accounts = Accounts::new(
-            &config.account_specs(),
-            &config.token_url,
-            &client,
-            config.account_limits,
-        );
-        Ok(State {
-            client,
-            pool,
-            sockets: Sockets::new(config.upstream_idle),
-            accounts,
-            catalog: backend::LiveCatalog::default(),
-            streams: Arc::new(StreamCounter::default()),
-            started: Instant::now(),
-            history: history::History::new(config.history_max_entries, config.history_max_bytes),
-            connections: AtomicUsize::new(0),
-            ws_url: config.responses_ws_url(),
-            ws_sessions: std::sync::atomic::AtomicU64::new(0),
-            config,
-        })
-    }
-}
 
 /// A running server: bound, serving in the background until [`Server::shutdown`].
 ///

@@ -28,7 +28,7 @@ use crate::body::{Prelude, Timing, Translate};
 use crate::config::Transport;
 use crate::dialect::Plan;
 use crate::error::{Error, ErrorKind, Protocol};
-use crate::server::State;
+use super::state::State;
 use crate::server::reqlog::Meter;
 use crate::server::respond::{RespBody, error_response, json_response, stream_response};
 use crate::upstream::collect::{self, Finish};

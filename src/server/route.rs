@@ -22,7 +22,9 @@ use http_body_util::BodyExt;
 use crate::dialect::{Ctx, chat, messages, responses};
 use crate::error::{Error, ErrorKind, Protocol};
 use crate::server::respond::{RespBody, error_response, full, json_response};
-use crate::server::{State, endpoints, pipeline};
+use crate::server::state::State;
+use crate::server::endpoints;
+use crate::server::pipeline;
 
 /// A request body the router can read: hyper's (h2 clients) or `h1`'s.
 pub trait ReqBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send {}

@@ -32,7 +32,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use super::State;
+use super::state::State;
 use super::respond::RespBody;
 use crate::dialect::{Ctx, Plan, responses};
 use crate::error::{Error, Protocol};

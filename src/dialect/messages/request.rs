@@ -192,13 +192,7 @@ impl<'r> Translator<'r> {
                     self.assistant_block(block, i, j)?;
                 }
             }
-            Some(other) => {
-                return Err(type_error(
-                    &format!("messages.{i}.content"),
-                    "a string or an array of content blocks",
-                    other,
-                ));
-            }
+            Some(other) => return Err(content_error(i, other)),
         }
         self.close_assistant();
         Ok(())
@@ -362,13 +356,7 @@ impl<'r> Translator<'r> {
                     self.user_block(block, i, j)?;
                 }
             }
-            Some(other) => {
-                return Err(type_error(
-                    &format!("messages.{i}.content"),
-                    "a string or an array of content blocks",
-                    other,
-                ));
-            }
+            Some(other) => return Err(content_error(i, other)),
         }
         // Tool outputs were written as they came; the other blocks follow as one message.
         if self.user_count > 0 {
@@ -1097,4 +1085,13 @@ fn translate_tool(
         "tools.{i}: the server tool type '{ty}' is not supported by this gateway (supported: custom tools with input_schema, and web_search)"
     ))
     .with_param(format!("tools.{i}.type")))
+}
+
+/// `messages.{i}.content` is neither a string nor an array.
+fn content_error(i: usize, other: &Value<'_>) -> Error {
+    type_error(
+        &format!("messages.{i}.content"),
+        "a string or an array of content blocks",
+        other,
+    )
 }
