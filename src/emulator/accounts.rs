@@ -2,11 +2,15 @@
 //! open `/responses` streams, which the account-wide concurrency limit checks (since
 //! 2026-08 the real backend refuses more than a few concurrently open streams per account
 //! with HTTP 429).
+//!
+//! Owns every account ([`Accounts`]: the default one, the registry by id, the limit of
+//! open streams per account) and each account's counters.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use super::{Shared, lock, random_alnum, uuid_like};
+use super::util::{lock, random_alnum, uuid_like};
 
 /// `usage_limit` when no limit is set.
 const NO_LIMIT: i64 = i64::MIN;
@@ -124,10 +128,31 @@ impl Drop for OpenStream {
     }
 }
 
-impl Shared {
+/// Every account, and the limit of open streams each may have.
+pub(super) struct Accounts {
+    /// The account `Emulator::issue_credentials` and the sign-in flows issue tokens for.
+    pub(super) default: Arc<Account>,
+    /// Every account (the default one included), by id.
+    all: Mutex<HashMap<String, Arc<Account>>>,
+    /// Open streams allowed per account (`usize::MAX`: unlimited).
+    concurrency: AtomicUsize,
+}
+
+impl Accounts {
+    /// A default account with a fresh id, and `concurrency` streams allowed per account.
+    pub(super) fn new(concurrency: Option<usize>) -> Accounts {
+        let default = Arc::new(Account::new(uuid_like()));
+        let all = HashMap::from([(default.id.clone(), default.clone())]);
+        Accounts {
+            default,
+            all: Mutex::new(all),
+            concurrency: AtomicUsize::new(concurrency.unwrap_or(usize::MAX)),
+        }
+    }
+
     /// The account with this id, registered if it is new.
     pub(super) fn account(&self, id: &str) -> Arc<Account> {
-        let mut accounts = lock(&self.accounts);
+        let mut accounts = lock(&self.all);
         Arc::clone(
             accounts
                 .entry(id.to_owned())
@@ -137,12 +162,12 @@ impl Shared {
 
     /// The account with this id, if it exists.
     pub(super) fn find_account(&self, id: &str) -> Option<Arc<Account>> {
-        lock(&self.accounts).get(id).cloned()
+        lock(&self.all).get(id).cloned()
     }
 
     /// A new account with a fresh id.
     pub(super) fn add_account(&self) -> Arc<Account> {
-        let mut accounts = lock(&self.accounts);
+        let mut accounts = lock(&self.all);
         loop {
             let id = uuid_like();
             if let std::collections::hash_map::Entry::Vacant(slot) = accounts.entry(id.clone()) {
@@ -152,14 +177,20 @@ impl Shared {
     }
 
     pub(super) fn reset_peaks(&self) {
-        for a in lock(&self.accounts).values() {
+        for a in lock(&self.all).values() {
             a.reset_peak();
         }
     }
 
     /// The limit of open streams per account (`usize::MAX`: none).
     pub(super) fn stream_limit(&self) -> usize {
-        self.account_concurrency.load(Ordering::Acquire)
+        self.concurrency.load(Ordering::Acquire)
+    }
+
+    /// Sets the limit of open streams per account (`None`: none).
+    pub(super) fn set_stream_limit(&self, limit: Option<usize>) {
+        self.concurrency
+            .store(limit.unwrap_or(usize::MAX), Ordering::Release);
     }
 }
 

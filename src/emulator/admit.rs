@@ -14,8 +14,9 @@ use super::accounts::{Account, OpenStream};
 use super::http::{Resp, json_response, set};
 use super::rules;
 use super::script::{self, Reply};
+use super::shared::Shared;
 use super::stream::Sse;
-use super::{Shared, now_secs, random_hex};
+use super::util::{now_secs, random_hex};
 
 /// The account's rate-limit picture, as the `x-codex-*` headers of an SSE answer and the
 /// `codex.rate_limits` event of a WebSocket answer both show it (one source for both).
@@ -202,7 +203,7 @@ pub(super) fn admit(shared: &Shared, a: &Admit<'_>) -> Admission {
         return Admission::Refused(Refusal::from_status(script::usage_limit(resets_at)));
     }
     // Held until the stream ends or is dropped; a unary answer releases it at once.
-    let Some(open) = a.account.try_open(shared.stream_limit()) else {
+    let Some(open) = a.account.try_open(shared.accounts.stream_limit()) else {
         shared
             .counters
             .concurrency_refusals

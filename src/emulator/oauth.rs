@@ -10,16 +10,19 @@
 //! while pending, then the code and its PKCE pair) and the approval page `/codex/device`
 //! (or [`super::Emulator::approve_device`]).
 //!
+//! All of it is kept in [`OAuth`], which knows nothing of the rest of the emulator.
+//!
 //! Does not own: minting tokens (`tokens`).
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Shared, lock, now_secs, random_alnum};
+use super::util::{lock, now_secs, random_alnum};
 use crate::auth::CLIENT_ID;
 
 /// Device codes expire after this long (§13.2).
@@ -48,7 +51,7 @@ struct Device {
 
 /// Grants and device sessions in flight.
 #[derive(Default)]
-pub(super) struct Registry {
+struct Registry {
     codes: HashMap<String, Grant>,
     devices: HashMap<String, Device>,
     /// Polls of the device token endpoint since start.
@@ -89,7 +92,23 @@ fn is_loopback_callback(uri: &str) -> bool {
     }
 }
 
-impl Shared {
+/// The sign-in state: grants and device sessions in flight, and the poll interval device
+/// clients are told.
+pub(super) struct OAuth {
+    registry: Mutex<Registry>,
+    device_interval: u64,
+}
+
+impl OAuth {
+    /// Nothing in flight; the device-code endpoint tells clients to poll every
+    /// `device_interval` seconds.
+    pub(super) fn new(device_interval: u64) -> OAuth {
+        OAuth {
+            registry: Mutex::new(Registry::default()),
+            device_interval,
+        }
+    }
+
     /// `GET /oauth/authorize?…` with the query already decoded.
     pub(super) fn authorize(&self, q: &HashMap<String, String>) -> Authorize {
         let get = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
@@ -129,7 +148,7 @@ impl Shared {
             return bad("invalid_request", "Missing required parameter: state.");
         }
         let code = format!("ac_{}", random_alnum(43));
-        lock(&self.oauth).codes.insert(
+        lock(&self.registry).codes.insert(
             code.clone(),
             Grant {
                 challenge: challenge.to_owned(),
@@ -152,7 +171,7 @@ impl Shared {
             return Err(error(401, "invalid_client", "Unknown client_id."));
         }
         // Single use: a code is gone after its first exchange, good or bad.
-        let Some(grant) = lock(&self.oauth).codes.remove(get("code")) else {
+        let Some(grant) = lock(&self.registry).codes.remove(get("code")) else {
             return Err(error(400, "invalid_grant", "Invalid authorization code."));
         };
         if grant.expires < now_secs() {
@@ -193,7 +212,7 @@ impl Shared {
             raw.get(..4).unwrap_or(""),
             raw.get(4..).unwrap_or("")
         );
-        lock(&self.oauth).devices.insert(
+        lock(&self.registry).devices.insert(
             id.clone(),
             Device {
                 user_code: user_code.clone(),
@@ -216,7 +235,7 @@ impl Shared {
             .and_then(Value::as_str)
             .unwrap_or("");
         let user_code = v.get("user_code").and_then(Value::as_str).unwrap_or("");
-        let mut reg = lock(&self.oauth);
+        let mut reg = lock(&self.registry);
         reg.polls += 1;
         let Some(dev) = reg.devices.get_mut(id) else {
             return error(404, "deviceauth_not_found", "Unknown device authorization.");
@@ -259,7 +278,7 @@ impl Shared {
     /// The user entered `user_code` on the device page. False when no session has it.
     pub(super) fn approve_device(&self, user_code: &str) -> bool {
         let wanted = user_code.trim().to_ascii_uppercase();
-        let mut reg = lock(&self.oauth);
+        let mut reg = lock(&self.registry);
         let mut found = false;
         for dev in reg.devices.values_mut() {
             if dev.user_code == wanted {
@@ -272,7 +291,7 @@ impl Shared {
 
     /// How many times the device token endpoint was polled since start.
     pub(super) fn device_polls(&self) -> u64 {
-        lock(&self.oauth).polls
+        lock(&self.registry).polls
     }
 }
 

@@ -21,9 +21,11 @@ use serde_json::{Value, json};
 
 use super::admit::{Admission, Admit, RateLimits, Refusal, admit};
 use super::http::{Resp, bytes_response, header_list, json_response, session_id, set};
+use super::oauth::OAuth;
 use super::rules::{self, seal};
+use super::shared::{MAX_RECORDED, Recorded, Shared};
 use super::stream::{EmuBody, LiveStream};
-use super::{Recorded, Shared, lock, now_secs, random_hex};
+use super::util::{lock, now_secs, random_hex};
 
 /// Bodies above this are refused (the real backend's limit is far below it).
 const MAX_BODY: usize = 64 << 20;
@@ -91,10 +93,10 @@ pub(super) async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Resul
         (Method::POST, "/oauth/token") => token(req, &shared).await,
         (Method::GET, "/oauth/authorize") => authorize(&req, &shared),
         (Method::POST, "/api/accounts/deviceauth/usercode") => {
-            device(req, &shared, Shared::device_usercode).await
+            device(req, &shared, OAuth::device_usercode).await
         }
         (Method::POST, "/api/accounts/deviceauth/token") => {
-            device(req, &shared, Shared::device_token).await
+            device(req, &shared, OAuth::device_token).await
         }
         (Method::GET, "/codex/device") => device_page(None),
         (Method::POST, "/codex/device") => device_approve(req, &shared).await,
@@ -111,7 +113,7 @@ fn record_unary(shared: &Shared, path: &str, parts: &hyper::http::request::Parts
         frame: None,
     };
     let mut unary = lock(&shared.unary);
-    if unary.len() >= super::MAX_RECORDED {
+    if unary.len() >= MAX_RECORDED {
         unary.pop_front();
     }
     unary.push_back((path.to_owned(), Arc::new(recorded)));
@@ -205,7 +207,7 @@ async fn responses(req: Request<Incoming>, shared: &Shared) -> Result<Resp, Abor
     });
     shared.record(recorded.clone());
 
-    let Some(account) = shared.authorized(&parts.headers) else {
+    let Some(account) = shared.tokens.authorized(&parts.headers) else {
         return Ok(unauthorized());
     };
     account.count_request();
@@ -259,7 +261,7 @@ async fn responses(req: Request<Incoming>, shared: &Shared) -> Result<Resp, Abor
 
 fn models(req: &Request<Incoming>, shared: &Shared) -> Resp {
     shared.counters.models.fetch_add(1, Ordering::Relaxed);
-    if shared.authorized(req.headers()).is_none() {
+    if shared.tokens.authorized(req.headers()).is_none() {
         return unauthorized();
     }
     let etag = &shared.catalog.etag;
@@ -291,7 +293,7 @@ async fn images(req: Request<Incoming>, shared: &Shared) -> Resp {
         &parts,
         &raw,
     );
-    if shared.authorized(&parts.headers).is_none() {
+    if shared.tokens.authorized(&parts.headers).is_none() {
         return unauthorized();
     }
     let Ok(body) = serde_json::from_slice::<Value>(&raw) else {
@@ -336,7 +338,7 @@ async fn compact(req: Request<Incoming>, shared: &Shared) -> Resp {
         Err(resp) => return resp,
     };
     record_unary(shared, "/backend-api/codex/responses/compact", &parts, &raw);
-    let Some(account) = shared.authorized(&parts.headers) else {
+    let Some(account) = shared.tokens.authorized(&parts.headers) else {
         return unauthorized();
     };
     let Ok(body) = serde_json::from_slice::<Value>(&raw) else {
@@ -372,7 +374,7 @@ async fn compact(req: Request<Incoming>, shared: &Shared) -> Resp {
 
 /// `/wham/usage` for the account of the presented token.
 fn usage(req: &Request<Incoming>, shared: &Shared) -> Resp {
-    let Some(account) = shared.authorized(req.headers()) else {
+    let Some(account) = shared.tokens.authorized(req.headers()) else {
         return unauthorized();
     };
     let now = now_secs();
@@ -401,7 +403,7 @@ fn usage(req: &Request<Incoming>, shared: &Shared) -> Resp {
 
 /// `/wham/accounts/check` for the account of the presented token.
 fn accounts(req: &Request<Incoming>, shared: &Shared) -> Resp {
-    let Some(account) = shared.authorized(req.headers()) else {
+    let Some(account) = shared.tokens.authorized(req.headers()) else {
         return unauthorized();
     };
     let id = &account.id;
@@ -428,13 +430,16 @@ async fn token(req: Request<Incoming>, shared: &Shared) -> Resp {
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let (status, body) = shared.token_endpoint(content_type, &raw);
+    let (status, body) =
+        shared
+            .tokens
+            .token_endpoint(&shared.oauth, &shared.accounts.default, content_type, &raw);
     json_response(status, &body)
 }
 
 fn authorize(req: &Request<Incoming>, shared: &Shared) -> Resp {
     let query = super::tokens::parse_form(req.uri().query().unwrap_or("").as_bytes());
-    match shared.authorize(&query) {
+    match shared.oauth.authorize(&query) {
         super::oauth::Authorize::Redirect(to) => {
             let mut resp = bytes_response(302, "text/plain", Bytes::new());
             if let Ok(v) = HeaderValue::from_str(&to) {
@@ -449,13 +454,13 @@ fn authorize(req: &Request<Incoming>, shared: &Shared) -> Resp {
 async fn device(
     req: Request<Incoming>,
     shared: &Shared,
-    endpoint: fn(&Shared, &[u8]) -> (u16, Value),
+    endpoint: fn(&OAuth, &[u8]) -> (u16, Value),
 ) -> Resp {
     let (_, raw, _, _) = match read_body(req).await {
         Ok(v) => v,
         Err(resp) => return resp,
     };
-    let (status, body) = endpoint(shared, &raw);
+    let (status, body) = endpoint(&shared.oauth, &raw);
     json_response(status, &body)
 }
 
@@ -476,7 +481,7 @@ async fn device_approve(req: Request<Incoming>, shared: &Shared) -> Resp {
     };
     let form = super::tokens::parse_form(&raw);
     let code = form.get("user_code").map(String::as_str).unwrap_or("");
-    if shared.approve_device(code) {
+    if shared.oauth.approve_device(code) {
         device_page(Some("Device approved. You can return to your terminal."))
     } else {
         let mut resp = device_page(Some("That code is not valid or has expired."));

@@ -13,7 +13,8 @@ use base64::engine::general_purpose::{STANDARD_PAD_INDIFFERENT, URL_SAFE};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Shared, lock, random_alnum};
+use super::shared::Shared;
+use super::util::{lock, random_alnum};
 
 /// A rejection: HTTP status and JSON body.
 pub(super) struct Reject {

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use super::config::Chunking;
 use super::rules::{item_type, seal};
-use super::stream::Sse;
-use super::{Shared, lock, now_secs, random_alnum, random_hex};
+use super::shared::Shared;
+use super::stream::{STAMP_PLACEHOLDER, Sse};
+use super::util::{bounded_insert, lock, now_secs, random_alnum, random_hex};
 
 /// A unary error answer.
 pub(super) struct Status {
@@ -36,7 +38,7 @@ pub(super) struct Request<'a> {
     pub(super) body: &'a Value,
     pub(super) session_id: Option<&'a str>,
     pub(super) body_len: usize,
-    /// The sealing key of the requesting account ([`super::Shared::account_secret`]).
+    /// The sealing key of the requesting account ([`Shared::account_secret`]).
     pub(super) secret: [u8; 32],
 }
 
@@ -56,10 +58,10 @@ struct Directives<'a> {
     flaky_reset: Option<u64>,
     /// `EMU:pace:<ms>`: a pause after every delta.
     pace: Option<u64>,
-    /// `EMU:stamp`: every delta carries its send time ([`super::STAMP_PLACEHOLDER`]).
+    /// `EMU:stamp`: every delta carries its send time ([`STAMP_PLACEHOLDER`]).
     stamp: bool,
     /// `EMU:coalesce` / `EMU:perevent`: this answer's chunking.
-    chunking: Option<super::Chunking>,
+    chunking: Option<Chunking>,
 }
 
 fn parse_directives(text: &str) -> Directives<'_> {
@@ -81,8 +83,8 @@ fn parse_directives(text: &str) -> Directives<'_> {
             "flakyreset" => d.flaky_reset = arg.parse().ok(),
             "pace" => d.pace = arg.parse().ok(),
             "stamp" => d.stamp = true,
-            "coalesce" => d.chunking = Some(super::Chunking::Coalesced),
-            "perevent" => d.chunking = Some(super::Chunking::PerEvent),
+            "coalesce" => d.chunking = Some(Chunking::Coalesced),
+            "perevent" => d.chunking = Some(Chunking::PerEvent),
             _ if d.main.is_none() => d.main = Some((name, arg, line)),
             _ => {}
         }
@@ -541,7 +543,7 @@ impl<'a> Turn<'a> {
             return 0;
         };
         let mut cache = lock(&self.shared.cache);
-        let prev = super::bounded_insert(&mut cache, key.to_owned(), input);
+        let prev = bounded_insert(&mut cache, key.to_owned(), input);
         match prev {
             Some(prev) if self.req.session_id == Some(key) => (prev / 128 * 128).min(input),
             _ => 0,
@@ -580,7 +582,7 @@ impl<'a> Turn<'a> {
     fn link(&self, rs: &str, followers: &[&str]) {
         let mut map = lock(&self.shared.followers);
         for f in followers {
-            super::bounded_insert(&mut map, (*f).to_owned(), rs.to_owned());
+            bounded_insert(&mut map, (*f).to_owned(), rs.to_owned());
         }
     }
 }
@@ -614,7 +616,7 @@ pub(super) fn too_many_streams() -> Value {
 fn within_first(shared: &Shared, key: String, n: u64) -> bool {
     let mut counts = lock(&shared.flaky);
     let seen = counts.get(&key).copied().unwrap_or(0) + 1;
-    super::bounded_insert(&mut counts, key, seen);
+    bounded_insert(&mut counts, key, seen);
     seen <= n
 }
 
@@ -720,11 +722,7 @@ pub(super) fn respond(shared: &Shared, req: &Request<'_>) -> Reply {
     t.gate = d.gate.map(|g| shared.gate(g));
     t.sse.chunking = d.chunking;
     // With `EMU:stamp`, each generated delta starts with a send-time stamp.
-    let stamp = if d.stamp {
-        super::STAMP_PLACEHOLDER
-    } else {
-        ""
-    };
+    let stamp = if d.stamp { STAMP_PLACEHOLDER } else { "" };
     let echo = || with_images(format!("You said: {user_text}"), images);
     let (name, arg, line) = d.main.unwrap_or(("", "", ""));
     match name {
@@ -980,7 +978,7 @@ mod tests {
         assert_eq!(d.main.map(|(n, a, _)| (n, a)), Some(("deltas", "200")));
         assert!(d.stamp);
         assert_eq!(d.pace, Some(50));
-        assert_eq!(d.chunking, Some(crate::emulator::Chunking::Coalesced));
+        assert_eq!(d.chunking, Some(Chunking::Coalesced));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!
 //! Send-time stamps (`EMU:stamp`, for the load harness): a delta whose text carries
 //! [`STAMP_PLACEHOLDER`] is kept as a [`Step::Stamped`]; when the body hands that step to
-//! hyper, the sixteen zeros are overwritten with [`super::clock_ns`], so a client in the
+//! hyper, the sixteen zeros are overwritten with [`clock_ns`], so a client in the
 //! same process measures receive − send per chunk on one monotonic clock.
 
 use std::collections::VecDeque;
@@ -21,8 +21,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use serde_json::Value;
 
-use super::Chunking;
 use super::accounts::OpenStream;
+use super::config::Chunking;
+use super::util::clock_ns;
 
 /// Marker + sixteen digits of a send-time stamp; the digits are written at send time.
 pub const STAMP_PLACEHOLDER: &str = "T@0000000000000000";
@@ -338,7 +339,7 @@ fn sse_data_span(b: &[u8]) -> (usize, usize) {
 
 /// Writes the send time into the stamp digits at `at` (see [`STAMP_PLACEHOLDER`]).
 pub(super) fn fill_stamps(b: &mut [u8], at: &[usize]) {
-    let digits = stamp_digits(super::clock_ns());
+    let digits = stamp_digits(clock_ns());
     for &i in at {
         if let Some(slot) = b.get_mut(i..i + digits.len()) {
             slot.copy_from_slice(&digits);
@@ -475,7 +476,7 @@ mod tests {
             s.text_delta("msg_1", 0, &format!("{STAMP_PLACEHOLDER}a "));
             s.text_delta("msg_1", 0, &format!("{STAMP_PLACEHOLDER}b "));
             s.text_delta("msg_1", 0, "unstamped");
-            let before = crate::emulator::clock_ns();
+            let before = clock_ns();
             let live = LiveStream::new(&Arc::new(AtomicUsize::new(0)), &Arc::default());
             let bytes = s
                 .into_body(chunking, live, None)
@@ -485,11 +486,7 @@ mod tests {
                 .to_bytes();
             let stamps = stamps_in(&bytes);
             assert_eq!(stamps.len(), 2, "{chunking:?}");
-            assert!(
-                stamps
-                    .iter()
-                    .all(|&t| t >= before && t <= crate::emulator::clock_ns())
-            );
+            assert!(stamps.iter().all(|&t| t >= before && t <= clock_ns()));
         }
     }
 }

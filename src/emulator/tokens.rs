@@ -1,18 +1,22 @@
 //! Tokens: JWT minting (§12.2), the registry of issued access and refresh tokens, the
 //! bearer check of every backend call, and `POST /oauth/token` with rotating refresh
 //! tokens and reuse detection (§12.3, §12.5).
+//!
+//! All of it is kept in [`Tokens`]; the `authorization_code` grant asks `oauth` whether
+//! the code is good.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
 use super::accounts::Account;
-use super::{Shared, lock, now_secs, random_alnum, random_hex, rfc3339_now};
+use super::oauth::OAuth;
+use super::util::{lock, now_secs, random_alnum, random_hex, rfc3339_now};
 
 /// A token set the emulator accepts. `Debug` never prints a token.
 #[derive(Clone)]
@@ -81,9 +85,9 @@ enum RefreshState {
 
 /// Every token this emulator issued.
 #[derive(Default)]
-pub(super) struct Registry {
+struct Registry {
     /// access token → (account, exp)
-    pub(super) access: HashMap<String, (Arc<Account>, i64)>,
+    access: HashMap<String, (Arc<Account>, i64)>,
     /// refresh token → (state, the account a refresh issues for)
     refresh: HashMap<String, (RefreshState, Arc<Account>)>,
 }
@@ -104,7 +108,27 @@ fn auth_claim(account: &Account) -> Value {
     })
 }
 
-impl Shared {
+/// The token side of the emulator: every token it issued, and the lifetime of the access
+/// tokens a refresh mints.
+pub(super) struct Tokens {
+    registry: Mutex<Registry>,
+    refresh_ttl: i64,
+}
+
+impl Tokens {
+    /// No token issued yet; a refresh mints access tokens good for `refresh_ttl` seconds.
+    pub(super) fn new(refresh_ttl: i64) -> Tokens {
+        Tokens {
+            registry: Mutex::new(Registry::default()),
+            refresh_ttl,
+        }
+    }
+
+    /// Makes every access token issued so far invalid.
+    pub(super) fn revoke_access(&self) {
+        lock(&self.registry).access.clear();
+    }
+
     /// Mints and registers a full token set for `account`.
     pub(super) fn issue(&self, account: &Arc<Account>, access_ttl_secs: i64) -> TestCredentials {
         let now = now_secs();
@@ -123,7 +147,7 @@ impl Shared {
             "https://api.openai.com/auth": auth_claim(account),
         }));
         let refresh_token = format!("rt_{}", random_alnum(43));
-        let mut reg = lock(&self.tokens);
+        let mut reg = lock(&self.registry);
         reg.access
             .insert(access_token.clone(), (Arc::clone(account), exp));
         reg.refresh.insert(
@@ -148,13 +172,20 @@ impl Shared {
         let claimed = headers
             .get("chatgpt-account-id")
             .and_then(|v| v.to_str().ok())?;
-        let reg = lock(&self.tokens);
+        let reg = lock(&self.registry);
         let (account, exp) = reg.access.get(token.trim())?;
         (*exp > now_secs() && claimed == account.id).then(|| Arc::clone(account))
     }
 
-    /// `POST /oauth/token`: `(status, JSON body)`.
-    pub(super) fn token_endpoint(&self, content_type: &str, body: &[u8]) -> (u16, Value) {
+    /// `POST /oauth/token`: `(status, JSON body)`. Codes are checked by `oauth`; an
+    /// `authorization_code` grant issues tokens for `default_account`.
+    pub(super) fn token_endpoint(
+        &self,
+        oauth: &OAuth,
+        default_account: &Arc<Account>,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, Value) {
         let fields: HashMap<String, String> = if content_type.contains("x-www-form-urlencoded") {
             parse_form(body)
         } else {
@@ -177,7 +208,7 @@ impl Shared {
                     );
                 };
                 let account = {
-                    let mut reg = lock(&self.tokens);
+                    let mut reg = lock(&self.registry);
                     match reg.refresh.get_mut(rt.as_str()) {
                         Some((state @ RefreshState::Live, account)) => {
                             *state = RefreshState::Used;
@@ -205,11 +236,8 @@ impl Shared {
                 )
             }
             // Codes come from `/oauth/authorize` or the device flow; PKCE is checked.
-            "authorization_code" => match self.redeem_code(&fields) {
-                Ok(()) => (
-                    200,
-                    self.token_reply(self.issue(&self.default_account, 3600)),
-                ),
+            "authorization_code" => match oauth.redeem_code(&fields) {
+                Ok(()) => (200, self.token_reply(self.issue(default_account, 3600))),
                 Err(e) => e,
             },
             _ => oauth_error(400, "unsupported_grant_type", "Unsupported grant_type."),

@@ -51,9 +51,11 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::accounts::{Account, OpenStream};
 use super::admit::{self, Admission, Refusal};
+use super::config::{Chunking, WebSocketMode};
 use super::http::{self, Resp};
+use super::shared::{Recorded, Shared};
 use super::stream::{EmuBody, LiveStream, Step};
-use super::{Recorded, Shared, WebSocketMode, random_hex};
+use super::util::random_hex;
 
 /// Outgoing bytes tungstenite buffers before it writes them out unasked (and, while the
 /// client does not read, the player waits).
@@ -105,7 +107,7 @@ pub(super) fn handshake(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
     else {
         return http::json_response(400, &json!({"detail": "Missing Sec-WebSocket-Key header."}));
     };
-    let Some(account) = shared.authorized(headers) else {
+    let Some(account) = shared.tokens.authorized(headers) else {
         return Refusal::unauthorized().into_response();
     };
     let beta_ok = headers
@@ -519,8 +521,7 @@ impl Conn {
             Admission::Reset => Err(End::Drop),
             Admission::Stream { sse, delay, open } => {
                 self.served += 1;
-                let per_event =
-                    sse.chunking.unwrap_or(self.shared.chunking) == super::Chunking::PerEvent;
+                let per_event = sse.chunking.unwrap_or(self.shared.chunking) == Chunking::PerEvent;
                 let mut steps = sse.into_ws_steps();
                 if let Some(d) = delay {
                     steps.push_front(Step::Pause(d));
