@@ -8,7 +8,7 @@
 //! conversation is stored (`server::history`).
 
 use crate::json::write_str;
-use crate::upstream::collect::Item;
+use crate::upstream::collect::{Call, Item};
 
 /// One answered item as the backend takes it back in `input` (upstream tool names, no
 /// output-only fields). Returns false for items that are not sent back.
@@ -47,14 +47,8 @@ pub(crate) fn write_input_item(out: &mut Vec<u8>, item: &Item) -> bool {
             true
         }
         Item::Reasoning { .. } | Item::WebSearch { .. } => false,
-        Item::ToolCall {
-            call_id,
-            name,
-            namespace,
-            arguments,
-            custom,
-        } => {
-            write_tool_call(out, call_id, name, namespace.as_deref(), arguments, *custom);
+        Item::ToolCall(call) => {
+            write_tool_call(out, call, &call.name);
             out.push(b'}');
             true
         }
@@ -83,18 +77,17 @@ pub(crate) fn write_summary(out: &mut Vec<u8>, summary: &[String]) {
     out.push(b']');
 }
 
-/// A tool call item up to its `arguments` (function) or `input` (custom), without the
-/// closing brace: `{"type":"function_call","call_id":…,"name":…,"arguments":…`.
-pub(crate) fn write_tool_call(
-    out: &mut Vec<u8>,
-    call_id: &str,
-    name: &str,
-    namespace: Option<&str>,
-    arguments: &str,
-    custom: bool,
-) {
-    write_tool_call_head(out, call_id, name, custom, namespace);
-    write_str(out, arguments);
+/// A tool call item named `name` up to its `arguments` (function) or `input` (custom),
+/// without the closing brace: `{"type":"function_call","call_id":…,"name":…,"arguments":…`.
+pub(crate) fn write_tool_call(out: &mut Vec<u8>, call: &Call, name: &str) {
+    write_tool_call_head(
+        out,
+        &call.call_id,
+        name,
+        call.custom,
+        call.namespace.as_deref(),
+    );
+    write_str(out, &call.arguments);
 }
 
 /// The namespace a replayed function call carries: `functions` for a lite model (§7.1).

@@ -88,15 +88,7 @@ pub enum Item {
         summary: Vec<String>,
         encrypted_content: Option<String>,
     },
-    ToolCall {
-        call_id: String,
-        name: String,
-        /// The namespace the tool was declared in, echoed back to Responses clients and
-        /// replayed in kept history.
-        namespace: Option<String>,
-        arguments: String,
-        custom: bool,
-    },
+    ToolCall(Call),
     WebSearch {
         id: String,
         query: Option<String>,
@@ -106,6 +98,19 @@ pub enum Item {
         id: Option<String>,
         encrypted_content: String,
     },
+}
+
+/// One tool call of an answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Call {
+    pub call_id: String,
+    /// As the backend knows it (a dialect restores the client's name).
+    pub name: String,
+    /// The namespace the tool was declared in, echoed back to Responses clients and
+    /// replayed in kept history.
+    pub namespace: Option<String>,
+    pub arguments: String,
+    pub custom: bool,
 }
 
 /// How the response ended.
@@ -143,7 +148,7 @@ impl Collected {
     pub fn has_tool_calls(&self) -> bool {
         self.items
             .iter()
-            .any(|i| matches!(i, Item::ToolCall { .. }))
+            .any(|i| matches!(i, Item::ToolCall(_)))
     }
 
     /// All message text (commentary included) joined in order.
@@ -254,12 +259,13 @@ impl Collected {
                 name,
                 custom,
             } => {
-                self.at(*index, || Item::ToolCall {
-                    call_id: (*call_id).to_owned(),
-                    name: (*name).to_owned(),
-                    namespace: None,
-                    arguments: String::new(),
-                    custom: *custom,
+                self.at(*index, || {
+                    Item::ToolCall(Call {
+                        call_id: (*call_id).to_owned(),
+                        name: (*name).to_owned(),
+                        custom: *custom,
+                        ..Call::default()
+                    })
                 });
             }
             Delta::ToolCallArgs { .. } => {}
@@ -271,25 +277,17 @@ impl Collected {
                 arguments,
                 custom,
             } => {
-                let make = || Item::ToolCall {
-                    call_id: String::new(),
-                    name: String::new(),
-                    namespace: None,
-                    arguments: String::new(),
-                    custom: *custom,
+                let make = || {
+                    Item::ToolCall(Call {
+                        custom: *custom,
+                        ..Call::default()
+                    })
                 };
-                if let Some(Item::ToolCall {
-                    call_id: c,
-                    name: n,
-                    namespace: ns,
-                    arguments: a,
-                    ..
-                }) = self.at(*index, make)
-                {
-                    *c = (*call_id).to_owned();
-                    *n = (*name).to_owned();
-                    *ns = namespace.map(str::to_owned);
-                    *a = (*arguments).to_owned();
+                if let Some(Item::ToolCall(c)) = self.at(*index, make) {
+                    c.call_id = (*call_id).to_owned();
+                    c.name = (*name).to_owned();
+                    c.namespace = namespace.map(str::to_owned);
+                    c.arguments = (*arguments).to_owned();
                 }
             }
             Delta::WebSearchDone {

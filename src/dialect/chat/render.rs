@@ -5,7 +5,7 @@ use simd_json::prelude::*;
 
 use crate::dialect::PlanCore;
 use crate::json::{write_str, write_u64};
-use crate::upstream::collect::{Collected, Finish, Item};
+use crate::upstream::collect::{Call, Collected, Finish, Item};
 use crate::upstream::events::Usage;
 use crate::upstream::request::ToolNames;
 
@@ -83,7 +83,7 @@ pub(super) fn render(
             Item::Reasoning { summary, .. } => {
                 reasoning.extend(summary.iter().map(String::as_str).filter(|s| !s.is_empty()));
             }
-            Item::ToolCall { .. } => calls.push(item),
+            Item::ToolCall(c) => calls.push(c),
             Item::WebSearch { .. } | Item::Compaction { .. } => {}
         }
     }
@@ -139,7 +139,7 @@ pub(super) fn render(
         write_str(&mut out, &reasoning.join("\n\n"));
     }
     if a.legacy {
-        if let Some(Item::ToolCall {
+        if let Some(Call {
             name, arguments, ..
         }) = calls.first()
         {
@@ -152,16 +152,13 @@ pub(super) fn render(
     } else if !calls.is_empty() {
         out.extend_from_slice(b",\"tool_calls\":[");
         for (k, call) in calls.iter().enumerate() {
-            let Item::ToolCall {
+            let Call {
                 call_id,
                 name,
                 arguments,
                 custom,
                 ..
-            } = call
-            else {
-                continue;
-            };
+            } = call;
             if k > 0 {
                 out.push(b',');
             }

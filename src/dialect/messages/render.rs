@@ -9,7 +9,7 @@ use simd_json::prelude::*;
 
 use crate::dialect::PlanCore;
 use crate::json::{write_str, write_u64};
-use crate::upstream::collect::{Collected, Finish, Item, OwnedCitation};
+use crate::upstream::collect::{Call, Collected, Finish, Item, OwnedCitation};
 use crate::upstream::events::Usage;
 use crate::upstream::request::{ToolNames, random_id};
 
@@ -232,12 +232,12 @@ pub(super) fn render(core: &PlanCore, a: &Answer, c: &Collected) -> Vec<u8> {
                 }
                 out.push(b'}');
             }
-            Item::ToolCall {
+            Item::ToolCall(Call {
                 call_id,
                 name,
                 arguments,
                 ..
-            } => {
+            }) => {
                 any_tool = true;
                 push_sep(&mut out, &mut n);
                 out.extend_from_slice(br#"{"type":"tool_use","id":"#);

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::dialect::{Ctx, Encoder, Plan, STREAM_B_ITEMS};
 use crate::error::Error;
 use crate::upstream::catalog::Catalog;
-use crate::upstream::collect::{Collected, Finish, Item, OwnedCitation};
+use crate::upstream::collect::{Call, Collected, Finish, Item, OwnedCitation};
 use crate::upstream::events::{Decoder, Delta, Usage};
 
 struct Env {
@@ -1024,13 +1024,13 @@ fn long_tool_names_are_shortened_upstream_and_restored() {
     );
     assert_eq!(f[2]["content_block"]["name"], long.as_str());
     let mut c = Collected::new();
-    c.items.push(Item::ToolCall {
+    c.items.push(Item::ToolCall(Call {
         call_id: "call_9".into(),
         name: up.clone(),
         namespace: None,
         arguments: "{}".into(),
         custom: false,
-    });
+    }));
     c.finish = Finish::Completed;
     let r: J = serde_json::from_slice(&p.render(&c)).unwrap();
     assert_eq!(r["content"][0]["name"], long.as_str());
@@ -1576,20 +1576,20 @@ fn render_wraps_bad_arguments_and_honours_stop_sequences() {
     b["stop_sequences"] = json!(["###"]);
     let p = env.plan(&b);
     let mut c = Collected::new();
-    c.items.push(Item::ToolCall {
+    c.items.push(Item::ToolCall(Call {
         call_id: "c1".into(),
         name: "Bash".into(),
         namespace: None,
         arguments: "{not json".into(),
         custom: false,
-    });
-    c.items.push(Item::ToolCall {
+    }));
+    c.items.push(Item::ToolCall(Call {
         call_id: "c2".into(),
         name: "Bash".into(),
         namespace: None,
         arguments: "".into(),
         custom: false,
-    });
+    }));
     c.items.push(Item::Message {
         text: "keep ### drop".into(),
         refusal: String::new(),

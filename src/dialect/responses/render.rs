@@ -167,21 +167,8 @@ fn write_item(out: &mut Vec<u8>, item: &Item, names: &ToolNames) {
             write_opt_str(out, encrypted_content.as_deref());
             out.push(b'}');
         }
-        Item::ToolCall {
-            call_id,
-            name,
-            namespace,
-            arguments,
-            custom,
-        } => {
-            write_tool_call(
-                out,
-                call_id,
-                names.restore(name),
-                namespace.as_deref(),
-                arguments,
-                *custom,
-            );
+        Item::ToolCall(call) => {
+            write_tool_call(out, call, names.restore(&call.name));
             out.extend_from_slice(b",\"status\":\"completed\"}");
         }
         Item::WebSearch { id, query, sources } => {
