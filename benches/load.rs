@@ -64,9 +64,10 @@
 //! `x-claude-code-session-id`, each answered with a Bash call (`EMU:tool:Bash`) whose
 //! result the next request appends to the whole history, as Claude Code sends it. Run once
 //! through a proxy with `--upstream-transport websocket` and once with `sse`, both over
-//! TLS, a fresh emulator each. Reported per turn and summarized: upstream bytes (the
-//! emulator's `ws_request_bytes` vs `responses_body_bytes` deltas, the SSE body zstd
-//! compressed as on the wire, its uncompressed JSON size for context), continuations, TTFB
+//! TLS, a fresh emulator each. Reported per turn and summarized: upstream bytes as they
+//! crossed the wire (the emulator's `ws_request_wire_bytes`, permessage-deflate compressed,
+//! vs `responses_body_bytes`, the SSE body zstd compressed; the uncompressed sizes,
+//! `ws_request_bytes` and the JSON body, for context), continuations, TTFB
 //! (request sent → first `content_block_start`). Targets: ≥ 80 % fewer upstream bytes per
 //! turn over turns 2–N (mean), TTFB p50 over the turns not worse. A turn after the first
 //! that is not a continuation fails the run. `LOAD_WS_ONLY=1` runs it alone; the smoke
@@ -1714,10 +1715,12 @@ async fn fleet(full: bool) {
 
 /// One turn of the tool loop.
 struct LoopTurn {
-    /// Upstream request bytes of this turn as the emulator counted them: the
-    /// `response.create` text payload (WebSocket) or the POST body on the wire (SSE, zstd).
+    /// Upstream request bytes of this turn as they crossed the wire, as the emulator
+    /// counted them: the `response.create` frame payload (WebSocket, permessage-deflate)
+    /// or the POST body (SSE, zstd).
     up_bytes: u64,
-    /// The recorded upstream body serialized (uncompressed JSON), SSE only.
+    /// The same uncompressed: the frame's text payload (WebSocket) or the recorded body
+    /// serialized (SSE).
     uncompressed: u64,
     /// The client's request body.
     client_bytes: usize,
@@ -1816,13 +1819,17 @@ async fn tool_loop_run(transport: &str, turns: usize, history_bytes: usize) -> V
         let id = call["id"].clone();
         let s1 = emu.stats();
         let recorded = emu.requests();
-        let uncompressed = recorded[n0..]
-            .iter()
-            .filter(|r| !r.websocket())
-            .map(|r| serde_json::to_vec(&r.body).unwrap().len() as u64)
-            .sum();
-        let up_bytes = if ws {
+        let uncompressed = if ws {
             s1.ws_request_bytes - s0.ws_request_bytes
+        } else {
+            recorded[n0..]
+                .iter()
+                .filter(|r| !r.websocket())
+                .map(|r| serde_json::to_vec(&r.body).unwrap().len() as u64)
+                .sum()
+        };
+        let up_bytes = if ws {
+            s1.ws_request_wire_bytes - s0.ws_request_wire_bytes
         } else {
             s1.responses_body_bytes - s0.responses_body_bytes
         };
@@ -1875,18 +1882,27 @@ async fn ws_tool_loop(full: bool) {
         tool_loop::tools().to_string().len() / 1000,
     );
     println!(
-        "  upstream bytes = WebSocket response.create text payload (ws_request_bytes) vs SSE POST body on the wire (zstd, responses_body_bytes); ttfb = request sent → first content_block_start"
+        "  upstream bytes = WebSocket response.create frames on the wire (permessage-deflate, ws_request_wire_bytes; text payload ws_request_bytes beside) vs SSE POST body on the wire (zstd, responses_body_bytes); ttfb = request sent → first content_block_start"
     );
     println!(
-        "{:>6} {:>9} | {:>10} {:>5} {:>10} | {:>10} {:>13} {:>10}",
-        "turn", "client B", "ws B", "cont", "ws ttfb", "sse B", "sse uncomp B", "sse ttfb"
+        "{:>6} {:>9} | {:>10} {:>10} {:>5} {:>10} | {:>10} {:>13} {:>10}",
+        "turn",
+        "client B",
+        "ws B",
+        "ws text B",
+        "cont",
+        "ws ttfb",
+        "sse B",
+        "sse uncomp B",
+        "sse ttfb"
     );
     for (i, (w, s)) in ws.iter().zip(&sse).enumerate() {
         println!(
-            "{:>6} {:>9} | {:>10} {:>5} {:>7.2} ms | {:>10} {:>13} {:>7.2} ms",
+            "{:>6} {:>9} | {:>10} {:>10} {:>5} {:>7.2} ms | {:>10} {:>13} {:>7.2} ms",
             i + 1,
             w.client_bytes,
             w.up_bytes,
+            w.uncompressed,
             if w.continuation { "yes" } else { "no" },
             w.ttfb_ns as f64 / 1e6,
             s.up_bytes,
@@ -1900,6 +1916,7 @@ async fn ws_tool_loop(full: bool) {
     let ws_rest = mean(&ws[1..], |t| t.up_bytes);
     let sse_rest = mean(&sse[1..], |t| t.up_bytes);
     let sse_raw_rest = mean(&sse[1..], |t| t.uncompressed);
+    let ws_text_rest = mean(&ws[1..], |t| t.uncompressed);
     let reduction = 100.0 * (1.0 - ws_rest / sse_rest);
     let continuations = ws.iter().filter(|t| t.continuation).count();
     let ttfb = |v: &[LoopTurn]| {
@@ -1910,11 +1927,11 @@ async fn ws_tool_loop(full: bool) {
     let (sse_p50, sse_max) = ttfb(&sse);
     println!();
     println!(
-        "  first turn: websocket {} B, sse {} B (uncompressed {} B)",
-        ws[0].up_bytes, sse[0].up_bytes, sse[0].uncompressed
+        "  first turn: websocket {} B (text {} B), sse {} B (uncompressed {} B)",
+        ws[0].up_bytes, ws[0].uncompressed, sse[0].up_bytes, sse[0].uncompressed
     );
     println!(
-        "  turns 2–{turns}, mean per turn: websocket {ws_rest:.0} B, sse {sse_rest:.0} B (uncompressed {sse_raw_rest:.0} B); continuations {continuations} of {} turns",
+        "  turns 2–{turns}, mean per turn: websocket {ws_rest:.0} B (text {ws_text_rest:.0} B), sse {sse_rest:.0} B (uncompressed {sse_raw_rest:.0} B); continuations {continuations} of {} turns",
         turns - 1
     );
     println!(

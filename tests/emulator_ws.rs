@@ -21,8 +21,15 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 /// Bound on any single wait for a frame (a hang fails the test instead of blocking it).
 const WAIT: Duration = Duration::from_secs(20);
 
+/// An emulator for tungstenite clients: permessage-deflate, which tungstenite does not
+/// implement, is off (the offer in [`headers`] goes unanswered).
 async fn emulator(cfg: EmulatorConfig) -> (Emulator, TestCredentials) {
-    let emu = Emulator::start(cfg).await.unwrap();
+    let emu = Emulator::start(EmulatorConfig {
+        ws_deflate: false,
+        ..cfg
+    })
+    .await
+    .unwrap();
     let creds = emu.issue_credentials(3600);
     (emu, creds)
 }
@@ -211,7 +218,7 @@ async fn a_text_turn_streams_one_event_per_frame_and_the_socket_is_reused() {
     let (emu, creds) = emulator(EmulatorConfig::default()).await;
     let (mut ws, resp_headers) = connect_with(&emu, &headers(&creds)).await.unwrap();
     assert!(emu.ws_url().starts_with("ws://127.0.0.1:"));
-    // permessage-deflate is offered but not negotiated.
+    // permessage-deflate is offered but not negotiated (`ws_deflate: false`).
     assert!(
         !resp_headers
             .iter()
@@ -749,4 +756,37 @@ async fn a_ping_while_a_response_plays_is_answered_between_its_frames() {
     );
     assert!(deltas >= 4, "{frames:#?}");
     assert_eq!(emu.live_streams(), 0);
+}
+
+/// By default the emulator accepts an offered permessage-deflate and compresses its events:
+/// a client without the extension (plain tungstenite) sees RSV1 set. (The round trip with
+/// the extension is tested in tests/upstream_ws.rs and the adapter's unit tests.)
+#[tokio::test]
+async fn an_offered_permessage_deflate_is_accepted_and_events_go_compressed() {
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let creds = emu.issue_credentials(3600);
+    let (mut ws, resp_headers) = connect_with(&emu, &headers(&creds)).await.unwrap();
+    let ext = resp_headers
+        .iter()
+        .find(|(k, _)| k == "sec-websocket-extensions")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(ext, Some("permessage-deflate"), "{resp_headers:?}");
+    // The request goes uncompressed (allowed), the events come compressed.
+    send(&mut ws, &create(body("hello there"))).await;
+    let got = recv(&mut ws).await;
+    assert!(
+        matches!(
+            got,
+            Some(Err(WsError::Protocol(
+                tokio_tungstenite::tungstenite::error::ProtocolError::NonZeroReservedBits
+            )))
+        ),
+        "{got:?}"
+    );
+    let stats = emu.stats();
+    assert_eq!(stats.ws_requests, 1);
+    assert_eq!(
+        stats.ws_request_wire_bytes, stats.ws_request_bytes,
+        "sent plain"
+    );
 }

@@ -149,6 +149,11 @@ async fn a_claude_code_tool_loop_sends_only_new_items_after_the_first_turn() {
     let stats = h.emu.stats();
     assert_eq!(stats.ws_handshakes, 1, "one socket for the whole session");
     assert_eq!(stats.ws_continuations, 3, "{stats:?}");
+    // permessage-deflate: the frames crossed the wire compressed.
+    assert!(
+        stats.ws_request_wire_bytes * 2 < stats.ws_request_bytes,
+        "{stats:?}"
+    );
     let reqs = h.emu.requests();
     assert_eq!(reqs.len(), 4);
     assert!(frame(&reqs[0]).get("previous_response_id").is_none());
@@ -494,4 +499,98 @@ async fn a_turn_sent_at_message_stop_continues_on_the_same_socket() {
         "one socket for the session: {stats:?}"
     );
     assert_eq!(stats.ws_continuations, 2, "{stats:?}");
+}
+
+/// The backend played by the Python `websockets` library (an independent permessage-deflate
+/// implementation, tests/e2e/ws_deflate_peer.py): the request frames go compressed, and its
+/// compressed events are inflated.
+#[tokio::test]
+async fn permessage_deflate_interoperates_with_an_independent_implementation() {
+    use tokio::io::AsyncBufReadExt;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/ws_deflate_peer.py");
+    let mut peer = tokio::process::Command::new(common::python())
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the Python peer starts");
+    let stdout = peer.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let port = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the peer prints its port")
+        .unwrap()
+        .expect(
+            "a port line (is `websockets` installed in the venv? see tests/e2e/requirements.txt)",
+        );
+    let h = Harness::with(|c| {
+        c.upstream_url = format!("http://127.0.0.1:{}/backend-api", port.trim());
+        c.upstream_transport = Transport::WebSocket;
+    })
+    .await;
+    let mut msgs = vec![json!({"role": "user", "content": "hello deflate"})];
+    for (turn, said) in ["hello deflate", "and again"].into_iter().enumerate() {
+        let r = h
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "gpt-5.5", "prompt_cache_key": "conv-deflate", "messages": msgs}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        let content = v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let seen: Value = serde_json::from_str(&content).unwrap();
+        assert_eq!(seen["said"], said, "{seen}");
+        assert!(
+            seen["offered"]
+                .as_str()
+                .unwrap()
+                .contains("permessage-deflate; client_max_window_bits"),
+            "{seen}"
+        );
+        assert!(
+            seen["accepted"]
+                .as_str()
+                .unwrap()
+                .starts_with("permessage-deflate"),
+            "{seen}"
+        );
+        assert_eq!(seen["compressed_frames"], turn + 1, "{seen}");
+        assert_eq!(seen["plain_frames"], 0, "{seen}");
+        msgs.push(json!({"role": "assistant", "content": content}));
+        msgs.push(json!({"role": "user", "content": "and again"}));
+    }
+    let health: Value = h.get("/health").await.json().await.unwrap();
+    assert_eq!(
+        health["upstream_websockets_idle"], 1,
+        "one socket for both turns"
+    );
+    drop(peer.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(5), peer.wait()).await;
+}
+
+#[tokio::test]
+async fn an_emulator_without_deflate_gets_plain_frames() {
+    let cfg = EmulatorConfig {
+        ws_deflate: false,
+        ..EmulatorConfig::default()
+    };
+    let h = Harness::build(cfg, 3600, |c| c.upstream_transport = Transport::WebSocket).await;
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": "plain ws"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "You said: plain ws");
+    let stats = h.emu.stats();
+    assert_eq!(stats.ws_requests, 1);
+    assert_eq!(stats.ws_request_wire_bytes, stats.ws_request_bytes);
 }

@@ -31,6 +31,9 @@ pub struct EmulatorConfig {
     /// `websocket_connection_limit_reached` error and the socket is closed (the real
     /// backend's limit is 60 minutes). `None`: unlimited.
     pub websocket_responses_per_socket: Option<u32>,
+    /// Accept an offered permessage-deflate (RFC 7692) on WebSocket upgrades, and then
+    /// compress the event frames too (the real backend may; default on).
+    pub ws_deflate: bool,
 }
 
 /// How the emulator answers a WebSocket upgrade of `/codex/responses`.
@@ -56,6 +59,7 @@ impl Default for EmulatorConfig {
             h2_max_concurrent_streams: 100,
             websocket: WebSocketMode::Accept,
             websocket_responses_per_socket: None,
+            ws_deflate: true,
         }
     }
 }

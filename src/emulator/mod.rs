@@ -113,6 +113,9 @@ pub struct Stats {
     pub ws_requests: u64,
     /// Text payload bytes of the `response.create` frames received.
     pub ws_request_bytes: u64,
+    /// Payload bytes of the WebSocket data frames received, as they crossed the wire
+    /// (compressed when permessage-deflate was negotiated).
+    pub ws_request_wire_bytes: u64,
     /// `response.create` frames that chained from a known `previous_response_id`.
     pub ws_continuations: u64,
     /// Text payload bytes of the event frames sent over WebSockets.
@@ -331,6 +334,7 @@ impl Emulator {
             ws_handshakes: c.ws_handshakes.load(Ordering::Relaxed),
             ws_requests: c.ws_requests.load(Ordering::Relaxed),
             ws_request_bytes: c.ws_request_bytes.load(Ordering::Relaxed),
+            ws_request_wire_bytes: self.shared.ws_wire.received.load(Ordering::Relaxed),
             ws_continuations: c.ws_continuations.load(Ordering::Relaxed),
             ws_bytes_sent: self.shared.ws_bytes.load(Ordering::Relaxed),
         }

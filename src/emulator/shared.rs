@@ -19,6 +19,7 @@ use super::config::{Chunking, EmulatorConfig, WebSocketMode};
 use super::oauth::OAuth;
 use super::tokens::Tokens;
 use super::util::lock;
+use crate::upstream::deflate::Wire;
 
 /// Requests kept for [`Emulator::requests`](super::Emulator::requests) (the oldest are
 /// dropped): a load run must not grow the emulator without bound.
@@ -61,6 +62,11 @@ pub(super) struct Shared {
     pub(super) sse_bytes: Arc<AtomicU64>,
     /// WebSocket event payload bytes handed to the socket.
     pub(super) ws_bytes: Arc<AtomicU64>,
+    /// Whether an offered permessage-deflate is accepted.
+    pub(super) ws_deflate: bool,
+    /// WebSocket data-frame payload bytes as they crossed the wire (compressed when
+    /// permessage-deflate was negotiated).
+    pub(super) ws_wire: Arc<Wire>,
     /// [`WebSocketMode`]: 0 accepts, anything else is the refusal status.
     ws_refuse: AtomicU32,
     /// Responses per WebSocket (`u32::MAX`: unlimited).
@@ -167,6 +173,8 @@ impl Shared {
             live_streams: Arc::new(AtomicUsize::new(0)),
             sse_bytes: Arc::new(AtomicU64::new(0)),
             ws_bytes: Arc::new(AtomicU64::new(0)),
+            ws_deflate: cfg.ws_deflate,
+            ws_wire: Arc::default(),
             ws_refuse: AtomicU32::new(ws_refuse_code(cfg.websocket)),
             ws_per_socket: AtomicU32::new(cfg.websocket_responses_per_socket.unwrap_or(u32::MAX)),
             ws_epoch: AtomicU64::new(0),

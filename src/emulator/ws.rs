@@ -24,8 +24,14 @@
 //! the task and releases the account's open-stream slot and the live-stream count at once)
 //! and [`Conn::play`], the next step of the response being played (a frame, a pause, a
 //! gate). Frames go out with `feed` and a `flush` per event (`Chunking::PerEvent`) or at
-//! each pause and at the end (coalesced), so a burst is one write. permessage-deflate is
-//! never negotiated (an offered `Sec-WebSocket-Extensions` goes unanswered).
+//! each pause and at the end (coalesced), so a burst is one write.
+//!
+//! permessage-deflate (RFC 7692): an offer in `Sec-WebSocket-Extensions` is accepted
+//! (unless `EmulatorConfig::ws_deflate` is off; the client's window is never narrowed, a
+//! `server_max_window_bits` or `*_no_context_takeover` in the offer is honoured) and the
+//! upgraded connection runs under `upstream::deflate::Deflate` in the server role:
+//! requests are inflated, events compressed. Data-frame payload bytes are counted as they
+//! crossed the wire (`Stats::ws_request_wire_bytes`).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -56,6 +62,7 @@ use super::http::{self, Resp};
 use super::shared::{Recorded, Shared};
 use super::stream::{EmuBody, LiveStream, Step};
 use super::util::random_hex;
+use crate::upstream::deflate::{self, Deflate};
 
 /// Outgoing bytes tungstenite buffers before it writes them out unasked (and, while the
 /// client does not read, the player waits).
@@ -63,7 +70,7 @@ const WRITE_BUFFER: usize = 256 << 10;
 /// How long a closing socket may take to write what it still holds.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(5);
 
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type Socket = WebSocketStream<Deflate<TokioIo<Upgraded>>>;
 type Tx = SplitSink<Socket, Message>;
 type Rx = SplitStream<Socket>;
 
@@ -128,6 +135,16 @@ pub(super) fn handshake(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
                 "message": "The WebSocket transport is not available for this request. Use HTTP streaming instead."}}),
         );
     }
+    let deflate = if shared.ws_deflate {
+        deflate::answer_offer(
+            headers
+                .get_all(hyper::header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        )
+    } else {
+        None
+    };
     let conn = Conn {
         shared: Arc::clone(shared),
         headers: http::header_list(headers),
@@ -139,20 +156,25 @@ pub(super) fn handshake(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
         playing: None,
         wait: None,
         unflushed: false,
+        deflate: deflate.is_some(),
     };
     shared
         .counters
         .ws_handshakes
         .fetch_add(1, Ordering::Relaxed);
+    let params = deflate.as_ref().map(|(p, _)| *p);
+    let answer = deflate.map(|(_, a)| a);
+    let wire = Arc::clone(&shared.ws_wire);
     tokio::spawn(async move {
         if let Ok(upgraded) = hyper::upgrade::on(req).await {
             let config = WebSocketConfig::default().write_buffer_size(WRITE_BUFFER);
-            let ws = WebSocketStream::from_raw_socket(
+            let io = Deflate::new(
                 TokioIo::new(upgraded),
-                Role::Server,
-                Some(config),
+                deflate::Role::Server,
+                Arc::new(std::sync::OnceLock::from(params)),
             )
-            .await;
+            .counting(wire);
+            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             conn.run(ws).await;
         }
     });
@@ -169,6 +191,9 @@ pub(super) fn handshake(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
     );
     if let Ok(v) = HeaderValue::from_str(&key) {
         h.insert(hyper::header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(v) = answer.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        h.insert(hyper::header::SEC_WEBSOCKET_EXTENSIONS, v);
     }
     http::set(&mut resp, "x-models-etag", &shared.catalog.etag);
     http::set(
@@ -234,6 +259,9 @@ struct Conn {
     wait: Option<Wait>,
     /// Frames fed to the socket and not flushed yet.
     unflushed: bool,
+    /// permessage-deflate was negotiated (the adapter counts wire bytes; otherwise the
+    /// text is what crossed the wire).
+    deflate: bool,
 }
 
 impl Conn {
@@ -441,6 +469,12 @@ impl Conn {
         c.ws_requests.fetch_add(1, Ordering::Relaxed);
         c.ws_request_bytes
             .fetch_add(text.len() as u64, Ordering::Relaxed);
+        if !self.deflate {
+            self.shared
+                .ws_wire
+                .received
+                .fetch_add(text.len() as u64, Ordering::Relaxed);
+        }
         obj.remove("type");
         let frame = Value::Object(obj.clone());
         if self.playing.is_some() {

@@ -21,8 +21,13 @@
 //! such endpoint), and for one request when the handshake fails before the request was
 //! sent. `websocket` never falls back.
 //!
-//! Not negotiated: permessage-deflate (tungstenite does not implement it); frames travel
-//! uncompressed, and continuation is what keeps the request frames small.
+//! Compression: the handshake offers permessage-deflate (`client_max_window_bits`, as the
+//! CLI does); tungstenite does not implement it, so the socket runs over
+//! [`deflate::Deflate`], which compresses the `response.create` frames and inflates the
+//! backend's once the 101 answer's `Sec-WebSocket-Extensions` is read here (an extension
+//! not offered or invalid parameters fail the handshake, RFC 7692). With continuation and
+//! the compressor's context kept between a socket's messages, a turn's request frame is
+//! small on the wire.
 //!
 //! Does not own: which requests go over it and the retry policy (`server::pipeline`).
 
@@ -43,6 +48,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::conn::{Io, Pool};
+use super::deflate::{self, Deflate};
 use crate::error::{Error, ErrorKind};
 use crate::json::span;
 
@@ -63,7 +69,7 @@ pub const SOCKET_BUFFER: usize = 8 * 1024;
 /// Largest message accepted from the backend.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
-type Ws = WebSocketStream<TokioIo<Io>>;
+type Ws = WebSocketStream<Deflate<TokioIo<Io>>>;
 
 /// One open socket and what it remembers for continuation.
 pub struct Socket {
@@ -674,6 +680,7 @@ async fn handshake(pool: &Pool, call: &Call<'_>) -> Handshake {
                     "sec-websocket-key",
                     tungstenite::handshake::client::generate_key(),
                 ),
+                ("sec-websocket-extensions", deflate::OFFER.to_owned()),
             ] {
                 if let Ok(v) = HeaderValue::from_str(&value) {
                     h.insert(name, v);
@@ -683,8 +690,11 @@ async fn handshake(pool: &Pool, call: &Call<'_>) -> Handshake {
         let Ok(req) = req.body(()) else {
             return Handshake::Failed(Error::unreachable("bad WebSocket request"));
         };
+        let negotiated: deflate::Negotiated = Arc::default();
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
             let io = pool.connect_io(&tcp_uri).await?;
+            let io = Deflate::new(TokioIo::new(io), deflate::Role::Client, Arc::clone(&negotiated))
+                .max_message(MAX_MESSAGE);
             let mut config = WebSocketConfig::default();
             config.max_message_size = Some(MAX_MESSAGE);
             config.max_frame_size = Some(MAX_MESSAGE);
@@ -693,7 +703,7 @@ async fn handshake(pool: &Pool, call: &Call<'_>) -> Handshake {
             config.read_buffer_size = SOCKET_BUFFER;
             config.write_buffer_size = 0;
             Ok::<_, Error>(
-                tokio_tungstenite::client_async_with_config(req, TokioIo::new(io), Some(config))
+                tokio_tungstenite::client_async_with_config(req, io, Some(config))
                     .await,
             )
         })
@@ -708,7 +718,24 @@ async fn handshake(pool: &Pool, call: &Call<'_>) -> Handshake {
             Ok(Ok(r)) => r,
         };
         match result {
-            Ok((ws, resp)) => Handshake::Open(
+            Ok((ws, resp)) => {
+                let values = resp
+                    .headers()
+                    .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+                    .iter()
+                    .map(|v| v.to_str().unwrap_or("\u{0}"));
+                match deflate::accept_response(values) {
+                    Ok(params) => {
+                        // Set once, here: the cell is new.
+                        let _ = negotiated.set(params);
+                    }
+                    Err(why) => {
+                        return Handshake::Failed(Error::unreachable(format!(
+                            "upstream WebSocket handshake failed: {why}"
+                        )));
+                    }
+                }
+                Handshake::Open(
                 Box::new(Socket {
                     ws,
                     last: None,
@@ -716,7 +743,8 @@ async fn handshake(pool: &Pool, call: &Call<'_>) -> Handshake {
                     since: Instant::now(),
                 }),
                 resp.headers().clone(),
-            ),
+            )
+            }
             Err(tungstenite::Error::Http(resp)) => {
                 let status = resp.status();
                 if matches!(status.as_u16(), 426 | 404 | 405) {
