@@ -10,7 +10,9 @@
 //!   delivers it (16 KB chunks) collected the way `server::route` reads it, parsed and
 //!   translated, the upstream JSON written and zstd-compressed (`pipeline::prepare_body`);
 //! * `zstd/2MB` — compressing that upstream body at levels -5 … 3 (bytes are printed once),
-//!   timed by thread CPU time like `large_request/2MB-cpu`.
+//!   timed by thread CPU time like `large_request/2MB-cpu`;
+//! * `deflate/2MB` — the same body as one WebSocket message through the permessage-deflate
+//!   compressor at levels 1 and 6.
 //!
 //! Every bench asserts its expected event count, so a broken parser cannot look fast.
 //! `cargo test --benches` runs each once as a smoke test.
@@ -380,6 +382,48 @@ fn zstd_levels(c: &mut Criterion) {
     g.finish();
 }
 
+/// The same 2 MB body as one WebSocket message through the permessage-deflate compressor
+/// (`upstream::deflate`) at levels 1 (the one used) and 6 (zlib's default): thread CPU
+/// time here, bytes printed once.
+fn deflate_levels(c: &mut Criterion) {
+    use codex_as_api::upstream::deflate;
+    let env = Env::new();
+    let mut body = claude_code_request(2 << 20);
+    let raw = messages::translate(&mut body, &env.ctx())
+        .unwrap()
+        .upstream()
+        .body();
+    let mut g = c.benchmark_group("deflate/2MB");
+    g.throughput(Throughput::Bytes(raw.len() as u64));
+    g.sample_size(10);
+    let mut out = Vec::new();
+    for level in [1, 6] {
+        let fresh = || flate2::Compress::new(flate2::Compression::new(level), false);
+        deflate::deflate(&mut fresh(), &raw, &mut out).unwrap();
+        eprintln!(
+            "deflate level {level}{}: {} B → {} B",
+            if level == deflate::LEVEL {
+                " (used)"
+            } else {
+                ""
+            },
+            raw.len(),
+            out.len()
+        );
+        g.bench_function(BenchmarkId::from_parameter(level), |b| {
+            b.iter_custom(|iters| {
+                let start = thread_cpu();
+                for _ in 0..iters {
+                    deflate::deflate(&mut fresh(), &raw, &mut out).unwrap();
+                    black_box(out.len());
+                }
+                thread_cpu().saturating_sub(start)
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     sse_parse,
@@ -387,6 +431,7 @@ criterion_group!(
     translate_messages,
     request_large,
     large_request,
-    zstd_levels
+    zstd_levels,
+    deflate_levels
 );
 criterion_main!(benches);

@@ -15,7 +15,7 @@ pub mod catalog;
 pub mod client;
 pub mod collect;
 pub mod conn;
-pub(crate) mod deflate;
+pub mod deflate;
 pub mod events;
 pub mod failure;
 pub mod h2pool;
