@@ -26,9 +26,9 @@ use tokio::time::{Instant, Sleep};
 use crate::dialect::Encoder;
 use crate::error::{Error, ErrorKind, Protocol};
 use crate::upstream::events::{Delta, Pump};
-use crate::upstream::stream::Upstream;
 use crate::upstream::failure::{self, PromptSize};
 use crate::upstream::meter::Meter;
+use crate::upstream::stream::Upstream;
 
 /// First capacity of the per-stream output buffer (it grows to what a wake-up produces).
 const OUT_CAPACITY: usize = 1024;

@@ -260,8 +260,7 @@ fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
     let mut last = None;
     for _ in 0..8 {
         let tmp = dir.join(format!(".{name}.tmp-{:016x}", fastrand::u64(..)));
-        match private(OpenOptions::new().write(true).create_new(true)).open(&tmp)
-        {
+        match private(OpenOptions::new().write(true).create_new(true)).open(&tmp) {
             Ok(f) => return Ok((tmp, f)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
             Err(e) => return Err(e),

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use super::state::State;
 use crate::accounts::Route;
 use crate::admission::{self, Class, Permit, Refused, Ticket};
 use crate::error::{Error, ErrorKind};
-use super::state::State;
 use crate::upstream::meter::Meter;
 use crate::upstream::request::UpstreamRequest;
 

@@ -16,11 +16,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
+use super::catalog::Fetched;
+use super::state::State;
 use crate::accounts::Account;
 use crate::admission::Class;
 use crate::error::{Error, ErrorKind, Protocol};
-use super::catalog::Fetched;
-use super::state::State;
 use crate::upstream::catalog::Catalog;
 use crate::upstream::failure::{self, PromptSize};
 

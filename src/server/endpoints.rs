@@ -24,10 +24,10 @@ use crate::accounts::Account;
 use crate::dialect::compact::CompactPlan;
 use crate::dialect::{Ctx, Plan, PlanCore, chat, messages, responses};
 use crate::error::{Error, ErrorKind, Protocol};
-use crate::server::respond::{RespBody, json_response};
-use crate::server::state::State;
 use crate::server::backend;
 use crate::server::pipeline;
+use crate::server::respond::{RespBody, json_response};
+use crate::server::state::State;
 use crate::upstream::catalog::{Catalog, ModelInfo};
 use crate::upstream::collect::{Collected, Item};
 use crate::upstream::request::random_id;
@@ -604,10 +604,12 @@ async fn account_usage(state: &State, account: &Account) -> Result<Value, Error>
                 tracing::warn!(status = r.status.as_u16(), "GET /wham/usage failed");
                 None
             }
-            Err(e) if matches!(
+            Err(e)
+                if matches!(
                     e.kind,
                     ErrorKind::AuthUnavailable | ErrorKind::RefreshFailed | ErrorKind::Unauthorized
-                ) => {
+                ) =>
+            {
                 return Err(e);
             }
             Err(e) => {

@@ -43,10 +43,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::state::State;
 use super::head::{self, FirstHead};
 use super::respond::RespBody;
 use super::route;
+use super::state::State;
 use crate::error::{Error, ErrorKind, Protocol};
 
 /// Most headers in one request head (hyper's default).

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 
+use super::state::State;
 use crate::accounts::{Account, conversation_key, strip_reasoning};
 use crate::admission::Permit;
 use crate::auth::AuthHeaders;
@@ -28,7 +29,6 @@ use crate::body::{Prelude, Timing, Translate};
 use crate::config::Transport;
 use crate::dialect::Plan;
 use crate::error::{Error, ErrorKind, Protocol};
-use super::state::State;
 use crate::server::reqlog::Meter;
 use crate::server::respond::{RespBody, error_response, json_response, stream_response};
 use crate::upstream::collect::{self, Finish};

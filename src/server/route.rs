@@ -21,10 +21,10 @@ use http_body_util::BodyExt;
 
 use crate::dialect::{Ctx, chat, messages, responses};
 use crate::error::{Error, ErrorKind, Protocol};
-use crate::server::respond::{RespBody, error_response, full, json_response};
-use crate::server::state::State;
 use crate::server::endpoints;
 use crate::server::pipeline;
+use crate::server::respond::{RespBody, error_response, full, json_response};
+use crate::server::state::State;
 
 /// A request body the router can read: hyper's (h2 clients) or `h1`'s.
 pub trait ReqBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send {}
@@ -596,8 +596,7 @@ fn health(state: &State, headers: &HeaderMap) -> Vec<u8> {
     out.extend_from_slice(b",\"kept_response_bytes\":");
     write_u64(&mut out, kept_bytes as u64);
     out.extend_from_slice(b",\"upstream_transport\":");
-    let ws =
-        c.upstream_transport != crate::config::Transport::Sse && !state.sockets.refused();
+    let ws = c.upstream_transport != crate::config::Transport::Sse && !state.sockets.refused();
     out.extend_from_slice(if ws { b"\"websocket\"" } else { b"\"sse\"" });
     out.extend_from_slice(b",\"upstream_websockets_idle\":");
     write_u64(&mut out, state.sockets.idle() as u64);

@@ -32,8 +32,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use super::state::State;
 use super::respond::RespBody;
+use super::state::State;
 use crate::dialect::{Ctx, Plan, responses};
 use crate::error::{Error, Protocol};
 use crate::sse::parse::SseParser;

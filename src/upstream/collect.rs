@@ -146,9 +146,7 @@ impl Collected {
 
     /// Whether any function or custom tool call was produced.
     pub fn has_tool_calls(&self) -> bool {
-        self.items
-            .iter()
-            .any(|i| matches!(i, Item::ToolCall(_)))
+        self.items.iter().any(|i| matches!(i, Item::ToolCall(_)))
     }
 
     /// All message text (commentary included) joined in order.

@@ -573,7 +573,9 @@ impl<S> Deflate<S> {
                 }
                 (Some(_), 0) => true,
                 (Some(_), _) if data => {
-                    return Err(bad("permessage-deflate: a new message inside a fragmented one"));
+                    return Err(bad(
+                        "permessage-deflate: a new message inside a fragmented one",
+                    ));
                 }
                 (None, _) => data && h.rsv1,
                 _ => false,
@@ -780,7 +782,8 @@ mod tests {
             Role::Client => WsRole::Client,
             Role::Server => WsRole::Server,
         };
-        let io = Deflate::new(io, role, Arc::new(OnceLock::from(params))).counting(Arc::clone(wire));
+        let io =
+            Deflate::new(io, role, Arc::new(OnceLock::from(params))).counting(Arc::clone(wire));
         WebSocketStream::from_raw_socket(io, ws_role, None).await
     }
 
@@ -806,8 +809,24 @@ mod tests {
         // compress to nothing on its own.
         let mut rng = fastrand::Rng::with_seed(7);
         let words = [
-            "agent", "repository", "careful", "tests", "patch", "the", "a", "of", "files",
-            "review", "never", "always", "shell", "output", "plan", "user", "answer", "diff",
+            "agent",
+            "repository",
+            "careful",
+            "tests",
+            "patch",
+            "the",
+            "a",
+            "of",
+            "files",
+            "review",
+            "never",
+            "always",
+            "shell",
+            "output",
+            "plan",
+            "user",
+            "answer",
+            "diff",
         ];
         let instructions: Vec<String> = (0..1500)
             .map(|_| format!("{}{}", words[rng.usize(..words.len())], rng.u16(..1000)))
@@ -841,10 +860,16 @@ mod tests {
             let before = cw.sent.load(Ordering::Relaxed);
             client.send(Message::text(text.clone())).await.unwrap();
             // A control frame between messages passes through (and is answered).
-            client.send(Message::Ping(vec![1, 2, 3].into())).await.unwrap();
+            client
+                .send(Message::Ping(vec![1, 2, 3].into()))
+                .await
+                .unwrap();
             assert_eq!(next_text(&mut server).await, text);
             sizes.push(cw.sent.load(Ordering::Relaxed) - before);
-            let event = format!(r#"{{"type":"response.output_text.delta","delta":"turn {turn} {}"}}"#, "ok ".repeat(50));
+            let event = format!(
+                r#"{{"type":"response.output_text.delta","delta":"turn {turn} {}"}}"#,
+                "ok ".repeat(50)
+            );
             server.send(Message::text(event.clone())).await.unwrap();
             assert_eq!(next_text(&mut client).await, event);
         }
@@ -895,11 +920,7 @@ mod tests {
         );
         let mut rng = fastrand::Rng::with_seed(3);
         let texts: Vec<String> = (0..3)
-            .map(|_| {
-                (0..200_000)
-                    .map(|_| rng.alphanumeric())
-                    .collect::<String>()
-            })
+            .map(|_| (0..200_000).map(|_| rng.alphanumeric()).collect::<String>())
             .collect();
         let sent = texts.clone();
         let writer = tokio::spawn(async move {
@@ -1004,12 +1025,19 @@ mod tests {
         // A message that inflates past the cap (the server's cap is 4 KiB here).
         let (a, b) = tokio::io::duplex(1 << 16);
         let mut client = ws(a, Role::Client, Some(Params::default()), &Arc::default()).await;
-        let io = Deflate::new(b, Role::Server, Arc::new(OnceLock::from(Some(Params::default()))))
-            .max_message(4096);
+        let io = Deflate::new(
+            b,
+            Role::Server,
+            Arc::new(OnceLock::from(Some(Params::default()))),
+        )
+        .max_message(4096);
         let mut server = WebSocketStream::from_raw_socket(io, WsRole::Server, None).await;
         client.send(Message::text("a".repeat(3000))).await.unwrap();
         assert_eq!(next_text(&mut server).await.len(), 3000);
-        client.send(Message::text("a".repeat(100_000))).await.unwrap();
+        client
+            .send(Message::text("a".repeat(100_000)))
+            .await
+            .unwrap();
         let got = server.next().await;
         assert!(matches!(got, Some(Err(_))), "{got:?}");
     }
@@ -1029,12 +1057,21 @@ mod tests {
                 req.extend_from_slice(&buf[..n]);
             }
             let req = String::from_utf8(req).unwrap();
-            assert!(req.to_ascii_lowercase().contains("sec-websocket-extensions: permessage-deflate; client_max_window_bits"));
+            assert!(
+                req.to_ascii_lowercase().contains(
+                    "sec-websocket-extensions: permessage-deflate; client_max_window_bits"
+                )
+            );
             let key = req
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().starts_with("sec-websocket-key:").then(|| l[18..].trim().to_owned()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .starts_with("sec-websocket-key:")
+                        .then(|| l[18..].trim().to_owned())
+                })
                 .unwrap();
-            let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
             let mut out = BytesMut::from(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=12\r\n\r\n").as_bytes());
             // The first event in the same write as the answer.
             let mut c = Compress::new_with_window_bits(Compression::default(), false, 12);
@@ -1049,7 +1086,10 @@ mod tests {
             .header("connection", "Upgrade")
             .header("upgrade", "websocket")
             .header("sec-websocket-version", "13")
-            .header("sec-websocket-key", tokio_tungstenite::tungstenite::handshake::client::generate_key())
+            .header(
+                "sec-websocket-key",
+                tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+            )
             .header("sec-websocket-extensions", OFFER)
             .body(())
             .unwrap();
@@ -1066,7 +1106,9 @@ mod tests {
         assert_eq!(next_text_of(&mut ws).await, json_like(4));
     }
 
-    async fn next_text_of<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> String {
+    async fn next_text_of<S: AsyncRead + AsyncWrite + Unpin>(
+        ws: &mut WebSocketStream<S>,
+    ) -> String {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
             other => panic!("expected a text message, got {other:?}"),
@@ -1076,9 +1118,14 @@ mod tests {
     #[test]
     fn negotiation_follows_rfc_7692() {
         assert_eq!(accept_response([]), Ok(None));
-        assert_eq!(accept_response(["permessage-deflate"]), Ok(Some(Params::default())));
         assert_eq!(
-            accept_response(["permessage-deflate; client_max_window_bits=10; server_no_context_takeover"]),
+            accept_response(["permessage-deflate"]),
+            Ok(Some(Params::default()))
+        );
+        assert_eq!(
+            accept_response([
+                "permessage-deflate; client_max_window_bits=10; server_no_context_takeover"
+            ]),
             Ok(Some(Params {
                 client_max_window_bits: Some(10),
                 server_no_context_takeover: true,
@@ -1086,7 +1133,8 @@ mod tests {
             }))
         );
         assert_eq!(
-            accept_response([r#"permessage-deflate; server_max_window_bits="9""#]).map(|p| p.and_then(|p| p.server_max_window_bits)),
+            accept_response([r#"permessage-deflate; server_max_window_bits="9""#])
+                .map(|p| p.and_then(|p| p.server_max_window_bits)),
             Ok(Some(9))
         );
         for bad in [
@@ -1113,7 +1161,10 @@ mod tests {
         .unwrap();
         assert_eq!(p.server_max_window_bits, Some(10));
         assert!(p.client_no_context_takeover);
-        assert_eq!(a, "permessage-deflate; client_no_context_takeover; server_max_window_bits=10");
+        assert_eq!(
+            a,
+            "permessage-deflate; client_no_context_takeover; server_max_window_bits=10"
+        );
         // Our reading of our own answer gives the same parameters.
         assert_eq!(accept_response([a.as_str()]), Ok(Some(p)));
     }

@@ -642,122 +642,118 @@ impl Sockets {
 }
 
 async fn handshake(pool: &Pool, call: &Call<'_>) -> Handshake {
-        let url: Uri = match call.url.parse() {
+    let url: Uri = match call.url.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            return Handshake::Failed(Error::unreachable(format!("bad upstream URL: {e}")));
+        }
+    };
+    // The connector speaks http(s); the WebSocket runs over the stream it returns.
+    let tcp_uri: Uri = {
+        let scheme = if url.scheme_str() == Some("wss") {
+            "https"
+        } else {
+            "http"
+        };
+        match format!(
+            "{scheme}://{}/",
+            url.authority().map(|a| a.as_str()).unwrap_or("")
+        )
+        .parse()
+        {
             Ok(u) => u,
             Err(e) => {
                 return Handshake::Failed(Error::unreachable(format!("bad upstream URL: {e}")));
             }
-        };
-        // The connector speaks http(s); the WebSocket runs over the stream it returns.
-        let tcp_uri: Uri = {
-            let scheme = if url.scheme_str() == Some("wss") {
-                "https"
-            } else {
-                "http"
-            };
-            match format!(
-                "{scheme}://{}/",
-                url.authority().map(|a| a.as_str()).unwrap_or("")
-            )
-            .parse()
-            {
-                Ok(u) => u,
-                Err(e) => {
-                    return Handshake::Failed(Error::unreachable(format!("bad upstream URL: {e}")));
-                }
-            }
-        };
-        let mut req = Request::get(url.clone());
-        if let Some(h) = req.headers_mut() {
-            *h = call.headers.clone();
-            let host = url.authority().map(|a| a.as_str()).unwrap_or("");
-            for (name, value) in [
-                ("host", host.to_owned()),
-                ("connection", "Upgrade".to_owned()),
-                ("upgrade", "websocket".to_owned()),
-                ("sec-websocket-version", "13".to_owned()),
-                (
-                    "sec-websocket-key",
-                    tungstenite::handshake::client::generate_key(),
-                ),
-                ("sec-websocket-extensions", deflate::OFFER.to_owned()),
-            ] {
-                if let Ok(v) = HeaderValue::from_str(&value) {
-                    h.insert(name, v);
-                }
+        }
+    };
+    let mut req = Request::get(url.clone());
+    if let Some(h) = req.headers_mut() {
+        *h = call.headers.clone();
+        let host = url.authority().map(|a| a.as_str()).unwrap_or("");
+        for (name, value) in [
+            ("host", host.to_owned()),
+            ("connection", "Upgrade".to_owned()),
+            ("upgrade", "websocket".to_owned()),
+            ("sec-websocket-version", "13".to_owned()),
+            (
+                "sec-websocket-key",
+                tungstenite::handshake::client::generate_key(),
+            ),
+            ("sec-websocket-extensions", deflate::OFFER.to_owned()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(name, v);
             }
         }
-        let Ok(req) = req.body(()) else {
-            return Handshake::Failed(Error::unreachable("bad WebSocket request"));
-        };
-        let negotiated: deflate::Negotiated = Arc::default();
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let io = pool.connect_io(&tcp_uri).await?;
-            let io = Deflate::new(TokioIo::new(io), deflate::Role::Client, Arc::clone(&negotiated))
-                .max_message(MAX_MESSAGE);
-            let mut config = WebSocketConfig::default();
-            config.max_message_size = Some(MAX_MESSAGE);
-            config.max_frame_size = Some(MAX_MESSAGE);
-            // A socket waits idle between turns (up to MAX_IDLE of them): tungstenite's
-            // default 128 KiB read and write buffers each would be most of its memory.
-            config.read_buffer_size = SOCKET_BUFFER;
-            config.write_buffer_size = 0;
-            Ok::<_, Error>(
-                tokio_tungstenite::client_async_with_config(req, io, Some(config))
-                    .await,
-            )
-        })
-        .await;
-        let result = match connected {
-            Err(_) => {
-                return Handshake::Failed(Error::unreachable(
-                    "the upstream WebSocket handshake timed out",
-                ));
-            }
-            Ok(Err(err)) => return Handshake::Failed(err),
-            Ok(Ok(r)) => r,
-        };
-        match result {
-            Ok((ws, resp)) => {
-                let values = resp
-                    .headers()
-                    .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
-                    .iter()
-                    .map(|v| v.to_str().unwrap_or("\u{0}"));
-                match deflate::accept_response(values) {
-                    Ok(params) => {
-                        // Set once, here: the cell is new.
-                        let _ = negotiated.set(params);
-                    }
-                    Err(why) => {
-                        return Handshake::Failed(Error::unreachable(format!(
-                            "upstream WebSocket handshake failed: {why}"
-                        )));
-                    }
-                }
-                Handshake::Open(
-                Box::new(Socket {
-                    ws,
-                    last: None,
-                    turn_state: None,
-                    since: Instant::now(),
-                }),
-                resp.headers().clone(),
-            )
-            }
-            Err(tungstenite::Error::Http(resp)) => {
-                let status = resp.status();
-                if matches!(status.as_u16(), 426 | 404 | 405) {
-                    return Handshake::Refused;
-                }
-                let headers = resp.headers().clone();
-                let body = resp.into_body().unwrap_or_default();
-                Handshake::Status(status_response(status, headers, body))
-            }
-            Err(e) => Handshake::Failed(Error::unreachable(format!(
-                "upstream WebSocket handshake failed: {e}"
-            ))),
+    }
+    let Ok(req) = req.body(()) else {
+        return Handshake::Failed(Error::unreachable("bad WebSocket request"));
+    };
+    let negotiated: deflate::Negotiated = Arc::default();
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let io = pool.connect_io(&tcp_uri).await?;
+        let cell = Arc::clone(&negotiated);
+        let io =
+            Deflate::new(TokioIo::new(io), deflate::Role::Client, cell).max_message(MAX_MESSAGE);
+        let mut config = WebSocketConfig::default();
+        config.max_message_size = Some(MAX_MESSAGE);
+        config.max_frame_size = Some(MAX_MESSAGE);
+        // A socket waits idle between turns (up to MAX_IDLE of them): tungstenite's
+        // default 128 KiB read and write buffers each would be most of its memory.
+        config.read_buffer_size = SOCKET_BUFFER;
+        config.write_buffer_size = 0;
+        Ok::<_, Error>(tokio_tungstenite::client_async_with_config(req, io, Some(config)).await)
+    })
+    .await;
+    let result = match connected {
+        Err(_) => {
+            return Handshake::Failed(Error::unreachable(
+                "the upstream WebSocket handshake timed out",
+            ));
         }
+        Ok(Err(err)) => return Handshake::Failed(err),
+        Ok(Ok(r)) => r,
+    };
+    match result {
+        Ok((ws, resp)) => {
+            let values = resp
+                .headers()
+                .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .map(|v| v.to_str().unwrap_or("\u{0}"));
+            match deflate::accept_response(values) {
+                Ok(params) => {
+                    // Set once, here: the cell is new.
+                    let _ = negotiated.set(params);
+                }
+                Err(why) => {
+                    return Handshake::Failed(Error::unreachable(format!(
+                        "upstream WebSocket handshake failed: {why}"
+                    )));
+                }
+            }
+            let socket = Box::new(Socket {
+                ws,
+                last: None,
+                turn_state: None,
+                since: Instant::now(),
+            });
+            Handshake::Open(socket, resp.headers().clone())
+        }
+        Err(tungstenite::Error::Http(resp)) => {
+            let status = resp.status();
+            if matches!(status.as_u16(), 426 | 404 | 405) {
+                return Handshake::Refused;
+            }
+            let headers = resp.headers().clone();
+            let body = resp.into_body().unwrap_or_default();
+            Handshake::Status(status_response(status, headers, body))
+        }
+        Err(e) => Handshake::Failed(Error::unreachable(format!(
+            "upstream WebSocket handshake failed: {e}"
+        ))),
+    }
 }
 
 enum First {
