@@ -27,10 +27,10 @@ use claude_code::claude_code_request;
 
 use bytes::BytesMut;
 use codex_as_api::config::Config;
-use codex_as_api::dialect::{Ctx, Encoder, Plan, chat, messages};
-use codex_as_api::sse::parse::SseParser;
-use codex_as_api::upstream::catalog::Catalog;
-use codex_as_api::upstream::events::{Decoder, Delta};
+use codex_as_api::internals::dialect::{Ctx, Encoder, Plan, chat, messages};
+use codex_as_api::internals::sse::parse::SseParser;
+use codex_as_api::internals::upstream::catalog::Catalog;
+use codex_as_api::internals::upstream::events::{Decoder, Delta};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use http::HeaderMap;
 use serde_json::{Value, json};
@@ -259,7 +259,7 @@ fn read_body(wire: &bytes::Bytes, chunk: usize) -> Vec<u8> {
         .collect();
     let body = http_body_util::Limited::new(Chunked(frames), 64 << 20);
     let collected = futures_lite_block_on(body.collect()).unwrap();
-    codex_as_api::server::route::collected_to_vec(collected)
+    codex_as_api::internals::server::route::collected_to_vec(collected)
 }
 
 /// Poll a future that never waits (the chunks are all there) to completion.
@@ -276,7 +276,7 @@ fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
 /// Client bytes → compressed upstream bytes for the 2 MB request, all of the proxy's CPU
 /// work before the upstream send.
 fn large_request(c: &mut Criterion) {
-    use codex_as_api::server::pipeline::prepare_body;
+    use codex_as_api::internals::server::pipeline::prepare_body;
     let env = Env::new();
     let body = bytes::Bytes::from(claude_code_request(2 << 20));
     let run = || {
@@ -391,7 +391,7 @@ fn zstd_levels(c: &mut Criterion) {
 /// (`upstream::deflate`) at levels 1 (the one used) and 6 (zlib's default): thread CPU
 /// time here, bytes printed once.
 fn deflate_levels(c: &mut Criterion) {
-    use codex_as_api::upstream::deflate;
+    use codex_as_api::internals::upstream::deflate;
     let raw = upstream_body_2mb();
     let mut g = c.benchmark_group("deflate/2MB");
     g.throughput(Throughput::Bytes(raw.len() as u64));

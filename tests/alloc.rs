@@ -22,12 +22,12 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use codex_as_api::body::{Timing, Translate};
 use codex_as_api::config::Config;
-use codex_as_api::dialect::{Ctx, Encoder, Plan, chat, messages, responses};
 use codex_as_api::error::Protocol;
-use codex_as_api::upstream::catalog::Catalog;
-use codex_as_api::upstream::failure::PromptSize;
+use codex_as_api::internals::body::{Timing, Translate};
+use codex_as_api::internals::dialect::{Ctx, Encoder, Plan, chat, messages, responses};
+use codex_as_api::internals::upstream::catalog::Catalog;
+use codex_as_api::internals::upstream::failure::PromptSize;
 use http::HeaderMap;
 use http_body::{Body, Frame};
 use serde_json::json;

@@ -15,8 +15,8 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use codex_as_api::auth::TokenStore;
 use codex_as_api::error::ErrorKind;
+use codex_as_api::internals::auth::TokenStore;
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -188,7 +188,7 @@ impl Mock {
     }
 
     fn store(&self, path: &Path) -> Arc<TokenStore> {
-        let client = codex_as_api::upstream::client::build(None, None).unwrap();
+        let client = codex_as_api::internals::upstream::client::build(None, None).unwrap();
         TokenStore::new(path.to_path_buf(), self.url.clone(), client)
     }
 }
@@ -317,7 +317,7 @@ impl Mock {
         &self,
         tasks: &mut Vec<
             tokio::task::JoinHandle<
-                Result<Arc<codex_as_api::auth::AuthHeaders>, codex_as_api::error::Error>,
+                Result<Arc<codex_as_api::internals::auth::AuthHeaders>, codex_as_api::error::Error>,
             >,
         >,
     ) -> String {

@@ -701,10 +701,10 @@ async fn keepalive_comments_flow_while_the_upstream_is_silent() {
 }
 
 /// A fresh server against the harness's emulator that reads the (changed) auth.json again.
-async fn server_on_same_auth(h: &Harness) -> codex_as_api::server::Server {
+async fn server_on_same_auth(h: &Harness) -> codex_as_api::Server {
     let mut config = codex_as_api::config::Config::for_tests(&h.emu.base_url(), h.auth_path());
     config.token_url = h.emu.token_url();
-    codex_as_api::server::Server::bind(config).await.unwrap()
+    codex_as_api::Server::bind(config).await.unwrap()
 }
 
 #[tokio::test]

@@ -12,11 +12,11 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use codex_as_api::accounts::AccountSpec;
-use codex_as_api::admission::Limits;
+use codex_as_api::Server;
 use codex_as_api::config::Config;
 use codex_as_api::emulator::{Emulator, EmulatorConfig};
-use codex_as_api::server::Server;
+use codex_as_api::internals::accounts::AccountSpec;
+use codex_as_api::internals::admission::Limits;
 use common::{frames, until};
 use serde_json::{Value, json};
 

@@ -10,9 +10,9 @@ mod claude_code;
 use std::path::PathBuf;
 
 use codex_as_api::config::Config;
-use codex_as_api::dialect::{Ctx, Plan, messages};
-use codex_as_api::server::pipeline::prepare_body;
-use codex_as_api::upstream::catalog::Catalog;
+use codex_as_api::internals::dialect::{Ctx, Plan, messages};
+use codex_as_api::internals::server::pipeline::prepare_body;
+use codex_as_api::internals::upstream::catalog::Catalog;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 

@@ -669,7 +669,7 @@ async fn count_tokens_is_within_5_percent_of_the_exact_o200k_count_of_the_transl
         }
     }
     texts.push(up["tools"].to_string());
-    let exact = codex_as_api::tokens::count(&texts.join("\n")) as f64;
+    let exact = codex_as_api::internals::tokens::count(&texts.join("\n")) as f64;
     assert!(exact > 500.0, "a sizeable request: {exact}");
     assert!(
         (counted - exact).abs() <= exact * 0.05,

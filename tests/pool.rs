@@ -46,7 +46,7 @@ async fn h2_backend(
     max_connections: usize,
 ) -> (
     codex_as_api::emulator::Emulator,
-    codex_as_api::server::Server,
+    codex_as_api::Server,
     tempfile::TempDir,
 ) {
     let dir = tempfile::tempdir().unwrap();
@@ -60,12 +60,12 @@ async fn h2_backend(
     config.upstream_max_connections = max_connections;
     // The h2 pool is the SSE transport's.
     config.upstream_transport = codex_as_api::config::Transport::Sse;
-    let server = codex_as_api::server::Server::bind(config).await.unwrap();
+    let server = codex_as_api::Server::bind(config).await.unwrap();
     (emu, server, dir)
 }
 
 fn gated_streams(
-    server: &codex_as_api::server::Server,
+    server: &codex_as_api::Server,
     n: usize,
     gate: &str,
 ) -> Vec<tokio::task::JoinHandle<(u16, String)>> {

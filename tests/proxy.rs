@@ -10,9 +10,9 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use codex_as_api::Server;
 use codex_as_api::config::Config;
 use codex_as_api::emulator::{Emulator, EmulatorConfig};
-use codex_as_api::server::Server;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -749,7 +749,7 @@ async fn a_wildcard_allow_list_without_an_api_key_refuses_to_start_saying_why() 
     let dir = tempfile::tempdir().unwrap();
     let mut c = codex_as_api::config::Config::for_tests(&emu.base_url(), dir.path().join("a"));
     c.cors_origins = vec!["http://localhost:3000".into(), "*".into()];
-    let err = match codex_as_api::server::Server::bind(c.clone()).await {
+    let err = match codex_as_api::Server::bind(c.clone()).await {
         Ok(_) => panic!("started with `*` and no key"),
         Err(e) => e.message,
     };

@@ -153,7 +153,7 @@ async fn upstream_tls_works_through_rustls_with_the_ca_file() {
     let mut config = codex_as_api::config::Config::for_tests(&emu.base_url(), auth.clone());
     config.ca_file = Some(ca_for_closure);
     config.token_url = emu.token_url();
-    let server = codex_as_api::server::Server::bind(config).await.unwrap();
+    let server = codex_as_api::Server::bind(config).await.unwrap();
     let http = reqwest::Client::new();
     let r = http
         .post(format!("http://{}/v1/chat/completions", server.addr()))
@@ -166,7 +166,7 @@ async fn upstream_tls_works_through_rustls_with_the_ca_file() {
     assert_eq!(v["choices"][0]["message"]["content"], "You said: over tls");
     // Without the CA the handshake fails: a clear 502.
     let config = codex_as_api::config::Config::for_tests(&emu.base_url(), auth);
-    let server = codex_as_api::server::Server::bind(config).await.unwrap();
+    let server = codex_as_api::Server::bind(config).await.unwrap();
     let r = http
         .post(format!("http://{}/v1/chat/completions", server.addr()))
         .json(&user("no ca"))
@@ -279,7 +279,7 @@ async fn non_loopback_bind_without_key_refuses_to_start() {
         "/nonexistent/auth.json".into(),
     );
     config.host = "0.0.0.0".parse().unwrap();
-    let err = codex_as_api::server::Server::bind(config.clone())
+    let err = codex_as_api::Server::bind(config.clone())
         .await
         .err()
         .unwrap();
@@ -289,7 +289,7 @@ async fn non_loopback_bind_without_key_refuses_to_start() {
         err.message
     );
     config.api_key = Some("k".into());
-    let s = codex_as_api::server::Server::bind(config).await.unwrap();
+    let s = codex_as_api::Server::bind(config).await.unwrap();
     s.shutdown().await;
 }
 
@@ -356,7 +356,7 @@ async fn stalled_clients_never_break_other_streams_on_the_shared_h2_upstream() {
     config.account_limits.start = 64;
     config.account_limits.ceiling = 64;
     config.upstream_transport = codex_as_api::config::Transport::Sse;
-    let server = codex_as_api::server::Server::bind(config).await.unwrap();
+    let server = codex_as_api::Server::bind(config).await.unwrap();
     let addr = server.addr();
 
     // Stalled clients: a tiny receive buffer, a long stream of one HTTP chunk per event,

@@ -424,7 +424,7 @@ async fn a_client_that_leaves_closes_its_socket_and_idle_sockets_close_on_time()
 async fn wss_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let (emu, config) = common::tls_emulator(EmulatorConfig::default(), dir.path(), 3600).await;
-    let server = codex_as_api::server::Server::bind(config).await.unwrap();
+    let server = codex_as_api::Server::bind(config).await.unwrap();
     let r = reqwest::Client::new()
         .post(format!("http://{}/v1/chat/completions", server.addr()))
         .json(&json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": "over wss"}]}))

@@ -3,7 +3,8 @@
 //! dialects replay from a client's history, and the reasoning summary both shapes share.
 //!
 //! Owns: `write_input_item` (one collected output item as an input item) and the pieces the
-//! Responses answer reuses for its output items (`write_summary`, `write_tool_call`).
+//! Responses answer reuses for its output items (`write_summary`, `write_str_objects`,
+//! `write_tool_call`).
 //! Does not own: the public Responses output shape (`responses::render`) or where a kept
 //! conversation is stored (`server::history`).
 
@@ -65,13 +66,23 @@ pub(crate) fn write_input_item(out: &mut Vec<u8>, item: &Item) -> bool {
 
 /// A reasoning item's `summary` array: one `summary_text` part per non-empty part.
 pub(crate) fn write_summary(out: &mut Vec<u8>, summary: &[String]) {
+    let parts = summary.iter().filter(|s| !s.is_empty());
+    write_str_objects(out, br#"{"type":"summary_text","text":"#, parts);
+}
+
+/// `[{…,"key":s},…]`: one object per string, `head` being each object's text up to it.
+pub(crate) fn write_str_objects<S: AsRef<str>>(
+    out: &mut Vec<u8>,
+    head: &[u8],
+    strs: impl Iterator<Item = S>,
+) {
     out.push(b'[');
-    for (i, s) in summary.iter().filter(|s| !s.is_empty()).enumerate() {
+    for (i, s) in strs.enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(b"{\"type\":\"summary_text\",\"text\":");
-        write_str(out, s);
+        out.extend_from_slice(head);
+        write_str(out, s.as_ref());
         out.push(b'}');
     }
     out.push(b']');

@@ -281,6 +281,19 @@ pub fn write_u64<B: BufMut>(out: &mut B, n: u64) {
     out.put_slice(&digits[20 - len..]);
 }
 
+/// Write `template` with each `#` in it replaced by the next of `counts`: a JSON object of
+/// counts from one line of its text (the templates hold no other `#`).
+pub fn write_counts<B: BufMut>(out: &mut B, template: &[u8], counts: &[u64]) {
+    let mut parts = template.split(|&b| b == b'#');
+    if let Some(first) = parts.next() {
+        out.put_slice(first);
+    }
+    for (part, &n) in parts.zip(counts) {
+        write_u64(out, n);
+        out.put_slice(part);
+    }
+}
+
 fn itoa_buf(mut n: u64) -> ([u8; 20], usize) {
     let mut buf = [0u8; 20];
     let mut i = 20;
@@ -368,6 +381,20 @@ pub fn write_value(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_fill_a_template_in_order() {
+        let mut out = Vec::new();
+        write_counts(
+            &mut out,
+            br#"{"a":#,"b":{"c":#},"d":0}"#,
+            &[7, 18_446_744_073_709_551_615],
+        );
+        assert_eq!(out, br#"{"a":7,"b":{"c":18446744073709551615},"d":0}"#);
+        out.clear();
+        write_counts(&mut out, b"#", &[0]);
+        assert_eq!(out, b"0");
+    }
 
     #[test]
     fn escapes_match_serde_json() {

@@ -5,9 +5,9 @@ pub mod raw;
 
 use std::path::PathBuf;
 
+use codex_as_api::Server;
 use codex_as_api::config::Config;
 use codex_as_api::emulator::{Emulator, EmulatorConfig, TestCredentials};
-use codex_as_api::server::Server;
 use serde_json::Value;
 
 pub struct Harness {

@@ -4,7 +4,7 @@
 use simd_json::prelude::*;
 
 use crate::dialect::PlanCore;
-use crate::json::{write_str, write_u64};
+use crate::json::{write_counts, write_str, write_u64};
 use crate::upstream::collect::{Call, Collected, Finish, Item};
 use crate::upstream::events::Usage;
 use crate::upstream::request::ToolNames;
@@ -27,20 +27,25 @@ fn service_tier(core: &PlanCore) -> &str {
     core.upstream.service_tier.as_deref().unwrap_or("default")
 }
 
+/// `{"id":…,"object":"<object>","created":…,"model":…`: how every Chat object begins.
+pub(super) fn write_head(out: &mut Vec<u8>, id: &str, object: &[u8], created: u64, model: &str) {
+    out.extend_from_slice(b"{\"id\":");
+    write_str(out, id);
+    out.extend_from_slice(b",\"object\":\"");
+    out.extend_from_slice(object);
+    out.extend_from_slice(b"\",\"created\":");
+    write_u64(out, created);
+    out.extend_from_slice(b",\"model\":");
+    write_str(out, model);
+}
+
 /// The full OpenAI usage object.
 pub(super) fn write_usage<B: bytes::BufMut>(out: &mut B, u: &Usage) {
-    out.put_slice(b"{\"prompt_tokens\":");
-    write_u64(out, u.input);
-    out.put_slice(b",\"completion_tokens\":");
-    write_u64(out, u.output);
-    out.put_slice(b",\"total_tokens\":");
-    write_u64(out, u.total);
-    out.put_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
-    write_u64(out, u.cached);
-    out.put_slice(b",\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":");
-    write_u64(out, u.reasoning);
-    out.put_slice(
-        b",\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}",
+    const USAGE: &[u8] = br#"{"prompt_tokens":#,"completion_tokens":#,"total_tokens":#,"prompt_tokens_details":{"cached_tokens":#,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":#,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}"#;
+    write_counts(
+        out,
+        USAGE,
+        &[u.input, u.output, u.total, u.cached, u.reasoning],
     );
 }
 
@@ -96,12 +101,13 @@ pub(super) fn render(
     };
 
     let mut out = Vec::with_capacity(512 + text.len() + refusal.len());
-    out.extend_from_slice(b"{\"id\":");
-    write_str(&mut out, id);
-    out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
-    write_u64(&mut out, created);
-    out.extend_from_slice(b",\"model\":");
-    write_str(&mut out, &core.client_model);
+    write_head(
+        &mut out,
+        id,
+        b"chat.completion",
+        created,
+        &core.client_model,
+    );
     out.extend_from_slice(
         b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
     );

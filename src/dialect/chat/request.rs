@@ -811,13 +811,7 @@ fn user_content(
                 text.push_str(t);
             }
             "image_url" => {
-                input_image(
-                    out,
-                    &mut first,
-                    field(part, "image_url"),
-                    &format!("{pp}.image_url"),
-                    info,
-                )?;
+                input_image(out, &mut first, part, &pp, info)?;
             }
             "input_audio" => {
                 return Err(bad(
@@ -856,20 +850,21 @@ fn user_content(
     Ok(text)
 }
 
-/// `{"type":"input_image","image_url":…,"detail":…}` from `{url, detail}` or a bare string
-/// (after a comma unless it is the `first` part).
+/// `{"type":"input_image","image_url":…,"detail":…}` from an `image_url` part (its
+/// `image_url` is `{url, detail}` or a bare string), after a comma unless it is the `first`.
 fn input_image(
     out: &mut Vec<u8>,
     first: &mut bool,
-    v: Option<&Value<'_>>,
-    param: &str,
+    part: &Value<'_>,
+    part_param: &str,
     info: Option<&ModelInfo>,
 ) -> Result<(), Error> {
     if !*first {
         out.push(b',');
     }
     *first = false;
-    let Some(v) = v else {
+    let param = &format!("{part_param}.image_url");
+    let Some(v) = field(part, "image_url") else {
         return Err(bad(param, format!("`{param}` is required")));
     };
     let (url, detail) = if let Some(s) = v.as_str() {
@@ -959,13 +954,7 @@ fn tool_output(
             let pp = format!("{param}[{j}]");
             match field(part, "type").and_then(|t| t.as_str()) {
                 Some("image_url") => {
-                    input_image(
-                        out,
-                        &mut first,
-                        field(part, "image_url"),
-                        &format!("{pp}.image_url"),
-                        info,
-                    )?;
+                    input_image(out, &mut first, part, &pp, info)?;
                 }
                 _ => {
                     if let Some(t) = field(part, "text") {

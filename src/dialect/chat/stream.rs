@@ -1,7 +1,7 @@
 //! The streamed Chat answer: `Delta` → `chat.completion.chunk` SSE frames (the prefix shared
 //! by every chunk is written once per stream; see the module docs of `super`).
 
-use super::render::{Answer, incomplete_reason, write_usage};
+use super::render::{Answer, incomplete_reason, write_head, write_usage};
 use bytes::BytesMut;
 use simd_json::prelude::*;
 
@@ -40,12 +40,14 @@ pub struct ChatEncoder {
 impl ChatEncoder {
     pub(super) fn new(core: &PlanCore, a: &Answer, id: &str, created: u64) -> Self {
         let mut prefix = Vec::with_capacity(160 + core.client_model.len());
-        prefix.extend_from_slice(b"data: {\"id\":");
-        write_str(&mut prefix, id);
-        prefix.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        write_u64(&mut prefix, created);
-        prefix.extend_from_slice(b",\"model\":");
-        write_str(&mut prefix, &core.client_model);
+        prefix.extend_from_slice(b"data: ");
+        write_head(
+            &mut prefix,
+            id,
+            b"chat.completion.chunk",
+            created,
+            &core.client_model,
+        );
         prefix.extend_from_slice(b",\"system_fingerprint\":null,");
         let head_len = prefix.len();
         prefix.extend_from_slice(b"\"choices\":[{\"index\":0,\"delta\":");

@@ -4,8 +4,8 @@
 use simd_json::prelude::*;
 
 use crate::dialect::PlanCore;
-use crate::dialect::items::{write_summary, write_tool_call};
-use crate::json::{write_opt_str, write_str, write_u64};
+use crate::dialect::items::{write_str_objects, write_summary, write_tool_call};
+use crate::json::{write_counts, write_opt_str, write_str, write_u64};
 use crate::upstream::collect::{Collected, Finish, Item};
 use crate::upstream::events::Usage;
 use crate::upstream::request::{ToolChoice, ToolNames, random_id};
@@ -21,17 +21,12 @@ pub(super) struct Answer {
 }
 
 fn write_usage(out: &mut Vec<u8>, u: &Usage) {
-    out.extend_from_slice(b"{\"input_tokens\":");
-    write_u64(out, u.input);
-    out.extend_from_slice(b",\"input_tokens_details\":{\"cached_tokens\":");
-    write_u64(out, u.cached);
-    out.extend_from_slice(b"},\"output_tokens\":");
-    write_u64(out, u.output);
-    out.extend_from_slice(b",\"output_tokens_details\":{\"reasoning_tokens\":");
-    write_u64(out, u.reasoning);
-    out.extend_from_slice(b"},\"total_tokens\":");
-    write_u64(out, u.total);
-    out.push(b'}');
+    const USAGE: &[u8] = br#"{"input_tokens":#,"input_tokens_details":{"cached_tokens":#},"output_tokens":#,"output_tokens_details":{"reasoning_tokens":#},"total_tokens":#}"#;
+    write_counts(
+        out,
+        USAGE,
+        &[u.input, u.cached, u.output, u.reasoning, u.total],
+    );
 }
 
 /// The final Response object (§10.3) for `stream:false`.
@@ -179,16 +174,9 @@ fn write_item(out: &mut Vec<u8>, item: &Item, names: &ToolNames) {
             );
             write_opt_str(out, query.as_deref());
             if !sources.is_empty() {
-                out.extend_from_slice(b",\"sources\":[");
-                for (j, (url, _)) in sources.iter().enumerate() {
-                    if j > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(b"{\"type\":\"url\",\"url\":");
-                    write_str(out, url);
-                    out.push(b'}');
-                }
-                out.push(b']');
+                out.extend_from_slice(b",\"sources\":");
+                let urls = sources.iter().map(|(url, _)| url);
+                write_str_objects(out, br#"{"type":"url","url":"#, urls);
             }
             out.extend_from_slice(b"}}");
         }
