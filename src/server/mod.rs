@@ -270,7 +270,17 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
             };
             if !prefix.starts_with(b"PRI * HTTP/2.0") {
                 drop(watcher);
-                h1::serve(stream, Vec::from(prefix), st, peer, stopping, open, started).await;
+                // Boxed too: a connection still sending its first head holds only this task.
+                Box::pin(h1::serve(
+                    stream,
+                    Vec::from(prefix),
+                    st,
+                    peer,
+                    stopping,
+                    open,
+                    started,
+                ))
+                .await;
                 return;
             }
             drop(open);
