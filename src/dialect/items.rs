@@ -33,21 +33,20 @@ pub(crate) fn write_input_item(out: &mut Vec<u8>, item: &Item) -> bool {
             out.push(b'}');
             true
         }
-        Item::Reasoning {
-            id,
-            summary,
-            encrypted_content: Some(enc),
-        } => {
+        Item::Reasoning(r) => {
+            let Some(enc) = &r.encrypted_content else {
+                return false;
+            };
             out.extend_from_slice(b"{\"type\":\"reasoning\",\"id\":");
-            write_str(out, id);
+            write_str(out, &r.id);
             out.extend_from_slice(b",\"summary\":");
-            write_summary(out, summary);
+            write_summary(out, &r.summary);
             out.extend_from_slice(b",\"encrypted_content\":");
             write_str(out, enc);
             out.push(b'}');
             true
         }
-        Item::Reasoning { .. } | Item::WebSearch { .. } => false,
+        Item::WebSearch { .. } => false,
         Item::ToolCall(call) => {
             write_tool_call(out, call, &call.name);
             out.push(b'}');

@@ -82,12 +82,7 @@ pub enum Item {
         phase: Option<String>,
         citations: Vec<OwnedCitation>,
     },
-    Reasoning {
-        id: String,
-        /// Summary parts in order.
-        summary: Vec<String>,
-        encrypted_content: Option<String>,
-    },
+    Reasoning(Reasoning),
     ToolCall(Call),
     WebSearch {
         id: String,
@@ -98,6 +93,26 @@ pub enum Item {
         id: Option<String>,
         encrypted_content: String,
     },
+}
+
+/// One reasoning item of an answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reasoning {
+    pub id: String,
+    /// Summary parts in order.
+    pub summary: Vec<String>,
+    pub encrypted_content: Option<String>,
+}
+
+impl Reasoning {
+    /// Summary part `part`, the parts before it created empty where missing.
+    fn part(&mut self, part: u32) -> &mut String {
+        let i = part as usize;
+        if self.summary.len() <= i {
+            self.summary.resize(i + 1, String::new());
+        }
+        &mut self.summary[i]
+    }
 }
 
 /// One tool call of an answer.
@@ -210,27 +225,21 @@ impl Collected {
                 }
             }
             Delta::ReasoningStart { index, id } => {
-                self.at(*index, || Item::Reasoning {
-                    id: (*id).to_owned(),
-                    summary: Vec::new(),
-                    encrypted_content: None,
+                self.at(*index, || {
+                    Item::Reasoning(Reasoning {
+                        id: (*id).to_owned(),
+                        ..Reasoning::default()
+                    })
                 });
             }
             Delta::ReasoningPart { index, part } => {
-                if let Some(Item::Reasoning { summary, .. }) = self.at(*index, empty_reasoning) {
-                    while summary.len() <= *part as usize {
-                        summary.push(String::new());
-                    }
+                if let Some(Item::Reasoning(r)) = self.at(*index, empty_reasoning) {
+                    r.part(*part);
                 }
             }
             Delta::ReasoningText { index, part, text } => {
-                if let Some(Item::Reasoning { summary, .. }) = self.at(*index, empty_reasoning) {
-                    while summary.len() <= *part as usize {
-                        summary.push(String::new());
-                    }
-                    if let Some(s) = summary.get_mut(*part as usize) {
-                        s.push_str(text);
-                    }
+                if let Some(Item::Reasoning(r)) = self.at(*index, empty_reasoning) {
+                    r.part(*part).push_str(text);
                 }
             }
             Delta::ReasoningDone {
@@ -239,16 +248,11 @@ impl Collected {
                 encrypted_content,
                 ..
             } => {
-                if let Some(Item::Reasoning {
-                    id: rid,
-                    encrypted_content: enc,
-                    ..
-                }) = self.at(*index, empty_reasoning)
-                {
+                if let Some(Item::Reasoning(r)) = self.at(*index, empty_reasoning) {
                     if !id.is_empty() {
-                        *rid = (*id).to_owned();
+                        r.id = (*id).to_owned();
                     }
-                    *enc = encrypted_content.map(str::to_owned);
+                    r.encrypted_content = encrypted_content.map(str::to_owned);
                 }
             }
             Delta::ToolCallStart {
@@ -353,11 +357,7 @@ fn empty_message() -> Item {
 }
 
 fn empty_reasoning() -> Item {
-    Item::Reasoning {
-        id: String::new(),
-        summary: Vec::new(),
-        encrypted_content: None,
-    }
+    Item::Reasoning(Reasoning::default())
 }
 
 #[cfg(test)]
@@ -393,11 +393,11 @@ mod tests {
         assert!(c.has_tool_calls());
         assert_eq!(
             c.items[0],
-            Item::Reasoning {
+            Item::Reasoning(Reasoning {
                 id: "rs_1".into(),
                 summary: vec!["a".into(), "b".into()],
                 encrypted_content: Some("enc".into())
-            }
+            })
         );
         assert_eq!(c.text(), "Run");
         assert_eq!(c.usage.total, 7);

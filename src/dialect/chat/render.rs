@@ -85,8 +85,13 @@ pub(super) fn render(
                 text.push_str(t);
                 refusal.push_str(r);
             }
-            Item::Reasoning { summary, .. } => {
-                reasoning.extend(summary.iter().map(String::as_str).filter(|s| !s.is_empty()));
+            Item::Reasoning(r) => {
+                reasoning.extend(
+                    r.summary
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|s| !s.is_empty()),
+                );
             }
             Item::ToolCall(c) => calls.push(c),
             Item::WebSearch { .. } | Item::Compaction { .. } => {}

@@ -210,24 +210,20 @@ pub(super) fn render(core: &PlanCore, a: &Answer, c: &Collected) -> Vec<u8> {
                 write_citations(&mut out, text, citations);
                 out.push(b'}');
             }
-            Item::Reasoning {
-                id,
-                summary,
-                encrypted_content,
-            } => {
+            Item::Reasoning(r) => {
                 if !a.thinking {
                     continue;
                 }
                 push_sep(&mut out, &mut n);
                 out.extend_from_slice(br#"{"type":"thinking","thinking":"#);
                 if a.summaries {
-                    write_str(&mut out, &summary.join("\n\n"));
+                    write_str(&mut out, &r.summary.join("\n\n"));
                 } else {
                     out.extend_from_slice(b"\"\"");
                 }
                 out.extend_from_slice(br#","signature":"#);
-                match encrypted_content.as_deref().filter(|e| !e.is_empty()) {
-                    Some(enc) => write_str(&mut out, &signature_envelope(id, enc)),
+                match r.encrypted_content.as_deref().filter(|e| !e.is_empty()) {
+                    Some(enc) => write_str(&mut out, &signature_envelope(&r.id, enc)),
                     None => out.extend_from_slice(b"\"\""),
                 }
                 out.push(b'}');

@@ -149,17 +149,13 @@ fn write_item(out: &mut Vec<u8>, item: &Item, names: &ToolNames) {
             }
             out.push(b'}');
         }
-        Item::Reasoning {
-            id,
-            summary,
-            encrypted_content,
-        } => {
+        Item::Reasoning(r) => {
             out.extend_from_slice(b"{\"id\":");
-            write_str(out, id);
+            write_str(out, &r.id);
             out.extend_from_slice(b",\"type\":\"reasoning\",\"summary\":");
-            write_summary(out, summary);
+            write_summary(out, &r.summary);
             out.extend_from_slice(b",\"encrypted_content\":");
-            write_opt_str(out, encrypted_content.as_deref());
+            write_opt_str(out, r.encrypted_content.as_deref());
             out.push(b'}');
         }
         Item::ToolCall(call) => {
