@@ -268,15 +268,10 @@ impl ScriptBody {
     }
 }
 
-impl Body for ScriptBody {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let this = self.get_mut();
+impl ScriptBody {
+    /// The next frame of the script (the body of [`EmuBody::Script`]).
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        let this = self;
         loop {
             if let Some(sleep) = this.sleep.as_mut() {
                 if sleep.as_mut().poll(cx).is_pending() {
@@ -325,7 +320,7 @@ impl Body for ScriptBody {
         }
     }
 
-    fn is_end_stream(&self) -> bool {
+    fn is_done(&self) -> bool {
         self.steps.is_empty() && self.sleep.is_none()
     }
 }
@@ -373,14 +368,14 @@ impl Body for EmuBody {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match self.get_mut() {
             EmuBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            EmuBody::Script(s) => Pin::new(s).poll_frame(cx),
+            EmuBody::Script(s) => s.poll_step(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             EmuBody::Full(b) => b.is_none(),
-            EmuBody::Script(s) => s.is_end_stream(),
+            EmuBody::Script(s) => s.is_done(),
         }
     }
 
@@ -478,8 +473,7 @@ mod tests {
             s.text_delta("msg_1", 0, "unstamped");
             let before = clock_ns();
             let live = LiveStream::new(&Arc::new(AtomicUsize::new(0)), &Arc::default());
-            let bytes = s
-                .into_body(chunking, live, None)
+            let bytes = EmuBody::Script(s.into_body(chunking, live, None))
                 .collect()
                 .await
                 .unwrap()

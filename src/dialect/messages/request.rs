@@ -27,11 +27,120 @@ const IMAGE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/w
 // Small JSON helpers over the parsed request
 // ---------------------------------------------------------------------------------------
 
-fn push_text_part(buf: &mut Vec<u8>, count: &mut usize, text: &str, raw: &RawStrings<'_>) {
-    push_sep(buf, count);
-    buf.extend_from_slice(br#"{"type":"input_text","text":"#);
-    raw.write_str(buf, text);
-    buf.push(b'}');
+/// The content parts of one input message as they are written (the body of its JSON
+/// array); `lenient` skips an image or a file that cannot be sent instead of failing.
+struct Parts {
+    buf: Vec<u8>,
+    count: usize,
+    lenient: bool,
+}
+
+impl Parts {
+    fn new(lenient: bool) -> Parts {
+        Parts {
+            buf: Vec::new(),
+            count: 0,
+            lenient,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.count = 0;
+    }
+
+    /// The buffer, with the separator before a new part written.
+    fn next(&mut self) -> &mut Vec<u8> {
+        push_sep(&mut self.buf, &mut self.count);
+        &mut self.buf
+    }
+
+    fn text(&mut self, text: &str, raw: &RawStrings<'_>) {
+        let buf = self.next();
+        buf.extend_from_slice(br#"{"type":"input_text","text":"#);
+        raw.write_str(buf, text);
+        buf.push(b'}');
+    }
+
+    /// Write a base64 PDF `document` as one `input_file` part. `Ok(false)` when the block is no
+    /// PDF (or, in lenient mode, not valid base64).
+    fn pdf(&mut self, block: &Value<'_>, path: &dyn Fn() -> String) -> Result<bool, Error> {
+        if !is_pdf(block) {
+            return Ok(false);
+        }
+        let data = field(block, "source")
+            .and_then(|s| str_field(s, "data"))
+            .unwrap_or("");
+        if !is_base64(data.as_bytes()) {
+            if self.lenient {
+                return Ok(false);
+            }
+            return Err(Error::bad_request(format!(
+                "{}.source.data: document source data is not valid base64",
+                path()
+            )));
+        }
+        let title = str_field(block, "title").unwrap_or("document.pdf");
+        let buf = self.next();
+        buf.extend_from_slice(br#"{"type":"input_file","file_data":"data:application/pdf;base64,"#);
+        buf.extend_from_slice(data.as_bytes());
+        buf.extend_from_slice(br#"","filename":"#);
+        write_str(buf, title);
+        buf.push(b'}');
+        Ok(true)
+    }
+
+    /// Write one `input_image` part. `Ok(false)` when the block was skipped (lenient mode, or a
+    /// source we cannot forward such as a Files API id).
+    fn image(&mut self, block: &Value<'_>, path: &dyn Fn() -> String) -> Result<bool, Error> {
+        let lenient = self.lenient;
+        let fail = |msg: String| {
+            if lenient {
+                Ok(false)
+            } else {
+                Err(Error::bad_request(msg))
+            }
+        };
+        let Some(src) = field(block, "source") else {
+            return fail(format!("{}.source: field required", path()));
+        };
+        match str_field(src, "type") {
+            Some("base64") => {
+                let media = str_field(src, "media_type").unwrap_or("");
+                if !IMAGE_TYPES.contains(&media) {
+                    return fail(format!(
+                        "{}.source.media_type: unsupported image type '{media}' (use image/png, image/jpeg, image/gif or image/webp)",
+                        path()
+                    ));
+                }
+                let data = str_field(src, "data").unwrap_or("");
+                if !is_base64(data.as_bytes()) {
+                    return fail(format!(
+                        "{}.source.data: image data is not valid base64",
+                        path()
+                    ));
+                }
+                let buf = self.next();
+                buf.extend_from_slice(br#"{"type":"input_image","image_url":"data:"#);
+                buf.extend_from_slice(media.as_bytes());
+                buf.extend_from_slice(b";base64,");
+                buf.extend_from_slice(data.as_bytes());
+                buf.extend_from_slice(br#"","detail":"auto"}"#);
+                Ok(true)
+            }
+            Some("url") => {
+                let Some(url) = str_field(src, "url") else {
+                    return fail(format!("{}.source.url: field required", path()));
+                };
+                let buf = self.next();
+                buf.extend_from_slice(br#"{"type":"input_image","image_url":"#);
+                write_str(buf, url);
+                buf.extend_from_slice(br#","detail":"auto"}"#);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
 }
 
 /// Text for a `search_result` block (user content or inside a tool result).
@@ -100,8 +209,7 @@ struct Translator<'r> {
     /// An assistant `message` item is open in `input` (its `content` array).
     msg_open: bool,
     msg_parts: usize,
-    user_parts: Vec<u8>,
-    user_count: usize,
+    user_parts: Parts,
     scratch: Vec<u8>,
     /// `output_config.effort` of the last `role:"system"` entry.
     system_effort: Option<String>,
@@ -126,8 +234,7 @@ impl<'r> Translator<'r> {
             pending: Vec::new(),
             msg_open: false,
             msg_parts: 0,
-            user_parts: Vec::new(),
-            user_count: 0,
+            user_parts: Parts::new(lenient),
             scratch: Vec::new(),
             system_effort: None,
             lite: false,
@@ -306,13 +413,10 @@ impl<'r> Translator<'r> {
 
     fn developer(&mut self, content: Option<&Value<'_>>, i: usize) -> Result<(), Error> {
         self.end_assistant_turn();
-        let mut parts = Vec::new();
-        let mut count = 0;
+        let mut parts = Parts::new(self.lenient);
         match content {
             None => {}
-            Some(Value::String(s)) if !s.is_empty() => {
-                push_text_part(&mut parts, &mut count, s, &self.raw)
-            }
+            Some(Value::String(s)) if !s.is_empty() => parts.text(s, &self.raw),
             Some(Value::String(_)) => {}
             Some(Value::Array(blocks)) => {
                 for t in blocks
@@ -320,7 +424,7 @@ impl<'r> Translator<'r> {
                     .filter_map(|b| str_field(b, "text"))
                     .filter(|t| !t.is_empty() && !t.starts_with(BILLING_HEADER))
                 {
-                    push_text_part(&mut parts, &mut count, t, &self.raw);
+                    parts.text(t, &self.raw);
                 }
             }
             Some(other) => {
@@ -331,11 +435,11 @@ impl<'r> Translator<'r> {
                 ));
             }
         }
-        if count > 0 {
+        if parts.count > 0 {
             self.begin_item();
             self.input
                 .extend_from_slice(br#"{"type":"message","role":"developer","content":["#);
-            self.input.extend_from_slice(&parts);
+            self.input.extend_from_slice(&parts.buf);
             self.input.extend_from_slice(b"]}");
         }
         Ok(())
@@ -344,12 +448,9 @@ impl<'r> Translator<'r> {
     fn user(&mut self, content: Option<&Value<'_>>, i: usize) -> Result<(), Error> {
         self.end_assistant_turn();
         self.user_parts.clear();
-        self.user_count = 0;
         match content {
             None => {}
-            Some(Value::String(s)) if !s.is_empty() => {
-                push_text_part(&mut self.user_parts, &mut self.user_count, s, &self.raw)
-            }
+            Some(Value::String(s)) if !s.is_empty() => self.user_parts.text(s, &self.raw),
             Some(Value::String(_)) => {}
             Some(Value::Array(blocks)) => {
                 for (j, block) in blocks.iter().enumerate() {
@@ -359,11 +460,11 @@ impl<'r> Translator<'r> {
             Some(other) => return Err(content_error(i, other)),
         }
         // Tool outputs were written as they came; the other blocks follow as one message.
-        if self.user_count > 0 {
+        if self.user_parts.count > 0 {
             self.begin_item();
             self.input
                 .extend_from_slice(br#"{"type":"message","role":"user","content":["#);
-            self.input.extend_from_slice(&self.user_parts);
+            self.input.extend_from_slice(&self.user_parts.buf);
             self.input.extend_from_slice(b"]}");
         }
         Ok(())
@@ -374,22 +475,16 @@ impl<'r> Translator<'r> {
         match str_field(block, "type") {
             Some("text") => {
                 if let Some(t) = str_field(block, "text").filter(|t| !t.is_empty()) {
-                    push_text_part(&mut self.user_parts, &mut self.user_count, t, &self.raw);
+                    self.user_parts.text(t, &self.raw);
                 }
             }
             Some("image") => {
-                write_image(
-                    &mut self.user_parts,
-                    &mut self.user_count,
-                    block,
-                    &path,
-                    self.lenient,
-                )?;
+                self.user_parts.image(block, &path)?;
             }
             Some("document") => self.document(block, &path)?,
             Some("search_result") => {
                 let t = search_result_text(block);
-                push_text_part(&mut self.user_parts, &mut self.user_count, &t, &self.raw);
+                self.user_parts.text(&t, &self.raw);
             }
             Some("tool_result") => self.tool_result(block, &path)?,
             _ => {}
@@ -398,13 +493,7 @@ impl<'r> Translator<'r> {
     }
 
     fn document(&mut self, block: &Value<'_>, path: &dyn Fn() -> String) -> Result<(), Error> {
-        if write_pdf(
-            &mut self.user_parts,
-            &mut self.user_count,
-            block,
-            path,
-            self.lenient,
-        )? {
+        if self.user_parts.pdf(block, path)? {
             return Ok(());
         }
         let src_type = field(block, "source").and_then(|s| str_field(s, "type"));
@@ -422,7 +511,7 @@ impl<'r> Translator<'r> {
         }
         for t in document_texts(block) {
             if !t.is_empty() {
-                push_text_part(&mut self.user_parts, &mut self.user_count, t, &self.raw);
+                self.user_parts.text(t, &self.raw);
             }
         }
         Ok(())
@@ -497,19 +586,18 @@ impl<'r> Translator<'r> {
         out.extend_from_slice(br#"{"type":"function_call_output","call_id":"#);
         write_str(&mut out, id);
         out.extend_from_slice(br#","output":"#);
-        let mut parts = Vec::new();
-        let mut count = 0usize;
+        let mut parts = Parts::new(self.lenient);
         let mut prefixed = !is_error;
         for (k, b) in blocks.iter().enumerate() {
             let text = match str_field(b, "type") {
                 Some("image") => {
                     let p = || format!("{}.content.{k}", path());
-                    write_image(&mut parts, &mut count, b, &p, self.lenient)?;
+                    parts.image(b, &p)?;
                     continue;
                 }
                 Some("document") if is_pdf(b) => {
                     let p = || format!("{}.content.{k}", path());
-                    write_pdf(&mut parts, &mut count, b, &p, self.lenient)?;
+                    parts.pdf(b, &p)?;
                     continue;
                 }
                 _ => block_text(b),
@@ -517,24 +605,22 @@ impl<'r> Translator<'r> {
             let Some(text) = text else { continue };
             if !prefixed {
                 prefixed = true;
-                push_text_part(&mut parts, &mut count, &format!("Error: {text}"), &self.raw);
+                parts.text(&format!("Error: {text}"), &self.raw);
             } else {
-                push_text_part(&mut parts, &mut count, &text, &self.raw);
+                parts.text(&text, &self.raw);
             }
         }
         if !prefixed {
             // An error result with only images or files: say so before them.
-            let mut with = Vec::new();
-            let mut c = 0;
-            push_text_part(&mut with, &mut c, "Error", &self.raw);
-            if count > 0 {
-                with.push(b',');
+            let mut with = Parts::new(self.lenient);
+            with.text("Error", &self.raw);
+            if parts.count > 0 {
+                with.next().extend_from_slice(&parts.buf);
             }
-            with.extend_from_slice(&parts);
             parts = with;
         }
         out.push(b'[');
-        out.extend_from_slice(&parts);
+        out.extend_from_slice(&parts.buf);
         out.push(b']');
         out.push(b'}');
         self.begin_item();
@@ -572,97 +658,6 @@ fn is_pdf(block: &Value<'_>) -> bool {
         str_field(s, "type") == Some("base64")
             && str_field(s, "media_type") == Some("application/pdf")
     })
-}
-
-/// Write a base64 PDF `document` as one `input_file` part. `Ok(false)` when the block is no
-/// PDF (or, in lenient mode, not valid base64).
-fn write_pdf(
-    buf: &mut Vec<u8>,
-    count: &mut usize,
-    block: &Value<'_>,
-    path: &dyn Fn() -> String,
-    lenient: bool,
-) -> Result<bool, Error> {
-    if !is_pdf(block) {
-        return Ok(false);
-    }
-    let data = field(block, "source")
-        .and_then(|s| str_field(s, "data"))
-        .unwrap_or("");
-    if !is_base64(data.as_bytes()) {
-        if lenient {
-            return Ok(false);
-        }
-        return Err(Error::bad_request(format!(
-            "{}.source.data: document source data is not valid base64",
-            path()
-        )));
-    }
-    let title = str_field(block, "title").unwrap_or("document.pdf");
-    push_sep(buf, count);
-    buf.extend_from_slice(br#"{"type":"input_file","file_data":"data:application/pdf;base64,"#);
-    buf.extend_from_slice(data.as_bytes());
-    buf.extend_from_slice(br#"","filename":"#);
-    write_str(buf, title);
-    buf.push(b'}');
-    Ok(true)
-}
-
-/// Write one `input_image` part. `Ok(false)` when the block was skipped (lenient mode, or a
-/// source we cannot forward such as a Files API id).
-fn write_image(
-    buf: &mut Vec<u8>,
-    count: &mut usize,
-    block: &Value<'_>,
-    path: &dyn Fn() -> String,
-    lenient: bool,
-) -> Result<bool, Error> {
-    let fail = |msg: String| {
-        if lenient {
-            Ok(false)
-        } else {
-            Err(Error::bad_request(msg))
-        }
-    };
-    let Some(src) = field(block, "source") else {
-        return fail(format!("{}.source: field required", path()));
-    };
-    match str_field(src, "type") {
-        Some("base64") => {
-            let media = str_field(src, "media_type").unwrap_or("");
-            if !IMAGE_TYPES.contains(&media) {
-                return fail(format!(
-                    "{}.source.media_type: unsupported image type '{media}' (use image/png, image/jpeg, image/gif or image/webp)",
-                    path()
-                ));
-            }
-            let data = str_field(src, "data").unwrap_or("");
-            if !is_base64(data.as_bytes()) {
-                return fail(format!(
-                    "{}.source.data: image data is not valid base64",
-                    path()
-                ));
-            }
-            push_sep(buf, count);
-            buf.extend_from_slice(br#"{"type":"input_image","image_url":"data:"#);
-            buf.extend_from_slice(media.as_bytes());
-            buf.extend_from_slice(b";base64,");
-            buf.extend_from_slice(data.as_bytes());
-            buf.extend_from_slice(br#"","detail":"auto"}"#);
-            Ok(true)
-        }
-        Some("url") => {
-            let Some(url) = str_field(src, "url") else {
-                return fail(format!("{}.source.url: field required", path()));
-            };
-            push_sep(buf, count);
-            buf.extend_from_slice(br#"{"type":"input_image","image_url":"#);
-            write_str(buf, url);
-            buf.extend_from_slice(br#","detail":"auto"}"#);
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
 }
 
 /// `POST /v1/messages/count_tokens`: `{"input_tokens":N,"context_window":W,"auto_compact_token_limit":L}`.
