@@ -5,7 +5,7 @@
 //! request line; bare LF too), the head size limit (`MAX_HEAD_BYTES`, measured on the head,
 //! so the answer does not depend on how the bytes arrived), answering a client that is too
 //! slow to send its headers (408) or whose headers are too large (431) with a body in the
-//! client's protocol shape, and [`Rewind`], which hands the bytes read here back to hyper for
+//! client's protocol shape, and [`rewind`], which hands the bytes read here back to hyper for
 //! an h2 connection. The decision on the bytes read so far is the sans-IO `progress`,
 //! shared with the `h1_requests` fuzz target.
 //!
@@ -14,13 +14,12 @@
 //! else OpenAI.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Chain};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::error::{Error, ErrorKind, Protocol};
 
@@ -197,63 +196,14 @@ pub(crate) fn answer_bytes(err: &Error, protocol: Protocol) -> Vec<u8> {
     out
 }
 
-/// A stream that first replays bytes already read from it.
-pub struct Rewind {
-    prefix: Bytes,
-    inner: TcpStream,
-}
+/// A connection whose first bytes were read by [`read_first`]: tokio's own reader chain and
+/// joined halves.
+pub type Rewound = tokio::io::Join<Chain<io::Cursor<Bytes>, OwnedReadHalf>, OwnedWriteHalf>;
 
-impl Rewind {
-    pub fn new(prefix: Bytes, inner: TcpStream) -> Rewind {
-        Rewind { prefix, inner }
-    }
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(this.prefix.get(..n).unwrap_or(&[]));
-            this.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
+/// `inner` with `prefix`, the bytes already read from it, read again first (for hyper).
+pub fn rewind(prefix: Bytes, inner: TcpStream) -> Rewound {
+    let (rd, wr) = inner.into_split();
+    tokio::io::join(io::Cursor::new(prefix).chain(rd), wr)
 }
 
 #[cfg(test)]
@@ -303,7 +253,7 @@ mod tests {
         };
         let _c = client.await.unwrap();
         let mut all = prefix.to_vec();
-        let mut rewind = Rewind::new(prefix, server);
+        let mut rewind = rewind(prefix, server);
         all.clear();
         while all.len() < head.len() {
             let mut chunk = [0u8; 64];

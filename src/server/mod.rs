@@ -297,7 +297,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
                         Ok::<_, std::convert::Infallible>(resp.map(|b| h2::Watched::wrap(b, stall)))
                     }
                 });
-            let io = TokioIo::new(head::Rewind::new(prefix, stream));
+            let io = TokioIo::new(head::rewind(prefix, stream));
             let conn = builder.serve_connection_with_upgrades(io, service);
             // Boxed so that the (rarer) h2 connection does not size every connection's task.
             if let Err(e) = Box::pin(watcher.watch(conn.into_owned())).await {
