@@ -14,7 +14,7 @@ use crate::config::{Config, ServeArgs};
 use crate::emulator::{Chunking, Emulator, EmulatorConfig};
 use crate::server::Server;
 use crate::upstream::client::HttpClient;
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -237,8 +237,11 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches_from(args)
+        .and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() {
@@ -303,10 +306,12 @@ where
             }
             Some(Command::Claude(a)) => {
                 let config = Config::resolve(&a.serve)?;
+                // The flags as given: the server it may start is given the same ones.
+                let given = matches.subcommand_matches("claude").unwrap_or(&matches);
                 return claude::launch(
                     &client(&config)?,
                     &config,
-                    &a.serve,
+                    given,
                     &log_argv(&cli.log),
                     &a.claude_args,
                     a.keep_server,

@@ -20,9 +20,11 @@
 //! Does not own: the server (`server`), which it starts as `codex-as-api serve` in its own
 //! process group with the same settings, logging to `$CODEX_HOME/codex-as-api.log`.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -206,130 +208,39 @@ pub fn apply_health(target: &mut Target, health: &Value) {
     }
 }
 
-/// The `serve` command line equivalent to `args`, and the environment it needs: the API key
-/// and the upstream proxy (which may hold credentials) travel there, never on a command line
-/// other users can read.
-pub fn serve_argv(args: &ServeArgs) -> (Vec<OsString>, Vec<(&'static str, String)>) {
-    // Destructured in full so a new serve flag cannot be forgotten here.
-    let ServeArgs {
-        host,
-        port,
-        model,
-        small_model,
-        auth_path,
-        codex_home,
-        upstream_url,
-        token_url,
-        ca_file,
-        upstream_proxy,
-        upstream_transport,
-        api_key,
-        insecure_no_auth,
-        demo,
-        no_compression,
-        keepalive_secs,
-        stream_idle_timeout_secs,
-        head_hold_ms,
-        max_body_bytes,
-        max_json_depth,
-        max_concurrent_streams,
-        upstream_retries,
-        reasoning_field,
-        drain_secs,
-        header_timeout_secs,
-        upstream_max_connections,
-        upstream_idle_secs,
-        cors_allow_origin,
-        history_max_entries,
-        history_max_bytes,
-        accounts,
-        account_max_streams,
-        account_max_streams_ceiling,
-        account_window_grow_secs,
-        queue_timeout_secs,
-        request_read_timeout_secs,
-        write_stall_secs,
-        max_connections,
-    } = args;
+/// The `serve` command line for the flags of [`ServeArgs`] given on this command line
+/// (`matches`, the parsed `claude` command), and the environment it needs. What came from
+/// the environment or a default is not repeated: the server inherits the environment. A
+/// flag whose value clap hides (the API key, the upstream proxy, which may hold
+/// credentials) travels in its env var, never on a command line other users can read.
+pub fn serve_argv(matches: &ArgMatches) -> (Vec<OsString>, Vec<(OsString, OsString)>) {
     let mut argv: Vec<OsString> = vec!["serve".into()];
-    let mut flag = |name: &str, value: Option<OsString>| {
-        if let Some(v) = value {
-            argv.push(format!("--{name}").into());
-            argv.push(v);
+    let mut env = Vec::new();
+    let serve = ServeArgs::augment_args(clap::Command::new("serve"));
+    for arg in serve.get_arguments() {
+        let id = arg.get_id().as_str();
+        let given = matches.value_source(id) == Some(ValueSource::CommandLine);
+        let (Some(long), true) = (arg.get_long(), given) else {
+            continue;
+        };
+        if !arg.get_action().takes_values() {
+            argv.push(format!("--{long}").into());
+            continue;
         }
-    };
-    let s = |v: &Option<String>| v.as_ref().map(OsString::from);
-    let p = |v: &Option<PathBuf>| v.as_ref().map(|p| p.as_os_str().to_owned());
-    fn n<T: ToString>(v: &Option<T>) -> Option<OsString> {
-        v.as_ref().map(|x| x.to_string().into())
-    }
-    flag("host", n(host));
-    flag("port", n(port));
-    flag("model", s(model));
-    flag("small-model", s(small_model));
-    flag("auth-path", p(auth_path));
-    flag("codex-home", p(codex_home));
-    flag("upstream-url", s(upstream_url));
-    flag("token-url", s(token_url));
-    flag(
-        "upstream-transport",
-        upstream_transport.map(|t| {
-            clap::ValueEnum::to_possible_value(&t)
-                .map(|v| OsString::from(v.get_name()))
-                .unwrap_or_default()
-        }),
-    );
-    flag("ca-file", p(ca_file));
-    flag("keepalive-secs", n(keepalive_secs));
-    flag("stream-idle-timeout-secs", n(stream_idle_timeout_secs));
-    flag("head-hold-ms", n(head_hold_ms));
-    flag("max-body-bytes", n(max_body_bytes));
-    flag("max-json-depth", n(max_json_depth));
-    flag("max-concurrent-streams", n(max_concurrent_streams));
-    flag("upstream-retries", n(upstream_retries));
-    flag("reasoning-field", s(reasoning_field));
-    flag("drain-secs", n(drain_secs));
-    flag("header-timeout-secs", n(header_timeout_secs));
-    flag("upstream-max-connections", n(upstream_max_connections));
-    flag("upstream-idle-secs", n(upstream_idle_secs));
-    flag("history-max-entries", n(history_max_entries));
-    flag("history-max-bytes", n(history_max_bytes));
-    flag("account-max-streams", n(account_max_streams));
-    flag(
-        "account-max-streams-ceiling",
-        n(account_max_streams_ceiling),
-    );
-    flag("account-window-grow-secs", n(account_window_grow_secs));
-    flag("queue-timeout-secs", n(queue_timeout_secs));
-    flag("request-read-timeout-secs", n(request_read_timeout_secs));
-    flag("write-stall-secs", n(write_stall_secs));
-    flag("max-connections", n(max_connections));
-    if !accounts.is_empty() {
-        let list: Vec<String> = accounts
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
-        flag("accounts", Some(list.join(",").into()));
-    }
-    for origin in cors_allow_origin {
-        flag("cors-allow-origin", Some(origin.into()));
-    }
-    for (on, name) in [
-        (*insecure_no_auth, "--insecure-no-auth"),
-        (*demo, "--demo"),
-        (*no_compression, "--no-compression"),
-    ] {
-        if on {
-            argv.push(name.into());
+        let values = matches.get_raw(id).into_iter().flatten();
+        match arg.get_env() {
+            Some(var) if arg.is_hide_env_values_set() => {
+                let joined = values.collect::<Vec<_>>().join(OsStr::new(","));
+                env.push((var.to_owned(), joined));
+            }
+            _ => {
+                for v in values {
+                    argv.push(format!("--{long}").into());
+                    argv.push(v.to_owned());
+                }
+            }
         }
     }
-    let env = [
-        ("CODEX_AS_API_API_KEY", api_key),
-        ("CODEX_AS_API_UPSTREAM_PROXY", upstream_proxy),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| Some((k, v.clone()?)))
-    .collect();
     (argv, env)
 }
 
@@ -349,7 +260,8 @@ pub const SELF_EXE: &str = "CODEX_AS_API_EXE";
 async fn start_server(
     client: &HttpClient,
     base: &str,
-    args: &ServeArgs,
+    key: Option<&str>,
+    args: &ArgMatches,
     log_args: &[OsString],
     log: &std::path::Path,
     session: bool,
@@ -412,7 +324,7 @@ async fn start_server(
     );
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
-        if let Some(h) = probe(client, base, args.api_key.as_deref()).await {
+        if let Some(h) = probe(client, base, key).await {
             return Ok((h, Started { child, stop }));
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -574,23 +486,31 @@ fn claude_bin() -> OsString {
 pub async fn launch(
     client: &HttpClient,
     config: &Config,
-    args: &ServeArgs,
+    args: &ArgMatches,
     log_args: &[OsString],
     claude_args: &[OsString],
     keep_server: bool,
 ) -> Result<std::process::ExitCode, String> {
     let mut target = Target::from_config(config);
-    let (health, started) = match probe(client, &target.base_url, config.api_key.as_deref()).await {
+    let key = config.api_key.as_deref();
+    let (health, started) = match probe(client, &target.base_url, key).await {
         Some(h) => (h, None),
         None => {
             let log = config.codex_home.join("codex-as-api.log");
-            let (h, s) =
-                start_server(client, &target.base_url, args, log_args, &log, !keep_server).await?;
+            let (h, s) = start_server(
+                client,
+                &target.base_url,
+                key,
+                args,
+                log_args,
+                &log,
+                !keep_server,
+            )
+            .await?;
             (h, Some(s))
         }
     };
     apply_health(&mut target, &health);
-    let key = config.api_key.as_deref();
     first_run(key.unwrap_or(PLACEHOLDER_KEY));
     let bin = claude_bin();
     let mut cmd = std::process::Command::new(&bin);
@@ -674,28 +594,53 @@ mod tests {
 
     #[test]
     fn serve_argv_carries_set_flags_and_keeps_the_key_off_the_command_line() {
-        let args = ServeArgs {
-            port: Some(1234),
-            model: Some("gpt-6-sol".into()),
-            api_key: Some("sk-secret".into()),
-            upstream_proxy: Some("http://user:pw@proxy:3128".into()),
-            demo: true,
-            ..ServeArgs::default()
-        };
-        let (argv, env) = serve_argv(&args);
+        // `serve` as it appears inside `claude`: ServeArgs flattened beside Claude's own.
+        let cmd = ServeArgs::augment_args(clap::Command::new("claude")).arg(
+            clap::Arg::new("keep-server")
+                .long("keep-server")
+                .num_args(0),
+        );
+        let given = [
+            "claude",
+            "--port",
+            "1234",
+            "--model",
+            "gpt-6-sol",
+            "--api-key",
+            "sk-secret",
+            "--upstream-proxy",
+            "http://user:pw@proxy:3128",
+            "--cors-allow-origin",
+            "http://a.test,http://b.test",
+            "--keep-server",
+            "--demo",
+        ];
+        let (argv, env) = serve_argv(&cmd.try_get_matches_from(given).unwrap());
         let argv: Vec<String> = argv.into_iter().map(|a| a.into_string().unwrap()).collect();
         assert_eq!(
             argv,
-            ["serve", "--port", "1234", "--model", "gpt-6-sol", "--demo"]
+            [
+                "serve",
+                "--port",
+                "1234",
+                "--model",
+                "gpt-6-sol",
+                "--demo",
+                "--cors-allow-origin",
+                "http://a.test",
+                "--cors-allow-origin",
+                "http://b.test",
+            ]
         );
+        let env: Vec<(&str, &str)> = env
+            .iter()
+            .map(|(k, v)| (k.to_str().unwrap(), v.to_str().unwrap()))
+            .collect();
         assert_eq!(
             env,
             [
-                ("CODEX_AS_API_API_KEY", "sk-secret".to_owned()),
-                (
-                    "CODEX_AS_API_UPSTREAM_PROXY",
-                    "http://user:pw@proxy:3128".to_owned()
-                )
+                ("CODEX_AS_API_UPSTREAM_PROXY", "http://user:pw@proxy:3128"),
+                ("CODEX_AS_API_API_KEY", "sk-secret"),
             ]
         );
     }
