@@ -149,7 +149,7 @@ impl MessagesEncoder {
     }
 
     fn text(&mut self, item: u32, text: &str, out: &mut BytesMut) {
-        if self.stopped.is_some() || text.is_empty() {
+        if text.is_empty() {
             return;
         }
         self.ensure_text(item, out);
@@ -181,9 +181,6 @@ impl MessagesEncoder {
     }
 
     fn citation(&mut self, item: u32, c: &Citation<'_>, out: &mut BytesMut) {
-        if self.stopped.is_some() {
-            return;
-        }
         self.ensure_text(item, out);
         out.put_slice(
             b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
@@ -290,6 +287,12 @@ impl Encoder for MessagesEncoder {
         if self.finished {
             return;
         }
+        // After a stop sequence the message only ends: nothing else of it is written.
+        if self.stopped.is_some()
+            && !matches!(d, Delta::Completed { .. } | Delta::Incomplete { .. })
+        {
+            return;
+        }
         match d {
             Delta::MessageStart { .. } => {
                 self.close(out);
@@ -305,7 +308,7 @@ impl Encoder for MessagesEncoder {
                 }
             }
             Delta::ReasoningStart { index, .. } => {
-                if self.thinking && self.stopped.is_none() {
+                if self.thinking {
                     self.ensure_thinking(*index, out);
                 }
             }
@@ -321,7 +324,7 @@ impl Encoder for MessagesEncoder {
                 }
             }
             Delta::ReasoningText { index, text, .. } => {
-                if !self.thinking || !self.summaries || self.stopped.is_some() || text.is_empty() {
+                if !self.thinking || !self.summaries || text.is_empty() {
                     return;
                 }
                 self.ensure_thinking(*index, out);
@@ -337,7 +340,7 @@ impl Encoder for MessagesEncoder {
                 encrypted_content,
                 ..
             } => {
-                if !self.thinking || self.stopped.is_some() {
+                if !self.thinking {
                     return;
                 }
                 self.ensure_thinking(*index, out);
@@ -352,11 +355,7 @@ impl Encoder for MessagesEncoder {
                 call_id,
                 name,
                 custom,
-            } => {
-                if self.stopped.is_none() {
-                    self.tool_start(*index, call_id, name, *custom, out);
-                }
-            }
+            } => self.tool_start(*index, call_id, name, *custom, out),
             Delta::ToolCallArgs { index, fragment } => {
                 if let Open::Tool {
                     item,
@@ -382,9 +381,6 @@ impl Encoder for MessagesEncoder {
                 custom,
                 ..
             } => {
-                if self.stopped.is_some() {
-                    return;
-                }
                 if !matches!(self.open, Open::Tool { item, .. } if item == *index) {
                     self.tool_start(*index, call_id, name, *custom, out);
                 }
@@ -401,11 +397,7 @@ impl Encoder for MessagesEncoder {
             }
             Delta::WebSearchDone {
                 id, query, sources, ..
-            } => {
-                if self.stopped.is_none() {
-                    self.web_search(id, *query, sources, out);
-                }
-            }
+            } => self.web_search(id, *query, sources, out),
             Delta::Completed { usage } => {
                 let reason = if self.any_tool {
                     "tool_use"
