@@ -21,13 +21,12 @@
 //! process group with the same settings, logging to `$CODEX_HOME/codex-as-api.log`.
 
 use std::ffi::{OsStr, OsString};
-
-use clap::parser::ValueSource;
-use clap::{ArgMatches, Args};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use bytes::Bytes;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
 use http::{Method, Request};
 use http_body_util::Full;
 use serde_json::Value;
