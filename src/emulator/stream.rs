@@ -266,51 +266,48 @@ impl ScriptBody {
             open,
         }
     }
-}
 
-impl ScriptBody {
     /// The next frame of the script (the body of [`EmuBody::Script`]).
     fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
-        let this = self;
         loop {
-            if let Some(sleep) = this.sleep.as_mut() {
+            if let Some(sleep) = self.sleep.as_mut() {
                 if sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                this.sleep = None;
+                self.sleep = None;
             }
-            if this.yield_next {
+            if self.yield_next {
                 // Returning Pending makes hyper flush what it has buffered, so every event
                 // leaves as its own chunk and write, like the real backend.
-                this.yield_next = false;
+                self.yield_next = false;
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            let step = this.steps.pop_front();
-            if this.steps.is_empty() {
-                this.open = None;
+            let step = self.steps.pop_front();
+            if self.steps.is_empty() {
+                self.open = None;
             }
             match step {
                 None => return Poll::Ready(None),
                 Some(Step::Data(b)) => {
-                    this.live.sent(b.len());
-                    this.yield_next = this.per_event && !this.steps.is_empty();
+                    self.live.sent(b.len());
+                    self.yield_next = self.per_event && !self.steps.is_empty();
                     return Poll::Ready(Some(Ok(Frame::data(b))));
                 }
                 Some(Step::Stamped(mut b, at)) => {
                     fill_stamps(&mut b, &at);
-                    this.yield_next = this.per_event && !this.steps.is_empty();
-                    this.live.sent(b.len());
+                    self.yield_next = self.per_event && !self.steps.is_empty();
+                    self.live.sent(b.len());
                     return Poll::Ready(Some(Ok(Frame::data(Bytes::from(b)))));
                 }
-                Some(Step::Pause(d)) => this.sleep = Some(Box::pin(tokio::time::sleep(d))),
+                Some(Step::Pause(d)) => self.sleep = Some(Box::pin(tokio::time::sleep(d))),
                 Some(Step::Gate(mut g)) => {
-                    this.sleep = Some(Box::pin(async move {
+                    self.sleep = Some(Box::pin(async move {
                         let _ = g.wait_for(|open| *open).await;
                     }))
                 }
                 Some(Step::Cut) => {
-                    this.open = None;
+                    self.open = None;
                     return Poll::Ready(Some(Err(io::Error::new(
                         io::ErrorKind::ConnectionAborted,
                         "emulator: stream cut (EMU:cut)",
