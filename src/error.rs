@@ -19,6 +19,7 @@ pub enum Side {
 
 /// What went wrong. Each kind has one HTTP status per protocol and one error type name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 pub enum ErrorKind {
     /// Malformed or unsupported client input (400).
     BadRequest,
@@ -345,29 +346,8 @@ mod tests {
 
     #[test]
     fn an_error_body_and_a_stream_error_event_agree_on_the_code() {
-        use ErrorKind::*;
-        for kind in [
-            BadRequest,
-            ContextLengthExceeded,
-            Unauthorized,
-            AuthUnavailable,
-            RefreshFailed,
-            Forbidden,
-            NotFound,
-            ModelNotFound,
-            PayloadTooLarge,
-            RequestTimeout,
-            HeadersTooLarge,
-            UsageLimit,
-            RateLimited,
-            QuotaExceeded,
-            Overloaded,
-            UpstreamServer,
-            BadGateway,
-            Timeout,
-            Internal,
-            NotImplemented,
-        ] {
+        use strum::IntoEnumIterator;
+        for kind in ErrorKind::iter() {
             let body: serde_json::Value =
                 serde_json::from_slice(&Error::new(kind, "m").openai_json()).unwrap_or_default();
             let code = &body["error"]["code"];
@@ -379,7 +359,8 @@ mod tests {
             );
         }
         let limited: serde_json::Value =
-            serde_json::from_slice(&Error::new(RateLimited, "m").openai_json()).unwrap_or_default();
+            serde_json::from_slice(&Error::new(ErrorKind::RateLimited, "m").openai_json())
+                .unwrap_or_default();
         assert_eq!(limited["error"]["code"], "rate_limit_exceeded");
     }
 

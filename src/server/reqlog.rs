@@ -16,7 +16,6 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::Method;
 use http_body::{Body, Frame, SizeHint};
 
@@ -106,9 +105,9 @@ impl RequestLog {
     }
 }
 
-/// The response body, logging its request when it ends.
-pub struct Logged {
-    inner: RespBody,
+/// A response body of any type, logging its request when it ends.
+pub struct Logged<B: Body> {
+    inner: B,
     log: Option<RequestLog>,
     ttfb: Option<Duration>,
 }
@@ -122,15 +121,15 @@ pub fn wrap(body: RespBody, log: RequestLog) -> RespBody {
     })
 }
 
-impl Body for Logged {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
+impl<B: Body + Unpin> Body for Logged<B> {
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(_)) => {
@@ -160,7 +159,7 @@ impl Body for Logged {
     }
 }
 
-impl Drop for Logged {
+impl<B: Body> Drop for Logged<B> {
     fn drop(&mut self) {
         if let Some(l) = self.log.take() {
             // hyper drops a body that says it is over (empty, HEAD) without polling it.
