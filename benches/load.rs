@@ -32,7 +32,12 @@
 //! 640), `LOAD_SLOW` (slow streams, default 10000; 0 skips), `LOAD_SLOW_DELTAS` (default 100),
 //! `LOAD_SLOW_PACE_MS` (the slow streams' delta interval, default 50),
 //! `LOAD_PROXY_WORKERS` (the proxy child's tokio worker threads; default: one per core),
-//! `LOAD_PROXY_WRAP` (a command the proxy runs under, e.g. `valgrind --tool=massif`).
+//! `LOAD_PROXY_WRAP` (a command the proxy runs under, e.g. `valgrind --tool=massif`),
+//! `LOAD_PIN` (default on with two cores or more: the proxy child pinned to core 0 with
+//! `taskset`, this process — emulator and clients — to the other cores, as the issue's
+//! held-out benchmark measures; `LOAD_PIN=0` lets both share every core),
+//! `LOAD_WS_DEFLATE=0` (the matrix's TLS emulator refuses permessage-deflate, so the `tls ws`
+//! row's frames go uncompressed).
 //! * `LOAD_POOL_ONLY=1`: only the h2 pool row (`h2_pool`: 300 concurrent one-second streams
 //!   against 100 streams per connection vs the limit lifted; connections and TTFB p99).
 //! * `LOAD_TLS_ONLY=1`: only the one-chunk-per-event rows of the matrix (closed loop and
@@ -77,8 +82,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -534,21 +539,26 @@ async fn start_proxy_with(
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let bin = env!("CARGO_BIN_EXE_codex-as-api");
-    // `LOAD_PROXY_WRAP="valgrind --tool=massif"` runs the proxy under a profiler.
+    // `LOAD_PROXY_WRAP="valgrind --tool=massif"` runs the proxy under a profiler; pinned,
+    // everything runs under `taskset -c <the proxy's core>`.
     let wrap = std::env::var("LOAD_PROXY_WRAP").unwrap_or_default();
-    let mut wrap = wrap.split_whitespace();
-    let mut cmd = match wrap.next() {
-        Some(tool) => {
-            let mut c = Command::new(tool);
-            c.args(wrap).arg(bin);
-            c
-        }
-        None => Command::new(bin),
-    };
-    let start_limit = if cmd.get_program() == bin {
+    let pin = pinning().map(|p| format!("taskset -c {}", p.proxy));
+    let start_limit = if wrap.is_empty() {
         Duration::from_secs(20)
     } else {
         Duration::from_secs(120)
+    };
+    let mut argv = pin
+        .iter()
+        .chain(Some(&wrap))
+        .flat_map(|w| w.split_whitespace());
+    let mut cmd = match argv.next() {
+        Some(tool) => {
+            let mut c = Command::new(tool);
+            c.args(argv).arg(bin);
+            c
+        }
+        None => Command::new(bin),
     };
     cmd.arg("serve")
         .args(["--port", &port.to_string()])
@@ -629,8 +639,42 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Where the proxy and the harness run when pinned: the proxy on one core, the harness
+/// (emulator + clients) on the others, as the held-out benchmark measures.
+struct Pinning {
+    proxy: usize,
+    harness: String,
+}
+
+/// Pinned unless `LOAD_PIN=0`, there is a single core, or `taskset` is missing.
+fn pinning() -> Option<&'static Pinning> {
+    static PIN: OnceLock<Option<Pinning>> = OnceLock::new();
+    PIN.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cores < 2 || std::env::var("LOAD_PIN").is_ok_and(|v| v == "0") {
+            return None;
+        }
+        let harness = format!("1-{}", cores - 1);
+        // The main thread, before the runtime exists: its threads inherit the mask.
+        let pinned = Command::new("taskset")
+            .args(["-p", "-c", &harness, &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        pinned.then_some(Pinning { proxy: 0, harness })
+    })
+    .as_ref()
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
+    match pinning() {
+        Some(p) => println!(
+            "pinned: proxy on core {}, harness (emulator + clients) on cores {} (LOAD_PIN=0 to share all cores)",
+            p.proxy, p.harness
+        ),
+        None => println!("not pinned: proxy and harness share every core"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -773,6 +817,7 @@ impl Upstreams {
         let plain = Emulator::start(EmulatorConfig::default()).await.unwrap();
         let tls = Emulator::start(EmulatorConfig {
             tls: true,
+            ws_deflate: std::env::var("LOAD_WS_DEFLATE").map_or(true, |v| v != "0"),
             ..EmulatorConfig::default()
         })
         .await
