@@ -12,7 +12,10 @@
 //! * `zstd/2MB` — compressing that upstream body at levels -5 … 3 (bytes are printed once),
 //!   timed by thread CPU time like `large_request/2MB-cpu`;
 //! * `deflate/2MB` — the same body as one WebSocket message through the permessage-deflate
-//!   compressor at levels 1 and 6.
+//!   compressor at levels 1 and 6;
+//! * `deflate/read` — 200 delta events of `text_1000`, each its own compressed WebSocket
+//!   message as a compressing backend sends them, read through the client's permessage-deflate
+//!   adapter (`upstream::deflate::Deflate`) into the frames tungstenite reads.
 //!
 //! Every bench asserts its expected event count, so a broken parser cannot look fast.
 //! `cargo test --benches` runs each once as a smoke test.
@@ -424,6 +427,68 @@ fn deflate_levels(c: &mut Criterion) {
     g.finish();
 }
 
+/// 200 delta events of `text_1000` as a compressing backend sends them on the Responses
+/// WebSocket (each event its own message, deflated at level 1 on a compressor reset after
+/// every message, as the emulator does), read through a client's `Deflate` on a fresh socket,
+/// the socket's decompressor set up included (wall time: a run is too short for the
+/// scheduler's per-thread CPU clock).
+fn deflate_read(c: &mut Criterion) {
+    use codex_as_api::internals::upstream::deflate::{self, Deflate, Params, Role};
+    use tokio::io::AsyncReadExt;
+    let events: Vec<&[u8]> = FIXTURES[0]
+        .1
+        .split(|b| *b == b'\n')
+        .filter_map(|line| line.strip_prefix(b"data: "))
+        .filter(|data| data.windows(7).any(|w| w == b".delta\""))
+        .take(200)
+        .collect();
+    assert_eq!(events.len(), 200);
+    let mut comp = flate2::Compress::new(flate2::Compression::new(deflate::LEVEL), false);
+    let (mut wire, mut msg) = (Vec::new(), Vec::new());
+    for ev in &events {
+        comp.reset();
+        deflate::deflate(&mut comp, ev, &mut msg).unwrap();
+        wire.push(0x80 | 0x40 | 1);
+        match msg.len() {
+            n if n < 126 => wire.push(n as u8),
+            n => {
+                wire.push(126);
+                wire.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        wire.extend_from_slice(&msg);
+    }
+    let plain: usize = events.iter().map(|e| e.len() + 2).sum();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut out = Vec::new();
+    let read = |out: &mut Vec<u8>| {
+        let params = std::sync::Arc::new(std::sync::OnceLock::new());
+        params.set(Some(Params::default())).unwrap();
+        let io = tokio::io::join(&wire[..], tokio::io::sink());
+        let mut socket = Deflate::new(io, Role::Client, params);
+        out.clear();
+        rt.block_on(socket.read_to_end(out)).unwrap();
+    };
+    read(&mut out);
+    // Every event inflated, each behind a 2- or 4-byte frame header.
+    assert!(
+        out.len() >= plain && out.len() <= plain + 2 * events.len(),
+        "{}",
+        out.len()
+    );
+    let mut g = c.benchmark_group("deflate/read");
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_function("200_events", |b| {
+        b.iter(|| {
+            read(&mut out);
+            black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     sse_parse,
@@ -432,6 +497,7 @@ criterion_group!(
     request_large,
     large_request,
     zstd_levels,
-    deflate_levels
+    deflate_levels,
+    deflate_read
 );
 criterion_main!(benches);

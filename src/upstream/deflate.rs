@@ -71,7 +71,7 @@ fn trim(b: &mut BytesMut) {
 
 /// Which end of the socket the adapter is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Role {
+pub enum Role {
     /// Writes masked frames, reads unmasked ones.
     Client,
     /// Writes unmasked frames, reads masked ones.
@@ -80,7 +80,7 @@ pub(crate) enum Role {
 
 /// The negotiated parameters (RFC 7692 §7.1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Params {
+pub struct Params {
     pub server_no_context_takeover: bool,
     pub client_no_context_takeover: bool,
     /// The server's LZ77 window, 8..=15 (`None`: 15).
@@ -90,7 +90,7 @@ pub(crate) struct Params {
 }
 
 /// The parameters, set once after the handshake (`None`: not negotiated).
-pub(crate) type Negotiated = Arc<OnceLock<Option<Params>>>;
+pub type Negotiated = Arc<OnceLock<Option<Params>>>;
 
 /// Data-frame payload bytes as they crossed the wire (compressed when they were).
 #[derive(Debug, Default)]
@@ -427,7 +427,7 @@ struct Collecting {
 }
 
 /// The IO adapter (see the module doc).
-pub(crate) struct Deflate<S> {
+pub struct Deflate<S> {
     io: S,
     role: Role,
     params: Negotiated,
@@ -453,7 +453,7 @@ pub(crate) struct Deflate<S> {
 
 impl<S> Deflate<S> {
     /// Wraps `io`; `params` is set once the handshake is done (at once for a server).
-    pub(crate) fn new(io: S, role: Role, params: Negotiated) -> Deflate<S> {
+    pub fn new(io: S, role: Role, params: Negotiated) -> Deflate<S> {
         Deflate {
             io,
             role,
