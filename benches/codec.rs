@@ -444,19 +444,11 @@ fn deflate_read(c: &mut Criterion) {
         .collect();
     assert_eq!(events.len(), 200);
     let mut comp = flate2::Compress::new(flate2::Compression::new(deflate::LEVEL), false);
-    let (mut wire, mut msg) = (Vec::new(), Vec::new());
+    let (mut wire, mut msg) = (BytesMut::new(), Vec::new());
     for ev in &events {
         comp.reset();
         deflate::deflate(&mut comp, ev, &mut msg).unwrap();
-        wire.push(0x80 | 0x40 | 1);
-        match msg.len() {
-            n if n < 126 => wire.push(n as u8),
-            n => {
-                wire.push(126);
-                wire.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-        }
-        wire.extend_from_slice(&msg);
+        deflate::put_frame(&mut wire, 0x80 | 0x40 | 1, None, &msg);
     }
     let plain: usize = events.iter().map(|e| e.len() + 2).sum();
     let rt = tokio::runtime::Builder::new_current_thread()

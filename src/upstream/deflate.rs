@@ -297,7 +297,7 @@ fn apply_mask(data: &mut [u8], key: [u8; 4]) {
 }
 
 /// Appends one frame to `out`.
-fn put_frame(out: &mut BytesMut, b0: u8, mask: Option<[u8; 4]>, payload: &[u8]) {
+pub fn put_frame(out: &mut BytesMut, b0: u8, mask: Option<[u8; 4]>, payload: &[u8]) {
     out.reserve(payload.len() + 14);
     out.extend_from_slice(&[b0]);
     let m = if mask.is_some() { 0x80 } else { 0 };
