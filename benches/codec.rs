@@ -13,9 +13,10 @@
 //!   timed by thread CPU time like `large_request/2MB-cpu`;
 //! * `deflate/2MB` — the same body as one WebSocket message through the permessage-deflate
 //!   compressor at levels 1 and 6;
-//! * `deflate/read` — 200 delta events of `text_1000`, each its own compressed WebSocket
-//!   message as a compressing backend sends them, read through the client's permessage-deflate
-//!   adapter (`upstream::deflate::Deflate`) into the frames tungstenite reads.
+//! * `deflate/write`, `deflate/read` — 200 delta events of `text_1000`, each its own
+//!   compressed WebSocket message, written through a server's permessage-deflate adapter
+//!   (`upstream::deflate::Deflate`; the socket's compressor context kept between messages,
+//!   or reset after each), and read through a client's into the frames tungstenite reads.
 //!
 //! Every bench asserts its expected event count, so a broken parser cannot look fast.
 //! `cargo test --benches` runs each once as a smoke test.
@@ -33,6 +34,7 @@ use codex_as_api::config::Config;
 use codex_as_api::internals::dialect::{Ctx, Encoder, Plan, chat, messages};
 use codex_as_api::internals::sse::parse::SseParser;
 use codex_as_api::internals::upstream::catalog::Catalog;
+use codex_as_api::internals::upstream::deflate::Params;
 use codex_as_api::internals::upstream::events::{Decoder, Delta};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use http::HeaderMap;
@@ -427,14 +429,8 @@ fn deflate_levels(c: &mut Criterion) {
     g.finish();
 }
 
-/// 200 delta events of `text_1000` as a compressing backend sends them on the Responses
-/// WebSocket (each event its own message, deflated at level 1 on a compressor reset after
-/// every message, as the emulator does), read through a client's `Deflate` on a fresh socket,
-/// the socket's decompressor set up included (wall time: a run is too short for the
-/// scheduler's per-thread CPU clock).
-fn deflate_read(c: &mut Criterion) {
-    use codex_as_api::internals::upstream::deflate::{self, Deflate, Params, Role};
-    use tokio::io::AsyncReadExt;
+/// The first 200 delta events of `text_1000` (their `data:` JSON).
+fn delta_events() -> Vec<&'static [u8]> {
     let events: Vec<&[u8]> = FIXTURES[0]
         .1
         .split(|b| *b == b'\n')
@@ -443,23 +439,84 @@ fn deflate_read(c: &mut Criterion) {
         .take(200)
         .collect();
     assert_eq!(events.len(), 200);
-    let mut comp = flate2::Compress::new(flate2::Compression::new(deflate::LEVEL), false);
-    let (mut wire, mut msg) = (BytesMut::new(), Vec::new());
-    for ev in &events {
-        comp.reset();
-        deflate::deflate(&mut comp, ev, &mut msg).unwrap();
-        deflate::put_frame(&mut wire, 0x80 | 0x40 | 1, None, &msg);
-    }
+    events
+}
+
+/// `events` written as text frames through a server's `Deflate` on a fresh socket (as the
+/// emulator sends them: one message each, one write per event), the socket's compressor
+/// set up included; returns the bytes on the wire.
+fn deflate_write(rt: &tokio::runtime::Runtime, events: &[&[u8]], params: Params) -> Vec<u8> {
+    use codex_as_api::internals::upstream::deflate::{self, Deflate, Role};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (near, mut far) = tokio::io::duplex(1 << 22);
+    let cell = std::sync::Arc::new(std::sync::OnceLock::new());
+    cell.set(Some(params)).unwrap();
+    let mut socket = Deflate::new(near, Role::Server, cell);
+    let mut frame = BytesMut::new();
+    rt.block_on(async {
+        for ev in events {
+            frame.clear();
+            deflate::put_frame(&mut frame, 0x81, None, ev);
+            socket.write_all(&frame).await.unwrap();
+            socket.flush().await.unwrap();
+        }
+        socket.shutdown().await.unwrap();
+        drop(socket);
+        let mut wire = Vec::new();
+        far.read_to_end(&mut wire).await.unwrap();
+        wire
+    })
+}
+
+/// 200 delta events as a compressing backend sends them on the Responses WebSocket (each
+/// event its own message, deflated at level 1), through the permessage-deflate adapter
+/// (`upstream::deflate::Deflate`) on a fresh socket each time, its compressor or
+/// decompressor set up included (wall time: a run is too short for the scheduler's
+/// per-thread CPU clock):
+///
+/// * `deflate/write` — a server's side (the emulator's): `context` keeps the socket's
+///   compressor context between messages (what a server does unless the client declined
+///   it), `no_context_takeover` resets it after each message;
+/// * `deflate/read` — the client's side (the proxy's upstream socket): the `context` wire
+///   inflated into the frames tungstenite reads.
+fn deflate_events(c: &mut Criterion) {
+    use codex_as_api::internals::upstream::deflate::{Deflate, Role};
+    use tokio::io::AsyncReadExt;
+    let events = delta_events();
     let plain: usize = events.iter().map(|e| e.len() + 2).sum();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
+    let reset = Params {
+        server_no_context_takeover: true,
+        ..Params::default()
+    };
+    let kept = deflate_write(&rt, &events, Params::default());
+    let alone = deflate_write(&rt, &events, reset);
+    eprintln!(
+        "deflate/write: 200 events, {plain} B as frames → {} B with context, {} B without",
+        kept.len(),
+        alone.len()
+    );
+    assert!(kept.len() < alone.len() && alone.len() < plain);
+    let mut g = c.benchmark_group("deflate/write");
+    g.throughput(Throughput::Elements(events.len() as u64));
+    for (name, params) in [
+        ("context", Params::default()),
+        ("no_context_takeover", reset),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(deflate_write(&rt, &events, params).len()))
+        });
+    }
+    g.finish();
+
     let mut out = Vec::new();
     let read = |out: &mut Vec<u8>| {
-        let params = std::sync::Arc::new(std::sync::OnceLock::new());
-        params.set(Some(Params::default())).unwrap();
-        let io = tokio::io::join(&wire[..], tokio::io::sink());
-        let mut socket = Deflate::new(io, Role::Client, params);
+        let cell = std::sync::Arc::new(std::sync::OnceLock::new());
+        cell.set(Some(Params::default())).unwrap();
+        let io = tokio::io::join(&kept[..], tokio::io::sink());
+        let mut socket = Deflate::new(io, Role::Client, cell);
         out.clear();
         rt.block_on(socket.read_to_end(out)).unwrap();
     };
@@ -490,6 +547,6 @@ criterion_group!(
     large_request,
     zstd_levels,
     deflate_levels,
-    deflate_read
+    deflate_events
 );
 criterion_main!(benches);

@@ -595,3 +595,52 @@ async fn an_emulator_without_deflate_gets_plain_frames() {
     assert_eq!(stats.ws_requests, 1);
     assert_eq!(stats.ws_request_wire_bytes, stats.ws_request_bytes);
 }
+
+/// Two conversations of one session at once (Claude Code's parallel subagents share its
+/// session id): each socket they ran on is kept, and each next turn continues on its own.
+#[tokio::test]
+async fn parallel_turns_of_one_session_keep_their_sockets_and_each_continues_on_its_own() {
+    let h = Harness::start().await;
+    let body = |msgs: &Vec<Value>| json!({"model": "claude-sonnet-4-5", "max_tokens": 256, "messages": msgs});
+    let mut a = vec![json!({"role": "user", "content": "EMU:gate:both alpha"})];
+    let mut b = vec![json!({"role": "user", "content": "EMU:gate:both beta"})];
+    let open = async {
+        until("both turns streaming", Duration::from_secs(10), || {
+            h.emu.live_streams() == 2
+        })
+        .await;
+        h.emu.open_gate("both");
+    };
+    let (first_a, first_b) = (body(&a), body(&b));
+    let ((sa, ma), (sb, mb), ()) = tokio::join!(
+        messages(&h, &first_a, "sess-par"),
+        messages(&h, &first_b, "sess-par"),
+        open
+    );
+    assert_eq!((sa, sb), (200, 200), "{ma} {mb}");
+    assert_eq!(h.emu.stats().ws_handshakes, 2);
+    until("both sockets idle", Duration::from_secs(10), || {
+        h.server.state().sockets.idle() == 2
+    })
+    .await;
+    // The next turns, one after the other: each takes the socket its history ran on.
+    for (msgs, m, text) in [(&mut b, mb, "beta again"), (&mut a, ma, "alpha again")] {
+        msgs.push(json!({"role": "assistant", "content": m["content"]}));
+        msgs.push(json!({"role": "user", "content": text}));
+        let (status, m) = messages(&h, &body(msgs), "sess-par").await;
+        assert_eq!(status, 200, "{m}");
+        assert_eq!(m["content"][0]["text"], format!("You said: {text}"), "{m}");
+    }
+    let stats = h.emu.stats();
+    assert_eq!(stats.ws_handshakes, 2, "{stats:?}");
+    assert_eq!(stats.ws_continuations, 2, "{stats:?}");
+    let reqs = h.emu.requests();
+    for r in &reqs[2..] {
+        assert_eq!(
+            frame(r)["input"].as_array().unwrap().len(),
+            1,
+            "{:?}",
+            frame(r)
+        );
+    }
+}

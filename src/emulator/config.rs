@@ -32,7 +32,9 @@ pub struct EmulatorConfig {
     /// backend's limit is 60 minutes). `None`: unlimited.
     pub websocket_responses_per_socket: Option<u32>,
     /// Accept an offered permessage-deflate (RFC 7692) on WebSocket upgrades, and then
-    /// compress the event frames too (the real backend may; default on).
+    /// compress the event frames too, each socket's context kept between its messages
+    /// unless the client asked for `server_no_context_takeover` (the real backend may;
+    /// default on).
     pub ws_deflate: bool,
 }
 

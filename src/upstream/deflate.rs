@@ -3,8 +3,10 @@
 //! parameters ([`OFFER`], [`accept_response`] for a client, [`answer_offer`] for a server).
 //!
 //! Owns: the RFC 6455 frame parsing this needs in both directions, the raw DEFLATE
-//! compression of outgoing messages (each on its own: one compressor per thread, reset
-//! after every message, which RFC 7692 always allows), the decompressor of one socket
+//! compression of outgoing messages (a client's each on its own: one compressor per
+//! thread, reset after every message, which RFC 7692 always allows; a server's on the
+//! socket's own compressor, its context kept unless the client negotiated
+//! `server_no_context_takeover`), the decompressor of one socket
 //! (the peer's context kept between messages unless it negotiated
 //! `*_no_context_takeover`), the cap on an inflated message (against
 //! decompression bombs), and the count of data-frame payload bytes as they crossed the
@@ -22,11 +24,15 @@
 //! where tungstenite expects masked frames). Invalid deflate data, a message over the cap or
 //! a malformed compressed message is an `io::Error` (the socket fails like a broken one).
 //!
-//! Cost: a socket holds only its decompressor (about 40 KiB with its window). A compressor
-//! with a 15-bit window is a few hundred KiB: kept per socket it was 90 MB more RSS at 256
-//! open sockets (load bench, tls ws row) and would be 300 MB for the 1,024 idle sockets
-//! the pool may keep, for ~4.1 against ~5 KB per chained turn of the tool-loop bench. So
-//! a message never refers to an earlier one, and a thread's compressor serves every socket.
+//! Cost: a client socket holds only its decompressor (about 40 KiB with its window). A
+//! compressor with a 15-bit window is a few hundred KiB: kept per socket it was 90 MB more
+//! RSS at 256 open sockets (load bench, tls ws row) and would be 300 MB for the 1,024 idle
+//! sockets the pool may keep, for ~4.1 against ~5 KB per chained turn of the tool-loop
+//! bench. So a client's message never refers to an earlier one, and a thread's compressor
+//! serves every socket. A server (the emulator, like a real backend) sends many small
+//! event messages per request instead: resetting a compressor clears its 128 KiB hash table,
+//! which per event cost more than compressing it (`cargo bench --bench codec deflate/write`),
+//! so a server socket keeps its compressor, and its events refer to the earlier ones.
 //!
 //! Does not own: the handshake itself (the upstream client in `ws`, the emulator's server);
 //! a leaf: it uses no other module of the crate.
@@ -390,6 +396,16 @@ thread_local! {
     static COMPRESSOR: RefCell<Option<(u8, Compress)>> = const { RefCell::new(None) };
 }
 
+/// A raw-deflate compressor at [`LEVEL`] with an LZ77 window of `bits` (9..=15).
+fn compressor(bits: u8) -> Compress {
+    let level = Compression::new(LEVEL);
+    if bits == 15 {
+        Compress::new(level, false)
+    } else {
+        Compress::new_with_window_bits(level, false, bits)
+    }
+}
+
 /// Deflates `input` as a message on its own into `out`, with an LZ77 window of `bits`
 /// (9..=15), on this thread's compressor.
 fn deflate_message(bits: u8, input: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
@@ -397,15 +413,7 @@ fn deflate_message(bits: u8, input: &[u8], out: &mut Vec<u8>) -> io::Result<()> 
         let mut slot = cell.borrow_mut();
         let c = match &mut *slot {
             Some((b, c)) if *b == bits => c,
-            other => {
-                let level = Compression::new(LEVEL);
-                let c = if bits == 15 {
-                    Compress::new(level, false)
-                } else {
-                    Compress::new_with_window_bits(level, false, bits)
-                };
-                &mut other.insert((bits, c)).1
-            }
+            other => &mut other.insert((bits, compressor(bits))).1,
         };
         let done = deflate(c, input, out);
         c.reset();
@@ -418,6 +426,8 @@ struct Out {
     /// Inside a fragmented message written as it is.
     fragmented: bool,
     scratch: Vec<u8>,
+    /// The server role's own compressor, its context kept between messages.
+    compress: Option<Compress>,
 }
 
 /// A compressed message being read.
@@ -465,6 +475,7 @@ impl<S> Deflate<S> {
             out: Out {
                 fragmented: false,
                 scratch: Vec::new(),
+                compress: None,
             },
             r_in: BytesMut::new(),
             r_out: BytesMut::new(),
@@ -531,11 +542,21 @@ impl<S> Deflate<S> {
             }
             match bits.filter(|_| compress && !self.out.fragmented) {
                 Some(bits) => {
-                    let mut payload = self.w_in[h.start..total].to_vec();
+                    let payload = &mut self.w_in[h.start..total];
                     if let Some(key) = h.mask {
-                        apply_mask(&mut payload, key);
+                        apply_mask(payload, key);
                     }
-                    deflate_message(bits, &payload, &mut self.out.scratch)?;
+                    let scratch = &mut self.out.scratch;
+                    match self.role {
+                        Role::Client => deflate_message(bits, payload, scratch)?,
+                        Role::Server => {
+                            let c = self.out.compress.get_or_insert_with(|| compressor(bits));
+                            deflate(c, payload, scratch)?;
+                            if p.server_no_context_takeover {
+                                c.reset();
+                            }
+                        }
+                    }
                     let mask = match self.role {
                         Role::Client => Some(fastrand::u32(..).to_ne_bytes()),
                         Role::Server => None,
@@ -922,6 +943,33 @@ mod tests {
         assert!(sizes[0] < json_like(3).len() as u64 / 2);
         assert_eq!(sizes[0], sizes[1]);
         assert_eq!(sizes[1], sizes[2]);
+    }
+
+    #[tokio::test]
+    async fn a_server_keeps_its_context_unless_the_client_declined_it() {
+        let declined = Params {
+            server_no_context_takeover: true,
+            ..Params::default()
+        };
+        for (params, kept) in [(Params::default(), true), (declined, false)] {
+            let (mut client, mut server, _, sw) = pair(Some(params)).await;
+            let event = json_like(2);
+            let mut sizes = Vec::new();
+            for _ in 0..3 {
+                let before = sw.sent.load(Ordering::Relaxed);
+                server.send(Message::text(event.clone())).await.unwrap();
+                assert_eq!(next_text(&mut client).await, event);
+                sizes.push(sw.sent.load(Ordering::Relaxed) - before);
+            }
+            if kept {
+                // The repeats refer to the first message (level 1 finds only some of
+                // the matches: 7477, 669, 1730 bytes).
+                assert!(sizes[1] * 3 < sizes[0], "{sizes:?}");
+                assert!(sizes[2] * 3 < sizes[0], "{sizes:?}");
+            } else {
+                assert_eq!((sizes[0], sizes[1]), (sizes[1], sizes[2]), "{sizes:?}");
+            }
+        }
     }
 
     #[tokio::test]

@@ -2,15 +2,17 @@
 //! `protocol/codex-websocket.md`.
 //!
 //! Owns: the handshake (the CLI's headers, `wss://` for an `https://` root, through the
-//! same connector as every upstream connection: proxies, test CA), one socket per account
-//! and conversation kept between turns (one request in flight per socket; a reused socket
-//! is checked for a pending close, and pinged when it was idle a while; closed after
-//! `--upstream-idle-secs`), the `response.create` frame, continuation (only the new input
-//! items with `previous_response_id` when the request matches the last one on the socket),
-//! the WebSocket-only events (`codex.rate_limits` becomes the `x-codex-*` headers of the
-//! answer, `response.metadata`'s turn state is echoed in `client_metadata`, a wrapped
-//! error with a status becomes an HTTP answer with that status and headers), reconnecting
-//! at once on `websocket_connection_limit_reached`, resending in full on
+//! same connector as every upstream connection: proxies, test CA), the sockets of each
+//! account and conversation kept between turns (one request in flight per socket, so as
+//! many as ran at once; a turn takes the one whose last exchange it continues, else the
+//! most recently used; a reused socket is checked for a pending close, and pinged when it
+//! was idle a while; closed after `--upstream-idle-secs`), the `response.create` frame,
+//! continuation (only the new input items with `previous_response_id` when the request
+//! matches the last one on the socket), the WebSocket-only events (`codex.rate_limits`
+//! becomes the `x-codex-*` headers of the answer, `response.metadata`'s turn state is
+//! echoed in `client_metadata`, a wrapped error with a status becomes an HTTP answer with
+//! that status and headers), reconnecting at once on
+//! `websocket_connection_limit_reached`, resending in full on
 //! `previous_response_not_found`, and [`WsBody`], the stream of one response as SSE
 //! `data:` frames for `body::Translate` (the parser, decoder and translators are the SSE
 //! path's own; `stream::Upstream` wraps it). The sockets ([`Sockets`]) live next to the
@@ -25,9 +27,8 @@
 //! CLI does); tungstenite does not implement it, so the socket runs over
 //! [`deflate::Deflate`], which compresses the `response.create` frames and inflates the
 //! backend's once the 101 answer's `Sec-WebSocket-Extensions` is read here (an extension
-//! not offered or invalid parameters fail the handshake, RFC 7692). With continuation and
-//! the compressor's context kept between a socket's messages, a turn's request frame is
-//! small on the wire.
+//! not offered or invalid parameters fail the handshake, RFC 7692). With continuation a
+//! turn's request frame is small on the wire, though each is compressed on its own.
 //!
 //! Does not own: which requests go over it and the retry policy (`server::pipeline`).
 
@@ -88,13 +89,53 @@ struct Last {
     id: String,
 }
 
-/// The idle sockets (per account and conversation) and whether the backend refused the
-/// transport.
+/// The idle sockets (per account and conversation: as many as ran at once, most recently
+/// used last) and whether the backend refused the transport.
 pub struct Sockets {
-    idle: Mutex<HashMap<String, Box<Socket>>>,
+    idle: Mutex<Idle>,
     refused: AtomicBool,
     idle_for: Duration,
     sweeper: std::sync::Once,
+}
+
+#[derive(Default)]
+struct Idle {
+    #[expect(
+        clippy::vec_box,
+        reason = "a socket travels boxed between the pool and its response body: no copy"
+    )]
+    by_key: HashMap<String, Vec<Box<Socket>>>,
+    count: usize,
+}
+
+impl Idle {
+    /// Closes the sockets idle for `idle_for` or longer.
+    fn expire(&mut self, idle_for: Duration) {
+        self.by_key.retain(|_, list| {
+            list.retain(|s| s.since.elapsed() < idle_for);
+            !list.is_empty()
+        });
+        self.count = self.by_key.values().map(Vec::len).sum();
+    }
+
+    /// Closes the socket idle longest.
+    fn close_oldest(&mut self) {
+        let oldest = self
+            .by_key
+            .iter()
+            .filter_map(|(k, list)| Some((k, list.first()?.since)))
+            .min_by_key(|(_, since)| *since)
+            .map(|(k, _)| k.clone());
+        if let Some(key) = oldest
+            && let Some(list) = self.by_key.get_mut(&key)
+        {
+            list.remove(0);
+            self.count -= 1;
+            if list.is_empty() {
+                self.by_key.remove(&key);
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -104,7 +145,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Sockets {
     pub fn new(idle_for: Duration) -> Arc<Sockets> {
         Arc::new(Sockets {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(Idle::default()),
             refused: AtomicBool::new(false),
             idle_for,
             sweeper: std::sync::Once::new(),
@@ -118,28 +159,49 @@ impl Sockets {
 
     /// Idle sockets now (for tests and `/health`).
     pub fn idle(&self) -> usize {
-        lock(&self.idle).len()
+        lock(&self.idle).count
     }
 
-    fn take(&self, key: &str) -> Option<Box<Socket>> {
-        let s = lock(&self.idle).remove(key)?;
-        (s.since.elapsed() < self.idle_for).then_some(s)
+    /// An idle socket of `key`: the one whose last exchange `parts` continues, else the
+    /// most recently used. The key's sockets leave the pool while one is chosen, so the
+    /// comparison runs without the lock.
+    fn take(&self, key: &str, parts: Option<&Parts>) -> Option<Box<Socket>> {
+        let mut list = {
+            let mut idle = lock(&self.idle);
+            let list = idle.by_key.remove(key)?;
+            idle.count -= list.len();
+            list
+        };
+        list.retain(|s| s.since.elapsed() < self.idle_for);
+        let at = match (list.len(), parts) {
+            (0, _) => return None,
+            (1, _) | (_, None) => list.len() - 1,
+            (n, Some(p)) => list
+                .iter()
+                .rposition(|s| s.last.as_ref().is_some_and(|l| continues(l, p).is_some()))
+                .unwrap_or(n - 1),
+        };
+        let socket = list.remove(at);
+        if !list.is_empty() {
+            let mut idle = lock(&self.idle);
+            idle.count += list.len();
+            let kept = idle.by_key.entry(key.to_owned()).or_default();
+            // Sockets put back meanwhile are the more recent ones.
+            list.append(kept);
+            *kept = list;
+        }
+        Some(socket)
     }
 
     fn put(self: &Arc<Self>, key: String, mut socket: Box<Socket>) {
         socket.since = Instant::now();
         {
             let mut idle = lock(&self.idle);
-            if idle.len() >= MAX_IDLE
-                && !idle.contains_key(&key)
-                && let Some(oldest) = idle
-                    .iter()
-                    .min_by_key(|(_, s)| s.since)
-                    .map(|(k, _)| k.clone())
-            {
-                idle.remove(&oldest);
+            if idle.count >= MAX_IDLE {
+                idle.close_oldest();
             }
-            idle.insert(key, socket);
+            idle.by_key.entry(key).or_default().push(socket);
+            idle.count += 1;
         }
         self.sweeper.call_once(|| {
             let me = Arc::downgrade(self);
@@ -148,8 +210,7 @@ impl Sockets {
                 loop {
                     tokio::time::sleep(every).await;
                     let Some(s) = me.upgrade() else { return };
-                    let idle_for = s.idle_for;
-                    lock(&s.idle).retain(|_, sock| sock.since.elapsed() < idle_for);
+                    lock(&s.idle).expire(s.idle_for);
                 }
             });
         });
@@ -487,7 +548,7 @@ impl Sockets {
         let parts = Parts::split(call.body.clone());
         let mut reconnects = 0;
         let mut full = false;
-        let mut reused = sockets.take(&call.key);
+        let mut reused = sockets.take(&call.key, parts.as_ref());
         loop {
             let (mut socket, head) = match reused.take() {
                 Some(s) => match alive(s).await {
