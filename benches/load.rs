@@ -18,8 +18,9 @@
 //!   the Responses WebSocket). The two emulators are separate instances in this process.
 //! * Reported per row: requests/s, p50 time to the first content byte (request sent →
 //!   first stamped delta), p50/p99 per-delta latency (receive − stamp), proxy CPU per
-//!   request; then per proxy row the ratio ÷ direct, the overheads (proxy − direct) and,
-//!   for the TLS rows, the ratio ÷ plain.
+//!   request (for `tls ws` with the WebSocket handshakes the emulator accepted); then per
+//!   proxy row the ratio ÷ direct, the overheads (proxy − direct) and, for the TLS rows,
+//!   the ratio ÷ plain.
 //! * Also: process start → first served `/health` (5 runs, the TLS proxy), idle RSS, peak
 //!   RSS, and N slow streams (one delta every 50 ms) held at once over an h2 (TLS)
 //!   upstream (`--upstream-transport sse`), with RSS per stream and the error count.
@@ -610,6 +611,8 @@ struct Row {
     lat_p99_us: f64,
     cpu_us_per_req: f64,
     errors: u64,
+    /// WebSocket upgrades the TLS emulator accepted during the row.
+    ws_handshakes: u64,
 }
 
 async fn measure(
@@ -629,6 +632,7 @@ async fn measure(
         lat_p99_us: pct(&mut seen.latency_ns, 0.99) / 1e3,
         cpu_us_per_req: cpu * 1e6 / seen.requests.max(1) as f64,
         errors: seen.errors,
+        ws_handshakes: 0,
     }
 }
 
@@ -984,7 +988,10 @@ async fn matrix(full: bool, tls_only: bool) {
                     let mut rows = Vec::new();
                     for (i, p) in proxies.iter().enumerate() {
                         let target = proxy_target(p.addr, dialect, &text, DELTAS);
-                        let r = measure(&target, streams, total, Duration::ZERO, &pids[i]).await;
+                        let handshakes = ups.tls.stats().ws_handshakes;
+                        let mut r =
+                            measure(&target, streams, total, Duration::ZERO, &pids[i]).await;
+                        r.ws_handshakes = ups.tls.stats().ws_handshakes - handshakes;
                         errors += r.errors;
                         rows.push(r);
                     }
@@ -1037,6 +1044,7 @@ async fn matrix(full: bool, tls_only: bool) {
                             u,
                             p.cpu_us_per_req,
                             d.cpu_us_per_req,
+                            p.ws_handshakes,
                         ));
                     }
                 }
@@ -1046,9 +1054,14 @@ async fn matrix(full: bool, tls_only: bool) {
     }
     println!();
     println!("CPU per request (proxy process; harness process = emulator + clients, direct run):");
-    for (dialect, kind, chunks, streams, u, proxy_cpu, direct_cpu) in &cpu_rows {
+    for (dialect, kind, chunks, streams, u, proxy_cpu, direct_cpu, handshakes) in &cpu_rows {
+        let sockets = if *u == Upstream::TlsWs {
+            format!("   {handshakes} WebSocket handshakes for {total} requests")
+        } else {
+            String::new()
+        };
         println!(
-            "  {:<9} {:<5} {:<9} {:>4} streams {:<6}: proxy {:>6.0} us/req   (direct harness {:>6.0} us/req)",
+            "  {:<9} {:<5} {:<9} {:>4} streams {:<6}: proxy {:>6.0} us/req   (direct harness {:>6.0} us/req){sockets}",
             format!("{dialect:?}").to_lowercase(),
             format!("{kind:?}").to_lowercase(),
             format!("{chunks:?}").to_lowercase(),
