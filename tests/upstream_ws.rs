@@ -644,3 +644,46 @@ async fn parallel_turns_of_one_session_keep_their_sockets_and_each_continues_on_
         );
     }
 }
+
+#[tokio::test]
+async fn a_dead_pooled_socket_gives_way_to_the_conversations_other_idle_socket() {
+    let h = Harness::start().await;
+    let body = |msgs: &Vec<Value>| json!({"model": "claude-sonnet-4-5", "max_tokens": 256, "messages": msgs});
+    let a = vec![json!({"role": "user", "content": "EMU:gate:pair alpha"})];
+    // The backend closes beta's socket right after its answer.
+    let mut b = vec![json!({"role": "user", "content": "EMU:gate:pair beta EMU:hangup"})];
+    let open = async {
+        until("both turns streaming", Duration::from_secs(10), || {
+            h.emu.live_streams() == 2
+        })
+        .await;
+        h.emu.open_gate("pair");
+    };
+    let (first_a, first_b) = (body(&a), body(&b));
+    let ((sa, ma), (sb, mb), ()) = tokio::join!(
+        messages(&h, &first_a, "sess-dead"),
+        messages(&h, &first_b, "sess-dead"),
+        open
+    );
+    assert_eq!((sa, sb), (200, 200), "{ma} {mb}");
+    until(
+        "beta's socket closed by the backend",
+        Duration::from_secs(10),
+        || h.emu.stats().ws_closed == 1,
+    )
+    .await;
+    // Beta's next turn: the socket it continues is dead, so it goes in full on alpha's
+    // idle socket rather than on a new one.
+    b.push(json!({"role": "assistant", "content": mb["content"]}));
+    b.push(json!({"role": "user", "content": "beta again"}));
+    let (status, m) = messages(&h, &body(&b), "sess-dead").await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["content"][0]["text"], "You said: beta again", "{m}");
+    let stats = h.emu.stats();
+    assert_eq!(stats.ws_handshakes, 2, "{stats:?}");
+    assert_eq!(stats.ws_continuations, 0, "{stats:?}");
+    let reqs = h.emu.requests();
+    let last = frame(reqs.last().unwrap());
+    assert!(last.get("previous_response_id").is_none(), "{last}");
+    assert_eq!(last["input"].as_array().unwrap().len(), 3, "{last}");
+}

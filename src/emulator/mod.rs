@@ -120,6 +120,8 @@ pub struct Stats {
     pub ws_continuations: u64,
     /// Text payload bytes of the event frames sent over WebSockets.
     pub ws_bytes_sent: u64,
+    /// Upgraded sockets ended and closed, by either side.
+    pub ws_closed: u64,
 }
 
 /// One `POST /codex/responses` as received (body after zstd decoding), or one
@@ -337,6 +339,7 @@ impl Emulator {
             ws_request_wire_bytes: self.shared.ws_wire.received.load(Ordering::Relaxed),
             ws_continuations: c.ws_continuations.load(Ordering::Relaxed),
             ws_bytes_sent: self.shared.ws_bytes.load(Ordering::Relaxed),
+            ws_closed: c.ws_closed.load(Ordering::Relaxed),
         }
     }
 

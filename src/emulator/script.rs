@@ -62,6 +62,9 @@ struct Directives<'a> {
     stamp: bool,
     /// `EMU:coalesce` / `EMU:perevent`: this answer's chunking.
     chunking: Option<Chunking>,
+    /// `EMU:hangup`: after the whole answer, the connection (the WebSocket, or the HTTP
+    /// connection) is dropped, as a backend closing an idle socket does.
+    hangup: bool,
 }
 
 fn parse_directives(text: &str) -> Directives<'_> {
@@ -83,6 +86,7 @@ fn parse_directives(text: &str) -> Directives<'_> {
             "flakyreset" => d.flaky_reset = arg.parse().ok(),
             "pace" => d.pace = arg.parse().ok(),
             "stamp" => d.stamp = true,
+            "hangup" => d.hangup = true,
             "coalesce" => d.chunking = Some(Chunking::Coalesced),
             "perevent" => d.chunking = Some(Chunking::PerEvent),
             _ if d.main.is_none() => d.main = Some((name, arg, line)),
@@ -926,6 +930,9 @@ pub(super) fn respond(shared: &Shared, req: &Request<'_>) -> Reply {
             t.finish("completed", None);
         }
     }
+    if d.hangup {
+        t.sse.cut();
+    }
     stream(t, delay)
 }
 
@@ -974,7 +981,8 @@ mod tests {
             (None, Some(3), Some(1))
         );
         assert!(d.main.is_none());
-        let d = parse_directives("EMU:deltas:200 EMU:stamp EMU:pace:50 EMU:coalesce");
+        let d = parse_directives("EMU:deltas:200 EMU:stamp EMU:pace:50 EMU:coalesce EMU:hangup");
+        assert!(d.hangup);
         assert_eq!(d.main.map(|(n, a, _)| (n, a)), Some(("deltas", "200")));
         assert!(d.stamp);
         assert_eq!(d.pace, Some(50));

@@ -47,6 +47,7 @@ pub(super) struct Counters {
     pub(super) ws_requests: AtomicU64,
     pub(super) ws_request_bytes: AtomicU64,
     pub(super) ws_continuations: AtomicU64,
+    pub(super) ws_closed: AtomicU64,
 }
 
 /// State shared by every connection.

@@ -175,7 +175,10 @@ pub(super) fn handshake(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
             )
             .counting(wire);
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+            let shared = Arc::clone(&conn.shared);
+            // `run` owns the socket: it is closed when this returns.
             conn.run(ws).await;
+            shared.counters.ws_closed.fetch_add(1, Ordering::Relaxed);
         }
     });
     let mut resp = Response::new(EmuBody::Full(None));

@@ -162,10 +162,10 @@ impl Sockets {
         lock(&self.idle).count
     }
 
-    /// An idle socket of `key`: the one whose last exchange `parts` continues, else the
-    /// most recently used. The key's sockets leave the pool while one is chosen, so the
-    /// comparison runs without the lock.
-    fn take(&self, key: &str, parts: Option<&Parts>) -> Option<Box<Socket>> {
+    /// An idle socket of `key`: the one whose last exchange `parts` continues (with the
+    /// number of new items), else the most recently used (with `None`). The key's sockets
+    /// leave the pool while one is chosen, so the comparison runs without the lock.
+    fn take(&self, key: &str, parts: Option<&Parts>) -> Option<(Box<Socket>, Option<usize>)> {
         let mut list = {
             let mut idle = lock(&self.idle);
             let list = idle.by_key.remove(key)?;
@@ -173,13 +173,18 @@ impl Sockets {
             list
         };
         list.retain(|s| s.since.elapsed() < self.idle_for);
-        let at = match (list.len(), parts) {
-            (0, _) => return None,
-            (1, _) | (_, None) => list.len() - 1,
-            (n, Some(p)) => list
-                .iter()
-                .rposition(|s| s.last.as_ref().is_some_and(|l| continues(l, p).is_some()))
-                .unwrap_or(n - 1),
+        if list.is_empty() {
+            return None;
+        }
+        let chained = parts.and_then(|p| {
+            list.iter().enumerate().rev().find_map(|(at, s)| {
+                let new = continues(s.last.as_ref()?, p)?;
+                Some((at, new))
+            })
+        });
+        let (at, new) = match chained {
+            Some((at, new)) => (at, Some(new)),
+            None => (list.len() - 1, None),
         };
         let socket = list.remove(at);
         if !list.is_empty() {
@@ -190,7 +195,7 @@ impl Sockets {
             list.append(kept);
             *kept = list;
         }
-        Some(socket)
+        Some((socket, new))
     }
 
     fn put(self: &Arc<Self>, key: String, mut socket: Box<Socket>) {
@@ -548,15 +553,20 @@ impl Sockets {
         let parts = Parts::split(call.body.clone());
         let mut reconnects = 0;
         let mut full = false;
+        // A pooled socket and the new items when the request continues its last exchange.
         let mut reused = sockets.take(&call.key, parts.as_ref());
         loop {
-            let (mut socket, head) = match reused.take() {
-                Some(s) => match alive(s).await {
-                    Some(s) => (s, HeaderMap::new()),
-                    None => continue,
+            let (mut socket, head, new) = match reused.take() {
+                Some((s, new)) => match alive(s).await {
+                    Some(s) => (s, HeaderMap::new(), new),
+                    None => {
+                        // Dead: the conversation's other idle sockets come before a new one.
+                        reused = sockets.take(&call.key, parts.as_ref());
+                        continue;
+                    }
                 },
                 None => match handshake(pool, &call).await {
-                    Handshake::Open(s, h) => (s, h),
+                    Handshake::Open(s, h) => (s, h, None),
                     Handshake::Status(resp) => return Ok(Outcome::Status(resp)),
                     Handshake::Refused => {
                         sockets.refused.store(true, Ordering::Relaxed);
@@ -574,8 +584,8 @@ impl Sockets {
                     }
                 },
             };
-            let chain = match (&socket.last, &parts) {
-                (Some(last), Some(p)) if !full => continues(last, p).map(|n| (last.id.clone(), n)),
+            let chain = match (&socket.last, new) {
+                (Some(last), Some(n)) if !full => Some((last.id.clone(), n)),
                 _ => None,
             };
             let msg = frame(
@@ -674,7 +684,7 @@ impl Sockets {
                         Some("previous_response_not_found") if chain.is_some() && !full => {
                             full = true;
                             socket.last = None;
-                            reused = Some(socket);
+                            reused = Some((socket, None));
                             continue;
                         }
                         _ => {}
