@@ -111,7 +111,7 @@ export interface ChatOptions {
   maxTokens?: number;
   max_tokens?: number;
   stop?: string | string[];
-  /** Cancels the call: `chat` rejects and `chatStream` throws an AbortError. */
+  /** Cancels the call and its request upstream: `chat` rejects and `chatStream` throws an AbortError. */
   signal?: AbortSignal;
 }
 

@@ -281,12 +281,18 @@ class ChatGPTOAuthProvider {
     const body = chatRequest(this.model, messages, opts);
     const signal = opts.signal;
     if (signal?.aborted) throw abortError(signal);
-    const answer = call(() => this._native.chat(body));
-    // With a signal, the caller stops waiting on abort (the native call runs to its end).
-    answer.catch(() => {});
-    const r = await untilAborted(answer, signal);
-    if (r === null) throw abortError(signal);
-    return assistantResponse(r);
+    const native = this._native.chat(body);
+    // An abort cancels the native call, and with it the request upstream.
+    const onAbort = () => native.cancel();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      return assistantResponse(await call(() => native.result()));
+    } catch (e) {
+      if (signal?.aborted) throw abortError(signal);
+      throw e;
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
   }
 
   /**

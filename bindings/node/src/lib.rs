@@ -1,12 +1,14 @@
 //! The Node.js addon of codex-as-api (napi-rs): the command line run in-process
-//! ([`run_cli`]), the in-process client ([`Provider`], streaming through [`ChatEventStream`])
+//! ([`run_cli`]), the in-process client ([`Provider`], a chat through a cancellable
+//! [`ChatCall`] or streaming through [`ChatEventStream`])
 //! and the HTTP server ([`start_server`]). The JavaScript package (`index.js`) builds the
 //! public API on these; this layer only converts values and errors.
 //!
 //! Owns: options → `Config`, `codex_as_api::Error` → a JavaScript error whose message is
 //! `codex-as-api-error:` + a JSON object (`kind`, `status`, `type`, `code`, `message`,
 //! `retry_after`; the JavaScript layer turns it into a `ChatGPTOAuthError`), a pull-based
-//! stream with an explicit close (dropping the native stream cancels the request upstream).
+//! stream with an explicit close and a chat call with a cancel (dropping the native stream
+//! or the call cancels the request upstream).
 //!
 //! Does not own: anything the Rust crate's public API does not offer.
 
@@ -205,10 +207,7 @@ impl Provider {
     }
 
     async fn core(&self) -> napi::Result<&codex_as_api::Provider> {
-        self.inner
-            .get_or_try_init(|| codex_as_api::Provider::new(self.config.clone()))
-            .await
-            .map_err(|e| js_error(&e))
+        core(&self.inner, &self.config).await
     }
 
     /// The default model.
@@ -217,12 +216,18 @@ impl Provider {
         self.config.model.clone()
     }
 
-    /// A Chat Completions request → `{content, finish_reason, tool_calls, usage,
-    /// reasoning_content, response_id, model}`.
+    /// A Chat Completions request, as a call whose `result` is `{content, finish_reason,
+    /// tool_calls, usage, reasoning_content, response_id, model}`. Nothing is sent before
+    /// [`ChatCall::result`]; [`ChatCall::cancel`] drops the call, which cancels the request
+    /// upstream and frees its place among the account's open streams.
     #[napi]
-    pub async fn chat(&self, request: Value) -> napi::Result<Value> {
-        let answer = self.core().await?.chat(request).await;
-        to_js(&answer.map_err(|e| js_error(&e))?)
+    pub fn chat(&self, request: Value) -> ChatCall {
+        ChatCall {
+            config: self.config.clone(),
+            inner: Arc::clone(&self.inner),
+            request: Mutex::new(Some(request)),
+            cancelled: watch::channel(false).0,
+        }
     }
 
     /// A Chat Completions request → a stream of events (`text`, `reasoning`,
@@ -302,6 +307,57 @@ impl Provider {
     #[napi]
     pub async fn usage(&self) -> napi::Result<Value> {
         self.core().await?.usage().await.map_err(|e| js_error(&e))
+    }
+}
+
+/// The provider's core, started on the first call of the provider or of one of its calls.
+async fn core<'a>(
+    inner: &'a OnceCell<codex_as_api::Provider>,
+    config: &Config,
+) -> napi::Result<&'a codex_as_api::Provider> {
+    inner
+        .get_or_try_init(|| codex_as_api::Provider::new(config.clone()))
+        .await
+        .map_err(|e| js_error(&e))
+}
+
+/// One non-streaming chat call (see [`Provider::chat`]).
+#[napi]
+pub struct ChatCall {
+    config: Config,
+    inner: Arc<OnceCell<codex_as_api::Provider>>,
+    request: Mutex<Option<Value>>,
+    cancelled: watch::Sender<bool>,
+}
+
+#[napi]
+impl ChatCall {
+    /// Sends the request and resolves to the answer; rejects at once when the call is
+    /// cancelled (before or during it). Only once per call.
+    #[napi]
+    pub async fn result(&self) -> napi::Result<Value> {
+        let mut cancelled = self.cancelled.subscribe();
+        let request = self
+            .request
+            .lock()
+            .await
+            .take()
+            .ok_or_else(|| invalid("this call was already made"))?;
+        let work = async {
+            let answer = core(&self.inner, &self.config).await?.chat(request).await;
+            to_js(&answer.map_err(|e| js_error(&e))?)
+        };
+        // Dropping `work` drops the request: the proxy cancels it upstream.
+        tokio::select! {
+            answer = work => answer,
+            _ = cancelled.wait_for(|c| *c) => Err(napi::Error::from_reason("the call was cancelled")),
+        }
+    }
+
+    /// Cancels the call: a pending `result` rejects now, a later one at once.
+    #[napi]
+    pub fn cancel(&self) {
+        self.cancelled.send_replace(true);
     }
 }
 

@@ -115,6 +115,22 @@ test('an already aborted signal rejects before any request', async () => {
   await assert.rejects(provider.chat(user('hello'), { signal }), { name: 'AbortError' });
 });
 
+test('an aborted chat cancels its request: the account\'s streams are free at once', async () => {
+  // A fresh provider admits 3 open streams per account at first. Four 20-second answers,
+  // aborted: if their requests ran on, the next call would wait ~20 s for a place.
+  const fresh = new ChatGPTOAuthProvider({ ...options, model: 'gpt-5.5' });
+  const ac = new AbortController();
+  const calls = [0, 1, 2, 3].map((i) =>
+    fresh.chat(user(`EMU:deltas:40 EMU:pace:500 call ${i}`), { signal: ac.signal }),
+  );
+  ac.abort();
+  for (const c of calls) await assert.rejects(c, { name: 'AbortError' });
+  const started = Date.now();
+  const a = await fresh.chat(user('after the aborts'));
+  assert.equal(a.content, 'You said: after the aborts');
+  assert.ok(Date.now() - started < 4000, `the next call took ${Date.now() - started} ms`);
+});
+
 test('leaving a for-await loop early ends the stream', async () => {
   let n = 0;
   for await (const ev of provider.chatStream(user('EMU:deltas:40 EMU:pace:200'))) {
