@@ -475,7 +475,8 @@ impl<E: Encoder, B: Source> Body for Translate<E, B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.phase == Phase::Ended
+        // Finished with nothing left to hand over: the next poll returns `None`.
+        self.out.is_empty() && matches!(self.phase, Phase::Finished | Phase::Ended)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -504,6 +505,56 @@ mod tests {
         ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
             Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
         }
+    }
+
+    #[tokio::test]
+    async fn the_body_says_it_is_over_with_its_last_frame() {
+        let plan = translate_json(
+            chat::translate,
+            &serde_json::json!({"model": "gpt-5.5", "stream": true,
+                "messages": [{"role": "user", "content": "hi"}]}),
+            &http::HeaderMap::new(),
+        )
+        .expect("a valid request");
+        let events: VecDeque<Bytes> = [
+            "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\"}}\n\n",
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"output_index\":0,\"content_index\":0,\"delta\":\"hello\"}\n\n",
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"status\":\"completed\",\"output\":[]}}\n\n",
+        ]
+        .into_iter()
+        .map(Bytes::from)
+        .collect();
+        let timing = Timing {
+            keepalive: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(3600),
+        };
+        let prompt = PromptSize {
+            tokens: 1,
+            window: 272_000,
+        };
+        let mut body = Box::pin(Translate::new(
+            Buffered(events),
+            plan.encoder(),
+            Protocol::OpenAi,
+            prompt,
+            timing,
+        ));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut text = Vec::new();
+        while !body.is_end_stream() {
+            match body.as_mut().poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    text.extend_from_slice(&frame.into_data().unwrap_or_default())
+                }
+                other => panic!("a frame before the end was announced, got {other:?}"),
+            }
+        }
+        let text = String::from_utf8(text).unwrap_or_default();
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert!(matches!(
+            body.as_mut().poll_frame(&mut cx),
+            Poll::Ready(None)
+        ));
     }
 
     #[tokio::test]
