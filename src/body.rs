@@ -507,8 +507,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_body_says_it_is_over_with_its_last_frame() {
+    /// A streaming Chat Completions body translating `reads`, with no deadline in reach.
+    fn chat_stream(reads: VecDeque<Bytes>) -> Pin<Box<Translate<impl Encoder, Buffered>>> {
         let plan = translate_json(
             chat::translate,
             &serde_json::json!({"model": "gpt-5.5", "stream": true,
@@ -516,14 +516,6 @@ mod tests {
             &http::HeaderMap::new(),
         )
         .expect("a valid request");
-        let events: VecDeque<Bytes> = [
-            "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\"}}\n\n",
-            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"output_index\":0,\"content_index\":0,\"delta\":\"hello\"}\n\n",
-            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"status\":\"completed\",\"output\":[]}}\n\n",
-        ]
-        .into_iter()
-        .map(Bytes::from)
-        .collect();
         let timing = Timing {
             keepalive: Duration::from_secs(3600),
             idle_timeout: Duration::from_secs(3600),
@@ -532,13 +524,26 @@ mod tests {
             tokens: 1,
             window: 272_000,
         };
-        let mut body = Box::pin(Translate::new(
-            Buffered(events),
+        Box::pin(Translate::new(
+            Buffered(reads),
             plan.encoder(),
             Protocol::OpenAi,
             prompt,
             timing,
-        ));
+        ))
+    }
+
+    #[tokio::test]
+    async fn the_body_says_it_is_over_with_its_last_frame() {
+        let events: VecDeque<Bytes> = [
+            "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\"}}\n\n",
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"output_index\":0,\"content_index\":0,\"delta\":\"hello\"}\n\n",
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"status\":\"completed\",\"output\":[]}}\n\n",
+        ]
+        .into_iter()
+        .map(Bytes::from)
+        .collect();
+        let mut body = chat_stream(events);
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut text = Vec::new();
         while !body.is_end_stream() {
@@ -559,13 +564,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_holds_at_most_max_frame_bytes_however_much_the_upstream_buffered() {
-        let plan = translate_json(
-            chat::translate,
-            &serde_json::json!({"model": "gpt-5.5", "stream": true,
-                "messages": [{"role": "user", "content": "hi"}]}),
-            &http::HeaderMap::new(),
-        )
-        .expect("a valid request");
         let delta = format!(
             "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"output_index\":0,\"content_index\":0,\"delta\":\"{}\"}}\n\n",
             "x".repeat(1000)
@@ -577,21 +575,7 @@ mod tests {
         for _ in 0..4000 {
             reads.push_back(Bytes::from(delta.clone()));
         }
-        let timing = Timing {
-            keepalive: Duration::from_secs(3600),
-            idle_timeout: Duration::from_secs(3600),
-        };
-        let prompt = PromptSize {
-            tokens: 1,
-            window: 272_000,
-        };
-        let mut body = Box::pin(Translate::new(
-            Buffered(reads),
-            plan.encoder(),
-            Protocol::OpenAi,
-            prompt,
-            timing,
-        ));
+        let mut body = chat_stream(reads);
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut total = 0;
         let mut frames = 0;

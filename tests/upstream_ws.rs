@@ -596,28 +596,41 @@ async fn an_emulator_without_deflate_gets_plain_frames() {
     assert_eq!(stats.ws_request_wire_bytes, stats.ws_request_bytes);
 }
 
-/// Two conversations of one session at once (Claude Code's parallel subagents share its
-/// session id): each socket they ran on is kept, and each next turn continues on its own.
-#[tokio::test]
-async fn parallel_turns_of_one_session_keep_their_sockets_and_each_continues_on_its_own() {
-    let h = Harness::start().await;
-    let body = |msgs: &Vec<Value>| json!({"model": "claude-sonnet-4-5", "max_tokens": 256, "messages": msgs});
-    let mut a = vec![json!({"role": "user", "content": "EMU:gate:both alpha"})];
-    let mut b = vec![json!({"role": "user", "content": "EMU:gate:both beta"})];
+/// A Messages request of `msgs` for the tests of parallel conversations.
+fn claude_turn(msgs: &[Value]) -> Value {
+    json!({"model": "claude-sonnet-4-5", "max_tokens": 256, "messages": msgs})
+}
+
+/// The first turns of two conversations of one session, held at the gate `gate` until both
+/// stream (so each gets its own socket); both answers.
+async fn two_at_once(h: &Harness, a: &str, b: &str, gate: &str, session: &str) -> (Value, Value) {
     let open = async {
         until("both turns streaming", Duration::from_secs(10), || {
             h.emu.live_streams() == 2
         })
         .await;
-        h.emu.open_gate("both");
+        h.emu.open_gate(gate);
     };
-    let (first_a, first_b) = (body(&a), body(&b));
+    let first_a = claude_turn(&[json!({"role": "user", "content": a})]);
+    let first_b = claude_turn(&[json!({"role": "user", "content": b})]);
     let ((sa, ma), (sb, mb), ()) = tokio::join!(
-        messages(&h, &first_a, "sess-par"),
-        messages(&h, &first_b, "sess-par"),
+        messages(h, &first_a, session),
+        messages(h, &first_b, session),
         open
     );
     assert_eq!((sa, sb), (200, 200), "{ma} {mb}");
+    (ma, mb)
+}
+
+/// Two conversations of one session at once (Claude Code's parallel subagents share its
+/// session id): each socket they ran on is kept, and each next turn continues on its own.
+#[tokio::test]
+async fn parallel_turns_of_one_session_keep_their_sockets_and_each_continues_on_its_own() {
+    let h = Harness::start().await;
+    let (alpha, beta) = ("EMU:gate:both alpha", "EMU:gate:both beta");
+    let (ma, mb) = two_at_once(&h, alpha, beta, "both", "sess-par").await;
+    let mut a = vec![json!({"role": "user", "content": alpha})];
+    let mut b = vec![json!({"role": "user", "content": beta})];
     assert_eq!(h.emu.stats().ws_handshakes, 2);
     until("both sockets idle", Duration::from_secs(10), || {
         h.server.state().sockets.idle() == 2
@@ -627,7 +640,7 @@ async fn parallel_turns_of_one_session_keep_their_sockets_and_each_continues_on_
     for (msgs, m, text) in [(&mut b, mb, "beta again"), (&mut a, ma, "alpha again")] {
         msgs.push(json!({"role": "assistant", "content": m["content"]}));
         msgs.push(json!({"role": "user", "content": text}));
-        let (status, m) = messages(&h, &body(msgs), "sess-par").await;
+        let (status, m) = messages(&h, &claude_turn(msgs), "sess-par").await;
         assert_eq!(status, 200, "{m}");
         assert_eq!(m["content"][0]["text"], format!("You said: {text}"), "{m}");
     }
@@ -648,24 +661,10 @@ async fn parallel_turns_of_one_session_keep_their_sockets_and_each_continues_on_
 #[tokio::test]
 async fn a_dead_pooled_socket_gives_way_to_the_conversations_other_idle_socket() {
     let h = Harness::start().await;
-    let body = |msgs: &Vec<Value>| json!({"model": "claude-sonnet-4-5", "max_tokens": 256, "messages": msgs});
-    let a = vec![json!({"role": "user", "content": "EMU:gate:pair alpha"})];
     // The backend closes beta's socket right after its answer.
-    let mut b = vec![json!({"role": "user", "content": "EMU:gate:pair beta EMU:hangup"})];
-    let open = async {
-        until("both turns streaming", Duration::from_secs(10), || {
-            h.emu.live_streams() == 2
-        })
-        .await;
-        h.emu.open_gate("pair");
-    };
-    let (first_a, first_b) = (body(&a), body(&b));
-    let ((sa, ma), (sb, mb), ()) = tokio::join!(
-        messages(&h, &first_a, "sess-dead"),
-        messages(&h, &first_b, "sess-dead"),
-        open
-    );
-    assert_eq!((sa, sb), (200, 200), "{ma} {mb}");
+    let beta = "EMU:gate:pair beta EMU:hangup";
+    let (_, mb) = two_at_once(&h, "EMU:gate:pair alpha", beta, "pair", "sess-dead").await;
+    let mut b = vec![json!({"role": "user", "content": beta})];
     until(
         "beta's socket closed by the backend",
         Duration::from_secs(10),
@@ -676,7 +675,7 @@ async fn a_dead_pooled_socket_gives_way_to_the_conversations_other_idle_socket()
     // idle socket rather than on a new one.
     b.push(json!({"role": "assistant", "content": mb["content"]}));
     b.push(json!({"role": "user", "content": "beta again"}));
-    let (status, m) = messages(&h, &body(&b), "sess-dead").await;
+    let (status, m) = messages(&h, &claude_turn(&b), "sess-dead").await;
     assert_eq!(status, 200, "{m}");
     assert_eq!(m["content"][0]["text"], "You said: beta again", "{m}");
     let stats = h.emu.stats();

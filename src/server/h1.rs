@@ -1198,23 +1198,9 @@ mod tests {
         }
     }
 
-    /// A body whose size is not known in advance (one frame, then the end).
-    struct Unsized(Option<Bytes>);
-
-    impl Body for Unsized {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
-        }
-    }
-
-    /// Frames all ready at once, then the end; `tells` whether `is_end_stream` says so as
-    /// soon as the last frame is taken (as the translating body does).
+    /// A body of unknown size: frames all ready at once, then the end; `tells` whether
+    /// `is_end_stream` says so as soon as the last frame is taken (as the translating body
+    /// does).
     struct Frames {
         frames: VecDeque<Bytes>,
         tells: bool,
@@ -1299,7 +1285,11 @@ mod tests {
             resp
         };
         // Size unknown: chunked, and the handler's length is not written.
-        let unsized_body = Unsized(Some(Bytes::from_static(b"hello"))).boxed_unsync();
+        let unsized_body = Frames {
+            frames: [Bytes::from_static(b"hello")].into(),
+            tells: false,
+        }
+        .boxed_unsync();
         let out = written(with_length(unsized_body, "5"), false).await;
         assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
         assert!(!out.contains("content-length"), "{out}");
@@ -1314,7 +1304,11 @@ mod tests {
         assert!(out.contains("content-length: 5\r\n"), "{out}");
         assert!(!out.contains("transfer-encoding"), "{out}");
         // HEAD of a body of unknown size: the handler's length stands alone.
-        let unsized_body = Unsized(Some(Bytes::from_static(b"hello"))).boxed_unsync();
+        let unsized_body = Frames {
+            frames: [Bytes::from_static(b"hello")].into(),
+            tells: false,
+        }
+        .boxed_unsync();
         let out = written(with_length(unsized_body, "5"), true).await;
         assert!(out.contains("content-length: 5\r\n"), "{out}");
         assert!(!out.contains("transfer-encoding"), "{out}");
