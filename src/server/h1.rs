@@ -1017,7 +1017,6 @@ async fn write_response(
         Poll::Pending => Poll::Ready(None),
     })
     .await;
-    let mut terminated = false;
     loop {
         let frame = match next.take() {
             Some(frame) => frame,
@@ -1050,7 +1049,13 @@ async fn write_response(
                 _ => continue,
             },
             Some(Err(never)) => match never {},
-            None => break,
+            None => {
+                // Over with no frame to carry them: the head if still due, the terminator.
+                let h = head.take();
+                let end: &[u8] = if chunked { b"0\r\n\r\n" } else { b"" };
+                write_parts(stream, &[h.as_deref().unwrap_or_default(), end], stall).await?;
+                break;
+            }
         };
         let last = body.is_end_stream();
         let h = head.take();
@@ -1060,24 +1065,12 @@ async fn write_response(
             let size = chunk_size_line(&mut size, data.len());
             let end: &[u8] = if last { b"\r\n0\r\n\r\n" } else { b"\r\n" };
             write_parts(stream, &[h, size, &data, end], stall).await?;
-            terminated = last;
         } else {
             write_parts(stream, &[h, &data], stall).await?;
         }
         if last {
             break;
         }
-    }
-    let h = head.take();
-    if chunked && !terminated {
-        write_parts(
-            stream,
-            &[h.as_deref().unwrap_or_default(), b"0\r\n\r\n"],
-            stall,
-        )
-        .await?;
-    } else if let Some(h) = h {
-        write_parts(stream, &[&h], stall).await?;
     }
     Ok(if pipelined { Written::Pipelined } else { ended })
 }
