@@ -18,9 +18,10 @@
 //!   the Responses WebSocket). The two emulators are separate instances in this process.
 //! * Reported per row: requests/s, p50 time to the first content byte (request sent →
 //!   first stamped delta), p50/p99 per-delta latency (receive − stamp), proxy CPU per
-//!   request (for `tls ws` with the WebSocket handshakes the emulator accepted); then per
-//!   proxy row the ratio ÷ direct, the overheads (proxy − direct) and, for the TLS rows,
-//!   the ratio ÷ plain.
+//!   request (for `tls ws` with the WebSocket handshakes the emulator accepted) and the
+//!   cores each side kept busy (proxy; emulator + clients: the side near 1.0 is the
+//!   bottleneck); then per proxy row the ratio ÷ direct, the overheads (proxy − direct)
+//!   and, for the TLS rows, the ratio ÷ plain.
 //! * Also: process start → first served `/health` (5 runs, the TLS proxy), idle RSS, peak
 //!   RSS, and N slow streams (one delta every 50 ms) held at once over an h2 (TLS)
 //!   upstream (`--upstream-transport sse`), with RSS per stream and the error count.
@@ -38,7 +39,9 @@
 //! `taskset`, this process — emulator and clients — to the other cores, as the issue's
 //! held-out benchmark measures; `LOAD_PIN=0` lets both share every core),
 //! `LOAD_WS_DEFLATE=0` (the matrix's TLS emulator refuses permessage-deflate, so the `tls ws`
-//! row's frames go uncompressed).
+//! row's frames go uncompressed), `LOAD_EMULATOR_THREAD=1` (the matrix's emulators on a
+//! runtime thread of their own, so that the CPU lines split the harness's core between
+//! emulator and clients).
 //! * `LOAD_POOL_ONLY=1`: only the h2 pool row (`h2_pool`: 300 concurrent one-second streams
 //!   against 100 streams per connection vs the limit lifted; connections and TTFB p99).
 //! * `LOAD_TLS_ONLY=1`: only the one-chunk-per-event rows of the matrix (closed loop and
@@ -386,7 +389,30 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 
 /// User + system CPU time of a process, in seconds.
 fn cpu_secs(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_secs(&format!("/proc/{pid}/stat"))
+}
+
+/// The name of the threads of the emulators' own runtime (`LOAD_EMULATOR_THREAD=1`).
+const EMULATOR_THREADS: &str = "emulator";
+
+/// User + system CPU time of this process's emulator threads, in seconds.
+fn emulator_cpu_secs() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim_end() == EMULATOR_THREADS)
+        })
+        .map(|t| stat_cpu_secs(&t.path().join("stat").to_string_lossy()))
+        .sum()
+}
+
+/// User + system CPU time in a `stat(5)` file, in seconds.
+fn stat_cpu_secs(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<u64> = after
         .split_whitespace()
@@ -610,6 +636,13 @@ struct Row {
     lat_p50_us: f64,
     lat_p99_us: f64,
     cpu_us_per_req: f64,
+    /// Cores busy over the row: the proxy process, the matrix's emulators (their own
+    /// runtime's threads, with `LOAD_EMULATOR_THREAD=1`; else 0) and the clients (the rest
+    /// of this process). When the harness's two add up to ~1.0 on its one core, the
+    /// harness is the bottleneck, not the proxy.
+    proxy_busy: f64,
+    emulator_busy: f64,
+    clients_busy: f64,
     errors: u64,
     /// WebSocket upgrades the TLS emulator accepted during the row.
     ws_handshakes: u64,
@@ -622,10 +655,16 @@ async fn measure(
     spread: Duration,
     pid: &str,
 ) -> Row {
-    let cpu0 = cpu_secs(pid);
+    let me = std::process::id().to_string();
+    let (cpu0, mine0, emu0) = (cpu_secs(pid), cpu_secs(&me), emulator_cpu_secs());
     let (mut seen, wall) = run(target, streams, total, spread).await;
     let cpu = cpu_secs(pid) - cpu0;
+    let emu = emulator_cpu_secs() - emu0;
+    let mine = cpu_secs(&me) - mine0;
     Row {
+        proxy_busy: cpu / wall.as_secs_f64(),
+        emulator_busy: emu / wall.as_secs_f64(),
+        clients_busy: (mine - emu) / wall.as_secs_f64(),
         rps: seen.requests as f64 / wall.as_secs_f64(),
         ttfb_p50_ms: pct(&mut seen.ttfb_ns, 0.5) / 1e6,
         lat_p50_us: pct(&mut seen.latency_ns, 0.5) / 1e3,
@@ -807,25 +846,58 @@ impl Upstream {
     }
 }
 
-/// The matrix's emulators (one plain, one TLS) and the credentials each proxy folder holds.
+/// The matrix's emulators (one plain, one TLS) and the credentials each proxy folder holds;
+/// with `LOAD_EMULATOR_THREAD=1`, the runtime they run on.
 struct Upstreams {
     plain: Emulator,
     tls: Emulator,
     ca: std::path::PathBuf,
     dir: tempfile::TempDir,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Upstreams {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Upstreams {
     async fn start() -> Upstreams {
         let dir = tempfile::tempdir().unwrap();
-        let plain = Emulator::start(EmulatorConfig::default()).await.unwrap();
-        let tls = Emulator::start(EmulatorConfig {
+        // `LOAD_EMULATOR_THREAD=1`: the emulators on a runtime of their own (one thread),
+        // so that each row can say which of emulator and clients spent the harness's core.
+        // Off by default: one runtime, as before (two threads sharing one core cost some
+        // context switches).
+        let runtime = std::env::var("LOAD_EMULATOR_THREAD")
+            .is_ok_and(|v| v == "1")
+            .then(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name(EMULATOR_THREADS)
+                    .enable_all()
+                    .build()
+                    .unwrap()
+            });
+        let start = |cfg: EmulatorConfig| {
+            let runtime = runtime.as_ref().map(|rt| rt.handle().clone());
+            async move {
+                match runtime {
+                    Some(rt) => rt.spawn(Emulator::start(cfg)).await.unwrap(),
+                    None => Emulator::start(cfg).await,
+                }
+                .unwrap()
+            }
+        };
+        let plain = start(EmulatorConfig::default()).await;
+        let tls = start(EmulatorConfig {
             tls: true,
             ws_deflate: std::env::var("LOAD_WS_DEFLATE").map_or(true, |v| v != "0"),
             ..EmulatorConfig::default()
         })
-        .await
-        .unwrap();
+        .await;
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, tls.ca_pem().unwrap()).unwrap();
         for u in Upstream::ALL {
@@ -841,6 +913,7 @@ impl Upstreams {
             tls,
             ca,
             dir,
+            runtime,
         }
     }
 
@@ -1045,6 +1118,8 @@ async fn matrix(full: bool, tls_only: bool) {
                             p.cpu_us_per_req,
                             d.cpu_us_per_req,
                             p.ws_handshakes,
+                            [p.proxy_busy, p.emulator_busy, p.clients_busy],
+                            [d.emulator_busy, d.clients_busy],
                         ));
                     }
                 }
@@ -1054,21 +1129,28 @@ async fn matrix(full: bool, tls_only: bool) {
     }
     println!();
     println!("CPU per request (proxy process; harness process = emulator + clients, direct run):");
-    for (dialect, kind, chunks, streams, u, proxy_cpu, direct_cpu, handshakes) in &cpu_rows {
+    for (dialect, kind, chunks, streams, u, proxy_cpu, direct_cpu, handshakes, busy, direct_busy) in
+        &cpu_rows
+    {
         let sockets = if *u == Upstream::TlsWs {
             format!("   {handshakes} WebSocket handshakes for {total} requests")
         } else {
             String::new()
         };
         println!(
-            "  {:<9} {:<5} {:<9} {:>4} streams {:<6}: proxy {:>6.0} us/req   (direct harness {:>6.0} us/req){sockets}",
+            "  {:<9} {:<5} {:<9} {:>4} streams {:<6}: proxy {:>6.0} us/req   (direct harness {:>6.0} us/req); cores busy: proxy {:.2}, emulator {:.2} + clients {:.2} (direct {:.2} + {:.2}){sockets}",
             format!("{dialect:?}").to_lowercase(),
             format!("{kind:?}").to_lowercase(),
             format!("{chunks:?}").to_lowercase(),
             streams,
             u.label(),
             proxy_cpu,
-            direct_cpu
+            direct_cpu,
+            busy[0],
+            busy[1],
+            busy[2],
+            direct_busy[0],
+            direct_busy[1]
         );
     }
     // Latency at a sustainable rate: the same streams, paced so that all of them together
