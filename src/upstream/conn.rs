@@ -37,6 +37,7 @@ use super::failure;
 use super::h2pool::{H2Pool, Sent, Slot};
 use super::proxy::Connector;
 use bytes::Bytes;
+use h2::RecvStream;
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -160,10 +161,7 @@ impl Pool {
         let req = match self.h2.request(req).await? {
             Sent::Response(resp, slot) => {
                 let (parts, body) = resp.into_parts();
-                return Ok(Response::from_parts(
-                    parts,
-                    HttpBody::new(body, None, self, Some(slot)),
-                ));
+                return Ok(Response::from_parts(parts, HttpBody::h2(body, slot, self)));
             }
             Sent::NotH2(req) => req,
         };
@@ -178,10 +176,7 @@ impl Pool {
             }
         })?;
         let (parts, body) = resp.into_parts();
-        Ok(Response::from_parts(
-            parts,
-            HttpBody::new(body, None, self, None),
-        ))
+        Ok(Response::from_parts(parts, HttpBody::new(body, None, self)))
     }
 
     /// A plain-HTTP request on a pooled driven connection, or a new one.
@@ -228,7 +223,7 @@ impl Pool {
         let (parts, body) = resp.into_parts();
         Ok(Response::from_parts(
             parts,
-            HttpBody::new(body, Some(driven), self, None),
+            HttpBody::new(body, Some(driven), self),
         ))
     }
 
@@ -292,10 +287,11 @@ fn copy_request(req: &Request<ReqBody>) -> Request<ReqBody> {
 }
 
 /// The body of an HTTP response from the pool: a stream of the driven HTTP/1.1 connection
-/// (plain HTTP), which it polls itself, or of the h2 pool or the shared client (TLS). At the
-/// end of a driven body the connection goes back to the pool; dropped early, it is closed.
+/// (plain HTTP), which it polls itself, of an h2 connection of the pool (TLS), or of the
+/// shared client (TLS without h2). At the end of a driven body the connection goes back to
+/// the pool; dropped early, it is closed (an h2 stream is reset).
 pub struct HttpBody {
-    body: Incoming,
+    wire: Wire,
     /// Boxed once at connect (and moved, not copied, through the idle pool): the
     /// connection state is large, and an `https://` response has none.
     driven: Option<Box<Driven>>,
@@ -304,18 +300,52 @@ pub struct HttpBody {
     _slot: Option<Slot>,
 }
 
+enum Wire {
+    Hyper(Incoming),
+    H2(RecvStream),
+}
+
+/// Why an HTTP response body failed.
+#[derive(Debug)]
+pub enum HttpError {
+    Hyper(hyper::Error),
+    H2(h2::Error),
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpError::Hyper(e) => e.fmt(f),
+            HttpError::H2(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for HttpError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HttpError::Hyper(e) => e.source(),
+            HttpError::H2(e) => e.source(),
+        }
+    }
+}
+
 impl HttpBody {
-    fn new(
-        body: Incoming,
-        driven: Option<Box<Driven>>,
-        pool: &Arc<Pool>,
-        slot: Option<Slot>,
-    ) -> HttpBody {
+    fn new(body: Incoming, driven: Option<Box<Driven>>, pool: &Arc<Pool>) -> HttpBody {
         HttpBody {
-            body,
+            wire: Wire::Hyper(body),
             driven,
             pool: Arc::clone(pool),
-            _slot: slot,
+            _slot: None,
+        }
+    }
+
+    fn h2(body: RecvStream, slot: Slot, pool: &Arc<Pool>) -> HttpBody {
+        HttpBody {
+            wire: Wire::H2(body),
+            driven: None,
+            pool: Arc::clone(pool),
+            _slot: Some(slot),
         }
     }
 
@@ -330,14 +360,27 @@ impl HttpBody {
 
 impl Body for HttpBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = HttpError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
         let this = &mut *self;
-        let body = &mut this.body;
+        let body = match &mut this.wire {
+            Wire::Hyper(body) => body,
+            Wire::H2(stream) => {
+                return stream.poll_data(cx).map(|r| {
+                    r.map(|d| {
+                        let data = d.map_err(HttpError::H2)?;
+                        // Read: the peer may send as much again (the window is what one
+                        // stream may run ahead of its client).
+                        let _ = stream.flow_control().release_capacity(data.len());
+                        Ok(Frame::data(data))
+                    })
+                });
+            }
+        };
         // Body, then the connection (which reads the socket and queues the next chunk),
         // then the body again: a chunk already read never waits for another wake-up.
         for attempt in 0..2 {
@@ -348,7 +391,7 @@ impl Body for HttpBody {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.driven = None;
-                    return Poll::Ready(Some(Err(e)));
+                    return Poll::Ready(Some(Err(HttpError::Hyper(e))));
                 }
                 Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
                 Poll::Pending => {}
@@ -366,10 +409,16 @@ impl Body for HttpBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.wire {
+            Wire::Hyper(b) => b.is_end_stream(),
+            Wire::H2(s) => s.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.wire {
+            Wire::Hyper(b) => b.size_hint(),
+            Wire::H2(_) => SizeHint::default(),
+        }
     }
 }

@@ -262,12 +262,12 @@ pub fn incomplete_stream() -> Error {
 
 /// A failed h2 stream of the pool: retryable only when refused (`REFUSED_STREAM`: not
 /// processed) or never sent.
-pub(super) fn h2_failure(e: &hyper::Error) -> Error {
+pub(super) fn h2_failure(e: &h2::Error, sent: bool) -> Error {
     let err = Error::unreachable(format!(
         "cannot reach the upstream: {}",
         super::client::error_chain(e)
     ));
-    if unsent(e) || refused_stream(e) {
+    if !sent || refused_stream(e) {
         err
     } else {
         err.not_retryable()

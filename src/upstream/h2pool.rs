@@ -15,9 +15,20 @@
 //! not yet confirmed, is counted at the peer's limit (as last learned; 100 before any),
 //! and requests beyond the free slots claim places on it and wait for it. A connection is
 //! confirmed when its first response arrives (the peer's SETTINGS came before it, so the
-//! limit is then the peer's: hyper drives the h2 connection in a task of its own, so its
-//! SETTINGS cannot be watched as they arrive); until then it carries only its opener's
-//! stream, so no stream is ever queued inside h2 behind a limit we did not know yet.
+//! limit `SendRequest` reports is then the peer's: the connection is driven in a task of its
+//! own, so its SETTINGS cannot be watched as they arrive); until then it carries only its
+//! opener's stream, so no stream is ever queued inside h2 behind a limit we did not know yet.
+//!
+//! Streams use the `h2` crate directly, not hyper's h2 client: hyper hands each request to
+//! its connection task through a channel, sends the body from a task of its own once the
+//! connection task has granted it capacity, and awaits each response in a third task. That
+//! is three task switches and a second write (and TLS record) per request before the
+//! upstream has the whole request, and one more switch before the response head reaches
+//! the body. Here the caller's task opens the stream and queues HEADERS and the body's DATA
+//! together (h2 buffers DATA sent before capacity is granted and flushes both in one write),
+//! and it polls the response and its DATA frames itself. The connection task only reads,
+//! writes and pings (`--upstream-idle-secs` aside, hyper's keep-alive: a PING every 30 s,
+//! the connection closed when its PONG does not come within 20 s).
 //!
 //! A peer that does not speak h2 (ALPN picked HTTP/1.1) turns the pool off for the rest of
 //! the process; requests then take the shared hyper-util client.
@@ -26,17 +37,29 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use h2::RecvStream;
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper::client::conn::http2;
-use hyper_rustls::HttpsConnector;
+use http_body_util::BodyExt;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::Connection;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tower_service::Service;
 
 use super::client::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, ReqBody, error_chain};
+use super::failure::h2_failure;
 use super::proxy::Connector;
 use crate::error::Error;
+
+/// The connection's transport, as the `h2` crate reads and writes it (tokio's I/O traits
+/// over hyper-rustls's stream).
+type H2Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
+
+/// How often a connection is pinged, and how long its PONG may take before it is closed
+/// (hyper's keep-alive as this pool set it before it drove h2 itself).
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The most streams used on one connection, whatever the peer allows.
 const MAX_STREAMS_PER_CONNECTION: usize = 1000;
@@ -45,29 +68,33 @@ const MAX_STREAMS_PER_CONNECTION: usize = 1000;
 const ASSUMED_STREAMS: usize = 100;
 
 struct Conn {
-    send: http2::SendRequest<ReqBody>,
-    /// The peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, as the connection task last saw it.
-    peer_limit: Arc<AtomicUsize>,
+    send: h2::client::SendRequest<Bytes>,
     /// Streams open on it (slots handed out and not yet dropped).
     open: AtomicUsize,
     /// When it last had no stream open.
     idle_since: Mutex<Instant>,
-    /// A response came, and `peer_limit` was read after it: it is the peer's.
-    confirmed: Arc<AtomicBool>,
-    /// Asks the connection task to read the peer's limit now (after the first response).
-    refresh: Arc<tokio::sync::Notify>,
+    /// A response came, so the limit `send` reports is the peer's.
+    confirmed: AtomicBool,
+    /// The connection task ended (the connection closed or failed).
+    closed: Arc<AtomicBool>,
 }
 
 impl Conn {
+    /// The peer's `SETTINGS_MAX_CONCURRENT_STREAMS` as last received (within our cap).
+    fn peer_limit(&self) -> usize {
+        self.send
+            .current_max_send_streams()
+            .clamp(1, MAX_STREAMS_PER_CONNECTION)
+    }
+
     /// Streams we put on it at once: the peer's limit once confirmed, else one (its
     /// opener's).
     fn limit(&self) -> usize {
-        if !self.confirmed.load(Ordering::Acquire) {
-            return 1;
+        if self.confirmed.load(Ordering::Acquire) {
+            self.peer_limit()
+        } else {
+            1
         }
-        self.peer_limit
-            .load(Ordering::Acquire)
-            .clamp(1, MAX_STREAMS_PER_CONNECTION)
     }
 }
 
@@ -117,7 +144,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// What `request` gives back.
 pub enum Sent {
-    Response(Response<Incoming>, Slot),
+    Response(Response<RecvStream>, Slot),
     /// The peer does not speak h2: send it another way (the request is returned unsent).
     NotH2(Request<ReqBody>),
 }
@@ -172,25 +199,42 @@ impl H2Pool {
             conn: Arc::clone(&conn),
             pool: Arc::clone(self),
         };
-        let mut send = conn.send.clone();
-        match send.send_request(req).await {
-            Ok(resp) => {
-                // The first response: the peer's SETTINGS (sent before it) were read; the
-                // connection task confirms the connection with its limit.
-                if !conn.confirmed.load(Ordering::Acquire) {
-                    conn.refresh.notify_one();
-                }
-                Ok(Sent::Response(resp, slot))
-            }
-            Err(e) => Err(super::failure::h2_failure(&e)),
+        let (parts, body) = req.into_parts();
+        let body = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(never) => match never {},
+        };
+        let mut send = conn
+            .send
+            .clone()
+            .ready()
+            .await
+            .map_err(|e| h2_failure(&e, false))?;
+        // HEADERS and DATA are queued together and leave in one write: h2 buffers DATA
+        // sent before the stream was granted capacity.
+        let (response, mut stream) = send
+            .send_request(Request::from_parts(parts, ()), body.is_empty())
+            .map_err(|e| h2_failure(&e, false))?;
+        if !body.is_empty() {
+            stream
+                .send_data(body, true)
+                .map_err(|e| h2_failure(&e, true))?;
         }
+        let resp = response.await.map_err(|e| h2_failure(&e, true))?;
+        // The first response: the peer's SETTINGS (sent before it) were read, so the
+        // limit `send` reports is the peer's.
+        if !conn.confirmed.swap(true, Ordering::AcqRel) {
+            self.learned.store(conn.peer_limit(), Ordering::Release);
+            self.changed.notify_waiters();
+        }
+        Ok(Sent::Response(resp, slot))
     }
 
     /// The least loaded connection with a free slot (its slot taken), else whether another
     /// connection may be opened. Drops closed connections and surplus idle ones.
     fn pick(&self) -> Pick {
         let mut conns = lock(&self.conns);
-        conns.retain(|c| !c.send.is_closed());
+        conns.retain(|c| !c.closed.load(Ordering::Acquire));
         let idle = self.limits.idle;
         let mut kept_idle = false;
         conns.retain(|c| {
@@ -252,59 +296,23 @@ impl H2Pool {
             self.unsupported.store(true, Ordering::Release);
             return Ok(None);
         }
-        let (send, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(H2_STREAM_WINDOW)
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .initial_max_send_streams(ASSUMED_STREAMS)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .handshake(io)
+            .handshake::<_, Bytes>(TokioIo::new(io))
             .await
             .map_err(|e| {
                 Error::unreachable(format!("upstream h2 handshake failed: {}", error_chain(&e)))
             })?;
-        // The connection task reads the peer's limit when asked (hyper keeps it on the
-        // connection, not on `SendRequest`) and so confirms the connection.
-        let peer_limit = Arc::new(AtomicUsize::new(ASSUMED_STREAMS));
-        let confirmed = Arc::new(AtomicBool::new(false));
-        let refresh = Arc::new(tokio::sync::Notify::new());
-        let (seen, sure, asked) = (
-            Arc::clone(&peer_limit),
-            Arc::clone(&confirmed),
-            Arc::clone(&refresh),
-        );
-        let pool = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut conn = Box::pin(conn);
-            let ended = loop {
-                tokio::select! {
-                    r = conn.as_mut() => break r,
-                    () = asked.notified() => {
-                        let limit = conn.current_max_send_streams();
-                        seen.store(limit, Ordering::Release);
-                        sure.store(true, Ordering::Release);
-                        if let Some(pool) = pool.upgrade() {
-                            pool.learned.store(
-                                limit.clamp(1, MAX_STREAMS_PER_CONNECTION),
-                                Ordering::Release,
-                            );
-                            pool.changed.notify_waiters();
-                        }
-                    }
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %error_chain(&e), "upstream h2 connection ended");
-            }
-        });
+        let closed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(drive(conn, Arc::clone(&closed)));
         let conn = Arc::new(Conn {
             send,
-            peer_limit,
             open: AtomicUsize::new(1),
             idle_since: Mutex::new(Instant::now()),
-            confirmed,
-            refresh,
+            confirmed: AtomicBool::new(false),
+            closed,
         });
         lock(&self.conns).push(Arc::clone(&conn));
         tracing::debug!(
@@ -312,6 +320,35 @@ impl H2Pool {
             "opened an upstream h2 connection"
         );
         Ok(Some(conn))
+    }
+}
+
+/// Drives one connection (reads, writes, pings) until it ends, then marks it closed.
+/// Dropping the pool's last `SendRequest` with no stream open ends it (GOAWAY).
+async fn drive(mut conn: h2::client::Connection<H2Io, Bytes>, closed: Arc<AtomicBool>) {
+    let mut pings = conn.ping_pong();
+    let mut conn = std::pin::pin!(conn);
+    let why = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r.err().map(|e| error_chain(&e)),
+            () = tokio::time::sleep(KEEP_ALIVE_INTERVAL) => {}
+        }
+        let Some(pings) = pings.as_mut() else {
+            continue;
+        };
+        let pong = tokio::time::timeout(KEEP_ALIVE_TIMEOUT, pings.ping(h2::Ping::opaque()));
+        tokio::select! {
+            r = conn.as_mut() => break r.err().map(|e| error_chain(&e)),
+            r = pong => match r {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => break Some(error_chain(&e)),
+                Err(_) => break Some("no PONG within 20 s".to_owned()),
+            },
+        }
+    };
+    closed.store(true, Ordering::Release);
+    if let Some(why) = why {
+        tracing::debug!(error = %why, "upstream h2 connection ended");
     }
 }
 
@@ -329,5 +366,97 @@ struct Claim<'a>(&'a H2Pool);
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         self.0.claims.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(all(test, feature = "demo"))]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::emulator::{Emulator, EmulatorConfig};
+
+    /// Write syscalls made by this thread so far.
+    fn thread_writes() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+        let line = io.lines().find(|l| l.starts_with("syscw:")).unwrap();
+        line["syscw:".len()..].trim().parse().unwrap()
+    }
+
+    /// The pool and its connection task run on this test's one thread; the emulator runs
+    /// on a runtime of its own, so the writes counted here are the pool's.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_leaves_in_one_write_headers_and_body_together() {
+        let emu_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let emu = emu_rt
+            .spawn(Emulator::start(EmulatorConfig {
+                tls: true,
+                ..EmulatorConfig::default()
+            }))
+            .await
+            .unwrap()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, emu.ca_pem().unwrap()).unwrap();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(super::super::client::tls_config(Some(&ca)).unwrap())
+            .https_only()
+            .enable_http2()
+            .wrap_connector(Connector::new(None));
+        let pool = H2Pool::new(
+            connector,
+            Limits {
+                max_connections: 4,
+                idle: Duration::from_secs(60),
+            },
+        );
+        let creds = emu.issue_credentials(3600);
+        let body = serde_json::json!({
+            "model": "gpt-5.5", "instructions": "Be brief.", "store": false, "stream": true,
+            "input": [{"type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": "EMU:deltas:3"}]}],
+        })
+        .to_string();
+        let request = || {
+            Request::post(format!("{}/codex/responses", emu.base_url()))
+                .header("authorization", format!("Bearer {}", creds.access_token))
+                .header("chatgpt-account-id", &creds.account_id)
+                .header("content-type", "application/json")
+                .header("accept", "text/event-stream")
+                .body(ReqBody::new(Bytes::from(body.clone())))
+                .unwrap()
+        };
+        // The first request opens the connection (handshake, SETTINGS); the second is
+        // the one counted.
+        for counted in [false, true] {
+            let before = thread_writes();
+            let Sent::Response(resp, _slot) = pool.request(request()).await.unwrap() else {
+                panic!("the emulator speaks h2");
+            };
+            let writes = thread_writes() - before;
+            assert_eq!(resp.status(), 200);
+            if counted {
+                assert_eq!(
+                    writes, 1,
+                    "HEADERS and the body's DATA must leave in one write"
+                );
+            }
+            let mut body = resp.into_body();
+            let mut text = Vec::new();
+            while let Some(chunk) = std::future::poll_fn(|cx| body.poll_data(cx)).await {
+                let chunk = chunk.unwrap();
+                body.flow_control().release_capacity(chunk.len()).unwrap();
+                text.extend_from_slice(&chunk);
+            }
+            let text = String::from_utf8(text).unwrap();
+            assert!(text.contains("response.completed"), "{text}");
+        }
+        drop(pool);
+        drop(emu);
+        emu_rt.shutdown_background();
     }
 }

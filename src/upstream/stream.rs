@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use super::conn::HttpBody;
+use super::conn::{HttpBody, HttpError};
 use super::ws::WsBody;
 
 /// An upstream response body: a stream of the driven HTTP/1.1 connection (plain HTTP), of
@@ -60,7 +60,7 @@ impl From<Bytes> for Upstream {
 /// Why an upstream body failed.
 #[derive(Debug)]
 pub enum UpstreamError {
-    Http(hyper::Error),
+    Http(HttpError),
     WebSocket(tokio_tungstenite::tungstenite::Error),
 }
 
