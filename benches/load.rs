@@ -44,6 +44,8 @@
 //! emulator and clients).
 //! * `LOAD_POOL_ONLY=1`: only the h2 pool row (`h2_pool`: 300 concurrent one-second streams
 //!   against 100 streams per connection vs the limit lifted; connections and TTFB p99).
+//! * `LOAD_SLOW_ONLY=1`: only the slow streams over an h2 (TLS) upstream (`LOAD_SLOW`,
+//!   `LOAD_SLOW_DELTAS`, `LOAD_SLOW_PACE_MS` as above).
 //! * `LOAD_TLS_ONLY=1`: only the one-chunk-per-event rows of the matrix (closed loop and
 //!   paced, all four rows) and their summary: no coalesced rows, single start-up, no slow
 //!   streams, no other scenario.
@@ -596,6 +598,8 @@ async fn start_proxy_with(
         .arg("--codex-home")
         .arg(dir)
         .args(["--max-concurrent-streams", "20000"])
+        // 10,000 slow streams are 10,000 client connections (the default holds 8,192).
+        .args(["--max-connections", "20000"])
         .args(extra)
         .stdout(Stdio::null());
     if log.is_some() {
@@ -741,6 +745,12 @@ async fn async_main(full: bool) {
     }
     if only("LOAD_POOL_ONLY") {
         h2_pool(full).await;
+        return;
+    }
+    if only("LOAD_SLOW_ONLY") {
+        let dir = tempfile::tempdir().unwrap();
+        let n = env_usize("LOAD_SLOW", 10_000);
+        slow_streams(n, env_usize("LOAD_SLOW_DELTAS", 100), dir.path()).await;
         return;
     }
     let tls_only = only("LOAD_TLS_ONLY");
