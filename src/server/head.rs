@@ -65,9 +65,7 @@ pub async fn read_head(
                 return FirstHead::Refused;
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(buf.capacity().min(max));
-        }
+        make_room(&mut buf, max);
         let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return FirstHead::Gone,
@@ -87,6 +85,15 @@ pub async fn read_head(
                 return FirstHead::Refused;
             }
         }
+    }
+}
+
+/// Room for the next read of a head: at least 4 KiB (a keep-alive connection's buffer can be
+/// empty, and an empty `Vec` grows by 64 bytes a read: three reads for a typical head), then
+/// doubling, up to the head limit.
+fn make_room(buf: &mut Vec<u8>, max: usize) {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(buf.capacity().min(max).max(4096));
     }
 }
 
@@ -261,6 +268,20 @@ mod tests {
             all.extend_from_slice(&chunk[..n]);
         }
         assert_eq!(all, head);
+    }
+
+    #[test]
+    fn a_head_is_read_into_at_least_4_kib_even_from_an_empty_buffer() {
+        let mut empty = Vec::new();
+        make_room(&mut empty, MAX_HEAD_BYTES);
+        assert!(empty.capacity() >= 4096, "{}", empty.capacity());
+        // A buffer with room is left as it is; a full one doubles.
+        let mut roomy = Vec::with_capacity(8192);
+        make_room(&mut roomy, MAX_HEAD_BYTES);
+        assert_eq!(roomy.capacity(), 8192);
+        let mut full = vec![b'x'; 8192];
+        make_room(&mut full, MAX_HEAD_BYTES);
+        assert!(full.capacity() >= 16384, "{}", full.capacity());
     }
 
     #[test]

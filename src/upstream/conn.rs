@@ -9,8 +9,8 @@
 //!
 //! Which path: a plain `http://` upstream (the emulator, a local backend) gets driven
 //! HTTP/1.1 connections, one per stream; an `https://` upstream (chatgpt.com) goes through
-//! the shared client, which negotiates h2 by ALPN and multiplexes every stream over a few
-//! connections. Over TLS a connection per stream costs ~90 KB of RSS (TLS and HTTP buffers,
+//! the h2 pool (`h2pool`), which multiplexes the streams over a few h2 connections (the
+//! shared client only when the peer does not offer h2). Over TLS a connection per stream costs ~90 KB of RSS (TLS and HTTP buffers,
 //! measured with 10,000 slow streams) and two descriptors per stream; h2 holds a slow stream
 //! in a few KB, and upstream events at model speed never pile up in one read anyway.
 //!

@@ -300,6 +300,8 @@ impl H2Pool {
             .initial_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .initial_max_send_streams(ASSUMED_STREAMS)
+            // As hyper's client: no server push.
+            .enable_push(false)
             .handshake::<_, Bytes>(TokioIo::new(io))
             .await
             .map_err(|e| {
