@@ -1215,24 +1215,21 @@ mod tests {
         }
     }
 
-    /// Write system calls made by this thread so far (Linux task I/O accounting).
-    fn thread_writes() -> u64 {
-        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
-        let line = io.lines().find(|l| l.starts_with("syscw:")).unwrap();
-        line["syscw:".len()..].trim().parse().unwrap()
-    }
-
     #[tokio::test(flavor = "current_thread")]
     async fn the_head_goes_with_a_ready_first_frame_and_the_terminator_with_the_last() {
         use http_body_util::BodyExt;
         for (tells, writes) in [(true, 3), (false, 4)] {
             let frames = ["one", "two", "three"].map(Bytes::from).into();
             let body = Frames { frames, tells }.boxed_unsync();
-            let before = thread_writes();
+            let before = crate::test_support::thread_writes();
             let out = written(Response::new(body), false).await;
             // Head + "one", "two", "three" + the terminator; one write fewer when the body
             // does not say it is over after its last frame.
-            assert_eq!(thread_writes() - before, writes, "tells {tells}: {out:?}");
+            assert_eq!(
+                crate::test_support::thread_writes() - before,
+                writes,
+                "tells {tells}: {out:?}"
+            );
             assert!(out.starts_with("http/1.1 200 ok\r\n"), "{out:?}");
             assert!(
                 out.ends_with("\r\n\r\n3\r\none\r\n3\r\ntwo\r\n5\r\nthree\r\n0\r\n\r\n"),

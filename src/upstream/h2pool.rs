@@ -377,13 +377,6 @@ mod tests {
     use super::*;
     use crate::emulator::{Emulator, EmulatorConfig};
 
-    /// Write syscalls made by this thread so far.
-    fn thread_writes() -> u64 {
-        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
-        let line = io.lines().find(|l| l.starts_with("syscw:")).unwrap();
-        line["syscw:".len()..].trim().parse().unwrap()
-    }
-
     /// The pool and its connection task run on this test's one thread; the emulator runs
     /// on a runtime of its own, so the writes counted here are the pool's.
     #[tokio::test(flavor = "current_thread")]
@@ -435,11 +428,11 @@ mod tests {
         // The first request opens the connection (handshake, SETTINGS); the second is
         // the one counted.
         for counted in [false, true] {
-            let before = thread_writes();
+            let before = crate::test_support::thread_writes();
             let Sent::Response(resp, _slot) = pool.request(request()).await.unwrap() else {
                 panic!("the emulator speaks h2");
             };
-            let writes = thread_writes() - before;
+            let writes = crate::test_support::thread_writes() - before;
             assert_eq!(resp.status(), 200);
             if counted {
                 assert_eq!(
